@@ -1,0 +1,60 @@
+"""textenv: text generation as a Gymnasium RL environment (``TextRLHF-v0``).
+
+Public API: ``TextRLHFEnv``, ``TextRLHFVectorEnv``, ``PromptDataset``, ``make_task``,
+``TASK_NAMES``, ``default_tokenizer``, ``load_tokenizer``, ``make_reward_fn``,
+``register_reward``, ``reward_names``, ``encode_for_reward_model``, ``Reward``.
+"""
+
+import warnings
+
+import gymnasium as gym
+
+from textenv.data import PromptDataset, make_dataset
+from textenv.env import TextRLHFEnv
+from textenv.rewards import (
+    Reward,
+    encode_for_reward_model,
+    make_reward_fn,
+    per_sample,
+    register_reward,
+    reward_names,
+)
+from textenv.tasks import TASK_NAMES, make_task
+from textenv.tokenizer import default_tokenizer, load_tokenizer
+from textenv.vector import TextRLHFVectorEnv
+
+ENV_ID = "TextRLHF-v0"
+
+if ENV_ID not in gym.registry:
+    gym.register(
+        id=ENV_ID,
+        entry_point="textenv.env:TextRLHFEnv",
+        vector_entry_point="textenv.vector:TextRLHFVectorEnv",
+    )
+
+# Lockstep is not one of Gymnasium's AutoresetMode members (the contract in docs/ARCHITECTURE.md
+# sets metadata["autoreset_mode"] = "lockstep"), so make_vec warns about the type on every call.
+# Silence exactly that warning, for this env only.
+warnings.filterwarnings(
+    "ignore",
+    message=r".*TextRLHFVectorEnv\(.*metadata\['autoreset_mode'\] is not an instance of AutoresetMode",
+    category=UserWarning,
+)
+
+__all__ = [
+    "ENV_ID",
+    "TASK_NAMES",
+    "PromptDataset",
+    "Reward",
+    "TextRLHFEnv",
+    "TextRLHFVectorEnv",
+    "default_tokenizer",
+    "encode_for_reward_model",
+    "load_tokenizer",
+    "make_dataset",
+    "make_reward_fn",
+    "make_task",
+    "per_sample",
+    "register_reward",
+    "reward_names",
+]

@@ -1,0 +1,255 @@
+"""PromptDataset: prompts (and optional references) tokenized once into a left-padded array.
+
+Accepted records (a Python list, a ``.json`` file holding a list, or a ``.jsonl`` file, one record
+per line; blank JSONL lines are skipped):
+
+- a string: the prompt, no reference;
+- ``{"prompt": str, "reference": str | None}`` (the built-in task form);
+- ``{"instruction": str, "input": str (optional), "output": str (optional)}``: the prompt is the
+  non-empty parts of instruction and input joined by ``"\\n"``, plus a final ``"\\n"``; the
+  reference is ``output``;
+- ``{"messages": [{"role": ..., "content": ...}, ...], "solution": str (optional)}``: the prompt
+  is the contents of the system/user messages joined by ``"\\n"``, plus a final ``"\\n"``; the
+  reference is ``solution``, else the content of a final ``assistant`` message.
+
+Prompts are encoded without special tokens. An empty prompt or one longer than
+``max_prompt_tokens`` tokens raises ``ValueError`` (no silent truncation); every error names the
+file and line (JSONL), the file and item index (JSON), or the list index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from textenv.tokenizer import encode_text, load_tokenizer
+
+PROMPT_ROLES = ("system", "user")
+
+
+def record_to_pair(record: Any, where: str) -> tuple[str, str | None]:
+    """Turn one record of any accepted form into ``(prompt, reference)``; ``where`` locates it."""
+    if isinstance(record, str):
+        return record, None
+    if not isinstance(record, dict):
+        raise TypeError(
+            f"{where}: a record must be a str or a dict, got {type(record).__name__}: {record!r:.80}"
+        )
+    if "prompt" in record:
+        prompt, reference = record["prompt"], record.get("reference")
+    elif "instruction" in record:
+        parts = [record["instruction"], record.get("input") or ""]
+        for part in parts:
+            if not isinstance(part, str):
+                raise TypeError(f"{where}: 'instruction' and 'input' must be str, got {part!r:.80}")
+        prompt = "\n".join(p for p in parts if p) + "\n"
+        reference = record.get("output")
+    elif "messages" in record:
+        prompt, reference = _messages_to_pair(record, where)
+    else:
+        raise ValueError(
+            f"{where}: unknown record keys {sorted(record)}; expected 'prompt' (+ 'reference'), "
+            "'instruction' (+ 'input', 'output') or 'messages' (+ 'solution')"
+        )
+    if not isinstance(prompt, str):
+        raise TypeError(f"{where}: the prompt must be a str, got {type(prompt).__name__}")
+    if reference is not None and not isinstance(reference, str):
+        raise TypeError(
+            f"{where}: the reference must be a str or None, got {type(reference).__name__}"
+        )
+    return prompt, reference
+
+
+def _messages_to_pair(record: dict, where: str) -> tuple[str, str | None]:
+    messages = record["messages"]
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(f"{where}: 'messages' must be a non-empty list, got {messages!r:.80}")
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise ValueError(
+                f"{where}: each message needs a str 'content' and a 'role', got {m!r:.80}"
+            )
+        if m.get("role") not in (*PROMPT_ROLES, "assistant"):
+            raise ValueError(
+                f"{where}: unknown message role {m.get('role')!r}; "
+                f"allowed: {[*PROMPT_ROLES, 'assistant']}"
+            )
+    reference = record.get("solution")
+    if messages[-1]["role"] == "assistant":
+        if reference is None:
+            reference = messages[-1]["content"]
+        messages = messages[:-1]
+    if any(m["role"] == "assistant" for m in messages):
+        raise ValueError(
+            f"{where}: only a final 'assistant' message is supported (single-turn prompts)"
+        )
+    prompt = "\n".join(m["content"] for m in messages if m["content"]) + "\n"
+    return prompt, reference
+
+
+def _read_file(path: str) -> tuple[list[Any], list[str]]:
+    """Read a .json (list) or .jsonl file; returns the records and their locations."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"prompt file {path!r} does not exist")
+    if path.endswith(".jsonl"):
+        records, where = [], []
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from e
+                where.append(f"{path}:{lineno}")
+        return records, where
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from e
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: a .json prompt file must hold a list of records")
+        return data, [f"{path}[item {i}]" for i in range(len(data))]
+    raise ValueError(f"prompt file {path!r}: unknown extension; allowed: ['.json', '.jsonl']")
+
+
+class PromptDataset:
+    """Prompts and references, tokenized once into left-padded ``(n, max_prompt_tokens)`` arrays.
+
+    Attributes: ``prompts`` (list[str]), ``references`` (list[str | None]), ``input_ids``
+    (int64, prompt left-padded with the pad id), ``attention_mask`` (int8), ``prompt_lengths``
+    (int64 token counts), ``tokenizer``, ``max_prompt_tokens``.
+    """
+
+    def __init__(
+        self,
+        records: Iterable[Any],
+        tokenizer: Any = None,
+        max_prompt_tokens: int = 32,
+        locations: list[str] | None = None,
+    ) -> None:
+        records = list(records)
+        if not records:
+            raise ValueError("PromptDataset needs at least one prompt, got an empty list")
+        if isinstance(max_prompt_tokens, bool) or not isinstance(max_prompt_tokens, int):
+            raise TypeError(f"max_prompt_tokens must be an int, got {max_prompt_tokens!r}")
+        if max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+        locations = locations or [f"prompts[{i}]" for i in range(len(records))]
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.max_prompt_tokens = max_prompt_tokens
+        self.locations = locations
+        pairs = [record_to_pair(r, w) for r, w in zip(records, locations)]
+        self.prompts = [p for p, _ in pairs]
+        self.references = [r for _, r in pairs]
+
+        n, pad = len(pairs), self.tokenizer.pad_token_id
+        self.input_ids = np.full((n, max_prompt_tokens), pad, dtype=np.int64)
+        self.attention_mask = np.zeros((n, max_prompt_tokens), dtype=np.int8)
+        self.prompt_lengths = np.zeros(n, dtype=np.int64)
+        for i, (prompt, where) in enumerate(zip(self.prompts, locations)):
+            ids = self.encode(prompt, where)
+            self.input_ids[i, max_prompt_tokens - len(ids) :] = ids
+            self.attention_mask[i, max_prompt_tokens - len(ids) :] = 1
+            self.prompt_lengths[i] = len(ids)
+
+    def encode(self, prompt: str, where: str = "prompt") -> list[int]:
+        """Token ids of one prompt, checked to be non-empty and to fit ``max_prompt_tokens``."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"{where}: a prompt must be a str, got {type(prompt).__name__}")
+        ids = encode_text(self.tokenizer, prompt)
+        if not ids:
+            raise ValueError(f"{where}: empty prompt {prompt!r}; a prompt needs at least 1 token")
+        if len(ids) > self.max_prompt_tokens:
+            raise ValueError(
+                f"{where}: prompt {prompt[:40]!r}... has {len(ids)} tokens, more than "
+                f"max_prompt_tokens={self.max_prompt_tokens}; shorten it or raise max_prompt_tokens "
+                "(prompts are never truncated silently)"
+            )
+        return ids
+
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike, tokenizer: Any = None, max_prompt_tokens: int = 32
+    ) -> PromptDataset:
+        """Load a ``.json`` (list of records) or ``.jsonl`` (one record per line) file."""
+        records, where = _read_file(os.fspath(path))
+        if not records:
+            raise ValueError(f"prompt file {os.fspath(path)!r} holds no records")
+        return cls(records, tokenizer, max_prompt_tokens, locations=where)
+
+    @classmethod
+    def from_task(
+        cls,
+        name: str,
+        split: str = "train",
+        n: int | None = None,
+        seed: int = 0,
+        tokenizer: Any = None,
+        max_prompt_tokens: int = 32,
+    ) -> PromptDataset:
+        """A built-in task (see ``textenv.tasks``) as a dataset."""
+        from textenv.tasks import make_task
+
+        records = make_task(name, split, n, seed)
+        return cls(
+            records,
+            tokenizer,
+            max_prompt_tokens,
+            locations=[f"{name}[{i}]" for i in range(len(records))],
+        )
+
+    def with_tokenizer(self, tokenizer: Any, max_prompt_tokens: int) -> PromptDataset:
+        """The same records tokenized with another tokenizer / prompt width (self if unchanged)."""
+        if tokenizer is self.tokenizer and max_prompt_tokens == self.max_prompt_tokens:
+            return self
+        records = [{"prompt": p, "reference": r} for p, r in zip(self.prompts, self.references)]
+        return PromptDataset(records, tokenizer, max_prompt_tokens, locations=self.locations)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, i: int) -> dict[str, str | None]:
+        return {"prompt": self.prompts[i], "reference": self.references[i]}
+
+    def __repr__(self) -> str:
+        return f"PromptDataset(n={len(self)}, max_prompt_tokens={self.max_prompt_tokens})"
+
+
+def make_dataset(
+    spec: Any,
+    tokenizer: Any = None,
+    max_prompt_tokens: int = 32,
+    split: str = "train",
+) -> PromptDataset:
+    """Build a PromptDataset from a task name, a dataset, a list, or a .json/.jsonl path."""
+    from textenv.tasks import TASK_NAMES
+
+    if isinstance(spec, PromptDataset):
+        return spec.with_tokenizer(
+            load_tokenizer(tokenizer) if tokenizer is not None else spec.tokenizer,
+            max_prompt_tokens,
+        )
+    if isinstance(spec, str) and spec in TASK_NAMES:
+        return PromptDataset.from_task(
+            spec, split, tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens
+        )
+    if isinstance(spec, (str, os.PathLike)):
+        path = os.fspath(spec)
+        if path.endswith((".json", ".jsonl")):
+            return PromptDataset.from_file(path, tokenizer, max_prompt_tokens)
+        raise ValueError(
+            f"prompts={spec!r} is neither a built-in task {list(TASK_NAMES)} nor a .json/.jsonl path"
+        )
+    if isinstance(spec, (list, tuple)):
+        return PromptDataset(spec, tokenizer, max_prompt_tokens)
+    raise TypeError(
+        f"prompts must be a task name {list(TASK_NAMES)}, a PromptDataset, a list of str/dicts or "
+        f"a .json/.jsonl path, got {type(spec).__name__}"
+    )

@@ -1,0 +1,234 @@
+"""TextRLHFEnv: text generation as an ordinary Gymnasium RL problem."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from textenv.data import PromptDataset, make_dataset
+from textenv.rewards import Reward, make_reward_fn
+from textenv.tokenizer import decode_ids, load_tokenizer
+
+
+def build_parts(
+    tokenizer: Any,
+    prompts: Any,
+    split: str,
+    reward_fn: Any,
+    max_new_tokens: int,
+    max_prompt_tokens: int,
+) -> tuple[Any, PromptDataset, Reward]:
+    """Resolve the env arguments into (tokenizer, dataset, reward); shared by both envs."""
+    for name, value in (
+        ("max_new_tokens", max_new_tokens),
+        ("max_prompt_tokens", max_prompt_tokens),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value}")
+    if tokenizer is None and isinstance(prompts, PromptDataset):
+        tokenizer = prompts.tokenizer
+    else:
+        tokenizer = load_tokenizer(tokenizer)
+    dataset = make_dataset(prompts, tokenizer, int(max_prompt_tokens), split)
+    return tokenizer, dataset, make_reward_fn(reward_fn)
+
+
+def make_observation_space(vocab_size: int, length: int) -> spaces.Dict:
+    """``Dict(input_ids=Box(0, V-1, (L,), int64), attention_mask=Box(0, 1, (L,), int8))``."""
+    return spaces.Dict(
+        {
+            "input_ids": spaces.Box(0, vocab_size - 1, (length,), dtype=np.int64),
+            "attention_mask": spaces.Box(0, 1, (length,), dtype=np.int8),
+        }
+    )
+
+
+def resolve_prompt(
+    dataset: PromptDataset, prompt: Any, reference: Any = None
+) -> tuple[np.ndarray, np.ndarray, str, str | None]:
+    """A forced prompt (dataset index or text) as (left-padded ids, mask, text, reference)."""
+    if isinstance(prompt, (int, np.integer)) and not isinstance(prompt, (bool, np.bool_)):
+        if not 0 <= prompt < len(dataset):
+            raise ValueError(f"prompt index {prompt} out of range [0, {len(dataset)})")
+        i = int(prompt)
+        ref = dataset.references[i] if reference is None else reference
+        return dataset.input_ids[i], dataset.attention_mask[i], dataset.prompts[i], ref
+    if not isinstance(prompt, str):
+        raise TypeError(
+            f"a forced prompt must be a str or a dataset index (int), got {type(prompt).__name__}"
+        )
+    if reference is not None and not isinstance(reference, str):
+        raise TypeError(f"a forced reference must be a str or None, got {type(reference).__name__}")
+    ids = dataset.encode(prompt, where="options prompt")
+    P = dataset.max_prompt_tokens
+    input_ids = np.full(P, dataset.tokenizer.pad_token_id, dtype=np.int64)
+    mask = np.zeros(P, dtype=np.int8)
+    input_ids[P - len(ids) :], mask[P - len(ids) :] = ids, 1
+    if reference is None and prompt in dataset.prompts:
+        reference = dataset.references[dataset.prompts.index(prompt)]
+    return input_ids, mask, prompt, reference
+
+
+def check_action(action: Any, vocab_size: int) -> int:
+    """Return ``action`` as an int, or raise TypeError/ValueError naming it and the valid range."""
+    if isinstance(action, np.ndarray) and action.shape == () and action.dtype.kind in "iu":
+        action = action.item()
+    if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
+        raise TypeError(
+            f"action must be an integer token id in [0, {vocab_size}), got "
+            f"{type(action).__name__}: {action!r:.40}"
+        )
+    if not 0 <= action < vocab_size:
+        raise ValueError(f"action {action} is out of range: token ids are in [0, {vocab_size})")
+    return int(action)
+
+
+class TextRLHFEnv(gym.Env):
+    """
+    ## Description
+    Text generation as a sequential decision problem, the RL view of RLHF. The state is a prompt
+    plus the tokens generated so far; each action appends one token; the episode ends at EOS or
+    at ``max_new_tokens``, and a reward function scores the finished text.
+
+    ## Action Space
+    ``Discrete(V)`` with ``V = len(tokenizer)`` (259 for the default byte tokenizer): the id of the
+    next token. Out-of-range, negative, float, bool, None or string actions raise ``ValueError`` /
+    ``TypeError`` and leave the state unchanged. Python and numpy integers are accepted.
+
+    ## Observation Space
+    With ``P = max_prompt_tokens``, ``N = max_new_tokens``, ``L = P + N``:
+    ``Dict(input_ids=Box(0, V-1, (L,), int64), attention_mask=Box(0, 1, (L,), int8))``.
+    ``input_ids[:P]`` is the prompt, LEFT-padded with the pad id (mask 0 on padding);
+    ``input_ids[P + t]`` is the t-th generated token (mask 1), pad / mask 0 after it.
+
+    ## Rewards
+    0.0 at every step but the last. At the last step, the score of ``reward_fn`` on
+    ``(prompt, response, reference)``, where the response is the decoded generated text without
+    EOS. The final ``info`` holds ``prompt``, ``response``, ``reference``, ``score``,
+    ``reward_components`` (name -> float), ``eos`` and ``hit_length_limit``.
+
+    ## Starting State
+    A prompt drawn uniformly from the prompt set with ``self.np_random``; ``reset(seed=...)``
+    fixes the sequence of prompts. ``reset(options={"prompt": text_or_index})`` forces a prompt
+    (``"reference"`` may be given too; a text found in the dataset gets its reference).
+
+    ## Episode End
+    - Termination: the action is EOS (the EOS token is part of the observation), or
+      ``max_new_tokens`` tokens have been generated (``info["hit_length_limit"] = True``). The length
+      limit is part of the task: the text is scored at that step, so nothing is bootstrapped.
+    - Truncation: never (the env limits itself; it is registered without ``max_episode_steps``).
+
+    ## Arguments
+    ```python
+    gym.make("TextRLHF-v0", tokenizer=None, prompts="reverse", split="train",
+             reward_fn="edit_distance", max_new_tokens=32, max_prompt_tokens=32, render_mode=None)
+    ```
+    - ``tokenizer``: None / ``"byte"`` (ByT5 bytes), a local tokenizer folder, or a tokenizer.
+    - ``prompts``: a built-in task (``reverse``, ``sort``, ``copy_edit``, ``mixed``,
+      ``continuation``), a ``PromptDataset``, a list of str / dicts, or a .json / .jsonl path.
+    - ``split``: ``"train"`` or ``"test"`` (held-out strings) for built-in tasks.
+    - ``reward_fn``: a registry name, ``{"name": ..., **kwargs}``, ``{"weighted_sum": [...]}``,
+      ``"module:function"``, a ``Reward`` or a callable (see ``textenv.rewards``).
+    - ``render_mode``: None or ``"ansi"`` (``render()`` returns prompt + text so far).
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        tokenizer: Any = None,
+        prompts: Any = "reverse",
+        split: str = "train",
+        reward_fn: Any = "edit_distance",
+        max_new_tokens: int = 32,
+        max_prompt_tokens: int = 32,
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode {render_mode!r} not supported; allowed: [None, 'ansi']")
+        self.tokenizer, self.dataset, self.reward_fn = build_parts(
+            tokenizer, prompts, split, reward_fn, max_new_tokens, max_prompt_tokens
+        )
+        self.render_mode = render_mode
+        self.max_prompt_tokens, self.max_new_tokens = int(max_prompt_tokens), int(max_new_tokens)
+        self.vocab_size = len(self.tokenizer)
+        self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        L = self.max_prompt_tokens + self.max_new_tokens
+        self.action_space = spaces.Discrete(self.vocab_size)
+        self.observation_space = make_observation_space(self.vocab_size, L)
+
+        self._ids = np.full(L, self.pad_id, dtype=np.int64)  # (L,)
+        self._mask = np.zeros(L, dtype=np.int8)  # (L,)
+        self._n_generated = 0
+        self._prompt, self._reference = "", None
+        self._needs_reset = True
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        options = options or {}
+        unknown = set(options) - {"prompt", "reference"}
+        if unknown:
+            raise ValueError(
+                f"unknown reset options {sorted(unknown)}; allowed: ['prompt', 'reference']"
+            )
+        if "prompt" in options:
+            ids, mask, self._prompt, self._reference = resolve_prompt(
+                self.dataset, options["prompt"], options.get("reference")
+            )
+        else:
+            i = int(self.np_random.integers(len(self.dataset)))
+            ids, mask = self.dataset.input_ids[i], self.dataset.attention_mask[i]
+            self._prompt, self._reference = self.dataset.prompts[i], self.dataset.references[i]
+        P = self.max_prompt_tokens
+        self._ids[:P], self._ids[P:] = ids, self.pad_id
+        self._mask[:P], self._mask[P:] = mask, 0
+        self._n_generated = 0
+        self._needs_reset = False
+        return self._obs(), {}
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step(): the episode is over or never started")
+        token = check_action(action, self.vocab_size)  # raises before any state change
+        pos = self.max_prompt_tokens + self._n_generated
+        self._ids[pos], self._mask[pos] = token, 1
+        self._n_generated += 1
+        eos = token == self.eos_id
+        hit_limit = self._n_generated == self.max_new_tokens
+        if not (eos or hit_limit):
+            return self._obs(), 0.0, False, False, {}
+
+        self._needs_reset = True
+        end = pos if eos else pos + 1  # the EOS token is not part of the response text
+        response = decode_ids(self.tokenizer, self._ids[self.max_prompt_tokens : end])
+        total, parts = self.reward_fn.score([self._prompt], [response], [self._reference])
+        info = {
+            "prompt": self._prompt,
+            "response": response,
+            "reference": self._reference,
+            "score": float(total[0]),
+            "reward_components": {k: float(v[0]) for k, v in parts.items()},
+            "eos": bool(eos),
+            "hit_length_limit": bool(hit_limit and not eos),
+        }
+        return self._obs(), float(total[0]), True, False, info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        P = self.max_prompt_tokens
+        text = decode_ids(self.tokenizer, self._ids[P : P + self._n_generated])
+        return self._prompt + text

@@ -1,0 +1,118 @@
+"""Built-in prompt sets with reference solutions, generated deterministically from a seed.
+
+Every string task draws words of 3 to 8 letters from the alphabet ``abcdefgh`` and writes the
+prompt as ``"<op>: <word>\\n"``; the reference is the transformed word. Prompts fit in 32 bytes and
+references (plus EOS) in 32 tokens, so a tiny byte-level GPT can learn them by SFT.
+
+=============  ======================  ==========================================
+task           prompt                  reference
+=============  ======================  ==========================================
+reverse        ``"reverse: abcde\\n"``  ``"edcba"``
+sort           ``"sort: dbca\\n"``      ``"abcd"`` (letters in alphabetical order)
+copy_edit      ``"swap: abcde\\n"``     ``"ebcda"`` (copy, first and last letter swapped)
+mixed          any of the three above, the operation drawn per prompt
+continuation   ``"the red fox "``       ``None`` (open-ended; use e.g. ``repetition``)
+=============  ======================  ==========================================
+
+Splits: a string (word or continuation prompt) belongs to ``"test"`` when its CRC32 is divisible
+by 5, else to ``"train"``. The split is a property of the string, so the train and test sets are
+disjoint for any seeds, and held-out evaluation uses words never seen in training.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+
+ALPHABET = "abcdefgh"
+MIN_LEN, MAX_LEN = 3, 8
+SPLITS = ("train", "test")
+TEST_MODULUS = 5  # 1 in 5 strings is held out for "test"
+
+# op name -> (prompt prefix, transformation)
+STRING_OPS: dict[str, tuple[str, Callable[[str], str]]] = {
+    "reverse": ("reverse", lambda s: s[::-1]),
+    "sort": ("sort", lambda s: "".join(sorted(s))),
+    "copy_edit": ("swap", lambda s: s[-1] + s[1:-1] + s[0] if len(s) > 1 else s),
+}
+TASK_NAMES = (*STRING_OPS, "mixed", "continuation")
+DEFAULT_SIZE = 1000  # prompts per string task when n is None
+
+_ADJECTIVES = ("red", "old", "big", "shy", "odd", "wet", "sad", "new", "tiny", "calm", "wild")
+_NOUNS = ("fox", "cat", "dog", "owl", "king", "ship", "bird", "tree", "girl", "robot", "moon")
+_VERBS = ("saw", "made", "found", "said", "lost", "took", "met", "liked", "heard", "ran to")
+
+
+def split_of(text: str) -> str:
+    """Return the split (``"train"`` or ``"test"``) that ``text`` belongs to."""
+    return "test" if zlib.crc32(text.encode("utf-8")) % TEST_MODULUS == 0 else "train"
+
+
+def format_prompt(op: str, word: str) -> str:
+    """The prompt of string op ``op`` (a key of ``STRING_OPS``) on ``word``."""
+    return f"{STRING_OPS[op][0]}: {word}\n"
+
+
+def solve(op: str, word: str) -> str:
+    """The reference answer of string op ``op`` on ``word``."""
+    if op not in STRING_OPS:
+        raise ValueError(f"unknown string op {op!r}; known: {list(STRING_OPS)}")
+    return STRING_OPS[op][1](word)
+
+
+def _check(name: str, split: str, n: int | None) -> None:
+    if name not in TASK_NAMES:
+        raise ValueError(f"unknown task {name!r}; known tasks: {list(TASK_NAMES)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known splits: {list(SPLITS)}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+        raise ValueError(f"n must be a positive int or None (task default), got {n!r}")
+
+
+def _words(split: str, n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` distinct random words of the given split."""
+    words: dict[str, None] = {}  # ordered set
+    letters = np.array(list(ALPHABET))
+    while len(words) < n:
+        length = int(rng.integers(MIN_LEN, MAX_LEN + 1))
+        word = "".join(letters[rng.integers(0, len(ALPHABET), size=length)])
+        if split_of(word) == split:
+            words[word] = None
+    return list(words)
+
+
+def continuation_prompts(split: str = "train") -> list[str]:
+    """All open-ended continuation prompts of a split, e.g. ``"the red fox saw "``."""
+    prompts = [f"the {a} {n} {v} " for a in _ADJECTIVES for n in _NOUNS for v in _VERBS]
+    return [p for p in prompts if split_of(p) == split]
+
+
+def make_task(
+    name: str, split: str = "train", n: int | None = None, seed: int = 0
+) -> list[dict[str, str | None]]:
+    """Generate ``n`` prompts of built-in task ``name`` as dicts ``{"prompt", "reference"}``.
+
+    Deterministic in ``(name, split, n, seed)``. ``n=None`` gives the default size (1000 for the
+    string tasks, every prompt of the split for ``continuation``). Words are distinct within a call.
+    """
+    _check(name, split, n)
+    rng = np.random.default_rng([seed, zlib.crc32(f"{name}/{split}".encode())])
+    if name == "continuation":
+        prompts = continuation_prompts(split)
+        if n is not None and n > len(prompts):
+            raise ValueError(
+                f"task 'continuation' has {len(prompts)} {split!r} prompts, asked for n={n}"
+            )
+        order = rng.permutation(len(prompts))[: n or len(prompts)]
+        return [{"prompt": prompts[i], "reference": None} for i in order]
+    n = DEFAULT_SIZE if n is None else int(n)
+    words = _words(split, n, rng)
+    if name == "mixed":
+        ops = [list(STRING_OPS)[i] for i in rng.integers(0, len(STRING_OPS), size=n)]
+    else:
+        ops = [name] * n
+    return [
+        {"prompt": format_prompt(op, w), "reference": solve(op, w)} for op, w in zip(ops, words)
+    ]

@@ -1,0 +1,241 @@
+"""TextRLHFVectorEnv: N text episodes stepped together in numpy, finished rows scored in one call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from textenv.env import build_parts, make_observation_space, resolve_prompt
+from textenv.tokenizer import decode_ids
+
+LOCKSTEP = "lockstep"
+NEXT_STEP_NAMES = ("next_step", AutoresetMode.NEXT_STEP.value)  # "next_step", "NextStep"
+AUTORESET_MODES = (LOCKSTEP, *NEXT_STEP_NAMES)
+
+
+class TextRLHFVectorEnv(VectorEnv):
+    """A natively batched TextRLHF env (same arguments as ``TextRLHFEnv`` plus the two below).
+
+    - ``num_envs``: number of rows N.
+    - ``autoreset_mode``:
+      - ``"lockstep"`` (default, used by the LM agent): all rows start at ``reset()``; a row that
+        finishes stays finished (later actions ignored, reward 0, terminated stays True) until the
+        next ``reset()``. Batched decoding with a KV cache keeps all rows aligned this way.
+      - ``"next_step"`` (or ``AutoresetMode.NEXT_STEP``): Gymnasium's autoreset; the step after a row
+        finishes resets that row to a new prompt (its action is ignored, reward 0).
+
+    Stepping is pure numpy; the rows that finish at a step are decoded and scored in ONE call of
+    the reward function. Final-step infos are vectorized Gymnasium-style: ``info["response"]`` is an
+    object array with ``info["_response"]`` the mask of the rows that finished; likewise
+    ``prompt``, ``reference``, ``score``, ``eos``, ``hit_length_limit`` and the nested dict
+    ``reward_components``. ``reset(options={"prompts": [...]})`` forces N prompts (texts or dataset
+    indices), e.g. for held-out evaluation; ``"references"`` may be given alongside.
+    """
+
+    metadata = {"render_modes": ["ansi"], "autoreset_mode": LOCKSTEP}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        tokenizer: Any = None,
+        prompts: Any = "reverse",
+        split: str = "train",
+        reward_fn: Any = "edit_distance",
+        max_new_tokens: int = 32,
+        max_prompt_tokens: int = 32,
+        render_mode: str | None = None,
+        autoreset_mode: str | AutoresetMode = LOCKSTEP,
+    ) -> None:
+        if (
+            isinstance(num_envs, bool)
+            or not isinstance(num_envs, (int, np.integer))
+            or num_envs < 1
+        ):
+            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        mode = autoreset_mode.value if isinstance(autoreset_mode, AutoresetMode) else autoreset_mode
+        if mode not in AUTORESET_MODES:
+            raise ValueError(
+                f"autoreset_mode {autoreset_mode!r} not supported; allowed: {list(AUTORESET_MODES)}"
+            )
+        if render_mode is not None and render_mode != "ansi":
+            raise ValueError(f"render_mode {render_mode!r} not supported; allowed: [None, 'ansi']")
+        self.tokenizer, self.dataset, self.reward_fn = build_parts(
+            tokenizer, prompts, split, reward_fn, max_new_tokens, max_prompt_tokens
+        )
+        self.num_envs, self.render_mode = int(num_envs), render_mode
+        self.lockstep = mode == LOCKSTEP  # else one of NEXT_STEP_NAMES
+        self.metadata = {
+            "render_modes": ["ansi"],
+            "autoreset_mode": LOCKSTEP if self.lockstep else AutoresetMode.NEXT_STEP,
+        }
+        self.max_prompt_tokens, self.max_new_tokens = int(max_prompt_tokens), int(max_new_tokens)
+        self.vocab_size = len(self.tokenizer)
+        self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        N, L = self.num_envs, self.max_prompt_tokens + self.max_new_tokens
+        self.single_action_space = spaces.Discrete(self.vocab_size)
+        self.single_observation_space = make_observation_space(self.vocab_size, L)
+        self.action_space = batch_space(self.single_action_space, N)
+        self.observation_space = batch_space(self.single_observation_space, N)
+
+        self._ids = np.full((N, L), self.pad_id, dtype=np.int64)  # (N, L)
+        self._mask = np.zeros((N, L), dtype=np.int8)  # (N, L)
+        self._n_generated = np.zeros(N, dtype=np.int64)  # (N,)
+        self._done = np.ones(N, dtype=bool)  # (N,) finished (lockstep) / to reset (next_step)
+        self._rows = np.arange(N)
+        self._prompts: list[str] = [""] * N
+        self._references: list[str | None] = [None] * N
+        self._needs_reset = True
+
+    # ---------------------------------------------------------------- reset
+    def _load_rows(
+        self, rows: np.ndarray, forced: list | None = None, refs: list | None = None
+    ) -> None:
+        """Put new prompts into ``rows``: drawn with ``np_random`` or forced (texts / indices)."""
+        P, ds = self.max_prompt_tokens, self.dataset
+        if forced is None:
+            idx = self.np_random.integers(len(ds), size=len(rows))
+            self._ids[rows, :P] = ds.input_ids[idx]
+            self._mask[rows, :P] = ds.attention_mask[idx]
+            for r, i in zip(rows.tolist(), idx.tolist()):
+                self._prompts[r], self._references[r] = ds.prompts[i], ds.references[i]
+        else:
+            for r, prompt, ref in zip(rows.tolist(), forced, refs):
+                ids, mask, text, ref = resolve_prompt(ds, prompt, ref)
+                self._ids[r, :P], self._mask[r, :P] = ids, mask
+                self._prompts[r], self._references[r] = text, ref
+        self._ids[rows, P:] = self.pad_id
+        self._mask[rows, P:] = 0
+        self._n_generated[rows] = 0
+        self._done[rows] = False
+
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        if isinstance(seed, list):
+            seed = seed[0] if seed else None  # one generator drives all rows
+        super().reset(seed=seed)
+        options = options or {}
+        unknown = set(options) - {"prompts", "references"}
+        if unknown:
+            raise ValueError(
+                f"unknown reset options {sorted(unknown)}; allowed: ['prompts', 'references']"
+            )
+        forced, refs = options.get("prompts"), options.get("references")
+        if forced is not None:
+            if isinstance(forced, str) or len(forced) != self.num_envs:
+                raise ValueError(
+                    f"options['prompts'] must be a list of {self.num_envs} prompts (str or dataset "
+                    f"index), got {forced!r:.80}"
+                )
+            refs = [None] * self.num_envs if refs is None else list(refs)
+            if len(refs) != self.num_envs:
+                raise ValueError(
+                    f"options['references'] must have {self.num_envs} entries, got {len(refs)}"
+                )
+        elif refs is not None:
+            raise ValueError("options['references'] needs options['prompts']")
+        self._load_rows(self._rows, forced, refs)
+        self._needs_reset = False
+        return self._obs(), {}
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+
+    # ---------------------------------------------------------------- step
+    def _check_actions(self, actions: Any, active: np.ndarray) -> np.ndarray:
+        a = actions.detach().cpu().numpy() if hasattr(actions, "detach") else np.asarray(actions)
+        if a.dtype.kind not in "iu":
+            raise TypeError(
+                f"actions must be integer token ids in [0, {self.vocab_size}), got dtype {a.dtype}"
+            )
+        if a.shape != (self.num_envs,):
+            raise ValueError(f"actions must have shape ({self.num_envs},), got {a.shape}")
+        live = a[active]
+        if live.size and (live.min() < 0 or live.max() >= self.vocab_size):
+            bad = live[(live < 0) | (live >= self.vocab_size)][0]
+            raise ValueError(
+                f"action {bad} is out of range: token ids are in [0, {self.vocab_size})"
+            )
+        return a
+
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step()")
+        N, P = self.num_envs, self.max_prompt_tokens
+        to_reset = None if self.lockstep else self._done.copy()
+        active = ~self._done  # (N,) rows that take this action
+        a = self._check_actions(actions, active)
+        if to_reset is not None and to_reset.any():  # NEXT_STEP: reset rows that finished last step
+            self._load_rows(np.flatnonzero(to_reset))
+
+        rows = np.flatnonzero(active)
+        cols = P + self._n_generated[rows]
+        self._ids[rows, cols] = a[rows]
+        self._mask[rows, cols] = 1
+        self._n_generated[rows] += 1
+        eos = active & (a == self.eos_id)  # (N,)
+        finished = eos | (active & (self._n_generated == self.max_new_tokens))  # (N,)
+        self._done |= finished
+
+        rewards = np.zeros(N, dtype=np.float64)
+        info: dict[str, Any] = {}
+        if finished.any():
+            info = self._score(np.flatnonzero(finished), eos, finished, rewards)
+        terminated = self._done.copy() if self.lockstep else finished
+        return self._obs(), rewards, terminated, np.zeros(N, dtype=bool), info
+
+    def _score(
+        self, rows: np.ndarray, eos: np.ndarray, finished: np.ndarray, rewards: np.ndarray
+    ) -> dict[str, Any]:
+        """Decode the finished ``rows``, score them in one reward call, build vectorized infos."""
+        P, N = self.max_prompt_tokens, self.num_envs
+        ends = P + self._n_generated[rows] - eos[rows]  # the EOS is not part of the response
+        prompts = [self._prompts[r] for r in rows.tolist()]
+        references = [self._references[r] for r in rows.tolist()]
+        responses = [
+            decode_ids(self.tokenizer, self._ids[r, P:e])
+            for r, e in zip(rows.tolist(), ends.tolist())
+        ]
+        total, parts = self.reward_fn.score(prompts, responses, references)
+        rewards[rows] = total
+
+        def column(values: Any, dtype: Any) -> np.ndarray:
+            out = (
+                np.zeros(N, dtype=dtype) if dtype is not object else np.full(N, None, dtype=object)
+            )
+            out[rows] = values
+            return out
+
+        mask = finished.copy()
+        info: dict[str, Any] = {}
+        for key, values, dtype in (
+            ("prompt", prompts, object),
+            ("response", responses, object),
+            ("reference", references, object),
+            ("score", total, np.float64),
+            ("eos", eos[rows], bool),
+            ("hit_length_limit", ~eos[rows], bool),
+        ):
+            info[key], info[f"_{key}"] = column(values, dtype), mask
+        components: dict[str, Any] = {}
+        for name, values in parts.items():
+            components[name], components[f"_{name}"] = column(values, np.float64), mask
+        info["reward_components"], info["_reward_components"] = components, mask
+        return info
+
+    # ---------------------------------------------------------------- misc
+    def render(self) -> tuple[str, ...] | None:
+        if self.render_mode != "ansi":
+            return None
+        P = self.max_prompt_tokens
+        return tuple(
+            self._prompts[r]
+            + decode_ids(self.tokenizer, self._ids[r, P : P + self._n_generated[r]])
+            for r in range(self.num_envs)
+        )
