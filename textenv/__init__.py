@@ -5,8 +5,6 @@ Public API: ``TextRLHFEnv``, ``TextRLHFVectorEnv``, ``PromptDataset``, ``make_ta
 ``register_reward``, ``reward_names``, ``encode_for_reward_model``, ``Reward``.
 """
 
-import warnings
-
 import gymnasium as gym
 
 from textenv.data import PromptDataset, make_dataset
@@ -31,15 +29,6 @@ if ENV_ID not in gym.registry:
         entry_point="textenv.env:TextRLHFEnv",
         vector_entry_point="textenv.vector:TextRLHFVectorEnv",
     )
-
-# Lockstep is not one of Gymnasium's AutoresetMode members (the contract in docs/ARCHITECTURE.md
-# sets metadata["autoreset_mode"] = "lockstep"), so make_vec warns about the type on every call.
-# Silence exactly that warning, for this env only.
-warnings.filterwarnings(
-    "ignore",
-    message=r".*TextRLHFVectorEnv\(.*metadata\['autoreset_mode'\] is not an instance of AutoresetMode",
-    category=UserWarning,
-)
 
 __all__ = [
     "ENV_ID",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,15 @@ class TextRLHFVectorEnv(VectorEnv):
         )
         self.num_envs, self.render_mode = int(num_envs), render_mode
         self.lockstep = mode == LOCKSTEP  # else one of NEXT_STEP_NAMES
+        if self.lockstep:
+            # "lockstep" is not a Gymnasium AutoresetMode member (the contract in
+            # docs/ARCHITECTURE.md sets metadata["autoreset_mode"] = "lockstep"), so make_vec warns
+            # about its type after building us. Silence exactly that warning, for this class only.
+            warnings.filterwarnings(
+                "ignore",
+                message=r".*TextRLHFVectorEnv\(.*metadata\['autoreset_mode'\] is not an instance",
+                category=UserWarning,
+            )
         self.metadata = {
             "render_modes": ["ansi"],
             "autoreset_mode": LOCKSTEP if self.lockstep else AutoresetMode.NEXT_STEP,
