@@ -1,0 +1,458 @@
+"""Causal-LM actor-critic: any transformers causal LM plus a scalar value head.
+
+The LM is just another implementation of the policy protocol (agents/policies/base.py):
+
+- `act(obs, state)` samples the next token. The KV cache is the recurrent `state`: the first call
+  after a reset prefills the (left-padded) prompt, every later call feeds ONLY the token sampled at
+  the previous step, so one env step costs one cached forward of one token.
+- `evaluate(batch)` re-scores whole episodes with ONE teacher-forced forward over prompt+response.
+  The buffer hands sequence policies `(T, B, ...)` columns of whole episodes.
+- The value at step t is read from the hidden state at the position that predicts token t, i.e.
+  the state *before* action t, in both `act` and `evaluate`.
+- Temperature-scaled logits `logits / temperature` are used for sampling and for log-probs alike.
+
+Observation layout (docs/ARCHITECTURE.md): `input_ids[:P]` is the prompt, left-padded, and the
+generated tokens follow from index P. The real tokens of a row are one contiguous run, so the
+prefix length of an observation is "index of the last attended token + 1", and
+`position_ids = cumsum(mask) - 1`. The policy never needs to know P.
+
+The LM policy expects the lockstep vector env (`autoreset_mode="lockstep"`): rows that finish early
+keep being fed (their steps are marked invalid by the env and the buffer), and the cache is rebuilt
+only when every row resets together.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "tiny-sft"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def masked_logprobs_and_entropy(
+    logits: torch.Tensor, tokens: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of `tokens` and entropy of the temperature-scaled softmax, without materializing a
+    full (…, V) log-softmax tensor (gather the token logit, subtract the logsumexp)."""
+    logits = logits.float() / temperature  # (..., V)
+    lse = torch.logsumexp(logits, dim=-1)  # (...)
+    token_logit = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (...)
+    probs = torch.softmax(logits, dim=-1)  # (..., V)
+    entropy = lse - (probs * logits).sum(-1)  # (...)
+    return token_logit - lse, entropy
+
+
+def prefix_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """(..., L) attention mask -> (...) index of the last attended token + 1 (0 if none)."""
+    positions = torch.arange(1, mask.shape[-1] + 1, device=mask.device)
+    return (mask.long() * positions).amax(-1)
+
+
+def right_align(
+    ids: torch.Tensor, mask: torch.Tensor, ends: torch.Tensor, width: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift each row so that its prefix `[:end]` ends at column `width` (left padding).
+
+    ids, mask: (B, L); ends: (B,). Returns (B, width) ids and mask.
+    """
+    src = torch.arange(width, device=ids.device) - (width - ends).unsqueeze(1)  # (B, width)
+    inside = src >= 0
+    src = src.clamp(min=0)
+    out_ids = torch.where(inside, ids.gather(1, src), torch.full_like(src, pad_id))
+    out_mask = torch.where(inside, mask.long().gather(1, src), torch.zeros_like(src))
+    return out_ids, out_mask
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Left-padding-aware positions: the first real token is position 0."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def context_size(config: Any) -> int | None:
+    """The model's maximum sequence length, whatever the architecture calls it."""
+    for key in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load_causal_lm(path: str | os.PathLike) -> PreTrainedModel:
+    """`AutoModelForCausalLM.from_pretrained(path)` from a local folder, with a clear error."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"model path {str(path)!r} does not exist or is not a folder; expected a local "
+            "transformers model folder (config.json + model.safetensors), or policy.model_path: "
+            f"null for the built-in default model at {DEFAULT_MODEL_PATH}"
+        )
+    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+
+
+def without_dropout(model: PreTrainedModel) -> PreTrainedModel:
+    """PPO needs act() and evaluate() to be the same deterministic function: fp32, no dropout."""
+    model.float()
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@dataclass
+class LMState:
+    """Recurrent state of a batch of B rows: the KV cache and what the next step needs.
+
+    `cache is None` means "prefill from the next observation" (after a reset, at the start, or
+    after a policy update made the cached keys/values stale).
+    """
+
+    num_envs: int
+    cache: DynamicCache | None = None
+    critic_cache: DynamicCache | None = None
+    mask: torch.Tensor | None = None  # (B, S) attention mask of everything cached so far
+    next_pos: torch.Tensor | None = None  # (B,) position id of the next fed token
+    last_action: torch.Tensor | None = None  # (B,) token sampled at the previous step
+    version: int = -1  # policy parameter version the cache was built with
+
+
+# ----------------------------------------------------------------------------- policy
+
+
+class LMPolicy(nn.Module):
+    """Actor = causal LM, critic = value head on the shared trunk (or on a separate LM trunk)."""
+
+    is_sequence_policy = True
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: Any,
+        *,
+        num_actions: int | None = None,
+        max_sequence_length: int | None = None,
+        temperature: float = 1.0,
+        critic_model: PreTrainedModel | None = None,
+    ):
+        super().__init__()
+        if not (isinstance(temperature, (int, float)) and temperature > 0):
+            raise ValueError(f"policy.temperature must be a float > 0, got {temperature!r}")
+        self.model = without_dropout(model)
+        # None: the value head reads the actor's own trunk
+        self.critic_model = without_dropout(critic_model) if critic_model is not None else None
+        self.tokenizer = tokenizer
+        self.temperature = float(temperature)
+
+        self.pad_id = tokenizer.pad_token_id
+        self.eos_id = tokenizer.eos_token_id
+        if self.pad_id is None or self.eos_id is None or self.pad_id == self.eos_id:
+            raise ValueError(
+                f"the tokenizer needs distinct pad and EOS tokens, got pad_token_id={self.pad_id}"
+                f" and eos_token_id={self.eos_id}"
+            )
+        self._check_sizes(num_actions, max_sequence_length)
+
+        trunk_config = (critic_model or model).config
+        hidden = getattr(trunk_config, "hidden_size", None) or trunk_config.n_embd
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.value_head.weight, std=1.0 / np.sqrt(hidden + 1))
+        nn.init.zeros_(self.value_head.bias)
+        self._version = 0  # bumped whenever evaluate() runs with grad (i.e. an update is coming)
+        self._check_head_path()
+
+    # -- construction ----------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_path: str | os.PathLike | None = None,
+        *,
+        num_actions: int | None = None,
+        max_sequence_length: int | None = None,
+        temperature: float = 1.0,
+        critic: str = "shared",
+        critic_path: str | os.PathLike | None = None,
+    ) -> LMPolicy:
+        """Load the actor (and optional separate critic) from local transformers folders.
+
+        The tokenizer is read from the actor's folder (textenv's default byte tokenizer if the
+        folder has none). `critic="separate"` builds the critic from `critic_path`, or from a copy
+        of the actor's starting weights when `critic_path` is None.
+        """
+        from textenv.tokenizer import load_tokenizer
+
+        if critic not in ("shared", "separate"):
+            raise ValueError(f"policy.critic must be 'shared' or 'separate', got {critic!r}")
+        if critic == "shared" and critic_path is not None:
+            raise ValueError(
+                f"policy.critic_path={str(critic_path)!r} is only used with policy.critic: "
+                "separate (got critic: shared)"
+            )
+        path = Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH
+        model = load_causal_lm(path)
+        has_tokenizer = any(
+            (path / name).exists()
+            for name in ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json")
+        )
+        tokenizer = load_tokenizer(str(path) if has_tokenizer else None)
+        critic_model = None
+        if critic == "separate":
+            critic_model = load_causal_lm(critic_path) if critic_path else copy.deepcopy(model)
+        return cls(
+            model,
+            tokenizer,
+            num_actions=num_actions,
+            max_sequence_length=max_sequence_length,
+            temperature=temperature,
+            critic_model=critic_model,
+        )
+
+    @classmethod
+    def from_config(cls, policy_cfg: Any, observation_space: Any, action_space: Any) -> LMPolicy:
+        """Build from the `policy:` config section and the env's spaces (see ARCHITECTURE.md)."""
+        shape = getattr(observation_space, "spaces", {}).get("input_ids")
+        if shape is None:
+            raise ValueError(
+                "policy.type: lm needs a Dict observation space with 'input_ids' and "
+                f"'attention_mask' (the TextRLHF-v0 layout), got {observation_space}"
+            )
+        get = policy_cfg.get if isinstance(policy_cfg, dict) else policy_cfg.__getattribute__
+        return cls.from_pretrained(
+            get("model_path"),
+            num_actions=int(action_space.n),
+            max_sequence_length=int(shape.shape[-1]),
+            temperature=get("temperature"),
+            critic=get("critic"),
+            critic_path=get("critic_path"),
+        )
+
+    def _check_sizes(self, num_actions: int | None, max_sequence_length: int | None) -> None:
+        vocab = len(self.tokenizer)
+        models = [self.model] + ([self.critic_model] if self.critic_model is not None else [])
+        for model in models:
+            embeddings = model.get_input_embeddings().num_embeddings
+            if vocab != embeddings or (num_actions is not None and num_actions != vocab):
+                raise ValueError(
+                    "vocabulary sizes do not match: tokenizer has "
+                    f"{vocab} tokens, the model's embedding has {embeddings} rows, the env's "
+                    f"action space has {num_actions} actions; all three must be equal (use the "
+                    "env's tokenizer= with the model's own tokenizer folder)"
+                )
+            context = context_size(model.config)
+            too_long = max_sequence_length is not None and context is not None
+            if too_long and max_sequence_length > context:
+                raise ValueError(
+                    f"prompt + max_new_tokens = {max_sequence_length} tokens exceeds the "
+                    f"model's context of {context} positions ({model.config.model_type}); "
+                    "lower env max_prompt_tokens / max_new_tokens or use a model with a "
+                    "longer context"
+                )
+
+    @torch.no_grad()
+    def _check_head_path(self) -> None:
+        """We compute logits as output_embeddings(last hidden state) to get logits and the value
+        input from one trunk pass; refuse models whose head does more than that."""
+        ids = torch.tensor([[self.eos_id, self.pad_id + 3 if len(self.tokenizer) > 3 else 0]])
+        ids = ids.clamp(max=len(self.tokenizer) - 1)
+        full = self.model(input_ids=ids).logits
+        hidden = self.model.base_model(input_ids=ids).last_hidden_state
+        mine = self.model.get_output_embeddings()(hidden)
+        if not torch.allclose(full, mine, atol=1e-4, rtol=1e-4):
+            raise ValueError(
+                f"model type {self.model.config.model_type!r} post-processes its logits beyond "
+                "the output embedding (e.g. scaling or soft-capping); LMPolicy supports causal "
+                "LMs whose logits are output_embeddings(last_hidden_state)"
+            )
+
+    def train(self, mode: bool = True) -> LMPolicy:
+        """Keep the transformers models in eval mode (no dropout) whatever PPO asks for."""
+        super().train(mode)
+        self.model.eval()
+        if self.critic_model is not None:
+            self.critic_model.eval()
+        return self
+
+    # -- forward pieces ---------------------------------------------------------------------
+
+    def _trunk(
+        self,
+        model: PreTrainedModel,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: DynamicCache | None,
+    ) -> torch.Tensor:
+        """Last hidden states (B, S, H) of `model`'s trunk; extends `cache` in place if given."""
+        out = model.base_model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=cache is not None,
+        )
+        return out.last_hidden_state
+
+    def _heads(
+        self, hidden: torch.Tensor, critic_hidden: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden (..., H) -> logits (..., V) and value (...)."""
+        logits = self.model.get_output_embeddings()(hidden)
+        value_input = hidden if critic_hidden is None else critic_hidden
+        return logits, self.value_head(value_input).squeeze(-1)
+
+    def _prefill(self, obs: dict[str, torch.Tensor], state: LMState) -> tuple[torch.Tensor, ...]:
+        """Encode each row's whole observed prefix; fills fresh caches in `state`."""
+        ids, mask = obs["input_ids"].long(), obs["attention_mask"].long()  # (B, L)
+        ends = prefix_lengths(mask)  # (B,)
+        width = int(ends.max())
+        ids, mask = right_align(ids, mask, ends, width, self.pad_id)  # (B, S)
+        positions = position_ids_from_mask(mask)
+        state.cache = DynamicCache(config=self.model.config)
+        hidden = self._trunk(self.model, ids, mask, positions, state.cache)[:, -1]  # (B, H)
+        critic_hidden = None
+        if self.critic_model is not None:
+            state.critic_cache = DynamicCache(config=self.critic_model.config)
+            critic_hidden = self._trunk(
+                self.critic_model, ids, mask, positions, state.critic_cache
+            )[:, -1]
+        state.mask = mask
+        state.next_pos = mask.sum(1)
+        state.version = self._version
+        return self._heads(hidden, critic_hidden)
+
+    def _step(self, state: LMState) -> tuple[torch.Tensor, ...]:
+        """Feed only the last sampled token through the cached trunk(s)."""
+        ids = state.last_action.unsqueeze(1)  # (B, 1)
+        state.mask = torch.cat([state.mask, torch.ones_like(ids)], dim=1)  # (B, S+1)
+        positions = state.next_pos.unsqueeze(1)  # (B, 1)
+        hidden = self._trunk(self.model, ids, state.mask, positions, state.cache)[:, -1]
+        critic_hidden = None
+        if self.critic_model is not None:
+            critic_hidden = self._trunk(
+                self.critic_model, ids, state.mask, positions, state.critic_cache
+            )[:, -1]
+        state.next_pos = state.next_pos + 1
+        return self._heads(hidden, critic_hidden)
+
+    # -- policy protocol --------------------------------------------------------------------
+
+    def initial_state(self, num_envs: int) -> LMState:
+        return LMState(num_envs=num_envs)
+
+    def reset_state(self, state: LMState, done_mask: np.ndarray) -> LMState:
+        """Lockstep episodes: the cache is rebuilt only when every row has reset. Rows that
+        finished early keep being fed; their steps are invalid and never trained on."""
+        if bool(np.all(np.asarray(done_mask))):
+            return LMState(num_envs=state.num_envs)
+        return state
+
+    @torch.no_grad()
+    def act(
+        self, obs: dict[str, torch.Tensor], state: LMState, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LMState]:
+        """Sample one token per row. Returns action (B,), log_prob (B,), value (B,), state."""
+        if state.cache is None or state.version != self._version:
+            logits, value = self._prefill(obs, state)
+        else:
+            logits, value = self._step(state)
+        scaled = logits.float() / self.temperature  # (B, V)
+        if deterministic:
+            action = scaled.argmax(-1)
+        else:
+            action = torch.multinomial(torch.softmax(scaled, dim=-1), 1).squeeze(1)
+        log_prob = scaled.gather(1, action.unsqueeze(1)).squeeze(1) - torch.logsumexp(scaled, -1)
+        state.last_action = action
+        return action, log_prob, value, state
+
+    @torch.no_grad()
+    def predict_value(self, obs: dict[str, torch.Tensor], state: LMState) -> torch.Tensor:
+        """Value of `obs` (B,), computed from the observation alone; leaves `state` untouched."""
+        return self._prefill(obs, LMState(num_envs=state.num_envs))[1]
+
+    def evaluate(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Re-score `(T, B)` whole-episode columns with one teacher-forced forward.
+
+        Each column is cut into segments: maximal runs of valid steps whose observed prefix grows
+        by one token per step (a new episode starts a new segment). A segment's sequence is its
+        first observation's prefix followed by its actions; the logits at the last prefix position
+        and at each fed action score the next action. Returns (T, B) log_prob, entropy, value,
+        zero on invalid steps.
+        """
+        if torch.is_grad_enabled():
+            self._version += 1  # parameters are about to change: cached keys/values go stale
+        ids, mask = batch.obs["input_ids"].long(), batch.obs["attention_mask"].long()  # (T,B,L)
+        actions, valid = batch.actions.long(), batch.valid.bool()  # (T, B)
+        T, B, L = ids.shape
+        device = ids.device
+
+        # 1. segments, enumerated column by column: (B, T) layout, flattened
+        ends = prefix_lengths(mask)  # (T, B)
+        prev_valid = torch.cat([torch.zeros_like(valid[:1]), valid[:-1]], dim=0)
+        prev_ends = torch.cat([torch.full_like(ends[:1], -2), ends[:-1]], dim=0)
+        starts = valid & ~(prev_valid & (ends == prev_ends + 1))  # (T, B)
+        starts_f, valid_f = starts.T.reshape(-1), valid.T.reshape(-1)  # (B*T,)
+        seg_of = starts_f.long().cumsum(0) - 1  # (B*T,) segment index of each valid step
+        start_idx = starts_f.nonzero().squeeze(1)  # (K,) flat (b*T + t) index of each start
+        K = start_idx.numel()
+        if K == 0:
+            zeros = torch.zeros(T, B, device=device)
+            return zeros, zeros.clone(), zeros.clone()
+        seg_b, seg_t0 = start_idx // T, start_idx % T  # (K,)
+        lengths = torch.bincount(seg_of[valid_f], minlength=K)  # (K,)
+        offset_f = torch.arange(B * T, device=device) - start_idx[seg_of.clamp(min=0)]  # (B*T,)
+
+        # 2. sequences: right-aligned prefix (K, S) followed by the segment's actions (K, R - 1)
+        prefix_end = ends[seg_t0, seg_b]  # (K,)
+        S, R = int(prefix_end.max()), int(lengths.max())
+        pre_ids, pre_mask = right_align(
+            ids[seg_t0, seg_b], mask[seg_t0, seg_b], prefix_end, S, self.pad_id
+        )
+        j = torch.arange(R - 1, device=device)  # (R-1,)
+        step_t = (seg_t0.unsqueeze(1) + j).clamp(max=T - 1)  # (K, R-1)
+        fed = actions[step_t, seg_b.unsqueeze(1)]  # (K, R-1)
+        fed_mask = (j < lengths.unsqueeze(1) - 1).long()
+        seq = torch.cat([pre_ids, torch.where(fed_mask.bool(), fed, self.pad_id)], dim=1)
+        seq_mask = torch.cat([pre_mask, fed_mask], dim=1)  # (K, S + R - 1)
+        positions = position_ids_from_mask(seq_mask)
+
+        # 3. one forward; positions S-1 .. S+R-2 predict the segment's actions 0 .. R-1
+        hidden = self._trunk(self.model, seq, seq_mask, positions, None)[:, S - 1 :]  # (K, R, H)
+        critic_hidden = None
+        if self.critic_model is not None:
+            critic_hidden = self._trunk(self.critic_model, seq, seq_mask, positions, None)
+            critic_hidden = critic_hidden[:, S - 1 :]
+        logits, value = self._heads(hidden, critic_hidden)  # (K, R, V), (K, R)
+        r = torch.arange(R, device=device)
+        targets = actions[(seg_t0.unsqueeze(1) + r).clamp(max=T - 1), seg_b.unsqueeze(1)]
+        log_prob, entropy = masked_logprobs_and_entropy(logits, targets, self.temperature)
+
+        # 4. scatter back to (T, B); invalid steps stay 0
+        def to_steps(x: torch.Tensor) -> torch.Tensor:  # (K, R) -> (T, B)
+            out = torch.zeros(B * T, dtype=x.dtype, device=device)
+            out[valid_f] = x[seg_of[valid_f], offset_f[valid_f]]
+            return out.view(B, T).T
+
+        return to_steps(log_prob), to_steps(entropy), to_steps(value)
+
+    # -- saving -----------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write the actor as a transformers folder (safetensors + config + tokenizer)."""
+        folder = Path(folder)
+        self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        return folder

@@ -1,0 +1,341 @@
+"""Supervised fine-tuning of the tiny default policy: `textrlhf sft configs/sft_tiny.yaml`.
+
+Builds a small byte-level GPT-2 from a config (no download), trains it with teacher forcing on
+textenv's built-in train tasks (prompt -> reference + EOS, loss on the response tokens only), and
+saves it with `save_pretrained` (safetensors + config.json + tokenizer files). The committed
+default model `agents/assets/tiny-sft/` is the output of this command with the shipped config.
+
+The run is deliberately short: the starting policy should be imperfect so that PPO has room to
+improve it. Sequences use the env's exact layout (prompt left-padded to P, response from index P)
+and the same position ids as `LMPolicy`, so what SFT teaches is what the policy sees.
+
+    python -m agents.sft configs/sft_tiny.yaml [--set train.steps=200 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from agents.policies.lm import LMPolicy, position_ids_from_mask
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 2
+    n_embd: int = 128
+    n_head: int = 4
+    n_positions: int = 320  # >= prompt + 256 so the benchmark can time long responses
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 64
+    learning_rate: float = 3.0e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class EvalConfig:
+    task: str = "reverse"
+    split: str = "test"
+    n: int = 256
+    temperature: float = 1.0
+
+
+@dataclass
+class SFTConfig:
+    name: str = "sft_tiny"
+    seed: int = 0
+    output_dir: str = "agents/assets/tiny-sft"
+    tasks: list[str] = field(default_factory=lambda: ["reverse", "sort", "copy_edit"])
+    n_per_task: int = 1000
+    max_prompt_tokens: int = 32
+    max_new_tokens: int = 32
+    torch_threads: int = 1
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Dataclass from a dict; unknown keys are errors with a 'did you mean' suggestion."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"unknown SFT config key {where}{key!r}{hint} (allowed: {sorted(fields)})"
+            )
+        nested = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}.get(key)
+        if nested is not None and cls is SFTConfig:
+            value = _build(nested, value, f"{key}.")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> SFTConfig:
+    """YAML file + `key.sub=value` overrides -> SFTConfig (values parsed as YAML scalars)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value, e.g. train.steps=200")
+        key, raw = item.split("=", 1)
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    cfg = _build(SFTConfig, data, "")
+    if cfg.train.steps < 1 or cfg.train.batch_size < 1:
+        raise ValueError(
+            f"train.steps and train.batch_size must be >= 1, got {cfg.train.steps}, "
+            f"{cfg.train.batch_size}"
+        )
+    needed = cfg.max_prompt_tokens + cfg.max_new_tokens
+    if cfg.model.n_positions < needed:
+        raise ValueError(
+            f"model.n_positions={cfg.model.n_positions} is smaller than max_prompt_tokens + "
+            f"max_new_tokens = {needed}"
+        )
+    return cfg
+
+
+# ----------------------------------------------------------------------------- data and model
+
+
+def build_model(cfg: ModelConfig, tokenizer: Any) -> GPT2LMHeadModel:
+    """A fresh byte-level GPT-2 whose vocabulary is the tokenizer's (pad and EOS distinct)."""
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,  # no shared tensors: plain safetensors checkpoints work
+    )
+    return GPT2LMHeadModel(config)
+
+
+def build_sft_data(
+    cfg: SFTConfig, tokenizer: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every train prompt of `cfg.tasks` as (n, P+N) ids, attention mask and loss mask.
+
+    Prompt ids come from textenv's PromptDataset (exactly what the env puts in the observation);
+    the response is reference + EOS, right-padded.
+    """
+    from textenv import PromptDataset
+    from textenv.tokenizer import encode_text
+
+    P, N = cfg.max_prompt_tokens, cfg.max_new_tokens
+    ids_rows, mask_rows, loss_rows = [], [], []
+    for task in cfg.tasks:
+        ds = PromptDataset.from_task(
+            task, "train", n=cfg.n_per_task, seed=cfg.seed, tokenizer=tokenizer,
+            max_prompt_tokens=P,
+        )  # fmt: skip
+        for i, reference in enumerate(ds.references):
+            if reference is None:
+                raise ValueError(f"SFT task {task!r} has no references; pick a task with them")
+            response = encode_text(tokenizer, reference) + [tokenizer.eos_token_id]
+            if len(response) > N:
+                raise ValueError(
+                    f"reference of {task}[{i}] has {len(response)} tokens with EOS, more than "
+                    f"max_new_tokens={N}"
+                )
+            ids = np.full(P + N, tokenizer.pad_token_id, dtype=np.int64)
+            mask = np.zeros(P + N, dtype=np.int64)
+            ids[:P], mask[:P] = ds.input_ids[i], ds.attention_mask[i]
+            ids[P : P + len(response)], mask[P : P + len(response)] = response, 1
+            ids_rows.append(ids)
+            mask_rows.append(mask)
+            loss = np.zeros(P + N, dtype=bool)
+            loss[P : P + len(response)] = True
+            loss_rows.append(loss)
+    return (
+        torch.from_numpy(np.stack(ids_rows)),
+        torch.from_numpy(np.stack(mask_rows)),
+        torch.from_numpy(np.stack(loss_rows)),
+    )
+
+
+def sft_loss(
+    model: GPT2LMHeadModel, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over the response tokens (teacher forcing)."""
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)
+    ).logits  # (B, L, V)
+    targets = ids[:, 1:]  # (B, L-1): position i predicts token i+1
+    keep = loss_mask[:, 1:]
+    return F.cross_entropy(logits[:, :-1][keep], targets[keep])
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def score_on_task(
+    policy: LMPolicy,
+    task: str = "reverse",
+    split: str = "test",
+    n: int = 256,
+    deterministic: bool = False,
+    seed: int = 0,
+    max_prompt_tokens: int = 32,
+    max_new_tokens: int = 32,
+    reward_fn: Any = "edit_distance",
+) -> dict[str, Any]:
+    """Roll the policy out on the first `n` prompts of a built-in task split (the lockstep vector
+    env, one episode per prompt). Returns mean score, mean response length and a few samples."""
+    from textenv import TextRLHFVectorEnv
+
+    env = TextRLHFVectorEnv(
+        num_envs=n, prompts=task, split=split, reward_fn=reward_fn,
+        max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    if n > len(env.dataset):
+        raise ValueError(f"n={n} exceeds the {len(env.dataset)} prompts of {task}/{split}")
+    torch.manual_seed(seed)
+    obs, _ = env.reset(seed=seed, options={"prompts": list(range(n))})
+    state = policy.initial_state(n)
+    scores, lengths, samples = np.zeros(n), np.zeros(n), [None] * n
+    done = np.zeros(n, dtype=bool)
+    while not done.all():
+        tensors = {k: torch.as_tensor(v) for k, v in obs.items()}
+        action, _, _, state = policy.act(tensors, state, deterministic=deterministic)
+        obs, _, terminated, truncated, info = env.step(action.numpy())
+        for i in np.flatnonzero(info.get("_score", np.zeros(n, dtype=bool))):
+            scores[i] = info["score"][i]
+            lengths[i] = len(info["response"][i])
+            samples[i] = {
+                "prompt": info["prompt"][i],
+                "response": info["response"][i],
+                "reference": info["reference"][i],
+                "score": float(info["score"][i]),
+            }
+        done |= terminated | truncated
+    return {
+        "mean_score": float(scores.mean()),
+        "mean_response_chars": float(lengths.mean()),
+        "samples": samples[:8],
+    }
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(config_path: str | Path | None, overrides: list[str] | None = None) -> Path:
+    """Train the SFT model described by `config_path`; return the output folder."""
+    from textenv import default_tokenizer
+
+    cfg = load_config(config_path, overrides)
+    torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    tokenizer = default_tokenizer()
+    model = build_model(cfg.model, tokenizer)
+    model.train()
+    ids, mask, loss_mask = build_sft_data(cfg, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"SFT {cfg.name}: {n_params / 1e6:.2f}M parameters, {len(ids)} examples from {cfg.tasks}")
+
+    tc = cfg.train
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, tc.warmup_steps))
+    )
+    start, losses = time.perf_counter(), []
+    for step in range(tc.steps):
+        idx = torch.from_numpy(rng.integers(0, len(ids), size=tc.batch_size))
+        loss = sft_loss(model, ids[idx], mask[idx], loss_mask[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == tc.steps - 1:
+            print(f"step {step:5d}  loss {loss.item():.4f}")
+    train_seconds = time.perf_counter() - start
+
+    model.eval()
+    policy = LMPolicy(
+        model, tokenizer, temperature=cfg.eval.temperature,
+        max_sequence_length=cfg.max_prompt_tokens + cfg.max_new_tokens,
+    )  # fmt: skip
+    ev = cfg.eval
+    kwargs = dict(task=ev.task, split=ev.split, n=ev.n, seed=cfg.seed,
+                  max_prompt_tokens=cfg.max_prompt_tokens, max_new_tokens=cfg.max_new_tokens)  # fmt: skip
+    sampled = score_on_task(policy, deterministic=False, **kwargs)
+    greedy = score_on_task(policy, deterministic=True, **kwargs)
+    print(
+        f"held-out {ev.task}/{ev.split} edit-distance reward: sampled {sampled['mean_score']:.3f}"
+        f", greedy {greedy['mean_score']:.3f}"
+    )
+    for s in sampled["samples"][:4]:
+        print(f"  {s['prompt']!r} -> {s['response']!r} (ref {s['reference']!r}, {s['score']:.2f})")
+
+    out = Path(cfg.output_dir)
+    if not out.is_absolute():
+        out = REPO_ROOT / out
+    out.mkdir(parents=True, exist_ok=True)
+    policy.save_pretrained(out)
+    summary = {
+        "config": dataclasses.asdict(cfg),
+        "parameters": n_params,
+        "examples": len(ids),
+        "final_loss": float(np.mean(losses[-20:])),
+        "train_seconds": round(train_seconds, 1),
+        f"heldout_{ev.task}_{ev.split}_reward_sampled": round(sampled["mean_score"], 4),
+        f"heldout_{ev.task}_{ev.split}_reward_greedy": round(greedy["mean_score"], 4),
+    }
+    (out / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"saved {out}")
+    return out
+
+
+def cli(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="python -m agents.sft", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("config", help="YAML config, e.g. configs/sft_tiny.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    return main(args.config, args.set)
+
+
+if __name__ == "__main__":
+    cli()
