@@ -1,0 +1,94 @@
+"""Bad input gets a clear error, and the env stays usable."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import textenv  # noqa: F401
+from textenv import TextRLHFEnv, default_tokenizer
+
+
+@pytest.mark.parametrize(
+    "action, error",
+    [
+        (259, ValueError),
+        (-1, ValueError),
+        (np.int64(1000), ValueError),
+        (3.0, TypeError),
+        (np.float32(4), TypeError),
+        (None, TypeError),
+        ("a", TypeError),
+        (True, TypeError),
+        (np.array([5, 6]), TypeError),
+    ],
+)
+def test_bad_actions_raise_and_leave_state_unchanged(action, error):
+    env = TextRLHFEnv(max_new_tokens=4)
+    env.reset(seed=0)
+    obs_before, *_ = env.step(100)
+    with pytest.raises(error, match=r"\[0, 259\)"):
+        env.step(action)
+    assert env._n_generated == 1
+    np.testing.assert_array_equal(env._ids, obs_before["input_ids"])
+    np.testing.assert_array_equal(env._mask, obs_before["attention_mask"])
+    obs, reward, terminated, truncated, info = env.step(np.int32(1))  # numpy ints are fine
+    assert terminated and info["response"] == "a"
+    assert obs["input_ids"][33] == 1
+
+
+def test_numpy_integer_and_0d_array_actions_are_valid():
+    env = TextRLHFEnv(max_new_tokens=8)
+    env.reset(seed=0)
+    for action in (np.int64(100), np.uint8(101), np.array(102), 103):
+        env.step(action)
+    assert env.render() is None and env._n_generated == 4
+
+
+def test_empty_and_too_long_prompts_raise():
+    with pytest.raises(ValueError, match=r"prompts\[1\]: empty prompt"):
+        TextRLHFEnv(prompts=["ok", ""])
+    with pytest.raises(ValueError, match=r"prompts\[0\].*12 tokens.*max_prompt_tokens=8"):
+        TextRLHFEnv(prompts=["x" * 12], max_prompt_tokens=8)
+    env = TextRLHFEnv(prompts=["ok"], max_prompt_tokens=8)
+    with pytest.raises(ValueError, match="max_prompt_tokens=8"):
+        env.reset(options={"prompt": "y" * 9})
+    with pytest.raises(ValueError, match="empty prompt"):
+        env.reset(options={"prompt": ""})
+    obs, _ = env.reset(options={"prompt": "z"})  # still usable
+    assert obs["attention_mask"][:8].sum() == 1
+    with pytest.raises(ValueError, match="empty list"):
+        TextRLHFEnv(prompts=[])
+
+
+def test_tokenizer_without_eos_or_pad_is_rejected():
+    for attr in ("eos_token", "pad_token"):
+        tok = default_tokenizer()
+        setattr(tok, attr, None)
+        with pytest.raises(ValueError, match=f"{attr}_id=None"):
+            TextRLHFEnv(tokenizer=tok)
+    with pytest.raises(ValueError, match="existing local folder"):
+        TextRLHFEnv(tokenizer="/no/such/tokenizer")
+
+
+def test_saved_tokenizer_folder_loads(tmp_path):
+    default_tokenizer().save_pretrained(tmp_path)
+    env = gym.make("TextRLHF-v0", tokenizer=str(tmp_path))
+    assert env.action_space.n == 259
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        TextRLHFEnv(max_new_tokens=0)
+    with pytest.raises(ValueError, match="render_mode"):
+        TextRLHFEnv(render_mode="human")
+    with pytest.raises(ValueError, match="known tasks|built-in task"):
+        TextRLHFEnv(prompts="reverse_words")
+    with pytest.raises(ValueError, match="known splits"):
+        TextRLHFEnv(split="dev")
+    env = TextRLHFEnv()
+    with pytest.raises(ValueError, match="unknown reset options"):
+        env.reset(options={"promt": "x"})
+    with pytest.raises(RuntimeError, match="reset"):
+        TextRLHFEnv().step(100)
+    with pytest.raises(ValueError, match="unknown reward function"):
+        gym.make("TextRLHF-v0", reward_fn="bleu")
