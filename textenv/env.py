@@ -10,7 +10,7 @@ from gymnasium import spaces
 
 from textenv.data import PromptDataset, make_dataset
 from textenv.rewards import Reward, make_reward_fn
-from textenv.tokenizer import decode_ids, load_tokenizer
+from textenv.tokenizer import load_tokenizer, make_decoder
 
 
 def build_parts(
@@ -161,6 +161,7 @@ class TextRLHFEnv(gym.Env):
         self.max_prompt_tokens, self.max_new_tokens = int(max_prompt_tokens), int(max_new_tokens)
         self.vocab_size = len(self.tokenizer)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        self._decode = make_decoder(self.tokenizer)
         L = self.max_prompt_tokens + self.max_new_tokens
         self.action_space = spaces.Discrete(self.vocab_size)
         self.observation_space = make_observation_space(self.vocab_size, L)
@@ -213,7 +214,7 @@ class TextRLHFEnv(gym.Env):
 
         self._needs_reset = True
         end = pos if eos else pos + 1  # the EOS token is not part of the response text
-        response = decode_ids(self.tokenizer, self._ids[self.max_prompt_tokens : end])
+        response = self._decode(self._ids[self.max_prompt_tokens : end])
         total, parts = self.reward_fn.score([self._prompt], [response], [self._reference])
         info = {
             "prompt": self._prompt,
@@ -230,5 +231,5 @@ class TextRLHFEnv(gym.Env):
         if self.render_mode != "ansi":
             return None
         P = self.max_prompt_tokens
-        text = decode_ids(self.tokenizer, self._ids[P : P + self._n_generated])
+        text = self._decode(self._ids[P : P + self._n_generated])
         return self._prompt + text

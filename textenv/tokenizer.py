@@ -8,7 +8,10 @@ so ``len(tokenizer) == 259``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
 
 DEFAULT_TOKENIZER_NAMES = ("byte", "byt5")
 
@@ -68,4 +71,58 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
 
 def decode_ids(tokenizer: Any, ids: Any) -> str:
     """Decode generated ids to text, dropping special tokens (EOS, pad)."""
-    return tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+    ids = ids.tolist() if isinstance(ids, np.ndarray) else [int(i) for i in ids]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _is_plain_byt5(tokenizer: Any) -> bool:
+    """True for an unmodified ``ByT5Tokenizer(extra_ids=0)``: ids 0-2 special, id b+3 = byte b."""
+    from transformers import ByT5Tokenizer
+
+    return (
+        isinstance(tokenizer, ByT5Tokenizer)
+        and getattr(tokenizer, "offset", None) == 3
+        and len(tokenizer) == 259
+        and not tokenizer.clean_up_tokenization_spaces
+    )
+
+
+def make_decoder(tokenizer: Any) -> Callable[[np.ndarray], str]:
+    """A function ``ids (1-D int array) -> text`` equal to ``decode_ids(tokenizer, ids)``.
+
+    For the default byte tokenizer it decodes the bytes directly (about 10x faster than
+    ``tokenizer.decode``, same output: specials dropped, invalid UTF-8 ignored); the env decodes
+    every finished row, so this is on the rollout's hot path.
+    """
+    if _is_plain_byt5(tokenizer):
+
+        def decode_bytes(ids: np.ndarray) -> str:
+            ids = np.asarray(ids)
+            return (ids[ids >= 3] - 3).astype(np.uint8).tobytes().decode("utf-8", errors="ignore")
+
+        return decode_bytes
+    return lambda ids: decode_ids(tokenizer, ids)
+
+
+def make_batch_decoder(tokenizer: Any) -> Callable[[np.ndarray, np.ndarray], list[str]]:
+    """A function ``(ids (B, W) int array, lengths (B,)) -> texts`` decoding ``ids[i, :lengths[i]]``.
+
+    Same output as ``make_decoder``; for the default byte tokenizer a batch without special ids
+    is converted to bytes in one numpy call and only sliced per row.
+    """
+    decode = make_decoder(tokenizer)
+    if not _is_plain_byt5(tokenizer):
+        return lambda ids, lengths: [decode(ids[i, :n]) for i, n in enumerate(lengths.tolist())]
+
+    def decode_byte_batch(ids: np.ndarray, lengths: np.ndarray) -> list[str]:
+        B, W = ids.shape
+        inside = np.arange(W) < lengths[:, None]  # (B, W)
+        if (inside & (ids < 3)).any():  # a special id inside a text: the per-row path drops it
+            return [decode(ids[i, :n]) for i, n in enumerate(lengths.tolist())]
+        raw = (ids - 3).astype(np.uint8).tobytes()  # specials outside the texts wrap; never read
+        return [
+            raw[i * W : i * W + n].decode("utf-8", errors="ignore")
+            for i, n in enumerate(lengths.tolist())
+        ]
+
+    return decode_byte_batch

@@ -11,7 +11,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textenv.env import build_parts, make_observation_space, resolve_prompt
-from textenv.tokenizer import decode_ids
+from textenv.tokenizer import make_batch_decoder, make_decoder
 
 LOCKSTEP = "lockstep"
 NEXT_STEP_NAMES = ("next_step", AutoresetMode.NEXT_STEP.value)  # "next_step", "NextStep"
@@ -85,6 +85,8 @@ class TextRLHFVectorEnv(VectorEnv):
         self.max_prompt_tokens, self.max_new_tokens = int(max_prompt_tokens), int(max_new_tokens)
         self.vocab_size = len(self.tokenizer)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        self._decode = make_decoder(self.tokenizer)
+        self._decode_batch = make_batch_decoder(self.tokenizer)
         N, L = self.num_envs, self.max_prompt_tokens + self.max_new_tokens
         self.single_action_space = spaces.Discrete(self.vocab_size)
         self.single_observation_space = make_observation_space(self.vocab_size, L)
@@ -164,12 +166,15 @@ class TextRLHFVectorEnv(VectorEnv):
             )
         if a.shape != (self.num_envs,):
             raise ValueError(f"actions must have shape ({self.num_envs},), got {a.shape}")
-        live = a[active]
-        if live.size and (live.min() < 0 or live.max() >= self.vocab_size):
-            bad = live[(live < 0) | (live >= self.vocab_size)][0]
-            raise ValueError(
-                f"action {bad} is out of range: token ids are in [0, {self.vocab_size})"
-            )
+        if a.min() < 0 or a.max() >= self.vocab_size:  # fast path: every row valid
+            live = a[
+                active
+            ]  # actions of finished rows are ignored, so only live rows must be valid
+            bad = live[(live < 0) | (live >= self.vocab_size)]
+            if bad.size:
+                raise ValueError(
+                    f"action {bad[0]} is out of range: token ids are in [0, {self.vocab_size})"
+                )
         return a
 
     def step(
@@ -178,19 +183,24 @@ class TextRLHFVectorEnv(VectorEnv):
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
         N, P = self.num_envs, self.max_prompt_tokens
-        to_reset = None if self.lockstep else self._done.copy()
-        active = ~self._done  # (N,) rows that take this action
+        was_done = self._done.copy()  # (N,) finished rows (lockstep) / rows to reset (next_step)
+        active = ~was_done  # (N,) rows that take this action
         a = self._check_actions(actions, active)
-        if to_reset is not None and to_reset.any():  # NEXT_STEP: reset rows that finished last step
-            self._load_rows(np.flatnonzero(to_reset))
+        any_done = was_done.any()
+        if any_done and not self.lockstep:  # NEXT_STEP: reset the rows that finished last step
+            self._load_rows(np.flatnonzero(was_done))
 
-        rows = np.flatnonzero(active)
-        cols = P + self._n_generated[rows]
+        n_gen = self._n_generated
+        rows = self._rows if not any_done else np.flatnonzero(active)
+        cols = P + n_gen[rows]
         self._ids[rows, cols] = a[rows]
         self._mask[rows, cols] = 1
-        self._n_generated[rows] += 1
-        eos = active & (a == self.eos_id)  # (N,)
-        finished = eos | (active & (self._n_generated == self.max_new_tokens))  # (N,)
+        n_gen[rows] += 1
+        eos = a == self.eos_id  # (N,)
+        finished = eos | (n_gen == self.max_new_tokens)  # (N,)
+        if any_done:
+            eos &= active
+            finished &= active
         self._done |= finished
 
         rewards = np.zeros(N, dtype=np.float64)
@@ -205,21 +215,16 @@ class TextRLHFVectorEnv(VectorEnv):
     ) -> dict[str, Any]:
         """Decode the finished ``rows``, score them in one reward call, build vectorized infos."""
         P, N = self.max_prompt_tokens, self.num_envs
-        ends = P + self._n_generated[rows] - eos[rows]  # the EOS is not part of the response
+        lengths = self._n_generated[rows] - eos[rows]  # the EOS is not part of the response
         prompts = [self._prompts[r] for r in rows.tolist()]
         references = [self._references[r] for r in rows.tolist()]
-        responses = [
-            decode_ids(self.tokenizer, self._ids[r, P:e])
-            for r, e in zip(rows.tolist(), ends.tolist())
-        ]
+        responses = self._decode_batch(self._ids[rows, P:], lengths)
         total, parts = self.reward_fn.score(prompts, responses, references)
         rewards[rows] = total
 
         def column(values: Any, dtype: Any) -> np.ndarray:
-            out = (
-                np.zeros(N, dtype=dtype) if dtype is not object else np.full(N, None, dtype=object)
-            )
-            out[rows] = values
+            out = np.empty(N, dtype=object) if dtype is object else np.zeros(N, dtype=dtype)
+            out[rows] = values  # an empty object array holds None
             return out
 
         mask = finished.copy()
@@ -245,7 +250,6 @@ class TextRLHFVectorEnv(VectorEnv):
             return None
         P = self.max_prompt_tokens
         return tuple(
-            self._prompts[r]
-            + decode_ids(self.tokenizer, self._ids[r, P : P + self._n_generated[r]])
+            self._prompts[r] + self._decode(self._ids[r, P : P + self._n_generated[r]])
             for r in range(self.num_envs)
         )
