@@ -153,7 +153,10 @@ class TextRLHFEnv(gym.Env):
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode {render_mode!r} not supported; allowed: [None, 'ansi']")
+            raise ValueError(
+                f"render_mode {render_mode!r} not supported; allowed: [None, 'ansi'] (SB3's "
+                "make_vec_env defaults to 'rgb_array': pass env_kwargs={'render_mode': None})"
+            )
         self.tokenizer, self.dataset, self.reward_fn = build_parts(
             tokenizer, prompts, split, reward_fn, max_new_tokens, max_prompt_tokens
         )

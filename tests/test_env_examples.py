@@ -1,0 +1,70 @@
+"""The textenv examples run, and SB3's PPO (MultiInputPolicy) trains on TextRLHF-v0."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+from textenv import default_tokenizer
+from textenv.tokenizer import decode_ids, make_batch_decoder, make_decoder
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_random_rollout_example(capsys):
+    load_example("random_rollout").main()
+    out = capsys.readouterr().out
+    assert out.count("reward=") == 5 and "mean reward" in out
+
+
+def test_swap_rewards_example(capsys):
+    load_example("swap_rewards").main()
+    out = capsys.readouterr().out
+    assert "edit_distance" in out and "vowel_free" in out and "components" in out
+
+
+def test_sb3_ppo_multiinput_runs_on_textenv():
+    sb3 = load_example("sb3_textenv")
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    venv = make_vec_env("TextRLHF-v0", n_envs=2, seed=0, env_kwargs=sb3.SB3_KWARGS)
+    model = PPO("MultiInputPolicy", venv, n_steps=32, batch_size=32, n_epochs=1, seed=0)
+    model.learn(total_timesteps=64)
+    assert 0.0 <= sb3.evaluate(model, episodes=3) <= 1.0
+
+
+@pytest.mark.slow
+def test_sb3_ppo_learns_above_random():
+    sb3 = load_example("sb3_textenv")
+    random_reward = sb3.evaluate(None)
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    venv = make_vec_env("TextRLHF-v0", n_envs=8, seed=0, env_kwargs=sb3.SB3_KWARGS)
+    model = PPO("MultiInputPolicy", venv, n_steps=128, batch_size=256, n_epochs=4,
+                learning_rate=1e-3, ent_coef=0.01, gamma=1.0, seed=0)  # fmt: skip
+    model.learn(total_timesteps=30000)
+    assert sb3.evaluate(model) > random_reward + 0.1
+
+
+def test_fast_byte_decoders_match_tokenizer_decode():
+    tok = default_tokenizer()
+    decode, decode_batch = make_decoder(tok), make_batch_decoder(tok)
+    rng = np.random.default_rng(0)
+    for k in range(300):
+        low = 0 if k % 2 else 3  # with and without special ids inside the texts
+        ids = rng.choice([*range(low, 3), 35, 100, 101, 200, 230, 150, 13, 195, 226], size=(4, 12))
+        lengths = rng.integers(0, 13, size=4)
+        expected = [decode_ids(tok, ids[i, : lengths[i]]) for i in range(4)]
+        assert decode_batch(ids, lengths) == expected
+        assert [decode(ids[i, : lengths[i]]) for i in range(4)] == expected
+    assert decode(np.array([107, 108, 1, 0])) == "hi"
