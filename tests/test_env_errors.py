@@ -85,6 +85,8 @@ def test_bad_arguments():
         TextRLHFEnv(prompts="reverse_words")
     with pytest.raises(ValueError, match="known splits"):
         TextRLHFEnv(split="dev")
+    with pytest.raises(ValueError, match="built-in tasks .* only"):
+        TextRLHFEnv(prompts=["a", "b"], split="test")  # never silently evaluated on train data
     env = TextRLHFEnv()
     with pytest.raises(ValueError, match="unknown reset options"):
         env.reset(options={"promt": "x"})

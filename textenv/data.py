@@ -212,6 +212,14 @@ class PromptDataset:
         records = [{"prompt": p, "reference": r} for p, r in zip(self.prompts, self.references)]
         return PromptDataset(records, tokenizer, max_prompt_tokens, locations=self.locations)
 
+    def index_of(self, prompt: str) -> int | None:
+        """Index of the first record whose prompt is ``prompt``, or None."""
+        if not hasattr(self, "_index"):
+            self._index: dict[str, int] = {}
+            for i, p in enumerate(self.prompts):
+                self._index.setdefault(p, i)
+        return self._index.get(prompt)
+
     def __len__(self) -> int:
         return len(self.prompts)
 
@@ -228,15 +236,28 @@ def make_dataset(
     max_prompt_tokens: int = 32,
     split: str = "train",
 ) -> PromptDataset:
-    """Build a PromptDataset from a task name, a dataset, a list, or a .json/.jsonl path."""
-    from textenv.tasks import TASK_NAMES
+    """Build a PromptDataset from a task name, a dataset, a list, or a .json/.jsonl path.
+
+    ``split`` selects the built-in task split; any other split than ``"train"`` with your own
+    prompts is an error (they have no held-out part: pass a separate test file instead).
+    """
+    from textenv.tasks import SPLITS, TASK_NAMES
+
+    is_task = isinstance(spec, str) and spec in TASK_NAMES
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known splits: {list(SPLITS)}")
+    if split != "train" and not is_task:
+        raise ValueError(
+            f"split={split!r} applies to built-in tasks {list(TASK_NAMES)} only; for your own "
+            "prompts pass the held-out prompts themselves (e.g. prompts='test.jsonl')"
+        )
 
     if isinstance(spec, PromptDataset):
         return spec.with_tokenizer(
             load_tokenizer(tokenizer) if tokenizer is not None else spec.tokenizer,
             max_prompt_tokens,
         )
-    if isinstance(spec, str) and spec in TASK_NAMES:
+    if is_task:
         return PromptDataset.from_task(
             spec, split, tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens
         )

@@ -64,13 +64,15 @@ def resolve_prompt(
         )
     if reference is not None and not isinstance(reference, str):
         raise TypeError(f"a forced reference must be a str or None, got {type(reference).__name__}")
+    i = dataset.index_of(prompt)
+    if i is not None:  # a prompt of the dataset: its pre-tokenized ids and its reference
+        ref = dataset.references[i] if reference is None else reference
+        return dataset.input_ids[i], dataset.attention_mask[i], prompt, ref
     ids = dataset.encode(prompt, where="options prompt")
     P = dataset.max_prompt_tokens
     input_ids = np.full(P, dataset.tokenizer.pad_token_id, dtype=np.int64)
     mask = np.zeros(P, dtype=np.int8)
     input_ids[P - len(ids) :], mask[P - len(ids) :] = ids, 1
-    if reference is None and prompt in dataset.prompts:
-        reference = dataset.references[dataset.prompts.index(prompt)]
     return input_ids, mask, prompt, reference
 
 
