@@ -1,0 +1,161 @@
+"""Preallocated (T, N) rollout storage, GAE with truncation bootstrap, minibatch iterators.
+
+`valid[t, i]` is False for a step that is not a real transition: the reset step right after a
+done under Gymnasium's NEXT_STEP autoreset (the env ignores that action and returns the first
+observation of the next episode), or the steps after a row finished under "lockstep" episodes.
+Invalid steps get zero advantage and are left out of every loss by masked means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.policies.base import Minibatch
+
+TORCH_DTYPES = {
+    np.dtype(np.float32): torch.float32,
+    np.dtype(np.float64): torch.float32,  # float64 observations are stored as float32
+    np.dtype(np.int64): torch.int64,
+    np.dtype(np.int32): torch.int32,
+    np.dtype(np.int8): torch.int8,
+    np.dtype(np.uint8): torch.uint8,
+    np.dtype(np.bool_): torch.bool,
+}
+
+
+def _storage(space: gym.Space, prefix: tuple[int, ...], device: torch.device):
+    """Zero tensor(s) of shape prefix + space.shape (a dict of them for Dict spaces)."""
+    if isinstance(space, gym.spaces.Dict):
+        return {k: _storage(s, prefix, device) for k, s in space.spaces.items()}
+    if isinstance(space, gym.spaces.Discrete):
+        return torch.zeros(prefix, dtype=torch.int64, device=device)
+    if space.dtype is None or np.dtype(space.dtype) not in TORCH_DTYPES:
+        raise TypeError(f"unsupported space for the rollout buffer: {space}")
+    return torch.zeros(
+        prefix + space.shape, dtype=TORCH_DTYPES[np.dtype(space.dtype)], device=device
+    )
+
+
+def _index(x, idx):
+    """Apply an index to a tensor or to each tensor of a dict."""
+    if isinstance(x, dict):
+        return {k: v[idx] for k, v in x.items()}
+    return x[idx]
+
+
+def _flatten(x, n: int):
+    """(T, N, ...) -> (T*N, ...) for a tensor or a dict of tensors."""
+    if isinstance(x, dict):
+        return {k: v.reshape(n, *v.shape[2:]) for k, v in x.items()}
+    return x.reshape(n, *x.shape[2:])
+
+
+class RolloutBuffer:
+    """Storage for one rollout of T steps of N envs, written in place by `agents.rollout`."""
+
+    def __init__(
+        self,
+        n_steps: int,
+        num_envs: int,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        device: str | torch.device = "cpu",
+    ):
+        T, N = n_steps, num_envs
+        self.n_steps, self.num_envs = T, N
+        self.device = torch.device(device)
+        self.obs = _storage(observation_space, (T, N), self.device)  # (T, N, *obs_shape)
+        self.actions = _storage(action_space, (T, N), self.device)  # (T, N, *act_shape)
+        zeros = lambda dtype=torch.float32: torch.zeros(T, N, dtype=dtype, device=self.device)  # noqa: E731
+        self.log_probs = zeros()
+        self.values = zeros()
+        self.rewards = zeros()
+        self.terminated = zeros(torch.bool)
+        self.truncated = zeros(torch.bool)
+        self.valid = zeros(torch.bool)
+        # Value of the final observation for steps whose episode was truncated when the env does
+        # not show that observation at step t+1 (Gymnasium SAME_STEP autoreset); see `gae`.
+        self.final_values = zeros()
+        self.has_final_value = zeros(torch.bool)
+        self.advantages = zeros()
+        self.returns = zeros()
+        self.last_value = torch.zeros(N, device=self.device)  # V(obs after the last step)
+
+    def clear_flags(self) -> None:
+        """Reset the per-rollout masks (the rollout overwrites every other field)."""
+        self.valid.zero_()
+        self.terminated.zero_()
+        self.truncated.zero_()
+        self.has_final_value.zero_()
+        self.rewards.zero_()
+
+    @torch.no_grad()
+    def compute_gae(self, gamma: float, gae_lambda: float) -> None:
+        """Generalized advantage estimation, a backward loop over t (SB3/CleanRL style).
+
+        delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t)
+        A_t     = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}
+
+        On truncation (a time limit, not a real end) the value of the final observation is
+        bootstrapped instead of 0: under NEXT_STEP autoreset that observation is what the policy
+        saw at step t+1 (the invalid reset step), so V(s_{t+1}) = values[t+1], or `last_value`
+        after the last step. The chain is cut at every done (terminated or truncated).
+        """
+        next_values = torch.cat([self.values[1:], self.last_value.unsqueeze(0)])  # (T, N)
+        next_values = torch.where(self.has_final_value, self.final_values, next_values)
+        not_terminated = (~self.terminated).float()
+        not_done = (~(self.terminated | self.truncated)).float()
+        deltas = self.rewards + gamma * next_values * not_terminated - self.values
+        deltas = deltas * self.valid
+        advantages = self.advantages
+        last = torch.zeros_like(self.last_value)
+        for t in reversed(range(self.n_steps)):
+            last = deltas[t] + gamma * gae_lambda * not_done[t] * last
+            last = last * self.valid[t]
+            advantages[t] = last
+        torch.add(advantages, self.values, out=self.returns)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def full_batch(self, sequence: bool) -> Minibatch:
+        """All the data as one Minibatch: (T, N, ...) for sequence policies, else (T*N, ...)."""
+        fields = (self.obs, self.actions, self.log_probs, self.values, self.advantages)
+        fields += (self.returns, self.valid)
+        if sequence:
+            return Minibatch(*fields)
+        n = self.n_steps * self.num_envs
+        return Minibatch(*(_flatten(f, n) for f in fields))
+
+    def minibatches(
+        self, batch_size: int, sequence: bool, generator: torch.Generator | None = None
+    ) -> Iterator[Minibatch]:
+        """One epoch of minibatches.
+
+        Transition policies: shuffled transitions, `batch_size` each, shapes (B, ...).
+        Sequence policies: shuffled whole env columns, `batch_size // n_steps` columns each,
+        shapes (T, B, ...). When one minibatch holds the whole rollout, no shuffling is needed
+        (the loss is a mean over the batch) and the stored tensors are handed out as they are.
+        """
+        full = self.full_batch(sequence)
+        if sequence:
+            columns = batch_size // self.n_steps
+            if columns >= self.num_envs:
+                yield full
+                return
+            perm = torch.randperm(self.num_envs, generator=generator, device=self.device)
+            for start in range(0, self.num_envs, columns):
+                idx = perm[start : start + columns]
+                yield Minibatch(*(_index(f, (slice(None), idx)) for f in full))
+            return
+        n = self.n_steps * self.num_envs
+        if batch_size >= n:
+            yield full
+            return
+        perm = torch.randperm(n, generator=generator, device=self.device)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            yield Minibatch(*(_index(f, idx) for f in full))
