@@ -49,7 +49,7 @@ def test_empty_and_too_long_prompts_raise():
         TextRLHFEnv(prompts=["ok", ""])
     with pytest.raises(ValueError, match=r"prompts\[0\].*12 tokens.*max_prompt_tokens=8"):
         TextRLHFEnv(prompts=["x" * 12], max_prompt_tokens=8)
-    env = TextRLHFEnv(prompts=["ok"], max_prompt_tokens=8)
+    env = TextRLHFEnv(prompts=["ok"], max_prompt_tokens=8, reward_fn="length")
     with pytest.raises(ValueError, match="max_prompt_tokens=8"):
         env.reset(options={"prompt": "y" * 9})
     with pytest.raises(ValueError, match="empty prompt"):
@@ -94,3 +94,17 @@ def test_bad_arguments():
         TextRLHFEnv().step(100)
     with pytest.raises(ValueError, match="unknown reward function"):
         gym.make("TextRLHF-v0", reward_fn="bleu")
+
+
+def test_reward_needing_references_is_rejected_early_on_open_ended_prompts():
+    with pytest.raises(ValueError, match=r"'edit_distance' needs references.*continuation\[0\]"):
+        TextRLHFEnv(prompts="continuation")
+    spec = {
+        "weighted_sum": [
+            {"name": "repetition", "weight": 1},
+            {"name": "edit_distance", "weight": 0},
+        ]
+    }
+    with pytest.raises(ValueError, match="needs references"):
+        TextRLHFEnv(prompts=["open prompt"], reward_fn=spec)
+    TextRLHFEnv(prompts="continuation", reward_fn="repetition")  # fine

@@ -35,7 +35,15 @@ def build_parts(
     else:
         tokenizer = load_tokenizer(tokenizer)
     dataset = make_dataset(prompts, tokenizer, int(max_prompt_tokens), split)
-    return tokenizer, dataset, make_reward_fn(reward_fn)
+    reward = make_reward_fn(reward_fn)
+    if reward.needs_reference and None in dataset.references:
+        i = dataset.references.index(None)
+        raise ValueError(
+            f"reward {reward.name!r} needs references, but {dataset.locations[i]} "
+            f"(prompt {dataset.prompts[i]!r}) has none; use prompts with references or a reward "
+            "that needs none ('repetition', 'length', 'reward_model', a callable)"
+        )
+    return tokenizer, dataset, reward
 
 
 def make_observation_space(vocab_size: int, length: int) -> spaces.Dict:

@@ -73,6 +73,7 @@ class Reward:
     """A named batched reward function. Subclasses implement ``compute``."""
 
     name: str = "reward"
+    needs_reference: bool = False  # True: the envs reject prompt sets without references early
 
     def compute(
         self, prompts: list[str], responses: list[str], references: list[str | None]
@@ -108,6 +109,7 @@ class EditDistance(Reward):
     """Normalized Levenshtein similarity to the reference (rapidfuzz), in [0, 1]; 1 = exact."""
 
     name = "edit_distance"
+    needs_reference = True
 
     def compute(self, prompts, responses, references):
         for i, ref in enumerate(references):
@@ -298,6 +300,7 @@ class WeightedSum(Reward):
             while name in self.names:  # two components with one name: "length", "length_2"
                 name, k = f"{reward.name}_{k}", k + 1
             self.names.append(name)
+        self.needs_reference = any(reward.needs_reference for reward, _ in self.terms)
 
     def score(self, prompts, responses, references):
         total, parts = np.zeros(len(prompts)), {}
