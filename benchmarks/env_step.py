@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import gymnasium as gym
 import numpy as np
 import torch
 from rapidfuzz.distance import Levenshtein
@@ -140,7 +141,7 @@ def main() -> None:
     ds = single.dataset
     decode = make_decoder(single.tokenizer)  # the decoders the envs use
     decode_batch = make_batch_decoder(single.tokenizer)
-    rows = [("single env", 1, args.steps)]
+    rows = [("single env", 1, args.steps), ("single env via gym.make (wrappers)", 1, args.steps)]
     rows.append((f"vector env {args.rows} rows lockstep", args.rows, args.vector_steps))
     rows.append((f"vector env {args.rows} rows next_step", args.rows, args.vector_steps))
     print(
@@ -150,7 +151,8 @@ def main() -> None:
         actions = draw_actions(steps, n_rows)
         if n_rows == 1:
             base_t, base_eps = timed(baseline_single, ds, actions[:, 0], decode)
-            env_t, env_eps = timed(run_single, single, actions[:, 0])
+            env = single if "wrappers" not in label else gym.make("TextRLHF-v0", max_new_tokens=N)
+            env_t, env_eps = timed(run_single, env, actions[:, 0])
         else:
             mode = "next_step" if "next_step" in label else "lockstep"
             base_t, base_eps = timed(baseline_vector, ds, actions, decode_batch, mode == "lockstep")
