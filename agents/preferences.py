@@ -1,0 +1,321 @@
+"""Preference pairs: a known gold reward, synthetic pair generation, and JSONL reading.
+
+Real RLHF labels pairs with people. Here a *gold rule* plays the person, so that a learned reward
+model can be checked against the truth and PPO's over-optimization of it can be watched.
+
+Gold rule (string-task prompts ``"<op>: <word>\\n"``, e.g. the ``reverse`` task), two terms::
+
+    gold = length_fit + vowel_term
+    length_fit = max(0, 1 - |len(response) - len(word)| / len(word))           in [0, 1]
+    vowel_term = min(v, 0.5) - 2 * max(0, v - 0.5),  v = share of a/e letters   in [-0.5, 0.5]
+
+The labeller wants an answer as long as the word, and likes vowels (``a``, ``e``) up to half of
+the letters but dislikes vowel-heavy answers. No registry reward computes this (``length`` with a
+target is closest, but its target is a constant, not the prompt's word length, and it ignores the
+letters). The vowel penalty is a deliberate trap: under 8% of the SFT samples have a vowel share
+above 0.5, so the preference data barely show it and a reward model learns mostly "more vowels is
+better". A policy optimized against that proxy without a KL penalty buys proxy reward with vowels
+that the gold punishes: over-optimization (docs/rlhf_pipeline.md).
+
+Generation (``python -m agents.preferences --out data/preferences``): two responses per prompt are
+sampled from the SFT model (``LMPolicy`` on the lockstep vector env, exactly how PPO samples),
+pairs with an empty response, identical pairs and pairs whose gold scores differ by less than ``min_margin`` are dropped, and the
+better one by the gold rule is ``chosen``; with probability ``noise`` the label is flipped. The
+train file comes from train-split prompts with label noise; the test file from held-out test-split
+prompts with noise-free gold labels, so reward-model accuracy on it is accuracy against the gold
+ordering. Deterministic in the seed. The committed files were written by this command.
+
+JSONL form (the one DPO and reward-model tools use): one object per line with ``chosen`` and
+``rejected`` and an optional shared ``prompt``; without ``prompt`` the two are full texts. Other
+fields (``gold_chosen``, ``gold_rejected``, ``flipped``) are kept for analysis and ignored by
+training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from textenv.rewards import Reward
+from textenv.tasks import STRING_OPS
+
+VOWELS = frozenset("ae")
+VOWEL_CAP, VOWEL_PENALTY = 0.5, 2.0
+_OP_BY_PREFIX = {prefix: op for op, (prefix, _) in STRING_OPS.items()}
+
+
+# ----------------------------------------------------------------------------- gold rule
+
+
+def parse_prompt(prompt: str) -> tuple[str, str]:
+    """``"reverse: abc\\n"`` -> ``("reverse", "abc")``; ValueError for any other form."""
+    head, sep, word = prompt.rstrip("\n").partition(": ")
+    if not sep or head not in _OP_BY_PREFIX or not word:
+        raise ValueError(
+            f"gold reward: prompt {prompt!r} is not a string-task prompt '<op>: <word>\\n' with op "
+            f"in {sorted(_OP_BY_PREFIX)}"
+        )
+    return _OP_BY_PREFIX[head], word
+
+
+def gold_score(prompt: str, response: str) -> float:
+    """The gold reward of one (prompt, response): length fit + vowel term (module docstring)."""
+    _, word = parse_prompt(prompt)
+    n = len(word)
+    length_fit = max(0.0, 1.0 - abs(len(response) - n) / n)
+    vowel_share = sum(c in VOWELS for c in response) / len(response) if response else 0.0
+    vowel_term = min(vowel_share, VOWEL_CAP) - VOWEL_PENALTY * max(0.0, vowel_share - VOWEL_CAP)
+    return length_fit + vowel_term
+
+
+class GoldReward(Reward):
+    """The gold rule as a batched textenv reward named ``gold``.
+
+    Use ``"agents.preferences:gold_reward"`` in a reward spec; as a weight-0 component of a
+    weighted sum it is logged as ``episode/reward_components/gold`` without changing the reward.
+    """
+
+    name = "gold"
+
+    def compute(self, prompts, responses, references):
+        return np.array([gold_score(p, r) for p, r in zip(prompts, responses)], dtype=np.float64)
+
+
+gold_reward = GoldReward()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One comparison: ``prompt + chosen`` is preferred to ``prompt + rejected``."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def read_preferences(path: str | os.PathLike) -> list[PreferencePair]:
+    """Read a chosen/rejected JSONL file; ValueError naming the file and line on bad input.
+
+    Each non-blank line is a JSON object with non-empty strings ``chosen`` and ``rejected`` and an
+    optional string ``prompt`` (missing means ``""``: chosen and rejected are full texts).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"preference file {str(path)!r} does not exist")
+    pairs = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: invalid JSON ({e.msg})") from e
+            pairs.append(_record_to_pair(record, where))
+    if not pairs:
+        raise ValueError(f"preference file {str(path)!r} holds no pairs")
+    return pairs
+
+
+def _record_to_pair(record: Any, where: str) -> PreferencePair:
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"{where}: expected a JSON object with 'chosen' and 'rejected' (and optional "
+            f"'prompt'), got {type(record).__name__}"
+        )
+    for key in ("chosen", "rejected"):
+        if key not in record:
+            raise ValueError(f"{where}: missing {key!r}; a pair needs 'chosen' and 'rejected'")
+        value = record[key]
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{where}: {key!r} must be a non-empty string, got {value!r:.80}")
+    prompt = record.get("prompt", "")
+    if not isinstance(prompt, str):
+        raise ValueError(f"{where}: 'prompt' must be a string when given, got {prompt!r:.80}")
+    return PreferencePair(prompt, record["chosen"], record["rejected"])
+
+
+def write_jsonl(path: str | os.PathLike, records: list[dict]) -> Path:
+    """Write records as JSONL atomically (temp file, fsync, os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def sample_responses(
+    model_path: str | os.PathLike | None,
+    prompts: list[str],
+    seed: int,
+    batch_size: int = 256,
+    temperature: float = 1.0,
+    max_new_tokens: int = 32,
+    max_prompt_tokens: int = 32,
+) -> list[str]:
+    """One sampled response per prompt from the causal LM at ``model_path`` (None: the default
+    SFT model), decoded by the lockstep vector env: exactly what PPO sees."""
+    import torch
+
+    from agents.policies.lm import LMPolicy
+    from textenv import TextRLHFVectorEnv
+
+    policy = LMPolicy.from_pretrained(
+        model_path, temperature=temperature, max_sequence_length=max_prompt_tokens + max_new_tokens
+    )
+    torch.manual_seed(seed)
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        n = len(chunk)
+        env = TextRLHFVectorEnv(
+            num_envs=n, tokenizer=policy.tokenizer, prompts=chunk, reward_fn="length",
+            max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
+        )  # fmt: skip
+        obs, _ = env.reset(seed=seed, options={"prompts": list(chunk)})
+        state, done, responses = policy.initial_state(n), np.zeros(n, dtype=bool), [""] * n
+        while not done.all():
+            tensors = {k: torch.as_tensor(v) for k, v in obs.items()}
+            action, _, _, state = policy.act(tensors, state)
+            obs, _, terminated, truncated, info = env.step(action.numpy())
+            for i in np.flatnonzero(info.get("_response", np.zeros(n, dtype=bool))):
+                responses[i] = info["response"][i]
+            done |= terminated | truncated
+        out.extend(responses)
+    return out
+
+
+def make_pairs(
+    prompts: list[str],
+    first: list[str],
+    second: list[str],
+    noise: float,
+    rng: np.random.Generator,
+    min_margin: float = 0.0,
+) -> list[dict]:
+    """Label response pairs with the gold rule; flip each label with probability ``noise``.
+
+    Pairs with an empty or identical responses, or a gold difference below ``min_margin``, are
+    dropped (the JSONL form needs non-empty strings, and a tie has no label).
+    """
+    if not 0.0 <= noise < 0.5:
+        raise ValueError(f"label noise must be in [0, 0.5), got {noise!r}")
+    if min_margin < 0:
+        raise ValueError(f"min_margin must be >= 0, got {min_margin!r}")
+    records = []
+    flips = rng.random(len(prompts)) < noise  # drawn for every prompt: stable under filtering
+    for prompt, a, b, flip in zip(prompts, first, second, flips):
+        ga, gb = gold_score(prompt, a), gold_score(prompt, b)
+        if not a or not b or a == b or abs(ga - gb) < max(min_margin, 1e-12):
+            continue
+        (chosen, gc), (rejected, gr) = sorted([(a, ga), (b, gb)], key=lambda x: -x[1])
+        if flip:
+            (chosen, gc), (rejected, gr) = (rejected, gr), (chosen, gc)
+        records.append(
+            {
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "gold_chosen": round(gc, 6),
+                "gold_rejected": round(gr, 6),
+                "flipped": bool(flip),
+            }
+        )
+    return records
+
+
+def generate_preferences(
+    out_dir: str | os.PathLike,
+    model_path: str | os.PathLike | None = None,
+    task: str = "reverse",
+    n_train: int = 4000,
+    n_test: int = 500,
+    noise: float = 0.1,
+    min_margin: float = 0.05,
+    seed: int = 0,
+    temperature: float = 1.0,
+) -> dict[str, Any]:
+    """Write ``<task>_train.jsonl`` (train prompts, label noise) and ``<task>_test.jsonl``
+    (held-out prompts, noise-free gold labels) to ``out_dir``; return a summary dict."""
+    from textenv import make_task
+
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    summary: dict[str, Any] = {
+        "task": task, "noise": noise, "min_margin": min_margin, "seed": seed,
+        "model_path": str(model_path) if model_path is not None else None,
+    }  # fmt: skip
+    for split, n, split_noise in (("train", n_train, noise), ("test", n_test, 0.0)):
+        prompts = [r["prompt"] for r in make_task(task, split, n=n, seed=seed)]
+        split_seed = seed * 2 + (split == "test")
+        first = sample_responses(model_path, prompts, seed=split_seed, temperature=temperature)
+        second = sample_responses(
+            model_path, prompts, seed=split_seed + 1000, temperature=temperature
+        )
+        records = make_pairs(prompts, first, second, split_noise, rng, min_margin)
+        path = write_jsonl(out_dir / f"{task}_{split}.jsonl", records)
+        summary[split] = {
+            "file": str(path),
+            "prompts": n,
+            "pairs": len(records),
+            "flipped": sum(r["flipped"] for r in records),
+            "mean_gold_sampled": round(
+                float(np.mean([gold_score(p, r) for p, r in zip(prompts, first)])), 4
+            ),
+        }
+    return summary
+
+
+def cli(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m agents.preferences",
+        description="Sample response pairs from the SFT model and label them with the gold rule.",
+    )
+    parser.add_argument("--out", default="data/preferences", help="output folder")
+    parser.add_argument("--model", default=None, help="SFT model folder (default: tiny-sft)")
+    parser.add_argument("--task", default="reverse", choices=sorted(STRING_OPS) + ["mixed"])
+    parser.add_argument("--n-train", type=int, default=4000, help="train prompts (2 samples each)")
+    parser.add_argument("--n-test", type=int, default=500, help="held-out test prompts")
+    parser.add_argument("--noise", type=float, default=0.1, help="label-flip rate (train only)")
+    parser.add_argument("--min-margin", type=float, default=0.05, help="drop closer gold pairs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    summary = generate_preferences(
+        args.out, args.model, args.task, args.n_train, args.n_test, args.noise,
+        args.min_margin, args.seed,
+    )  # fmt: skip
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,325 @@
+"""Reward-model training on preference pairs with the Bradley–Terry loss: `textrlhf rm CONFIG`.
+
+The reward model is a transformers sequence-classification model with one scalar output
+(`AutoModelForSequenceClassification`, `num_labels=1`, `pad_token_id` set), whose trunk is loaded
+from the SFT model's folder; only the score head is new. For a pair, the loss is
+
+    -log sigmoid(r(prompt + chosen) - r(prompt + rejected))
+
+(Bradley–Terry: P(chosen > rejected) = sigmoid(r_c - r_r)). Inputs are encoded with
+`textenv.rewards.encode_for_reward_model`, the same function the `reward_model` env reward uses
+to score, so training and scoring agree; the score is read at the last real token (the EOS).
+
+The output folder (`save_pretrained`: config.json + model.safetensors + tokenizer files +
+`rm_metrics.json`) loads directly as an env reward:
+`reward_fn={"name": "reward_model", "path": FOLDER}`.
+
+    textrlhf rm configs/rm_tiny.yaml [--set train.steps=200 ...]
+    python -m agents.reward_model configs/rm_tiny.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import agents.config
+from agents.preferences import PreferencePair, read_preferences
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SFT_PATH = REPO_ROOT / "agents" / "assets" / "tiny-sft"
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class RMTrainConfig:
+    steps: int = 600
+    batch_size: int = 64  # pairs per step (2x sequences)
+    learning_rate: float = 1.0e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 100  # 0: only at the end
+
+
+@dataclass
+class RMConfig:
+    name: str = "rm_tiny"
+    seed: int = 0
+    sft_path: str | None = None  # null: the default SFT model agents/assets/tiny-sft
+    train_file: str = "data/preferences/reverse_train.jsonl"
+    eval_file: str | None = "data/preferences/reverse_test.jsonl"
+    eval_fraction: float = 0.1  # held-out share of train_file, used when eval_file is null
+    output_dir: str = "runs/rm_tiny"
+    torch_threads: int = 1
+    train: RMTrainConfig = field(default_factory=RMTrainConfig)
+
+    def validate(self) -> None:
+        t = self.train
+        for key in ("steps", "batch_size"):
+            if getattr(t, key) < 1:
+                raise ValueError(f"train.{key} must be an int >= 1, got {getattr(t, key)!r}")
+        if t.eval_every < 0:
+            raise ValueError(
+                f"train.eval_every must be >= 0 (0: only at the end), got {t.eval_every}"
+            )
+        if t.learning_rate <= 0:
+            raise ValueError(f"train.learning_rate must be > 0, got {t.learning_rate!r}")
+        if self.eval_file is None and not 0.0 < self.eval_fraction < 1.0:
+            raise ValueError(
+                f"eval_fraction must be in (0, 1) when eval_file is null, got {self.eval_fraction!r}"
+            )
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RMConfig:
+    """YAML file + `key.sub=value` overrides -> RMConfig; unknown keys and bad values raise."""
+    return agents.config.load_config(path, overrides, cls=RMConfig)
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() or path.exists() else REPO_ROOT / path
+
+
+# ----------------------------------------------------------------------------- loss and scoring
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """Mean of -log sigmoid(r_chosen - r_rejected) over the pairs (B,) -> scalar."""
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
+    """Share of pairs with r_chosen > r_rejected (a tie counts as wrong)."""
+    return float((r_chosen > r_rejected).float().mean())
+
+
+def load_reward_model(init_path: str | os.PathLike) -> tuple[Any, Any]:
+    """A fresh scalar reward model on the trunk at `init_path`, and that folder's tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as transformers_logging
+
+    from textenv.tokenizer import load_tokenizer
+
+    init_path = Path(init_path)
+    if not init_path.is_dir():
+        raise ValueError(
+            f"sft_path {str(init_path)!r} is not a model folder; expected a local transformers "
+            f"folder (config.json + model.safetensors), or null for {DEFAULT_SFT_PATH}"
+        )
+    has_tokenizer = any(
+        (init_path / name).exists() for name in ("tokenizer_config.json", "tokenizer.json")
+    )
+    tokenizer = load_tokenizer(str(init_path) if has_tokenizer else None)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # the load report only says: new score head
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            init_path, num_labels=1, pad_token_id=tokenizer.pad_token_id, use_safetensors=True
+        )
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def score_pairs(
+    model: Any, tokenizer: Any, pairs: list[PreferencePair]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of chosen and rejected (B,), (B,) from ONE forward pass over the 2B texts."""
+    from textenv.rewards import encode_for_reward_model
+
+    prompts = [p.prompt for p in pairs]
+    batch = encode_for_reward_model(
+        tokenizer, prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    )  # input_ids, attention_mask: (2B, T)
+    rewards = model(**batch).logits[:, 0]  # (2B,)
+    return rewards[: len(pairs)], rewards[len(pairs) :]
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any, tokenizer: Any, pairs: list[PreferencePair], batch_size: int = 256
+) -> dict[str, float]:
+    """Bradley–Terry loss and accuracy over `pairs`, plus the mean and std of the rewards."""
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    for start in range(0, len(pairs), batch_size):
+        rc, rr = score_pairs(model, tokenizer, pairs[start : start + batch_size])
+        chosen.append(rc)
+        rejected.append(rr)
+    rc, rr = torch.cat(chosen), torch.cat(rejected)
+    model.train(was_training)
+    both = torch.cat([rc, rr])
+    return {
+        "loss": float(bradley_terry_loss(rc, rr)),
+        "accuracy": pairwise_accuracy(rc, rr),
+        "reward_mean": float(both.mean()),
+        "reward_std": float(both.std()),
+        "pairs": len(pairs),
+    }
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def split_pairs(
+    pairs: list[PreferencePair], fraction: float, seed: int
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """Shuffle with `seed` and hold out `fraction` of the pairs: (train, held_out)."""
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_eval = max(1, int(round(fraction * len(pairs))))
+    if n_eval >= len(pairs):
+        raise ValueError(f"eval_fraction={fraction} leaves no training pairs out of {len(pairs)}")
+    return [pairs[i] for i in order[n_eval:]], [pairs[i] for i in order[:n_eval]]
+
+
+def train_reward_model(
+    model: Any,
+    tokenizer: Any,
+    train_pairs: list[PreferencePair],
+    eval_pairs: list[PreferencePair],
+    cfg: RMTrainConfig,
+    seed: int = 0,
+    log: Any = print,
+) -> list[dict[str, float]]:
+    """AdamW on the Bradley–Terry loss over random minibatches of pairs; returns the eval history."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+    )
+    warmup = max(1, cfg.warmup_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, then linear decay to 0
+        optimizer,
+        lambda s: min((s + 1) / warmup, max(0.0, (cfg.steps - s) / (cfg.steps - warmup + 1))),
+    )
+    model.train()
+    history, losses, accs = [], [], []
+    for step in range(1, cfg.steps + 1):
+        idx = rng.integers(0, len(train_pairs), size=min(cfg.batch_size, len(train_pairs)))
+        rc, rr = score_pairs(model, tokenizer, [train_pairs[i] for i in idx])
+        loss = bradley_terry_loss(rc, rr)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        accs.append(pairwise_accuracy(rc.detach(), rr.detach()))
+        if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
+            ev = evaluate(model, tokenizer, eval_pairs)
+            row = {
+                "step": step,
+                "train_loss": float(np.mean(losses[-cfg.eval_every or -len(losses) :])),
+                "train_accuracy": float(np.mean(accs[-cfg.eval_every or -len(accs) :])),
+                "eval_loss": ev["loss"],
+                "eval_accuracy": ev["accuracy"],
+            }
+            history.append(row)
+            log(
+                f"step {step:5d}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}"
+                f"  | held-out loss {ev['loss']:.4f} acc {ev['accuracy']:.3f}"
+            )
+    model.eval()
+    return history
+
+
+def _write_json(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_reward_model(model: Any, tokenizer: Any, folder: Path, metrics: dict) -> Path:
+    """Write the folder the `reward_model` env reward loads: safetensors + tokenizer + metrics."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    _write_json(folder / "rm_metrics.json", metrics)
+    return folder
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(config_path: str | os.PathLike | None, overrides: list[str] | None = None) -> Path:
+    """Train the reward model described by `config_path`; return the output folder."""
+    cfg = load_config(config_path, overrides)
+    torch.set_num_threads(cfg.torch_threads)
+    sft_path = _resolve(cfg.sft_path) if cfg.sft_path is not None else DEFAULT_SFT_PATH
+    pairs = read_preferences(_resolve(cfg.train_file))
+    if cfg.eval_file is not None:
+        train_pairs, eval_pairs = pairs, read_preferences(_resolve(cfg.eval_file))
+    else:
+        train_pairs, eval_pairs = split_pairs(pairs, cfg.eval_fraction, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_reward_model(sft_path)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"RM {cfg.name}: {n_params / 1e6:.2f}M parameters from {sft_path}, "
+        f"{len(train_pairs)} train / {len(eval_pairs)} held-out pairs"
+    )
+    before = evaluate(model, tokenizer, eval_pairs)
+    start = time.perf_counter()
+    history = train_reward_model(model, tokenizer, train_pairs, eval_pairs, cfg.train, cfg.seed)
+    seconds = time.perf_counter() - start
+    final = evaluate(model, tokenizer, eval_pairs)
+    print(
+        f"held-out accuracy {final['accuracy']:.3f} (before training {before['accuracy']:.3f}), "
+        f"loss {final['loss']:.4f}, in {seconds:.0f} s"
+    )
+    metrics = {
+        "name": cfg.name,
+        "config": dataclasses.asdict(cfg),
+        "sft_path": str(sft_path),
+        "parameters": n_params,
+        "train_pairs": len(train_pairs),
+        "eval_pairs": len(eval_pairs),
+        "eval_accuracy": round(final["accuracy"], 4),
+        "eval_loss": round(final["loss"], 4),
+        "eval_reward_mean": round(final["reward_mean"], 4),
+        "eval_reward_std": round(final["reward_std"], 4),
+        "eval_accuracy_before": round(before["accuracy"], 4),
+        "train_seconds": round(seconds, 1),
+        "history": history,
+    }
+    out = save_reward_model(model, tokenizer, _resolve_out(cfg.output_dir), metrics)
+    print(f"saved {out}")
+    return out
+
+
+def _resolve_out(path: str) -> Path:
+    out = Path(path)
+    return out if out.is_absolute() else REPO_ROOT / out
+
+
+def cli(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(
+        prog="python -m agents.reward_model", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("config", help="YAML config, e.g. configs/rm_tiny.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    return main(args.config, args.set)
+
+
+if __name__ == "__main__":
+    cli()

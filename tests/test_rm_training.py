@@ -1,0 +1,212 @@
+"""Reward-model training: Bradley–Terry loss/accuracy, a short learning run, the RM folder as an
+env reward (one forward per batch), and the preference-file validation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from agents.preferences import PreferencePair, gold_score, make_pairs, read_preferences
+from agents.reward_model import (
+    RMTrainConfig,
+    bradley_terry_loss,
+    evaluate,
+    load_reward_model,
+    main,
+    pairwise_accuracy,
+    train_reward_model,
+)
+from textenv import TextRLHFVectorEnv, default_tokenizer, make_reward_fn
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory) -> str:
+    """A randomly initialized byte-level GPT-2 (vocab 259, pad 0, EOS 1) saved with its tokenizer."""
+    torch.manual_seed(0)
+    tok = default_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+        bos_token_id=1, eos_token_id=1, pad_token_id=0, tie_word_embeddings=False,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("tiny_lm")
+    GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def obvious_pairs(n: int, seed: int) -> list[PreferencePair]:
+    """Chosen: vowels only ("aeae.."); rejected: no vowels ("hgfh.."). Same prompt, same length."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(n):
+        k = int(rng.integers(3, 9))
+        pairs.append(
+            PreferencePair(
+                prompt=f"reverse: {''.join(rng.choice(list('abcdefgh'), size=k))}\n",
+                chosen="".join(rng.choice(list("ae"), size=k)),
+                rejected="".join(rng.choice(list("bcdfgh"), size=k)),
+            )
+        )
+    return pairs
+
+
+def test_bradley_terry_loss_and_accuracy_by_hand():
+    r_chosen = torch.tensor([2.0, 0.0, -1.0, 3.0])
+    r_rejected = torch.tensor([0.0, 0.0, 1.0, -1.0])
+    # differences 2, 0, -2, 4: loss = mean(log(1 + exp(-d)))
+    expected = np.mean([math.log1p(math.exp(-d)) for d in (2.0, 0.0, -2.0, 4.0)])
+    assert bradley_terry_loss(r_chosen, r_rejected).item() == pytest.approx(expected, abs=1e-6)
+    assert expected == pytest.approx(0.741288, abs=1e-6)
+    assert pairwise_accuracy(r_chosen, r_rejected) == 0.5  # the tie (d = 0) counts as wrong
+    # gradient of the mean loss wrt r_chosen is -sigmoid(-d) / B
+    rc = r_chosen.clone().requires_grad_(True)
+    bradley_terry_loss(rc, r_rejected).backward()
+    expected_grad = -torch.sigmoid(-(r_chosen - r_rejected)) / 4
+    torch.testing.assert_close(rc.grad, expected_grad)
+
+
+def test_reward_model_learns_obvious_preference(tiny_lm):
+    torch.manual_seed(0)
+    model, tok = load_reward_model(tiny_lm)
+    assert model.config.num_labels == 1 and model.config.pad_token_id == 0
+    train, held_out = obvious_pairs(256, seed=0), obvious_pairs(64, seed=1)
+    cfg = RMTrainConfig(steps=40, batch_size=32, learning_rate=3e-3, warmup_steps=5, eval_every=0)
+    history = train_reward_model(model, tok, train, held_out, cfg, log=lambda _: None)
+    assert history[-1]["eval_accuracy"] >= 0.95
+    ev = evaluate(model, tok, held_out)
+    assert ev["accuracy"] >= 0.95 and ev["loss"] < 0.3
+
+
+def write_config(tmp_path, tiny_lm, train_file, **extra) -> str:
+    cfg = {
+        "name": "rm_test", "sft_path": tiny_lm, "train_file": str(train_file),
+        "eval_file": None, "eval_fraction": 0.25, "output_dir": str(tmp_path / "rm"),
+        "train": {"steps": 30, "batch_size": 32, "learning_rate": 3.0e-3, "warmup_steps": 5,
+                  "eval_every": 0},
+        **extra,
+    }  # fmt: skip
+    path = tmp_path / "rm.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def write_pairs(path, pairs: list[PreferencePair]) -> None:
+    with open(path, "w") as f:
+        for p in pairs:
+            f.write(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}))
+            f.write("\n")
+
+
+def test_rm_folder_loads_as_env_reward_and_scores_batch_in_one_forward(tmp_path, tiny_lm):
+    train_file = tmp_path / "pairs.jsonl"
+    write_pairs(train_file, obvious_pairs(200, seed=2))
+    folder = main(write_config(tmp_path, tiny_lm, train_file), ["train.steps=40"])
+    metrics = json.loads((folder / "rm_metrics.json").read_text())
+    assert metrics["eval_pairs"] == 50 and metrics["train_pairs"] == 150
+    assert metrics["eval_accuracy"] >= 0.9
+    assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+
+    env = TextRLHFVectorEnv(
+        num_envs=6, prompts="reverse", reward_fn={"name": "reward_model", "path": str(folder)},
+        max_new_tokens=4,
+    )  # fmt: skip
+    calls = []
+    forward = env.reward_fn.model.forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    env.reward_fn.model.forward = counting_forward
+    env.reset(seed=0)
+    a, h = 3 + ord("a"), 3 + ord("h")
+    for action in ([a] * 3 + [h] * 3, [a] * 3 + [h] * 3, [1] * 6):  # "aa"/"hh", then EOS
+        _, reward, terminated, _, _ = env.step(np.array(action))
+    assert terminated.all()
+    assert calls == [6]  # all six rows finished at one step: ONE batched forward
+    assert reward[:3].min() > reward[3:].max()  # vowels preferred, as trained
+
+    # the same folder through the reward spec a PPO config uses, next to the gold rule
+    spec = {"weighted_sum": [
+        {"name": "reward_model", "path": str(folder), "weight": 1.0},
+        {"name": "agents.preferences:gold_reward", "weight": 0.0},
+    ]}  # fmt: skip
+    reward_fn = make_reward_fn(spec)
+    prompts, responses = ["reverse: abcd\n"] * 2, ["aeae", "hgfb"]
+    total, parts = reward_fn.score(prompts, responses, [None, None])
+    assert set(parts) == {"reward_model", "gold"}
+    np.testing.assert_allclose(total, parts["reward_model"])  # weight 0: gold does not count
+    np.testing.assert_allclose(
+        parts["gold"], [gold_score(p, r) for p, r in zip(prompts, responses)]
+    )
+
+
+def test_gold_rule_numbers():
+    # word "abcd" (n = 4): "aeae" fits the length, vowel share 1 -> 0.5 - 2 * 0.5 = -0.5
+    assert gold_score("reverse: abcd\n", "aeae") == pytest.approx(1.0 - 0.5)
+    assert gold_score("reverse: abcd\n", "dcba") == pytest.approx(1.0 + 0.25)  # share 1/4
+    assert gold_score("sort: abcd\n", "ab") == pytest.approx(0.5 + 0.5)  # half length, share 1/2
+    assert gold_score("swap: abcd\n", "") == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="not a string-task prompt"):
+        gold_score("the red fox ", "x")
+
+
+def test_make_pairs_labels_by_gold_with_seeded_noise():
+    prompts = ["reverse: abcd\n"] * 400
+    first, second = ["dcba"] * 400, ["hhhh"] * 400  # gold 1.25 vs 1.0
+    records = make_pairs(prompts, first, second, 0.1, np.random.default_rng(0))
+    flipped = [r["flipped"] for r in records]
+    assert 0.06 < np.mean(flipped) < 0.14
+    assert all((r["chosen"] == "hhhh") == r["flipped"] for r in records)
+    again = make_pairs(prompts, first, second, 0.1, np.random.default_rng(0))
+    assert again == records
+    assert make_pairs(["reverse: ab\n"], ["ab"], ["ab"], 0.0, np.random.default_rng(0)) == []
+    with pytest.raises(ValueError, match="label noise"):
+        make_pairs(prompts, first, second, 0.5, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"prompt": "p", "chosen": "a"}', "missing 'rejected'"),
+        ('{"prompt": "p", "rejected": "a"}', "missing 'chosen'"),
+        ('{"prompt": "p", "chosen": "", "rejected": "a"}', "'chosen' must be a non-empty string"),
+        ('{"chosen": "a", "rejected": 3}', "'rejected' must be a non-empty string"),
+        ('{"chosen": "a", "rejected": "b", "prompt": 1}', "'prompt' must be a string"),
+        ('{"chosen": "a", "rejected": ', "invalid JSON"),
+        ('["a", "b"]', "expected a JSON object"),
+    ],
+)
+def test_malformed_preference_file_names_file_and_line(tmp_path, line, message):
+    path = tmp_path / "prefs.jsonl"
+    good = '{"prompt": "reverse: ab\\n", "chosen": "ba", "rejected": "aa"}'
+    path.write_text(f"{good}\n\n{good}\n{line}\n")  # the bad record is on line 4
+    with pytest.raises(ValueError, match=rf"prefs\.jsonl:4: .*{message}"):
+        read_preferences(path)
+
+
+def test_preference_file_forms(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text('{"chosen": "full a", "rejected": "full b"}\n'
+                    '{"prompt": "q ", "chosen": "x", "rejected": "y", "extra": 1}\n')  # fmt: skip
+    assert read_preferences(path) == [
+        PreferencePair("", "full a", "full b"),
+        PreferencePair("q ", "x", "y"),
+    ]
+    with pytest.raises(ValueError, match="does not exist"):
+        read_preferences(tmp_path / "missing.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="holds no pairs"):
+        read_preferences(tmp_path / "empty.jsonl")
+
+
+def test_config_typo_is_an_error_with_suggestion(tmp_path, tiny_lm):
+    path = write_config(tmp_path, tiny_lm, tmp_path / "x.jsonl")
+    with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
+        main(path, ["train.learning_rat=0.1"])
