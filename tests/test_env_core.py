@@ -121,6 +121,14 @@ def test_render_ansi():
     assert env.render() == "sort: cab\na"
 
 
+def test_forced_held_out_task_prompt_gets_its_computed_reference():
+    env = TextRLHFEnv(split="train")
+    word = next(d["prompt"] for d in textenv.make_task("reverse", "test", 5))
+    assert word not in env.dataset.prompts
+    env.reset(options={"prompt": word})
+    assert env._reference == word.removeprefix("reverse: ").removesuffix("\n")[::-1]
+
+
 def test_forced_prompt_by_index_and_reference():
     env = TextRLHFEnv(prompts="sort")
     env.reset(options={"prompt": 5})

@@ -108,3 +108,7 @@ def test_reward_needing_references_is_rejected_early_on_open_ended_prompts():
     with pytest.raises(ValueError, match="needs references"):
         TextRLHFEnv(prompts=["open prompt"], reward_fn=spec)
     TextRLHFEnv(prompts="continuation", reward_fn="repetition")  # fine
+    env = TextRLHFEnv()
+    with pytest.raises(ValueError, match=r"needs a reference.*'hello\\n'"):
+        env.reset(options={"prompt": "hello\n"})
+    env.reset(options={"prompt": "hello\n", "reference": "hi"})

@@ -141,5 +141,10 @@ def test_vector_same_seed_is_deterministic_and_actions_validated():
     assert np.array_equal(venv._ids, obs["input_ids"])  # unchanged
     with pytest.raises(ValueError, match="2 prompts"):
         venv.reset(options={"prompts": ["x\n"]})
+    with pytest.raises(ValueError, match="needs a reference"):
+        venv.reset(options={"prompts": [0, "hello\n"]})  # not in the prompt set, no reference
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        venv.reset(options={"prompts": [0, "x" * 40], "references": [None, "y"]})
+    assert np.array_equal(venv._ids, obs["input_ids"])  # a failed reset changes nothing
     with pytest.raises(ValueError, match="autoreset_mode"):
         TextRLHFVectorEnv(num_envs=2, autoreset_mode="same_step")

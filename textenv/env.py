@@ -10,6 +10,7 @@ from gymnasium import spaces
 
 from textenv.data import PromptDataset, make_dataset
 from textenv.rewards import Reward, make_reward_fn
+from textenv.tasks import reference_for
 from textenv.tokenizer import load_tokenizer, make_decoder
 
 
@@ -77,11 +78,24 @@ def resolve_prompt(
         ref = dataset.references[i] if reference is None else reference
         return dataset.input_ids[i], dataset.attention_mask[i], prompt, ref
     ids = dataset.encode(prompt, where="options prompt")
+    if reference is None:  # e.g. a held-out "reverse: abc\n" forced on a train-split env
+        reference = reference_for(prompt)
     P = dataset.max_prompt_tokens
     input_ids = np.full(P, dataset.tokenizer.pad_token_id, dtype=np.int64)
     mask = np.zeros(P, dtype=np.int8)
     input_ids[P - len(ids) :], mask[P - len(ids) :] = ids, 1
     return input_ids, mask, prompt, reference
+
+
+def check_references(reward: Reward, pairs: list[tuple[str, str | None]]) -> None:
+    """Raise early if ``reward`` needs references and a forced (prompt, reference) has none."""
+    if reward.needs_reference:
+        for prompt, reference in pairs:
+            if reference is None:
+                raise ValueError(
+                    f"reward {reward.name!r} needs a reference, but the forced prompt {prompt!r} "
+                    "is not in the prompt set and no 'reference' was given in the reset options"
+                )
 
 
 def check_action(action: Any, vocab_size: int) -> int:
@@ -125,7 +139,8 @@ class TextRLHFEnv(gym.Env):
     ## Starting State
     A prompt drawn uniformly from the prompt set with ``self.np_random``; ``reset(seed=...)``
     fixes the sequence of prompts. ``reset(options={"prompt": text_or_index})`` forces a prompt
-    (``"reference"`` may be given too; a text found in the dataset gets its reference).
+    (``"reference"`` may be given too; a text found in the dataset gets its reference, and a
+    built-in string-task prompt such as ``"reverse: abc\\n"`` its computed answer).
 
     ## Episode End
     - Termination: the action is EOS (the EOS token is part of the observation), or
@@ -199,9 +214,11 @@ class TextRLHFEnv(gym.Env):
                 f"unknown reset options {sorted(unknown)}; allowed: ['prompt', 'reference']"
             )
         if "prompt" in options:
-            ids, mask, self._prompt, self._reference = resolve_prompt(
+            ids, mask, prompt, reference = resolve_prompt(
                 self.dataset, options["prompt"], options.get("reference")
             )
+            check_references(self.reward_fn, [(prompt, reference)])
+            self._prompt, self._reference = prompt, reference
         else:
             i = int(self.np_random.integers(len(self.dataset)))
             ids, mask = self.dataset.input_ids[i], self.dataset.attention_mask[i]

@@ -62,6 +62,16 @@ def solve(op: str, word: str) -> str:
     return STRING_OPS[op][1](word)
 
 
+def reference_for(prompt: str) -> str | None:
+    """The reference of a string-task prompt (``"reverse: abc\\n"`` -> ``"cba"``), else None."""
+    head, sep, rest = prompt.partition(": ")
+    word = rest[:-1] if rest.endswith("\n") else ""
+    for prefix, transform in STRING_OPS.values():
+        if sep and head == prefix and word and word.isalpha() and word.islower():
+            return transform(word)
+    return None
+
+
 def _check(name: str, split: str, n: int | None) -> None:
     if name not in TASK_NAMES:
         raise ValueError(f"unknown task {name!r}; known tasks: {list(TASK_NAMES)}")

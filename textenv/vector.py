@@ -10,7 +10,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.env import build_parts, make_observation_space, resolve_prompt
+from textenv.env import build_parts, check_references, make_observation_space, resolve_prompt
 from textenv.tokenizer import make_batch_decoder, make_decoder
 
 LOCKSTEP = "lockstep"
@@ -114,9 +114,10 @@ class TextRLHFVectorEnv(VectorEnv):
             self._mask[rows, :P] = ds.attention_mask[idx]
             for r, i in zip(rows.tolist(), idx.tolist()):
                 self._prompts[r], self._references[r] = ds.prompts[i], ds.references[i]
-        else:
-            for r, prompt, ref in zip(rows.tolist(), forced, refs):
-                ids, mask, text, ref = resolve_prompt(ds, prompt, ref)
+        else:  # resolve every forced prompt before writing, so a bad one changes nothing
+            resolved = [resolve_prompt(ds, prompt, ref) for prompt, ref in zip(forced, refs)]
+            check_references(self.reward_fn, [(text, ref) for _, _, text, ref in resolved])
+            for r, (ids, mask, text, ref) in zip(rows.tolist(), resolved):
                 self._ids[r, :P], self._mask[r, :P] = ids, mask
                 self._prompts[r], self._references[r] = text, ref
         self._ids[rows, P:] = self.pad_id
@@ -125,11 +126,9 @@ class TextRLHFVectorEnv(VectorEnv):
         self._done[rows] = False
 
     def reset(
-        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        if isinstance(seed, list):
-            seed = seed[0] if seed else None  # one generator drives all rows
-        super().reset(seed=seed)
+        super().reset(seed=seed)  # one generator (self.np_random) draws the prompts of all rows
         options = options or {}
         unknown = set(options) - {"prompts", "references"}
         if unknown:
