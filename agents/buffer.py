@@ -130,9 +130,13 @@ class RolloutBuffer:
         n = self.n_steps * self.num_envs
         return Minibatch(*(_flatten(f, n) for f in fields))
 
-    def minibatches(
-        self, batch_size: int, sequence: bool, generator: torch.Generator | None = None
-    ) -> Iterator[Minibatch]:
+    def num_minibatches(self, batch_size: int, sequence: bool) -> int:
+        if sequence:
+            columns = max(batch_size // self.n_steps, 1)
+            return -(-self.num_envs // columns)
+        return -(-(self.n_steps * self.num_envs) // batch_size)
+
+    def minibatches(self, batch_size: int, sequence: bool) -> Iterator[Minibatch]:
         """One epoch of minibatches.
 
         Transition policies: shuffled transitions, `batch_size` each, shapes (B, ...).
@@ -146,7 +150,7 @@ class RolloutBuffer:
             if columns >= self.num_envs:
                 yield full
                 return
-            perm = torch.randperm(self.num_envs, generator=generator, device=self.device)
+            perm = torch.randperm(self.num_envs, device=self.device)
             for start in range(0, self.num_envs, columns):
                 idx = perm[start : start + columns]
                 yield Minibatch(*(_index(f, (slice(None), idx)) for f in full))
@@ -155,7 +159,7 @@ class RolloutBuffer:
         if batch_size >= n:
             yield full
             return
-        perm = torch.randperm(n, generator=generator, device=self.device)
+        perm = torch.randperm(n, device=self.device)
         for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
             yield Minibatch(*(_index(f, idx) for f in full))

@@ -45,7 +45,6 @@ class PPO:
             params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True
         )
         self.params = params
-        self.generator: torch.Generator | None = None  # minibatch shuffling uses torch's RNG
 
     def schedules(self, iteration: int) -> tuple[float, float]:
         """Linear annealing to 0: (learning rate, clip range) for `iteration` (0-based)."""
@@ -54,42 +53,59 @@ class PPO:
         clip = self.cfg.clip_range * (frac if self.cfg.anneal_clip else 1.0)
         return lr, clip
 
+    @torch.no_grad()
+    def prepare(self, mb: Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-step loss weights `valid / n_valid` and the (normalized) advantages.
+
+        Neither needs grad, so they are computed once per minibatch outside the autograd graph;
+        with a single minibatch per epoch they are computed once per update.
+        """
+        valid = mb.valid.reshape(-1).float()  # (B,) or (T*B,)
+        count = valid.sum().clamp(min=1.0)
+        weights = valid / count
+        advantages = mb.advantages.reshape(-1)
+        if self.cfg.normalize_advantage:
+            mean = torch.dot(advantages, weights)
+            var = torch.dot((advantages - mean).square(), weights)
+            std = (var * count / (count - 1).clamp(min=1.0)).sqrt()  # unbiased, like torch.std
+            advantages = (advantages - mean) / (std + 1e-8) * valid
+        return weights, advantages
+
     def loss(
-        self, mb: Minibatch, clip: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Total loss and (no-grad) stats for one minibatch."""
+        self, mb: Minibatch, weights: torch.Tensor, advantages: torch.Tensor, clip: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Total loss and a (5,) no-grad stats vector for one minibatch.
+
+        `weights` (valid / n_valid) turn every sum into a masked mean: `dot(x, weights)`.
+        """
         cfg = self.cfg
         log_prob, entropy, value = self.policy.evaluate(mb)  # (B,) or (T, B)
-        valid = mb.valid.to(log_prob.dtype)
-        count = valid.sum().clamp(min=1.0)
+        log_prob, entropy, value = log_prob.reshape(-1), entropy.reshape(-1), value.reshape(-1)
+        old_log_prob, returns = mb.log_probs.reshape(-1), mb.returns.reshape(-1)
 
-        advantages = mb.advantages
-        if cfg.normalize_advantage:
-            mean = masked_mean(advantages, valid, count)
-            var = masked_mean((advantages - mean).square(), valid, count)
-            # unbiased std over the valid steps, as torch.std would give
-            std = (var * count / (count - 1).clamp(min=1.0)).sqrt()
-            advantages = (advantages - mean) / (std + 1e-8)
-
-        log_ratio = log_prob - mb.log_probs
+        log_ratio = log_prob - old_log_prob
         ratio = log_ratio.exp()
         surrogate = torch.maximum(
             -advantages * ratio, -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
         )
-        policy_loss = masked_mean(surrogate, valid, count)
+        policy_loss = torch.dot(surrogate, weights)
 
-        value_error = (value - mb.returns).square()
+        value_error = (value - returns).square()
         if cfg.clip_range_vf is not None:
-            clipped = mb.values + (value - mb.values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
-            value_error = torch.maximum(value_error, (clipped - mb.returns).square())
-        value_loss = masked_mean(value_error, valid, count)
-        entropy_mean = masked_mean(entropy, valid, count)
+            old_values = mb.values.reshape(-1)
+            clipped = old_values + (value - old_values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
+            value_error = torch.maximum(value_error, (clipped - returns).square())
+        value_loss = torch.dot(value_error, weights)
+        entropy_mean = torch.dot(entropy, weights)
 
-        loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
+        loss = policy_loss + cfg.vf_coef * value_loss
+        if cfg.ent_coef:
+            loss = loss - cfg.ent_coef * entropy_mean
         with torch.no_grad():
-            approx_kl = masked_mean((ratio - 1) - log_ratio, valid, count)  # k3 estimator
-            clipfrac = masked_mean(((ratio - 1).abs() > clip).to(valid.dtype), valid, count)
-        return loss, policy_loss, value_loss, entropy_mean, approx_kl, clipfrac
+            approx_kl = torch.dot((ratio - 1) - log_ratio, weights)  # k3 estimator
+            clipfrac = torch.dot(((ratio - 1).abs() > clip).float(), weights)
+            stats = torch.stack([policy_loss, value_loss, entropy_mean, approx_kl, clipfrac])
+        return loss, stats
 
     def update(self, buffer: RolloutBuffer, iteration: int) -> dict[str, float]:
         """n_epochs over minibatches of `buffer` (GAE already computed). Returns mean stats."""
@@ -101,18 +117,22 @@ class PPO:
         self.policy.train()
         stats: list[torch.Tensor] = []
         stopped_early = False
+        whole = buffer.full_batch(sequence)
+        single = buffer.num_minibatches(cfg.batch_size, sequence) == 1
+        prepared = self.prepare(whole) if single else None
         for _epoch in range(cfg.n_epochs):
-            for mb in buffer.minibatches(cfg.batch_size, sequence, self.generator):
-                loss, pl, vl, ent, kl, cf = self.loss(mb, clip)
-                if cfg.target_kl is not None and float(kl) > 1.5 * cfg.target_kl:
+            for mb in [whole] if single else buffer.minibatches(cfg.batch_size, sequence):
+                weights, advantages = prepared if single else self.prepare(mb)
+                loss, step_stats = self.loss(mb, weights, advantages, clip)
+                if cfg.target_kl is not None and float(step_stats[3]) > 1.5 * cfg.target_kl:
                     stopped_early = True  # SB3's rule: stop before a step that moves too far
                     break
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm is not None and cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
                 self.optimizer.step()
-                stats.append(torch.stack([pl.detach(), vl.detach(), ent.detach(), kl, cf]))
+                stats.append(step_stats)
             if stopped_early:
                 break
         if stats:

@@ -1,0 +1,272 @@
+"""Checkpoints: safetensors weights + JSON metadata, written atomically, never pickle.
+
+`checkpoints/<step>.safetensors` holds every tensor: the policy (`policy/<name>`), the optimizer
+state (`optim/<param index>/<name>`) and the env / rollout carry-over arrays (`env/...`,
+`rollout/...`). `checkpoints/<step>.json` holds the rest: counters, the config, the RNG states
+(torch, numpy, python `random`, the envs' `np_random`), the optimizer's param groups, and the
+SHA-256 of the weights file. `checkpoints/latest.json` points at the newest pair.
+
+A truncated, corrupted or mismatched checkpoint raises `CheckpointError` naming the file and the
+mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: missing, truncated, corrupted or mismatched."""
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def _fsync_replace(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
+    """save_file to a temp name, fsync, os.replace; returns the file's SHA-256."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp))
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    _fsync_replace(tmp, path)
+    return digest
+
+
+def atomic_save_json(data: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    _fsync_replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- RNG and env state
+
+
+def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(JSON part, tensor part) of the global RNG states of torch, numpy and python."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    py_state = random.getstate()
+    meta = {
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    return meta, {"rng/torch": torch.get_rng_state()}
+
+
+def set_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng/torch"])
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+SCALARS = (bool, int, float, type(None))
+
+
+def _env_objects(env: Any) -> dict[str, Any] | None:
+    """The objects that hold an env's mutable state: the vector env itself and, for a sync
+    vector env, every sub-env with its wrapper chain. None for envs whose state lives in other
+    processes (AsyncVectorEnv)."""
+    if isinstance(env.unwrapped, __import__("gymnasium").vector.AsyncVectorEnv):
+        return None
+    objects = {"vec": env.unwrapped}
+    for i, sub in enumerate(getattr(env.unwrapped, "envs", []) or []):
+        depth, node = 0, sub
+        while node is not None:
+            objects[f"env{i}.{depth}"] = node
+            node, depth = getattr(node, "env", None), depth + 1
+    return objects
+
+
+def env_state(env: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """Generic snapshot of an env's state: every numpy-array attribute (tensors), every scalar
+    attribute and the `np_random` generator state (JSON). Enough for classic-control envs and
+    native vector envs whose state is numpy arrays, e.g. CartPoleVectorEnv."""
+    objects = _env_objects(env)
+    if objects is None:
+        return None
+    meta: dict[str, Any] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, obj in objects.items():
+        scalars, generators = {}, {}
+        for attr, value in vars(obj).items():
+            if isinstance(value, np.ndarray) and value.dtype != object:
+                tensors[f"env/{name}/{attr}"] = torch.from_numpy(np.ascontiguousarray(value))
+            elif isinstance(value, np.random.Generator):
+                generators[attr] = value.bit_generator.state
+            elif isinstance(value, SCALARS):
+                scalars[attr] = value
+        meta[name] = {"scalars": scalars, "generators": generators}
+    return meta, tensors
+
+
+def set_env_state(env: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    objects = _env_objects(env) or {}
+    for name, saved in meta.items():
+        if name not in objects:
+            raise CheckpointError(f"the env has no component {name!r} saved in the checkpoint")
+        obj = objects[name]
+        for attr, value in saved["scalars"].items():
+            setattr(obj, attr, value)
+        for attr, state in saved["generators"].items():
+            bit_generator = getattr(np.random, state["bit_generator"])()
+            bit_generator.state = state
+            setattr(obj, attr, np.random.Generator(bit_generator))
+    for key, tensor in tensors.items():
+        _, name, attr = key.split("/", 2)
+        setattr(objects[name], attr, tensor.numpy().copy())
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Flatten `optimizer.state_dict()`: tensors -> `optim/<idx>/<name>`, the rest -> JSON."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{idx}/{name}"] = value
+            else:
+                scalars[f"{idx}/{name}"] = value
+    return {"param_groups": sd["param_groups"], "scalars": scalars}, tensors
+
+
+def load_optimizer(
+    optimizer: torch.optim.Optimizer, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, idx, name = key.split("/", 2)
+        state.setdefault(int(idx), {})[name] = value
+    for key, value in meta["scalars"].items():
+        idx, name = key.split("/", 1)
+        state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def save_checkpoint(
+    folder: Path,
+    step: int,
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    meta: dict[str, Any],
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write `<step>.safetensors` then `<step>.json` then `latest.json`, each atomically.
+    Returns the JSON path. A crash at any point leaves the previous checkpoint usable."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"policy/{k}": v for k, v in policy.state_dict().items()}
+    meta = dict(meta)
+    if optimizer is not None:
+        optim_meta, optim_tensors = optimizer_tensors(optimizer)
+        tensors.update(optim_tensors)
+        meta["optimizer"] = optim_meta
+    rng_meta, rng_tensors = rng_state()
+    tensors.update(rng_tensors)
+    tensors.update(extra_tensors or {})
+    meta["rng"] = rng_meta
+    weights = folder / f"{step}.safetensors"
+    meta.update(
+        format_version=FORMAT_VERSION,
+        step=step,
+        weights_file=weights.name,
+        weights_sha256=atomic_save_tensors(tensors, weights),
+        policy_shapes={k: list(v.shape) for k, v in policy.state_dict().items()},
+    )
+    path = folder / f"{step}.json"
+    atomic_save_json(meta, path)
+    atomic_save_json({"checkpoint": path.name, "step": step}, folder / "latest.json")
+    return path
+
+
+def latest_checkpoint(folder: Path) -> Path:
+    """The JSON path named by `latest.json` in a checkpoints folder."""
+    pointer = Path(folder) / "latest.json"
+    if not pointer.is_file():
+        raise CheckpointError(f"no checkpoint to resume from: {pointer} does not exist")
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise CheckpointError(f"checkpoint pointer {pointer} is corrupted: {err}") from None
+    return pointer.parent / name
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Load and verify a checkpoint: (metadata, tensors). Accepts the .json or .safetensors
+    path. Raises CheckpointError naming the file on any problem."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        path = path.with_suffix(".json")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint metadata {path} does not exist")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(
+            f"checkpoint metadata {path} is truncated or corrupted: {err}"
+        ) from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format_version {meta.get('format_version')!r}, expected "
+            f"{FORMAT_VERSION}"
+        )
+    weights = path.parent / meta["weights_file"]
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint weights {weights} (named by {path}) do not exist")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != meta["weights_sha256"]:
+        raise CheckpointError(
+            f"checkpoint weights {weights} are truncated or corrupted: SHA-256 {digest[:12]}... "
+            f"does not match {meta['weights_sha256'][:12]}... recorded in {path.name}"
+        )
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint weights {weights} cannot be read: {err}") from None
+    return meta, tensors
+
+
+def load_policy_weights(
+    policy: torch.nn.Module, tensors: dict[str, torch.Tensor], file: Path
+) -> None:
+    """Copy `policy/*` tensors into `policy`; a missing, extra or mis-shaped tensor is an error
+    naming the file and the key."""
+    saved = {k[len("policy/") :]: v for k, v in tensors.items() if k.startswith("policy/")}
+    own = policy.state_dict()
+    missing = sorted(set(own) - set(saved))
+    extra = sorted(set(saved) - set(own))
+    if missing or extra:
+        raise CheckpointError(
+            f"checkpoint {file} does not match the policy: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}"
+        )
+    for key, value in own.items():
+        if tuple(saved[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"checkpoint {file} does not match the policy: {key!r} has shape "
+                f"{tuple(saved[key].shape)} in the file, {tuple(value.shape)} in the policy"
+            )
+    policy.load_state_dict(saved)

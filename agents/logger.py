@@ -1,0 +1,158 @@
+"""Run-folder logging: TensorBoard, metrics.csv, summary.json, training_curves.png, samples.jsonl,
+and a tqdm progress bar with the current return and SPS."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+# panels of training_curves.png, in order; any logged `episode/*` metric gets its own panel too
+CURVES = (
+    ("return", ("rollout/ep_return", "eval/return")),
+    ("episode length", ("rollout/ep_length",)),
+    ("policy loss", ("train/policy_loss",)),
+    ("value loss", ("train/value_loss",)),
+    ("entropy", ("train/entropy",)),
+    ("approx KL", ("train/approx_kl",)),
+    ("clip fraction", ("train/clipfrac",)),
+    ("explained variance", ("train/explained_variance",)),
+    ("KL to reference", ("kl/kl_to_ref",)),
+    ("beta", ("kl/beta",)),
+)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file, fsync, os.replace: readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunLogger:
+    """Writes every metric to TensorBoard and metrics.csv (one row per PPO iteration)."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, progress: bool = True):
+        self.run_dir = Path(run_dir)
+        self.writer = SummaryWriter(str(self.run_dir))
+        self.csv_path = self.run_dir / "metrics.csv"
+        self.rows: list[dict[str, Any]] = []
+        if self.csv_path.exists() and start_step > 0:  # resume: keep the rows up to the checkpoint
+            with open(self.csv_path, newline="") as f:
+                self.rows = [
+                    {k: _num(v) for k, v in row.items()}
+                    for row in csv.DictReader(f)
+                    if float(row["step"]) <= start_step
+                ]
+        self.header: list[str] = []
+        self._rewrite()
+        self.samples_path = self.run_dir / "samples.jsonl"
+        self.bar = tqdm(
+            total=total_steps, initial=start_step, disable=not progress, unit="step",
+            dynamic_ncols=True, leave=False,
+        )  # fmt: skip
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                self.writer.add_scalar(key, value, step)
+        row = {"step": step, **metrics}
+        self.rows.append(row)
+        if any(k not in self.header for k in row):
+            self._rewrite()
+        else:
+            with open(self.csv_path, "a", newline="") as f:
+                csv.DictWriter(f, self.header).writerow(row)
+
+    def _rewrite(self) -> None:
+        keys: dict[str, None] = {"step": None}
+        for row in self.rows:
+            keys.update(dict.fromkeys(row))
+        self.header = list(keys)
+        with open(self.csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.header)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def samples(self, step: int, samples: list[dict[str, Any]], max_text: int = 4) -> None:
+        """Text samples of finished episodes -> samples.jsonl and TensorBoard text."""
+        if not samples:
+            return
+        with open(self.samples_path, "a") as f:
+            for sample in samples:
+                f.write(json.dumps({"step": step, **sample}) + "\n")
+        lines = []
+        for sample in samples[:max_text]:
+            lines.append(
+                " | ".join(f"**{k}**: {v!s}".replace("\n", " ") for k, v in sample.items())
+            )
+        self.writer.add_text("samples", "\n\n".join(lines), step)
+
+    def progress(self, step: int, ret: float | None, sps: float) -> None:
+        self.bar.update(step - self.bar.n)
+        text = f"return={ret:.1f}" if ret is not None else "return=n/a"
+        self.bar.set_postfix_str(f"{text} sps={sps:,.0f}", refresh=False)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+        plot_curves(self.rows, self.run_dir / "training_curves.png")
+
+
+def _num(value: str) -> float | str:
+    try:
+        return float(value) if value != "" else math.nan
+    except ValueError:
+        return value
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    """training_curves.png: one panel per logged quantity, against env steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = {k for row in rows for k in row}
+    panels = [(title, [k for k in ks if k in keys]) for title, ks in CURVES]
+    panels = [(title, ks) for title, ks in panels if ks]
+    panels += [(k.removeprefix("episode/"), [k]) for k in sorted(keys) if k.startswith("episode/")]
+    if not panels:
+        return
+    cols = 3
+    n_rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 2.8 * n_rows), squeeze=False)
+    for ax, (title, ks) in zip(axes.flat, panels):
+        for key in ks:
+            points = [
+                (row["step"], row[key])
+                for row in rows
+                if isinstance(row.get(key), (int, float)) and not math.isnan(row[key])
+            ]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="o" if key.startswith("eval/") else None, ms=3, label=key)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("env steps", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if len(ks) > 1:
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,304 @@
+"""The training loop: collect -> (KL penalty) -> GAE -> PPO update -> log -> checkpoint.
+
+trainer = Trainer(load_config("configs/cartpole.yaml"), run_dir)
+summary = trainer.learn()
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents import checkpoint as ckpt
+from agents.buffer import RolloutBuffer
+from agents.config import Config, save_config, to_dict
+from agents.evaluate import evaluate_policy
+from agents.kl import make_kl_controller
+from agents.logger import RunLogger
+from agents.policies import frozen_copy, make_policy
+from agents.ppo import PPO
+from agents.rollout import RolloutCollector, apply_kl_penalty, make_env
+
+
+def register_envs() -> None:
+    """Make the project's own env ids (TextRLHF-v0) known to gymnasium."""
+    import textenv  # noqa: F401  (registers on import)
+
+
+def new_run_dir(cfg: Config, name: str | None = None, overwrite: bool = False) -> Path:
+    """`<run.root>/<name>-<YYYYmmdd-HHMMSS>` (or `<run.root>/<name>` when `name` is given).
+    An existing folder is refused unless `overwrite`."""
+    root = Path(cfg.run.root)
+    folder = root / name if name else root / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if folder.exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"run folder {folder} already exists; pass --resume {folder} to continue it or "
+                "--overwrite to replace it"
+            )
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Builds env, policy, buffer, collector and PPO from a config; runs and checkpoints them."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path | None = None, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        torch.set_num_threads(cfg.run.torch_threads)
+        register_envs()
+        seed_everything(cfg.seed)
+        self.device = torch.device(cfg.run.device)
+        self.env = make_env(cfg.env.id, cfg.env.num_envs, cfg.env.vectorization, cfg.env.kwargs)
+        obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
+        self.policy = make_policy(cfg.policy, obs_space, act_space).to(self.device)
+        # the reference policy for the KL penalty: a frozen deep copy of the initial policy
+        self.reference = frozen_copy(self.policy) if cfg.kl.enabled else None
+        self.kl_controller = make_kl_controller(cfg.kl)
+        self.buffer = RolloutBuffer(
+            cfg.ppo.n_steps, cfg.env.num_envs, obs_space, act_space, self.device
+        )
+        self.collector = RolloutCollector(
+            self.env, self.policy, self.buffer, seed=cfg.seed, device=self.device
+        )
+        self.steps_per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
+        self.num_iterations = max(cfg.total_timesteps // self.steps_per_iteration, 1)
+        self.ppo = PPO(self.policy, cfg.ppo, self.num_iterations)
+        self.iteration = 0
+        self.global_step = 0
+        self.episodes = 0
+        self.wall_time = 0.0  # training seconds before this process (resume)
+        self.best_return: float | None = None
+        self.recent_returns: list[float] = []
+        self._samples: list[dict[str, Any]] = []
+        self._start = time.perf_counter()
+        if resume:
+            if self.run_dir is None:
+                raise ValueError("resume needs a run folder")
+            self.load(ckpt.latest_checkpoint(self.run_dir / "checkpoints"))
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        """Checkpoint at an iteration boundary: everything needed for a bit-exact resume."""
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {
+            "iteration": self.iteration,
+            "global_step": self.global_step,
+            "episodes": self.episodes,
+            "wall_time": self.wall_time + (time.perf_counter() - self._start),
+            "best_return": self.best_return,
+            "recent_returns": self.recent_returns[-100:],
+            "kl_beta": self.kl_controller.beta,
+            "config": to_dict(self.cfg),
+        }
+        snapshot = ckpt.env_state(self.env)
+        if snapshot is not None:
+            meta["env"], env_tensors = snapshot
+            tensors.update(env_tensors)
+        tensors.update(
+            {f"rollout/{k}": torch.from_numpy(np.ascontiguousarray(v))
+             for k, v in self.collector.state_arrays().items()}
+        )  # fmt: skip
+        if self.reference is not None:
+            tensors.update({f"reference/{k}": v for k, v in self.reference.state_dict().items()})
+        return ckpt.save_checkpoint(
+            self.run_dir / "checkpoints", self.global_step, self.policy, self.ppo.optimizer,
+            meta, tensors,
+        )  # fmt: skip
+
+    def load(self, path: Path) -> None:
+        meta, tensors = ckpt.read_checkpoint(path)
+        saved_cfg = meta["config"]
+        for section in ("env", "policy"):
+            if saved_cfg[section] != to_dict(self.cfg)[section]:
+                raise ckpt.CheckpointError(
+                    f"checkpoint {path} was made with {section}={saved_cfg[section]}, but the "
+                    f"config has {section}={to_dict(self.cfg)[section]}"
+                )
+        ckpt.load_policy_weights(self.policy, tensors, path)
+        ckpt.load_optimizer(self.ppo.optimizer, meta["optimizer"], tensors)
+        if self.reference is not None:
+            ref = {
+                k[len("reference/") :]: v for k, v in tensors.items() if k.startswith("reference/")
+            }
+            self.reference.load_state_dict(ref)
+        self.iteration, self.global_step = meta["iteration"], meta["global_step"]
+        self.episodes, self.wall_time = meta["episodes"], meta["wall_time"]
+        self.best_return, self.recent_returns = meta["best_return"], meta["recent_returns"]
+        self.kl_controller.beta = meta["kl_beta"]
+        # the env: exact when its state was captured; otherwise a fresh reset, seeded from
+        # the seed and the step count (documented in docs/agents.md)
+        rollout = {
+            k[len("rollout/") :]: v.numpy() for k, v in tensors.items() if k.startswith("rollout/")
+        }
+        if "env" in meta:
+            env_tensors = {k: v for k, v in tensors.items() if k.startswith("env/")}
+            ckpt.set_env_state(self.env, meta["env"], env_tensors)
+            self.collector.load_state_arrays(rollout)
+        else:
+            self.collector.seed = self.cfg.seed + self.global_step
+        ckpt.set_rng_state(meta["rng"], tensors)
+
+    # -- training ---------------------------------------------------------------------------
+
+    def evaluate(self, episodes: int | None = None) -> Any:
+        cfg = self.cfg
+        kwargs = {**cfg.env.kwargs, **cfg.eval.env_kwargs}
+        episodes = cfg.eval.episodes if episodes is None else episodes
+        env = make_env(cfg.env.id, min(episodes, cfg.env.num_envs), cfg.env.vectorization, kwargs)
+        try:
+            return evaluate_policy(
+                self.policy, env, episodes, cfg.eval.deterministic, seed=10_000 + cfg.seed
+            )
+        finally:
+            env.close()
+
+    def learn(self, stop_at: int | None = None, log: bool = True) -> dict[str, Any]:
+        """Train until total_timesteps (or `stop_at` env steps, then checkpoint and return).
+
+        With `log=False` no run folder is touched (benchmarks)."""
+        cfg = self.cfg
+        if self.run_dir is None:
+            log = False
+        logger = (
+            RunLogger(self.run_dir, self.num_iterations * self.steps_per_iteration,
+                      self.global_step, cfg.run.progress)
+            if log else None
+        )  # fmt: skip
+        if log and self.global_step == 0:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self._start = time.perf_counter()
+        start_step = self.global_step
+        next_eval = _next_multiple(self.global_step, cfg.eval.every)
+        next_ckpt = _next_multiple(self.global_step, cfg.run.checkpoint_every)
+        last_eval: float | None = None
+        try:
+            while self.iteration < self.num_iterations:
+                if stop_at is not None and self.global_step >= stop_at:
+                    break
+                metrics = self.iterate()
+                if logger is not None:
+                    if self.global_step >= next_eval and cfg.eval.episodes > 0:
+                        last_eval = float(np.mean(self.evaluate().returns))
+                        metrics["eval/return"] = last_eval
+                        self._best(last_eval)
+                        next_eval = _next_multiple(self.global_step, cfg.eval.every)
+                    logger.log(self.global_step, metrics)
+                    logger.samples(self.global_step, self._samples)
+                    logger.progress(
+                        self.global_step, metrics.get("rollout/ep_return"), metrics["time/sps"]
+                    )
+                    if self.global_step >= next_ckpt:
+                        self.save()
+                        next_ckpt = _next_multiple(self.global_step, cfg.run.checkpoint_every)
+            elapsed = time.perf_counter() - self._start
+            summary: dict[str, Any] = {
+                "steps": self.global_step,
+                "iterations": self.iteration,
+                "episodes": self.episodes,
+                "wall_time_s": self.wall_time + elapsed,
+                "sps": (self.global_step - start_step) / max(elapsed, 1e-9),
+                "train_return_last100": float(np.mean(self.recent_returns))
+                if self.recent_returns
+                else None,
+            }
+            if logger is not None:
+                done = self.iteration >= self.num_iterations
+                if done and cfg.eval.episodes > 0:
+                    last_eval = float(np.mean(self.evaluate().returns))
+                    self._best(last_eval)
+                    logger.log(self.global_step, {"eval/return": last_eval})
+                self.save()
+                summary.update(
+                    final_return=last_eval
+                    if last_eval is not None
+                    else summary["train_return_last100"],
+                    best_return=self.best_return,
+                    finished=done,
+                    run_dir=str(self.run_dir),
+                )
+                logger.write_summary(summary)
+            return summary
+        finally:
+            if logger is not None:
+                logger.close()
+            self.env.close()
+
+    def _best(self, value: float) -> None:
+        if self.best_return is None or value > self.best_return:
+            self.best_return = value
+
+    def iterate(self) -> dict[str, float]:
+        """One PPO iteration; returns its metrics."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        episodes = self.collector.collect()
+        t1 = time.perf_counter()
+        metrics: dict[str, float] = {}
+        if self.reference is not None:
+            beta = self.kl_controller.beta
+            kl_stats = apply_kl_penalty(
+                self.buffer, self.policy, self.reference, beta, cfg.kl.estimator
+            )
+            self.kl_controller.update(kl_stats["kl_to_ref"], kl_stats["kl_segments"])
+            metrics.update({f"kl/{k}": v for k, v in kl_stats.items() if k != "kl_segments"})
+        self.buffer.compute_gae(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+        train_stats = self.ppo.update(self.buffer, self.iteration)
+        t2 = time.perf_counter()
+
+        self.iteration += 1
+        self.global_step += self.steps_per_iteration
+        self.episodes += len(episodes.returns)
+        self.recent_returns = (self.recent_returns + episodes.returns)[-100:]
+        self._samples = episodes.samples
+        metrics.update({f"train/{k}": v for k, v in train_stats.items()})
+        if episodes.returns:
+            metrics["rollout/ep_return"] = float(np.mean(episodes.returns))
+            metrics["rollout/ep_length"] = float(np.mean(episodes.lengths))
+        for key, values in episodes.metrics.items():
+            metrics[f"episode/{key}"] = float(np.mean(values))
+        metrics["rollout/episodes"] = self.episodes
+        metrics["time/rollout_time"] = t1 - t0
+        metrics["time/update_time"] = t2 - t1
+        metrics["time/sps"] = self.steps_per_iteration / max(t2 - t0, 1e-9)
+        return metrics
+
+
+def _next_multiple(step: int, every: int) -> float:
+    """The next step count > step that is a multiple of `every` (inf if every == 0)."""
+    return float("inf") if every <= 0 else (step // every + 1) * every
+
+
+def train(
+    cfg: Config,
+    name: str | None = None,
+    overwrite: bool = False,
+    resume: str | Path | None = None,
+) -> Path:
+    """Create (or resume) a run folder and train. Returns the run folder."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "checkpoints" / "latest.json").is_file():
+            raise FileNotFoundError(f"cannot resume {run_dir}: no checkpoints/latest.json in it")
+        trainer = Trainer(cfg, run_dir, resume=True)
+    else:
+        run_dir = new_run_dir(cfg, name, overwrite)
+        trainer = Trainer(cfg, run_dir)
+    trainer.learn()
+    return run_dir
