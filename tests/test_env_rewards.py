@@ -23,9 +23,17 @@ def test_edit_distance_is_normalized_levenshtein_similarity():
 
 
 def test_repetition_is_distinct_n_in_unit_interval():
-    got = score("repetition", ["p"] * 4, ["abcdef", "aaaaaa", "ababab", "ab"])
+    plain = {"name": "repetition", "min_length": 3}  # plain distinct-3
+    got = score(plain, ["p"] * 4, ["abcdef", "aaaaaa", "ababab", "ab"])
     np.testing.assert_allclose(got, [1.0, 1 / 4, 2 / 4, 0.0])
-    np.testing.assert_allclose(score({"name": "repetition", "n": 1}, ["p"], ["aab"]), [2 / 3])
+    np.testing.assert_allclose(
+        score({"name": "repetition", "n": 1, "min_length": 1}, ["p"], ["aab"]), [2 / 3]
+    )
+    # default min_length=16: short texts score less, long diverse ones reach 1
+    got = score("repetition", ["p"] * 4, ["aaa", "abcdef", "abcdefghijklmnopqr", "ab" * 10])
+    np.testing.assert_allclose(got, [1 / 14, 4 / 14, 1.0, 2 / 18])
+    with pytest.raises(ValueError, match="min_length"):
+        make_reward_fn({"name": "repetition", "n": 3, "min_length": 2})
 
 
 def test_length_plain_and_with_target():

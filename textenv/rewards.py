@@ -12,8 +12,9 @@ Built-ins (``make_reward_fn("name")`` or ``{"name": ..., **kwargs}``):
 name            score                                                          range
 ==============  =============================================================  ============
 edit_distance   rapidfuzz normalized Levenshtein similarity to the reference    [0, 1]
-repetition      distinct-n: unique / total character n-grams (``n=3``);          [0, 1]
-                0 when the response has fewer than n characters
+repetition      distinct-n with a minimum length: unique character n-grams /    [0, 1]
+                ``max(total n-grams, min_length - n + 1)`` (``n=3``,
+                ``min_length=16``); 0 for texts shorter than n
 length          ``len(response) / scale`` (``scale=32``); with ``target=t``:     [0, ...)
                 ``-abs(len(response) - t) / scale``                             (..., 0]
 reward_model    scalar logit of a local ``AutoModelForSequenceClassification``  real
@@ -127,25 +128,29 @@ class EditDistance(Reward):
 
 
 class Repetition(Reward):
-    """Distinct-n of the response: unique / total character n-grams, in [0, 1] (1 = no repeats).
+    """Distinct-n of the response with a minimum length, in [0, 1] (1 = long and no repeats).
 
-    A response with fewer than ``n`` characters has no n-grams and scores 0, so stopping at once
-    is not rewarded.
+    ``unique n-grams / max(total n-grams, min_length - n + 1)`` over characters. Plain distinct-n
+    (``min_length=1``) gives 1.0 to any text of exactly n characters, so a policy trained on it
+    learns to stop early; the minimum length makes short texts score proportionally less.
     """
 
     name = "repetition"
 
-    def __init__(self, n: int = 3) -> None:
+    def __init__(self, n: int = 3, min_length: int = 16) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"repetition: n must be an int >= 1, got {n!r}")
-        self.n = n
+        if isinstance(min_length, bool) or not isinstance(min_length, int) or min_length < n:
+            raise ValueError(f"repetition: min_length must be an int >= n={n}, got {min_length!r}")
+        self.n, self.min_ngrams = n, min_length - n + 1
 
     def compute(self, prompts, responses, references):
         out = np.zeros(len(responses))
+        n = self.n
         for i, r in enumerate(responses):
-            total = len(r) - self.n + 1
+            total = len(r) - n + 1
             if total > 0:
-                out[i] = len({r[j : j + self.n] for j in range(total)}) / total
+                out[i] = len({r[j : j + n] for j in range(total)}) / max(total, self.min_ngrams)
         return out
 
 
