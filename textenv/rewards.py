@@ -187,8 +187,10 @@ def encode_for_reward_model(
     """
     import torch
 
-    if len(prompts) != len(responses):
-        raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError(
+            f"need as many prompts as responses, at least one: got {len(prompts)} and {len(responses)}"
+        )
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     if eos is None or pad is None:
         raise ValueError(
@@ -198,13 +200,16 @@ def encode_for_reward_model(
     texts = [p + r for p, r in zip(prompts, responses)]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     width = max(len(x) for x in ids) + 1
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)  # (B, T)
-    attention_mask = torch.zeros((len(ids), width), dtype=torch.long)  # (B, T)
+    input_ids = np.full((len(ids), width), pad, dtype=np.int64)  # (B, T)
+    attention_mask = np.zeros((len(ids), width), dtype=np.int64)  # (B, T)
     for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        input_ids[i, : len(x)] = x
         input_ids[i, len(x)] = eos
         attention_mask[i, : len(x) + 1] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+    }
 
 
 class RewardModel(Reward):
