@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "tiny-sft"
 
@@ -108,6 +109,54 @@ def without_dropout(model: PreTrainedModel) -> PreTrainedModel:
         if isinstance(module, nn.Dropout):
             module.p = 0.0
     return model
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A DynamicCache layer that writes new keys/values into preallocated storage (capacity
+    doubles when full) instead of `torch.cat`-ing the whole cache at every step, which costs
+    O(length) copies per token. Returns views of the filled part, like DynamicLayer."""
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self.length, self._k, self._v = 0, None, None
+        start, end = self.length, self.length + key_states.shape[-2]
+        if self._k is None or end > self._k.shape[-2]:
+            capacity = max(end + 64, 2 * end)
+            k = key_states.new_empty(*key_states.shape[:-2], capacity, key_states.shape[-1])
+            v = value_states.new_empty(*value_states.shape[:-2], capacity, value_states.shape[-1])
+            if start:
+                k[..., :start, :], v[..., :start, :] = (
+                    self._k[..., :start, :],
+                    self._v[..., :start, :],
+                )
+            self._k, self._v = k, v
+        self._k[..., start:end, :] = key_states
+        self._v[..., start:end, :] = value_states
+        self.length = end
+        self.keys, self.values = self._k[..., :end, :], self._v[..., :end, :]
+        return self.keys, self.values
+
+
+def new_cache(model: PreTrainedModel) -> DynamicCache:
+    """A DynamicCache for `model` whose plain (full-attention) layers preallocate."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [
+        PreallocatedLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers
+    ]
+    return cache
+
+
+def sample(logits: torch.Tensor) -> torch.Tensor:
+    """One draw per row from softmax(logits): argmax of p / Exp(1) noise (the exponential race),
+    cheaper than torch.multinomial for a (B, V) batch."""
+    probs = torch.softmax(logits, dim=-1)
+    return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
 
 
 # ----------------------------------------------------------------------------- state
@@ -268,8 +317,9 @@ class LMPolicy(nn.Module):
         input from one trunk pass; refuse models whose head does more than that."""
         ids = torch.tensor([[self.eos_id, self.pad_id + 3 if len(self.tokenizer) > 3 else 0]])
         ids = ids.clamp(max=len(self.tokenizer) - 1)
-        full = self.model(input_ids=ids).logits
-        hidden = self.model.base_model(input_ids=ids).last_hidden_state
+        mask = torch.ones_like(ids)
+        full = self.model(input_ids=ids, attention_mask=mask).logits
+        hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
         mine = self.model.get_output_embeddings()(hidden)
         if not torch.allclose(full, mine, atol=1e-4, rtol=1e-4):
             raise ValueError(
@@ -321,11 +371,11 @@ class LMPolicy(nn.Module):
         width = int(ends.max())
         ids, mask = right_align(ids, mask, ends, width, self.pad_id)  # (B, S)
         positions = position_ids_from_mask(mask)
-        state.cache = DynamicCache(config=self.model.config)
+        state.cache = new_cache(self.model)
         hidden = self._trunk(self.model, ids, mask, positions, state.cache)[:, -1]  # (B, H)
         critic_hidden = None
         if self.critic_model is not None:
-            state.critic_cache = DynamicCache(config=self.critic_model.config)
+            state.critic_cache = new_cache(self.critic_model)
             critic_hidden = self._trunk(
                 self.critic_model, ids, mask, positions, state.critic_cache
             )[:, -1]
@@ -373,7 +423,7 @@ class LMPolicy(nn.Module):
         if deterministic:
             action = scaled.argmax(-1)
         else:
-            action = torch.multinomial(torch.softmax(scaled, dim=-1), 1).squeeze(1)
+            action = sample(scaled)
         log_prob = scaled.gather(1, action.unsqueeze(1)).squeeze(1) - torch.logsumexp(scaled, -1)
         state.last_action = action
         return action, log_prob, value, state
