@@ -181,7 +181,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     for key, value in data.items():
         if key not in fields:
             raise ValueError(
-                f"unknown config key {prefix}{key!r}{suggest(str(key), list(fields))} "
+                f"unknown config key {prefix + str(key)!r}{suggest(str(key), list(fields))} "
                 f"(allowed under {prefix.rstrip('.') or 'the top level'}: {sorted(fields)})"
             )
         hint = hints[key]

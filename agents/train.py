@@ -24,7 +24,7 @@ from agents.kl import make_kl_controller
 from agents.logger import RunLogger
 from agents.policies import frozen_copy, make_policy
 from agents.ppo import PPO
-from agents.rollout import RolloutCollector, apply_kl_penalty, make_env
+from agents.rollout import EpisodeLog, RolloutCollector, apply_kl_penalty, make_env
 
 
 def register_envs() -> None:
@@ -32,17 +32,23 @@ def register_envs() -> None:
     import textenv  # noqa: F401  (registers on import)
 
 
-def new_run_dir(cfg: Config, name: str | None = None, overwrite: bool = False) -> Path:
+def run_dir_path(cfg: Config, name: str | None = None, overwrite: bool = False) -> Path:
     """`<run.root>/<name>-<YYYYmmdd-HHMMSS>` (or `<run.root>/<name>` when `name` is given).
     An existing folder is refused unless `overwrite`."""
     root = Path(cfg.run.root)
     folder = root / name if name else root / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if folder.exists() and not overwrite:
+        raise FileExistsError(
+            f"run folder {folder} already exists; pass --resume {folder} to continue it or "
+            "--overwrite to replace it"
+        )
+    return folder
+
+
+def new_run_dir(cfg: Config, name: str | None = None, overwrite: bool = False) -> Path:
+    """Create a fresh run folder (see `run_dir_path`); an overwritten one is emptied first."""
+    folder = run_dir_path(cfg, name, overwrite)
     if folder.exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"run folder {folder} already exists; pass --resume {folder} to continue it or "
-                "--overwrite to replace it"
-            )
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     return folder
@@ -85,7 +91,7 @@ class Trainer:
         self.wall_time = 0.0  # training seconds before this process (resume)
         self.best_return: float | None = None
         self.recent_returns: list[float] = []
-        self._samples: list[dict[str, Any]] = []
+        self.last_episodes = EpisodeLog()  # what finished during the last iteration
         self._start = time.perf_counter()
         if resume:
             if self.run_dir is None:
@@ -200,7 +206,7 @@ class Trainer:
                         self._best(last_eval)
                         next_eval = _next_multiple(self.global_step, cfg.eval.every)
                     logger.log(self.global_step, metrics)
-                    logger.samples(self.global_step, self._samples)
+                    logger.samples(self.global_step, self.last_episodes.samples)
                     logger.progress(
                         self.global_step, metrics.get("rollout/ep_return"), metrics["time/sps"]
                     )
@@ -266,7 +272,7 @@ class Trainer:
         self.global_step += self.steps_per_iteration
         self.episodes += len(episodes.returns)
         self.recent_returns = (self.recent_returns + episodes.returns)[-100:]
-        self._samples = episodes.samples
+        self.last_episodes = episodes
         metrics.update({f"train/{k}": v for k, v in train_stats.items()})
         if episodes.returns:
             metrics["rollout/ep_return"] = float(np.mean(episodes.returns))
@@ -298,7 +304,8 @@ def train(
             raise FileNotFoundError(f"cannot resume {run_dir}: no checkpoints/latest.json in it")
         trainer = Trainer(cfg, run_dir, resume=True)
     else:
-        run_dir = new_run_dir(cfg, name, overwrite)
-        trainer = Trainer(cfg, run_dir)
+        run_dir = run_dir_path(cfg, name, overwrite)
+        trainer = Trainer(cfg, run_dir)  # bad envs/policies fail here, before any folder exists
+        new_run_dir(cfg, name, overwrite)
     trainer.learn()
     return run_dir

@@ -1,0 +1,192 @@
+"""The `textrlhf` command line.
+
+textrlhf train CONFIG [--set k=v ...] [--resume RUN_DIR] [--overwrite] [--name NAME]
+textrlhf eval RUN_DIR [--episodes N] [--checkpoint PATH] [--stochastic]
+textrlhf compare CONFIG_OR_ENV_ID ... [--seeds K] [--out DIR] [--set k=v ...]
+textrlhf sft CONFIG [--set k=v ...]        (agents.sft)
+textrlhf rm CONFIG [--set k=v ...]         (agents.reward_model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from agents.checkpoint import CheckpointError
+from agents.ppo import NonFiniteLossError
+
+EXPECTED_ERRORS = (
+    ValueError, TypeError, FileExistsError, FileNotFoundError, CheckpointError,
+    NonFiniteLossError,
+)  # fmt: skip
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from agents.config import load_config
+    from agents.train import train
+
+    cfg = load_config(args.config, args.set)
+    if args.resume and (args.overwrite or args.name):
+        raise ValueError(
+            "--resume continues an existing run; it cannot be combined with --overwrite or --name"
+        )
+    run_dir = train(cfg, name=args.name, overwrite=args.overwrite, resume=args.resume)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    print(f"run folder: {run_dir}")
+    print(
+        f"steps {summary['steps']:,}  final return {summary['final_return']}  "
+        f"best return {summary['best_return']}  wall {summary['wall_time_s']:.1f}s  "
+        f"sps {summary['sps']:,.0f}"
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from agents import checkpoint as ckpt
+    from agents.config import load_config
+    from agents.evaluate import evaluate_policy
+    from agents.policies import make_policy
+    from agents.rollout import make_env
+    from agents.train import register_envs
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml in it")
+    cfg = load_config(run_dir / "config.yaml", args.set)
+    torch.set_num_threads(cfg.run.torch_threads)
+    register_envs()
+    path = (
+        Path(args.checkpoint)
+        if args.checkpoint
+        else ckpt.latest_checkpoint(run_dir / "checkpoints")
+    )
+    _, tensors = ckpt.read_checkpoint(path)
+    episodes = args.episodes if args.episodes is not None else cfg.eval.episodes
+    env = make_env(
+        cfg.env.id, min(episodes, cfg.env.num_envs), cfg.env.vectorization,
+        {**cfg.env.kwargs, **cfg.eval.env_kwargs},
+    )  # fmt: skip
+    policy = make_policy(cfg.policy, env.single_observation_space, env.single_action_space)
+    ckpt.load_policy_weights(policy, tensors, path)
+    log = evaluate_policy(policy, env, episodes, not args.stochastic, seed=args.seed)
+    env.close()
+    print(f"checkpoint: {path}")
+    print("returns: " + " ".join(f"{r:.2f}" for r in log.returns))
+    print(
+        f"mean return over {len(log.returns)} episodes: {np.mean(log.returns):.2f} ± {np.std(log.returns):.2f}"
+    )
+    for key, values in sorted(log.metrics.items()):
+        print(f"episode/{key}: {np.mean(values):.4f}")
+    for sample in log.samples[: args.samples]:
+        print("-" * 60)
+        for key, value in sample.items():
+            print(f"{key}: {value}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from agents.compare import compare
+
+    thresholds = {}
+    for item in args.threshold or []:
+        env_id, _, value = item.partition("=")
+        if not value:
+            raise ValueError(
+                f"--threshold {item!r} must look like ENV_ID=VALUE, e.g. Pendulum-v1=-200"
+            )
+        thresholds[env_id] = float(value)
+    out = compare(args.targets, args.seeds, args.out, args.set, thresholds)
+    print((out / "compare.md").read_text())
+    print(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")
+
+
+def delegate(module: str):
+    """`textrlhf sft|rm CONFIG`: call `<module>.main(config_path, overrides)` (lazy import)."""
+
+    def run(args: argparse.Namespace) -> None:
+        try:
+            target = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+            raise ValueError(
+                f"this subcommand needs {module}, which is not installed yet"
+            ) from None
+        out = target.main(args.config, args.set)
+        if out is not None:
+            print(f"output folder: {out}")
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textrlhf", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train PPO from a YAML config into runs/<name>-<time>/")
+    p.add_argument("config")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. ppo.n_epochs=10",
+    )
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--name", help="run folder name under run.root (default <name>-<time>)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--episodes", type=int)
+    p.add_argument("--checkpoint", help="a checkpoint .json/.safetensors (default: the latest)")
+    p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=3, help="text samples to print")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="our PPO vs SB3 PPO over several seeds")
+    p.add_argument("targets", nargs="+", metavar="CONFIG_OR_ENV_ID")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default="runs/compare")
+    p.add_argument(
+        "--threshold",
+        action="append",
+        metavar="ENV_ID=VALUE",
+        help="reward threshold for envs without one",
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_compare)
+
+    for name, module, text in (
+        ("sft", "agents.sft", "supervised fine-tuning of the LM policy"),
+        ("rm", "agents.reward_model", "train a reward model on preference pairs"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        p.set_defaults(func=delegate(module))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except EXPECTED_ERRORS as err:
+        print(f"textrlhf {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

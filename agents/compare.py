@@ -1,0 +1,278 @@
+"""`textrlhf compare`: our PPO vs Stable-Baselines3's PPO with the same hyperparameters.
+
+For each config and seed, both agents train for the config's `total_timesteps`; each finished
+training episode is recorded as (env step, return). The table (`compare.md`) reports the final
+deterministic eval return (mean ± std over seeds, same eval episodes for both), the env steps at
+which the mean return of the last 20 training episodes first reached the env's reward threshold,
+the training wall-clock and SPS. `compare.png` shows the learning curves (mean and min-max band
+over seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.config import Config, load_config
+from agents.evaluate import evaluate_policy
+from agents.rollout import make_env
+from agents.train import Trainer, register_envs
+
+WINDOW = 20  # training episodes in the moving average used for curves and thresholds
+
+
+@dataclass
+class RunResult:
+    agent: str
+    env_id: str
+    seed: int
+    final_return: float
+    wall_time: float
+    steps: int
+    episodes: list[tuple[int, float]] = field(default_factory=list)  # (env step, return)
+
+    @property
+    def sps(self) -> float:
+        return self.steps / self.wall_time
+
+    def steps_to(self, threshold: float | None) -> int | None:
+        if threshold is None:
+            return None
+        returns = [r for _, r in self.episodes]
+        for i in range(len(returns)):
+            if i + 1 >= WINDOW and np.mean(returns[i + 1 - WINDOW : i + 1]) >= threshold:
+                return self.episodes[i][0]
+        return None
+
+
+# ----------------------------------------------------------------------------- our agent
+
+
+def run_ours(cfg: Config) -> RunResult:
+    trainer = Trainer(cfg)
+    episodes: list[tuple[int, float]] = []
+    start = time.perf_counter()
+    while trainer.iteration < trainer.num_iterations:
+        trainer.iterate()
+        step = trainer.global_step
+        episodes += [(step, r) for r in trainer.last_episodes.returns]
+    wall = time.perf_counter() - start
+    final = float(np.mean(trainer.evaluate().returns))
+    trainer.env.close()
+    return RunResult("ours", cfg.env.id, cfg.seed, final, wall, trainer.global_step, episodes)
+
+
+# ----------------------------------------------------------------------------- SB3
+
+
+class SB3Adapter:
+    """Lets `evaluate_policy` drive an SB3 model, so both agents get the very same evaluation."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    def initial_state(self, num_envs: int) -> None:
+        return None
+
+    def reset_state(self, state: None, done_mask: np.ndarray) -> None:
+        return None
+
+    def act(self, obs: torch.Tensor, state: None, deterministic: bool = True):
+        action, _ = self.model.predict(obs.numpy(), deterministic=deterministic)
+        return torch.as_tensor(action), None, None, None
+
+
+def sb3_model(cfg: Config, env: Any) -> Any:
+    """An SB3 PPO with our config's hyperparameters (same network sizes, schedules, Adam eps)."""
+    from stable_baselines3 import PPO as SB3PPO
+
+    p = cfg.ppo
+
+    def schedule(value: float, anneal: bool):
+        return (lambda progress: value * progress) if anneal else value
+
+    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[cfg.policy.activation]
+    return SB3PPO(
+        "MlpPolicy",
+        env,
+        n_steps=p.n_steps,
+        batch_size=p.batch_size,
+        n_epochs=p.n_epochs,
+        gamma=p.gamma,
+        gae_lambda=p.gae_lambda,
+        learning_rate=schedule(p.learning_rate, p.anneal_lr),
+        clip_range=schedule(p.clip_range, p.anneal_clip),
+        clip_range_vf=p.clip_range_vf,
+        normalize_advantage=p.normalize_advantage,
+        ent_coef=p.ent_coef,
+        vf_coef=p.vf_coef,
+        max_grad_norm=p.max_grad_norm,
+        target_kl=p.target_kl,
+        policy_kwargs={
+            "net_arch": {"pi": list(cfg.policy.hidden_sizes), "vf": list(cfg.policy.hidden_sizes)},
+            "activation_fn": activation,
+            "log_std_init": cfg.policy.log_std_init,
+            "optimizer_kwargs": {"eps": p.adam_eps},
+        },
+        seed=cfg.seed,
+        device="cpu",
+        verbose=0,
+    )
+
+
+def run_sb3(cfg: Config) -> RunResult:
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    torch.set_num_threads(cfg.run.torch_threads)
+    env = make_vec_env(
+        cfg.env.id, n_envs=cfg.env.num_envs, seed=cfg.seed, env_kwargs=cfg.env.kwargs
+    )
+    model = sb3_model(cfg, env)
+    episodes: list[tuple[int, float]] = []
+
+    class Record(BaseCallback):
+        def _on_step(self) -> bool:
+            for info in self.locals["infos"]:
+                if "episode" in info:
+                    episodes.append((self.num_timesteps, float(info["episode"]["r"])))
+            return True
+
+    start = time.perf_counter()
+    model.learn(cfg.total_timesteps, callback=Record())
+    wall = time.perf_counter() - start
+    eval_env = make_env(
+        cfg.env.id, min(cfg.eval.episodes, cfg.env.num_envs), cfg.env.vectorization, cfg.env.kwargs
+    )
+    log = evaluate_policy(
+        SB3Adapter(model), eval_env, cfg.eval.episodes, True, seed=10_000 + cfg.seed
+    )
+    eval_env.close()
+    env.close()
+    steps = model.num_timesteps
+    return RunResult(
+        "sb3", cfg.env.id, cfg.seed, float(np.mean(log.returns)), wall, steps, episodes
+    )
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def curve(result: RunResult, grid: np.ndarray) -> np.ndarray:
+    """Moving average of the last WINDOW training returns, sampled at `grid` env steps."""
+    steps = np.array([s for s, _ in result.episodes])
+    returns = np.array([r for _, r in result.episodes])
+    out = np.full(len(grid), np.nan)
+    for j, g in enumerate(grid):
+        seen = returns[steps <= g]
+        if len(seen):
+            out[j] = seen[-WINDOW:].mean()
+    return out
+
+
+def write_report(results: list[RunResult], out: Path, thresholds: dict[str, float | None]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    env_ids = list(dict.fromkeys(r.env_id for r in results))
+    lines = [
+        "# Our PPO vs Stable-Baselines3 PPO (same hyperparameters)",
+        "",
+        f"Final return: deterministic eval, mean ± std over seeds. Steps to threshold: first env "
+        f"step where the mean of the last {WINDOW} training episodes reached the threshold "
+        "(median over the seeds that reached it, with the count). Wall-clock: training only, "
+        "1 torch thread, mean over seeds.",
+        "",
+        "| env | agent | seeds | final return | steps to threshold | wall-clock (s) | SPS |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    fig, axes = plt.subplots(1, len(env_ids), figsize=(5 * len(env_ids), 3.6), squeeze=False)
+    for ax, env_id in zip(axes.flat, env_ids):
+        threshold = thresholds.get(env_id)
+        for agent, color in (("ours", "C0"), ("sb3", "C1")):
+            runs = [r for r in results if r.env_id == env_id and r.agent == agent]
+            if not runs:
+                continue
+            finals = np.array([r.final_return for r in runs])
+            reached = [s for s in (r.steps_to(threshold) for r in runs) if s is not None]
+            to_thr = (
+                "n/a (no threshold)" if threshold is None
+                else f"{int(np.median(reached)):,} ({len(reached)}/{len(runs)})" if reached
+                else f"not reached (0/{len(runs)})"
+            )  # fmt: skip
+            wall = np.mean([r.wall_time for r in runs])
+            sps = np.mean([r.sps for r in runs])
+            lines.append(
+                f"| {env_id} | {agent} | {len(runs)} | {finals.mean():.1f} ± {finals.std():.1f} "
+                f"| {to_thr} | {wall:.1f} | {sps:,.0f} |"
+            )
+            grid = np.linspace(0, max(r.steps for r in runs), 100)
+            curves = np.stack([curve(r, grid) for r in runs])
+            mean = np.nanmean(curves, axis=0)
+            ax.plot(grid, mean, color=color, label=agent)
+            ax.fill_between(
+                grid, np.nanmin(curves, 0), np.nanmax(curves, 0), color=color, alpha=0.2
+            )
+        if threshold is not None:
+            ax.axhline(threshold, color="gray", ls="--", lw=0.8, label="threshold")
+        ax.set_title(env_id)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(f"return (last {WINDOW} episodes)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "compare.png", dpi=90)
+    plt.close(fig)
+    lines += ["", "Thresholds: " + ", ".join(f"{k}: {v}" for k, v in thresholds.items()), ""]
+    (out / "compare.md").write_text("\n".join(lines))
+    raw = [
+        {"agent": r.agent, "env_id": r.env_id, "seed": r.seed, "final_return": r.final_return,
+         "wall_time": r.wall_time, "steps": r.steps, "steps_to_threshold": r.steps_to(thresholds.get(r.env_id))}
+        for r in results
+    ]  # fmt: skip
+    (out / "compare.json").write_text(json.dumps(raw, indent=1) + "\n")
+
+
+def compare(
+    configs: list[str],
+    seeds: int,
+    out: str | Path,
+    overrides: list[str] | None = None,
+    thresholds: dict[str, float] | None = None,
+    agents: tuple[str, ...] = ("ours", "sb3"),
+) -> Path:
+    """Run every config (a YAML path or an env id with default settings) for `seeds` seeds."""
+    register_envs()
+    results: list[RunResult] = []
+    all_thresholds: dict[str, float | None] = {}
+    for source in configs:
+        base = load_config(
+            source if source.endswith((".yaml", ".yml")) else {"env": {"id": source}}, overrides
+        )
+        spec = gym.spec(base.env.id)
+        all_thresholds[base.env.id] = (thresholds or {}).get(base.env.id, spec.reward_threshold)
+        for seed in range(base.seed, base.seed + seeds):
+            cfg = load_config(
+                source if source.endswith((".yaml", ".yml")) else {"env": {"id": source}},
+                [*(overrides or []), f"seed={seed}", "run.progress=false"],
+            )
+            for agent in agents:
+                result = run_ours(cfg) if agent == "ours" else run_sb3(cfg)
+                print(
+                    f"{cfg.env.id} {agent:4s} seed {seed}: final return {result.final_return:8.1f}  "
+                    f"wall {result.wall_time:6.1f}s  sps {result.sps:7.0f}",
+                    flush=True,
+                )
+                results.append(result)
+    out = Path(out)
+    write_report(results, out, all_thresholds)
+    return out
