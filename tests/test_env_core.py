@@ -180,3 +180,15 @@ def test_same_seed_same_actions_identical_even_when_interleaved():
     other = rollout(make(), actions, seed=8)
     prompts = lambda log: [s[4]["prompt"] for s in log if len(s) == 5 and s[4]]  # noqa: E731
     assert prompts(other) != prompts(ra)
+
+
+def test_importing_textenv_pulls_in_neither_agents_nor_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, textenv; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('agents', 'torch', 'transformers')]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -148,3 +148,13 @@ def test_vector_same_seed_is_deterministic_and_actions_validated():
     assert np.array_equal(venv._ids, obs["input_ids"])  # a failed reset changes nothing
     with pytest.raises(ValueError, match="autoreset_mode"):
         TextRLHFVectorEnv(num_envs=2, autoreset_mode="same_step")
+
+
+def test_vector_render_ansi_and_reset_before_step():
+    venv = TextRLHFVectorEnv(num_envs=2, render_mode="ansi", max_new_tokens=4)
+    with pytest.raises(RuntimeError, match="reset"):
+        venv.step(np.array([A, A]))
+    venv.reset(options={"prompts": ["sort: ba\n", "reverse: ab\n"]})
+    venv.step(np.array([A, B]))
+    assert venv.render() == ("sort: ba\na", "reverse: ab\nb")
+    assert venv.reward_fn.name == "edit_distance" and venv._references == ["ab", "ba"]
