@@ -129,11 +129,36 @@ def timed(fn, *args, repeats: int = 3) -> tuple[float, int]:
     return best, out
 
 
+def lm_step_us(rows: int, repeats: int = 3) -> float:
+    """Mean microseconds of one KV-cached decoding step (+ sampling) of a tiny random GPT-2
+    (~0.45M params) over a P-token prompt and N new tokens: what an LM rollout step costs."""
+    from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=259, n_positions=P + N, n_embd=96, n_layer=4, n_head=4,
+        bos_token_id=1, eos_token_id=1,
+    )  # fmt: skip
+    model = GPT2LMHeadModel(config).eval()
+    prompt = torch.randint(3, 259, (rows, P))
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            out = model(input_ids=prompt, use_cache=True, past_key_values=DynamicCache())
+            cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            start = time.perf_counter()
+            for _ in range(N - 1):
+                out = model(input_ids=token, past_key_values=cache, use_cache=True)
+                token = torch.multinomial(torch.softmax(out.logits[:, -1], -1), 1)
+            best = min(best, (time.perf_counter() - start) / (N - 1))
+    return best * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20000, help="single-env steps")
     parser.add_argument("--rows", type=int, default=64, help="vector-env rows")
     parser.add_argument("--vector-steps", type=int, default=2000)
+    parser.add_argument("--no-lm", action="store_true", help="skip the tiny GPT-2 step timing")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -164,6 +189,15 @@ def main() -> None:
             f"{env_t / steps * 1e6:12.1f} {ratio:6.2f}   (episodes env {env_eps}, numpy {base_eps})"
         )
     print("ratio = numpy_time / env_time (1.0 means no overhead over the plain numpy loop)")
+    if not args.no_lm:
+        lm_us = lm_step_us(args.rows)
+        venv = TextRLHFVectorEnv(num_envs=args.rows, max_new_tokens=N)
+        env_us, _ = timed(run_vector, venv, draw_actions(args.vector_steps, args.rows))
+        env_us = env_us / args.vector_steps * 1e6
+        print(
+            f"tiny GPT-2 (0.45M) KV-cached step + sampling, batch {args.rows}: {lm_us:.0f} us; "
+            f"lockstep env step: {env_us:.0f} us = {env_us / (env_us + lm_us):.1%} of a rollout step"
+        )
 
 
 if __name__ == "__main__":
