@@ -68,3 +68,28 @@ def test_fast_byte_decoders_match_tokenizer_decode():
         assert decode_batch(ids, lengths) == expected
         assert [decode(ids[i, : lengths[i]]) for i in range(4)] == expected
     assert decode(np.array([107, 108, 1, 0])) == "hi"
+
+
+def test_env_step_benchmark_runs(monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "env_step", EXAMPLES.parent / "benchmarks" / "env_step.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(
+        "sys.argv", ["env_step.py", "--steps", "300", "--vector-steps", "40", "--no-lm"]
+    )
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        module.main()  # sets torch.set_num_threads(1)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert out.count("episodes env") == 4 and "ratio" in out
+    # the env and the numpy loop saw the same episodes
+    for line in out.splitlines():
+        if "episodes env" in line:
+            env_eps, numpy_eps = line.split("episodes env ")[1].rstrip(")").split(", numpy ")
+            assert env_eps == numpy_eps
