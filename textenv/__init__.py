@@ -11,6 +11,7 @@ from textenv.data import PromptDataset, make_dataset
 from textenv.env import TextRLHFEnv
 from textenv.rewards import (
     Reward,
+    RewardFunction,
     encode_for_reward_model,
     make_reward_fn,
     per_sample,
@@ -35,6 +36,7 @@ __all__ = [
     "TASK_NAMES",
     "PromptDataset",
     "Reward",
+    "RewardFunction",
     "TextRLHFEnv",
     "TextRLHFVectorEnv",
     "default_tokenizer",

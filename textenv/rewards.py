@@ -106,6 +106,9 @@ class Reward:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+RewardFunction = Reward  # the protocol's name in docs/ARCHITECTURE.md
+
+
 class EditDistance(Reward):
     """Normalized Levenshtein similarity to the reference (rapidfuzz), in [0, 1]; 1 = exact."""
 
