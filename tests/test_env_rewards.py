@@ -117,7 +117,10 @@ def test_bad_scores_name_the_function_and_the_sample(bad):
         score(my_reward, ["p", "q"], ["ok", "bad"])
 
 
-@pytest.mark.parametrize("bad", [[1.0, float("nan")], ["a", "b"], [1.0], [[1.0], [2.0]]])
+@pytest.mark.parametrize(
+    "bad",
+    [[1.0, float("nan")], ["a", "b"], [1.0], [[1.0], [2.0]], [[1.0], [2.0, 3.0]], [1.0, None]],
+)
 def test_bad_batched_scores_raise(bad):
     def batched_reward(prompts, responses, references):
         return bad

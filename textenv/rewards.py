@@ -45,7 +45,10 @@ def check_scores(
     """Convert ``raw`` to a float64 array of shape (B,); raise naming ``name`` and the sample."""
     if hasattr(raw, "detach"):  # a torch tensor
         raw = raw.detach().cpu().numpy()
-    arr = np.asarray(raw) if not isinstance(raw, np.ndarray) else raw
+    try:
+        arr = np.asarray(raw) if not isinstance(raw, np.ndarray) else raw
+    except ValueError as e:  # e.g. a ragged list
+        raise ValueError(f"reward function {name!r} returned {raw!r:.80}, not scores: {e}") from e
     if arr.dtype.kind not in "biuf":
         bad = next((i for i, v in enumerate(np.ravel(arr)) if not isinstance(v, numbers.Real)), 0)
         where = _sample(prompts, responses, bad) if bad < len(prompts) else "the batch"
