@@ -155,8 +155,9 @@ def load_optimizer(
 ) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
-        _, idx, name = key.split("/", 2)
-        state.setdefault(int(idx), {})[name] = value
+        if key.startswith("optim/"):
+            _, idx, name = key.split("/", 2)
+            state.setdefault(int(idx), {})[name] = value
     for key, value in meta["scalars"].items():
         idx, name = key.split("/", 1)
         state.setdefault(int(idx), {})[name] = value

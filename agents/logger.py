@@ -111,11 +111,14 @@ class RunLogger:
         plot_curves(self.rows, self.run_dir / "training_curves.png")
 
 
-def _num(value: str) -> float | str:
-    try:
-        return float(value) if value != "" else math.nan
-    except ValueError:
-        return value
+def _num(value: str) -> int | float | str:
+    """A metrics.csv cell back to the number it was written from."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return math.nan if value == "" else value
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:

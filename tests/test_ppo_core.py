@@ -1,0 +1,154 @@
+"""PPO core: GAE by hand, first-minibatch ratio, KL penalty, config and env errors."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from agents.buffer import RolloutBuffer
+from agents.config import load_config
+from agents.kl import AdaptiveKLController, kl_estimate
+from agents.ppo import PPO
+from agents.rollout import make_env
+from agents.train import Trainer
+
+SMALL = ["run.progress=false", "total_timesteps=2048", "ppo.n_epochs=2"]
+
+
+def test_gae_matches_hand_computed_values_with_truncation_and_invalid_steps():
+    space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    buf = RolloutBuffer(3, 2, space, gym.spaces.Discrete(2))
+    buf.clear_flags()
+    # row 0: no done; row 1: truncated at t=0, t=1 is the (invalid) NEXT_STEP reset step whose
+    # observation is the truncated episode's final one (V = 2.0), terminated at t=2
+    buf.rewards[:] = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    buf.values[:] = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 0.5]])
+    buf.valid[:] = torch.tensor([[True, True], [True, False], [True, True]])
+    buf.truncated[0, 1] = True
+    buf.terminated[2, 1] = True
+    buf.last_value[:] = torch.tensor([4.0, 10.0])
+    buf.compute_gae(gamma=0.5, gae_lambda=0.5)
+    # row 0: deltas (1+0.5*2-1, 1+0.5*3-2, 1+0.5*4-3) = (1, 0.5, 0); A_t = delta_t + 0.25 A_{t+1}
+    # row 1: t=2 terminated: 1 - 0.5 = 0.5; t=1 invalid: 0; t=0 truncated: 1 + 0.5*2 - 1 = 1
+    expected = torch.tensor([[1.125, 1.0], [0.5, 0.0], [0.0, 0.5]])
+    torch.testing.assert_close(buf.advantages, expected, rtol=0, atol=1e-7)
+    torch.testing.assert_close(buf.returns, expected + buf.values, rtol=0, atol=1e-7)
+
+
+def test_gae_bootstraps_truncation_at_the_last_step_from_last_value():
+    space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    buf = RolloutBuffer(1, 2, space, gym.spaces.Discrete(2))
+    buf.clear_flags()
+    buf.rewards[:] = 1.0
+    buf.values[:] = 0.0
+    buf.valid[:] = True
+    buf.truncated[0, 0] = True  # truncated: bootstrap V(final obs) = last_value
+    buf.terminated[0, 1] = True  # terminated: nothing to bootstrap
+    buf.last_value[:] = torch.tensor([2.0, 2.0])
+    buf.compute_gae(gamma=0.9, gae_lambda=0.95)
+    torch.testing.assert_close(buf.advantages[0], torch.tensor([1.0 + 0.9 * 2.0, 1.0]))
+
+
+def test_first_minibatch_has_ratio_one_and_zero_approx_kl(cartpole_yaml):
+    cfg = load_config(cartpole_yaml, SMALL)
+    trainer = Trainer(cfg)
+    trainer.collector.collect()
+    trainer.buffer.compute_gae(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+    mb = next(trainer.buffer.minibatches(cfg.ppo.batch_size, sequence=False))
+    log_prob, _, value = trainer.policy.evaluate(mb)
+    ratio = (log_prob - mb.log_probs).exp()
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-6)
+    torch.testing.assert_close(value, mb.values, rtol=0, atol=1e-6)
+    weights, advantages = trainer.ppo.prepare(mb)
+    _, stats = trainer.ppo.loss(mb, weights, advantages, clip=0.2)
+    assert abs(float(stats[3])) < 1e-10  # approx_kl
+    assert float(stats[4]) == 0.0  # clipfrac
+    # after one update the policy has moved: the same check now fails
+    trainer.ppo.update(trainer.buffer, 0)
+    _, stats = trainer.ppo.loss(mb, weights, advantages, clip=0.2)
+    assert float(stats[3]) > 1e-6
+    trainer.env.close()
+
+
+def test_kl_penalty_is_zero_when_reference_equals_policy(cartpole_yaml):
+    cfg = load_config(cartpole_yaml, [*SMALL, "kl.enabled=true", "kl.beta=0.5", "kl.estimator=k1"])
+    trainer = Trainer(cfg)
+    first = trainer.iterate()  # reference == policy: the penalty is exactly 0
+    assert first["kl/kl_to_ref"] == 0.0
+    assert first["kl/beta"] == 0.5
+    second = trainer.iterate()  # the policy has been updated once: now it differs
+    assert second["kl/kl_to_ref"] != 0.0
+    trainer.env.close()
+
+
+def test_kl_estimators_and_adaptive_controller():
+    logp, ref = torch.tensor([-0.5, -1.0]), torch.tensor([-1.0, -1.0])
+    torch.testing.assert_close(kl_estimate(logp, ref, "k1"), torch.tensor([0.5, 0.0]))
+    r = -0.5
+    torch.testing.assert_close(
+        kl_estimate(logp, ref, "k3"), torch.tensor([np.exp(r) - 1 - r, 0.0], dtype=torch.float32)
+    )
+    with pytest.raises(ValueError, match="k1"):
+        kl_estimate(logp, ref, "k2")
+    ctl = AdaptiveKLController(0.1, target=6.0, horizon=100)
+    ctl.update(kl=12.0, n_episodes=10)  # error clipped to +0.2 -> beta * (1 + 0.2 * 10/100)
+    assert ctl.beta == pytest.approx(0.1 * 1.02)
+    ctl.update(kl=3.0, n_episodes=10)  # error -0.5 clipped to -0.2
+    assert ctl.beta == pytest.approx(0.1 * 1.02 * 0.98)
+
+
+def test_box_actions_train_and_are_clipped_only_for_the_env():
+    cfg = load_config(
+        {"env": {"id": "Pendulum-v1", "num_envs": 2}, "ppo": {"n_steps": 16, "batch_size": 8}},
+        ["run.progress=false", "total_timesteps=64", "policy.log_std_init=1.0"],
+    )
+    trainer = Trainer(cfg)
+    trainer.iterate()
+    actions = trainer.buffer.actions
+    assert actions.shape == (16, 2, 1)
+    assert actions.abs().max() > 2.0  # stored unclipped (std e^1 around ~0 means)
+    trainer.env.close()
+
+
+def test_config_typo_is_an_error_with_a_suggestion(cartpole_yaml):
+    with pytest.raises(ValueError, match=r"'ppo.n_epoch'.*did you mean 'n_epochs'"):
+        load_config(cartpole_yaml, ["ppo.n_epoch=3"])
+    with pytest.raises(ValueError, match=r"'lerning_rate'|did you mean 'learning_rate'"):
+        load_config({"ppo": {"lerning_rate": 1e-3}})
+
+
+def test_invalid_values_are_errors(cartpole_yaml):
+    with pytest.raises(ValueError, match=r"batch_size=100 must divide .* 256"):
+        load_config(cartpole_yaml, ["ppo.batch_size=100"])
+    with pytest.raises(ValueError, match="kl.estimator must be one of"):
+        load_config(cartpole_yaml, ["kl.estimator=k2"])
+    with pytest.raises(TypeError, match="ppo.n_epochs"):
+        load_config(cartpole_yaml, ["ppo.n_epochs=ten"])
+    with pytest.raises(ValueError, match="gamma"):
+        load_config(cartpole_yaml, ["ppo.gamma=1.5"])
+
+
+def test_unknown_env_id_lists_close_matches():
+    with pytest.raises(ValueError, match=r"unknown env id 'CartPol-v1'.*'CartPole-v1'"):
+        make_env("CartPol-v1", 2)
+
+
+def test_masked_steps_do_not_change_the_loss(cartpole_yaml):
+    """Invalid steps are excluded by masked means: garbage in them changes nothing."""
+    cfg = load_config(cartpole_yaml, SMALL)
+    trainer = Trainer(cfg)
+    trainer.collector.collect()
+    buf = trainer.buffer
+    buf.compute_gae(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+    buf.valid[:4, :] = False
+    mb = buf.full_batch(sequence=False)
+    ppo: PPO = trainer.ppo
+    loss1, _ = ppo.loss(mb, *ppo.prepare(mb), clip=0.2)
+    buf.advantages[:4] = 1e6
+    buf.returns[:4] = -1e6
+    mb = buf.full_batch(sequence=False)
+    loss2, _ = ppo.loss(mb, *ppo.prepare(mb), clip=0.2)
+    torch.testing.assert_close(loss1, loss2)
+    trainer.env.close()
