@@ -34,6 +34,32 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, valid: torch
     return float(1 - (r - v).var(unbiased=False) / var)
 
 
+def flatten_parameters(params: list[torch.nn.Parameter]) -> torch.nn.Parameter | None:
+    """Re-home `params` (and their grads) as views into one flat tensor (and one flat grad).
+
+    The optimizer then steps ONE tensor and gradient clipping takes ONE norm: at 64x64 the
+    per-tensor overhead of Adam, zero_grad and clip_grad_norm_ is a large share of a minibatch
+    step. The module keeps its own Parameter objects (now views), so forward, state_dict and
+    load_state_dict work unchanged; autograd accumulates into the existing `.grad` views in
+    place. Returns None (nothing changed) when the params differ in dtype or device.
+    """
+    if not params or len({(p.dtype, p.device) for p in params}) > 1:
+        return None
+    total = sum(p.numel() for p in params)
+    flat = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
+    flat_grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        flat[offset : offset + n].copy_(p.detach().reshape(-1))
+        p.data = flat[offset : offset + n].view_as(p)
+        p.grad = flat_grad[offset : offset + n].view_as(p)
+        offset += n
+    flat_param = torch.nn.Parameter(flat)
+    flat_param.grad = flat_grad
+    return flat_param
+
+
 class PPO:
     """Holds the optimizer and the schedules; `update(buffer, iteration)` runs the epochs."""
 
@@ -41,10 +67,17 @@ class PPO:
         self.policy, self.cfg = policy, cfg
         self.num_iterations = max(int(num_iterations), 1)
         params = [p for p in policy.parameters() if p.requires_grad]
+        flat = flatten_parameters(params)
+        self.params = [flat] if flat is not None else params
         self.optimizer = torch.optim.Adam(
-            params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True
+            self.params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True
         )
-        self.params = params
+
+    def zero_grad(self) -> None:
+        """Zero the grads in place (the flat grad's views must stay attached to the params)."""
+        for p in self.params:
+            if p.grad is not None:
+                p.grad.zero_()
 
     def schedules(self, iteration: int) -> tuple[float, float]:
         """Linear annealing to 0: (learning rate, clip range) for `iteration` (0-based)."""
@@ -127,7 +160,7 @@ class PPO:
                 if cfg.target_kl is not None and float(step_stats[3]) > 1.5 * cfg.target_kl:
                     stopped_early = True  # SB3's rule: stop before a step that moves too far
                     break
-                self.optimizer.zero_grad(set_to_none=True)
+                self.zero_grad()
                 loss.backward()
                 if cfg.max_grad_norm is not None and cfg.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
