@@ -152,3 +152,44 @@ def test_masked_steps_do_not_change_the_loss(cartpole_yaml):
     loss2, _ = ppo.loss(mb, *ppo.prepare(mb), clip=0.2)
     torch.testing.assert_close(loss1, loss2)
     trainer.env.close()
+
+
+def test_lockstep_text_env_rollout_masks_finished_rows_and_reports_infos():
+    """The generic core on textenv's lockstep vector env (an MLP reads the token ids)."""
+    cfg = load_config(
+        {
+            "env": {"id": "TextRLHF-v0", "num_envs": 4, "kwargs": {"max_new_tokens": 5}},
+            "ppo": {"n_steps": 8, "batch_size": 32, "n_epochs": 1},
+        },
+        ["run.progress=false", "total_timesteps=64"],
+    )
+    trainer = Trainer(cfg)
+    assert trainer.collector.mode == "lockstep"
+    log = trainer.collector.collect()
+    valid = trainer.buffer.valid
+    assert valid[:1].all() and not valid[5:].any()  # every row is done after <= 5 tokens
+    lengths = valid.sum(0)
+    assert sorted(lengths.tolist()) == sorted(log.lengths)
+    assert len(log.returns) == 4 and "score" in log.metrics
+    assert "reward_components/edit_distance" in log.metrics
+    assert {"prompt", "response", "reference"} <= set(log.samples[0])
+    metrics = trainer.iterate()
+    assert "episode/score" in metrics
+    trainer.env.close()
+
+
+def test_sequence_minibatches_are_whole_env_columns():
+    space = gym.spaces.Box(-1, 1, (3,), np.float32)
+    buf = RolloutBuffer(4, 6, space, gym.spaces.Discrete(2))
+    buf.obs[:] = torch.arange(6).float().view(1, 6, 1)  # obs value = env column index
+    batches = list(buf.minibatches(batch_size=8, sequence=True))  # 8 // 4 = 2 columns each
+    assert len(batches) == 3 == buf.num_minibatches(8, sequence=True)
+    seen = []
+    for mb in batches:
+        assert mb.obs.shape == (4, 2, 3) and mb.advantages.shape == (4, 2)
+        columns = mb.obs[:, :, 0]
+        assert (columns == columns[0]).all()  # each column holds one env over all T steps
+        seen += columns[0].long().tolist()
+    assert sorted(seen) == list(range(6))
+    flat = list(buf.minibatches(batch_size=12, sequence=False))
+    assert len(flat) == 2 and flat[0].obs.shape == (12, 3)
