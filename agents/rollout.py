@@ -184,30 +184,41 @@ class RolloutCollector:
 
     @torch.no_grad()
     def collect(self) -> EpisodeLog:
-        """Fill the buffer with T steps of every env (fewer under lockstep if all rows end)."""
+        """Fill the buffer with T steps of every env (fewer under lockstep if all rows end).
+
+        Per-step flags and rewards go to numpy arrays and policy outputs to lists; both are
+        copied into the buffer once at the end (one op per field instead of one per step).
+        """
         buf, policy, log = self.buffer, self.policy, EpisodeLog()
         if self.obs is None or self.mode == LOCKSTEP:
             self._reset()
-        buf.clear_flags()
-        finished = np.zeros(self.num_envs, dtype=bool)  # lockstep: rows done in this rollout
-        for t in range(buf.n_steps):
+        T, N = buf.n_steps, self.num_envs
+        rewards = np.zeros((T, N), dtype=np.float32)
+        terminated_all = np.zeros((T, N), dtype=bool)
+        truncated_all = np.zeros((T, N), dtype=bool)
+        valid_all = np.zeros((T, N), dtype=bool)
+        actions, log_probs, values = [], [], []
+        buf.has_final_value.zero_()
+        finished = np.zeros(N, dtype=bool)  # lockstep: rows done in this rollout
+        for t in range(T):
             obs = obs_to_tensor(self.obs, self.device)
             action, log_prob, value, self.state = policy.act(obs, self.state)
             valid = ~(finished if self.mode == LOCKSTEP else self.reset_next)  # (N,)
             _write(_index_t(buf.obs, t), obs)
-            buf.actions[t] = action
-            buf.log_probs[t] = log_prob
-            buf.values[t] = value
-            buf.valid[t] = torch.from_numpy(valid)
+            actions.append(action)
+            log_probs.append(log_prob)
+            values.append(value)
+            valid_all[t] = valid
 
             self.obs, reward, terminated, truncated, info = self.env.step(self._env_action(action))
-            terminated &= valid
-            truncated &= valid
+            terminated = terminated & valid
+            truncated = truncated & valid
             done = terminated | truncated
-            buf.rewards[t] = torch.from_numpy(reward * valid)
-            buf.terminated[t] = torch.from_numpy(terminated)
-            buf.truncated[t] = torch.from_numpy(truncated)
-            self.ep_return += reward * valid
+            reward = reward * valid
+            rewards[t] = reward
+            terminated_all[t] = terminated
+            truncated_all[t] = truncated
+            self.ep_return += reward
             self.ep_length += valid
 
             if done.any():
@@ -225,6 +236,14 @@ class RolloutCollector:
             if self.mode == LOCKSTEP and finished.all():
                 break
 
+        n = len(actions)  # T, or fewer when every lockstep row ended early
+        buf.actions[:n] = torch.stack(actions)
+        buf.log_probs[:n] = torch.stack(log_probs)
+        buf.values[:n] = torch.stack(values)
+        buf.rewards.copy_(torch.from_numpy(rewards))
+        buf.terminated.copy_(torch.from_numpy(terminated_all))
+        buf.truncated.copy_(torch.from_numpy(truncated_all))
+        buf.valid.copy_(torch.from_numpy(valid_all))
         if self.mode == LOCKSTEP and finished.all():
             buf.last_value.zero_()  # nothing to bootstrap: every row ended
         else:

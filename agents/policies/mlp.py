@@ -60,10 +60,12 @@ def mlp(sizes: list[int], out_gain: float) -> nn.ModuleList:
 def run_mlp(x: torch.Tensor, layers: nn.ModuleList, activation) -> torch.Tensor:
     """x (B, D) -> (B, out). Calls F.linear directly: at 64x64 the per-module call overhead of
     nn.Sequential is a noticeable part of the cost of a PPO minibatch step."""
-    for layer in layers[:-1]:
-        x = activation(F.linear(x, layer.weight, layer.bias))
-    last = layers[-1]
-    return F.linear(x, last.weight, last.bias)
+    last = len(layers) - 1
+    for i, layer in enumerate(layers):
+        x = F.linear(x, layer.weight, layer.bias)
+        if i < last:
+            x = activation(x)
+    return x
 
 
 class MLPActorCritic(nn.Module):
