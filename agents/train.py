@@ -194,6 +194,7 @@ class Trainer:
         next_eval = _next_multiple(self.global_step, cfg.eval.every)
         next_ckpt = _next_multiple(self.global_step, cfg.run.checkpoint_every)
         last_eval: float | None = None
+        last_eval_step = -1
         try:
             while self.iteration < self.num_iterations:
                 if stop_at is not None and self.global_step >= stop_at:
@@ -203,6 +204,7 @@ class Trainer:
                     if self.global_step >= next_eval and cfg.eval.episodes > 0:
                         last_eval = float(np.mean(self.evaluate().returns))
                         metrics["eval/return"] = last_eval
+                        last_eval_step = self.global_step
                         self._best(last_eval)
                         next_eval = _next_multiple(self.global_step, cfg.eval.every)
                     logger.log(self.global_step, metrics)
@@ -226,7 +228,7 @@ class Trainer:
             }
             if logger is not None:
                 done = self.iteration >= self.num_iterations
-                if done and cfg.eval.episodes > 0:
+                if done and cfg.eval.episodes > 0 and last_eval_step != self.global_step:
                     last_eval = float(np.mean(self.evaluate().returns))
                     self._best(last_eval)
                     logger.log(self.global_step, {"eval/return": last_eval})

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 from agents.buffer import RolloutBuffer
-from agents.config import load_config
+from agents.config import from_dict, load_config
 from agents.kl import AdaptiveKLController, kl_estimate
 from agents.ppo import PPO
 from agents.rollout import make_env
@@ -193,3 +195,34 @@ def test_sequence_minibatches_are_whole_env_columns():
     assert sorted(seen) == list(range(6))
     flat = list(buf.minibatches(batch_size=12, sequence=False))
     assert len(flat) == 2 and flat[0].obs.shape == (12, 3)
+
+
+def test_linear_annealing_and_target_kl_early_stop(cartpole_yaml):
+    cfg = load_config(cartpole_yaml, [*SMALL, "ppo.n_epochs=20", "ppo.target_kl=1e-9"])
+    trainer = Trainer(cfg)
+    assert trainer.ppo.schedules(0) == (1e-3, 0.2)
+    lr, clip = trainer.ppo.schedules(trainer.num_iterations // 2)
+    assert lr == pytest.approx(0.5e-3) and clip == pytest.approx(0.1)
+    trainer.collector.collect()
+    trainer.buffer.compute_gae(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+    stats = trainer.ppo.update(trainer.buffer, 0)
+    # the first step always happens (approx_kl = 0), the second exceeds 1.5 * target_kl
+    assert stats["early_stop"] == 1.0 and stats["n_minibatch_steps"] == 1
+    trainer.env.close()
+
+
+@dataclass
+class Inner:
+    steps: int = 10
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_from_dict_is_reusable_for_other_dataclass_configs():
+    assert from_dict(Outer, {"inner": {"steps": 3}}).inner.steps == 3
+    with pytest.raises(ValueError, match=r"'inner.stesp'.*did you mean 'steps'"):
+        from_dict(Outer, {"inner": {"stesp": 3}})
