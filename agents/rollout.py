@@ -232,7 +232,8 @@ class RolloutCollector:
                     self._store_final_values(t, info, truncated)
                 finished |= done
             self.state = policy.reset_state(self.state, finished if self.mode == LOCKSTEP else done)
-            self.reset_next = done
+            if self.mode == NEXT_STEP:
+                self.reset_next = done  # the env resets these rows at the next step
             if self.mode == LOCKSTEP and finished.all():
                 break
 

@@ -226,3 +226,24 @@ def test_from_dict_is_reusable_for_other_dataclass_configs():
     assert from_dict(Outer, {"inner": {"steps": 3}}).inner.steps == 3
     with pytest.raises(ValueError, match=r"'inner.stesp'.*did you mean 'steps'"):
         from_dict(Outer, {"inner": {"stesp": 3}})
+
+
+def test_same_step_autoreset_bootstraps_truncation_from_final_obs():
+    from gymnasium.vector import AutoresetMode
+
+    from agents.policies.mlp import MLPActorCritic
+    from agents.rollout import RolloutCollector
+
+    env = gym.make_vec(
+        "CartPole-v1", 2, vectorization_mode="sync", max_episode_steps=20,
+        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP},
+    )  # fmt: skip
+    policy = MLPActorCritic(env.single_observation_space, env.single_action_space)
+    buf = RolloutBuffer(64, 2, env.single_observation_space, env.single_action_space)
+    RolloutCollector(env, policy, buf, seed=0).collect()
+    assert buf.valid.all()  # SAME_STEP has no reset steps
+    assert buf.truncated.any()
+    assert torch.equal(buf.has_final_value, buf.truncated)
+    t, i = buf.truncated.nonzero()[0].tolist()
+    assert buf.final_values[t, i] != 0.0
+    env.close()
