@@ -159,7 +159,8 @@ class RolloutBuffer:
         if batch_size >= n:
             yield full
             return
+        # shuffle every field once per epoch, then hand out contiguous slices (views)
         perm = torch.randperm(n, device=self.device)
+        shuffled = Minibatch(*(_index(f, perm) for f in full))
         for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            yield Minibatch(*(_index(f, idx) for f in full))
+            yield Minibatch(*(_index(f, slice(start, start + batch_size)) for f in shuffled))

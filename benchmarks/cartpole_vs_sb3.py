@@ -5,6 +5,7 @@ training call only (our `Trainer.learn(log=False)` vs SB3's `model.learn`), afte
 each agent's eval return is the mean of 10 deterministic episodes on the same eval env seeds.
 
     python benchmarks/cartpole_vs_sb3.py [--rounds 3] [--steps 100000]
+    python benchmarks/cartpole_vs_sb3.py --ours-only --rounds 10   # learning check over 10 seeds
 """
 
 from __future__ import annotations
@@ -55,8 +56,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--config", default="configs/cartpole.yaml")
+    parser.add_argument("--ours-only", action="store_true", help="only our agent, seeds 1..rounds")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.ours_only:
+        results = []
+        for seed in range(1, args.rounds + 1):
+            cfg = load_config(
+                args.config, [f"total_timesteps={args.steps}", f"seed={seed}", "run.progress=false"]
+            )
+            wall, ret = run_ours(cfg)
+            results.append(ret)
+            print(f"seed {seed}: ours {wall:6.2f}s eval {ret:6.1f}", flush=True)
+        solved = sum(r >= 475 for r in results)
+        print(f"eval mean return >= 475 on {solved} of {len(results)} seeds")
+        return
     ratios = []
     for round_ in range(args.rounds):
         cfg = load_config(
