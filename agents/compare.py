@@ -60,9 +60,12 @@ def run_ours(cfg: Config) -> RunResult:
     episodes: list[tuple[int, float]] = []
     start = time.perf_counter()
     while trainer.iteration < trainer.num_iterations:
+        before = trainer.global_step
         trainer.iterate()
-        step = trainer.global_step
-        episodes += [(step, r) for r in trainer.last_episodes.returns]
+        log = trainer.last_episodes  # each episode at the env step where it ended
+        episodes += [
+            (before + (t + 1) * cfg.env.num_envs, r) for t, r in zip(log.rollout_steps, log.returns)
+        ]
     wall = time.perf_counter() - start
     final = float(np.mean(trainer.evaluate().returns))
     trainer.env.close()

@@ -99,6 +99,7 @@ class EpisodeLog:
 
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    rollout_steps: list[int] = field(default_factory=list)  # rollout step t (0-based) of each end
     metrics: dict[str, list[float]] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
 
@@ -225,6 +226,7 @@ class RolloutCollector:
                 rows = np.flatnonzero(done)
                 log.returns.extend(self.ep_return[rows].tolist())
                 log.lengths.extend(self.ep_length[rows].tolist())
+                log.rollout_steps.extend([t] * len(rows))
                 self.ep_return[rows] = 0.0
                 self.ep_length[rows] = 0
                 _collect_infos(info.get("final_info", info), rows, log)
