@@ -169,6 +169,48 @@ def write_jsonl(path: str | os.PathLike, records: list[dict]) -> Path:
 # ----------------------------------------------------------------------------- generation
 
 
+def rollout_responses(
+    policy: Any,
+    prompts: list[str],
+    seed: int,
+    batch_size: int = 256,
+    max_new_tokens: int = 32,
+    max_prompt_tokens: int = 32,
+) -> tuple[list[str], list[list[int]]]:
+    """Sample one response per prompt with an ``LMPolicy`` on the lockstep vector env (exactly
+    what PPO sees). Returns the decoded responses and the generated token ids (EOS included)."""
+    import torch
+
+    from textenv import TextRLHFVectorEnv
+
+    torch.manual_seed(seed)
+    responses: list[str] = []
+    tokens: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        n = len(chunk)
+        env = TextRLHFVectorEnv(
+            num_envs=n, tokenizer=policy.tokenizer, prompts=chunk, reward_fn="length",
+            max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
+        )  # fmt: skip
+        obs, _ = env.reset(seed=seed, options={"prompts": list(chunk)})
+        state, done = policy.initial_state(n), np.zeros(n, dtype=bool)
+        texts, ids = [""] * n, [[] for _ in range(n)]
+        while not done.all():
+            tensors = {k: torch.as_tensor(v) for k, v in obs.items()}
+            action, _, _, state = policy.act(tensors, state)
+            for i in np.flatnonzero(~done):
+                ids[i].append(int(action[i]))
+            obs, _, terminated, truncated, info = env.step(action.numpy())
+            for i in np.flatnonzero(info.get("_response", np.zeros(n, dtype=bool))):
+                texts[i] = info["response"][i]
+            done |= terminated | truncated
+            state = policy.reset_state(state, done)
+        responses.extend(texts)
+        tokens.extend(ids)
+    return responses, tokens
+
+
 def sample_responses(
     model_path: str | os.PathLike | None,
     prompts: list[str],
@@ -179,34 +221,71 @@ def sample_responses(
     max_prompt_tokens: int = 32,
 ) -> list[str]:
     """One sampled response per prompt from the causal LM at ``model_path`` (None: the default
-    SFT model), decoded by the lockstep vector env: exactly what PPO sees."""
-    import torch
-
+    SFT model)."""
     from agents.policies.lm import LMPolicy
-    from textenv import TextRLHFVectorEnv
 
     policy = LMPolicy.from_pretrained(
         model_path, temperature=temperature, max_sequence_length=max_prompt_tokens + max_new_tokens
     )
-    torch.manual_seed(seed)
-    out: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        n = len(chunk)
-        env = TextRLHFVectorEnv(
-            num_envs=n, tokenizer=policy.tokenizer, prompts=chunk, reward_fn="length",
-            max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens,
-        )  # fmt: skip
-        obs, _ = env.reset(seed=seed, options={"prompts": list(chunk)})
-        state, done, responses = policy.initial_state(n), np.zeros(n, dtype=bool), [""] * n
-        while not done.all():
-            tensors = {k: torch.as_tensor(v) for k, v in obs.items()}
-            action, _, _, state = policy.act(tensors, state)
-            obs, _, terminated, truncated, info = env.step(action.numpy())
-            for i in np.flatnonzero(info.get("_response", np.zeros(n, dtype=bool))):
-                responses[i] = info["response"][i]
-            done |= terminated | truncated
-        out.extend(responses)
+    return rollout_responses(policy, prompts, seed, batch_size, max_new_tokens, max_prompt_tokens)[
+        0
+    ]
+
+
+def sequence_log_probs(
+    model: Any, tokenizer: Any, prompts: list[str], tokens: list[list[int]]
+) -> np.ndarray:
+    """Sum of log p(response tokens | prompt) under a causal LM (teacher forcing, temperature 1),
+    one value per row (B,)."""
+    import torch
+
+    from textenv.tokenizer import encode_text
+
+    rows = [encode_text(tokenizer, p) + t for p, t in zip(prompts, tokens)]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    target = torch.zeros((len(rows), width), dtype=torch.bool)  # response tokens
+    for i, (r, t) in enumerate(zip(rows, tokens)):
+        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+        target[i, len(r) - len(t) : len(r)] = True
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (B, T, V)
+    logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]  # (B, T-1)
+    return (logp * target[:, 1:]).sum(1).numpy()
+
+
+def evaluate_policy(
+    policy: Any,
+    prompts: list[str],
+    rm_path: str | os.PathLike | None = None,
+    reference: Any = None,
+    seed: int = 0,
+    max_new_tokens: int = 32,
+    max_prompt_tokens: int = 32,
+) -> dict[str, float]:
+    """Sample one response per prompt; mean gold reward, mean proxy (reward-model) score if
+    ``rm_path`` is given, and the KL to ``reference`` (an LM, k1 estimate of the sequence KL
+    ``E[log pi(y) - log ref(y)]``) if given."""
+    from textenv import make_reward_fn
+
+    responses, tokens = rollout_responses(
+        policy, prompts, seed, max_new_tokens=max_new_tokens, max_prompt_tokens=max_prompt_tokens
+    )
+    out = {
+        "gold": float(np.mean([gold_score(p, r) for p, r in zip(prompts, responses)])),
+        "response_chars": float(np.mean([len(r) for r in responses])),
+        "vowel_share": float(
+            np.mean([sum(c in VOWELS for c in r) / max(1, len(r)) for r in responses])
+        ),
+    }
+    if rm_path is not None:
+        proxy = make_reward_fn({"name": "reward_model", "path": str(rm_path)})
+        out["proxy"] = float(np.mean(proxy(prompts, responses)))
+    if reference is not None:
+        logp = sequence_log_probs(policy.model, policy.tokenizer, prompts, tokens)
+        logp_ref = sequence_log_probs(reference, policy.tokenizer, prompts, tokens)
+        out["kl"] = float(np.mean(logp - logp_ref))
     return out
 
 

@@ -210,3 +210,25 @@ def test_config_typo_is_an_error_with_suggestion(tmp_path, tiny_lm):
     path = write_config(tmp_path, tiny_lm, tmp_path / "x.jsonl")
     with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
         main(path, ["train.learning_rat=0.1"])
+
+
+def test_evaluate_policy_gold_proxy_and_zero_kl_to_itself(tmp_path, tiny_lm):
+    from agents.policies.lm import LMPolicy
+    from agents.preferences import evaluate_policy, rollout_responses, sequence_log_probs
+
+    torch.manual_seed(0)
+    policy = LMPolicy.from_pretrained(tiny_lm, max_sequence_length=40)
+    prompts = ["reverse: abc\n", "sort: hgf\n", "swap: abcd\n"]
+    result = evaluate_policy(
+        policy, prompts, reference=policy.model, seed=3, max_new_tokens=8, max_prompt_tokens=16
+    )
+    responses, tokens = rollout_responses(
+        policy, prompts, 3, max_new_tokens=8, max_prompt_tokens=16
+    )
+    assert all(1 <= len(t) <= 8 for t in tokens)
+    assert result["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert result["gold"] == pytest.approx(
+        np.mean([gold_score(p, r) for p, r in zip(prompts, responses)])
+    )
+    logp = sequence_log_probs(policy.model, policy.tokenizer, prompts, tokens)
+    assert logp.shape == (3,) and (logp < 0).all()
