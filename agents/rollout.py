@@ -104,39 +104,36 @@ class EpisodeLog:
     samples: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _collect_infos(info: dict, rows: np.ndarray, log: EpisodeLog, prefix: str = "") -> None:
-    """Add the final-step infos of `rows` (vectorized Gymnasium-style, `_key` masks)."""
-    per_row: dict[int, dict[str, Any]] = {}
-    for key, value in info.items():
-        if key.startswith("_") or key == "final_obs":
-            continue
-        mask = info.get(f"_{key}")
-        if isinstance(value, dict):
-            _collect_infos(value, rows, log, f"{prefix}{key}/")
-            continue
-        value = np.asarray(value)
-        if value.ndim == 0 or value.shape[0] != len(mask if mask is not None else value):
-            continue
-        for i in rows:
-            if mask is not None and not mask[i]:
+def _collect_infos(info: dict, rows: np.ndarray, log: EpisodeLog) -> None:
+    """Add the final-step infos of the finished `rows` (vectorized Gymnasium-style infos with
+    `_key` masks; nested dicts are flattened to "a/b"). Numeric entries become metrics; a row
+    with string entries becomes a sample holding its strings and its numeric entries."""
+    strings: dict[int, dict[str, Any]] = {}
+    numbers: dict[int, dict[str, float]] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if key.startswith("_") or key == "final_obs":
                 continue
-            item = value[i]
-            if isinstance(item, str):
-                per_row.setdefault(int(i), {})[f"{prefix}{key}"] = item
-            elif isinstance(item, (int, float, np.number, bool, np.bool_)):
-                log.metrics.setdefault(f"{prefix}{key}", []).append(float(item))
-    for i, sample in per_row.items():
-        numeric = {k: float(np.asarray(v)[i]) for k, v in info.items() if _is_scalar_col(v, i)}
-        log.samples.append({**sample, **numeric})
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}/")
+                continue
+            value, mask = np.asarray(value), node.get(f"_{key}")
+            if value.ndim == 0:
+                continue
+            for i in rows:
+                if mask is not None and not mask[i]:
+                    continue
+                item = value[i]
+                if isinstance(item, str):
+                    strings.setdefault(int(i), {})[prefix + key] = item
+                elif isinstance(item, (int, float, np.number, bool, np.bool_)):
+                    log.metrics.setdefault(prefix + key, []).append(float(item))
+                    numbers.setdefault(int(i), {})[prefix + key] = float(item)
 
-
-def _is_scalar_col(value: Any, i: int) -> bool:
-    return (
-        isinstance(value, np.ndarray)
-        and value.ndim == 1
-        and value.dtype != object
-        and np.issubdtype(value.dtype, np.number)
-    )
+    walk(info, "")
+    for i, sample in strings.items():
+        log.samples.append({**sample, **numbers.get(i, {})})
 
 
 # ----------------------------------------------------------------------------- collector
@@ -256,6 +253,8 @@ class RolloutCollector:
         return log
 
     def _store_final_values(self, t: int, info: dict, truncated: np.ndarray) -> None:
+        """SAME_STEP autoreset: the truncated rows' final observations are in the info; store
+        their values for the bootstrap (`RolloutBuffer.compute_gae`)."""
         rows = np.flatnonzero(truncated)
         if len(rows) == 0:
             return
