@@ -69,8 +69,9 @@ class PPO:
         params = [p for p in policy.parameters() if p.requires_grad]
         flat = flatten_parameters(params)
         self.params = [flat] if flat is not None else params
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.params)
         self.optimizer = torch.optim.Adam(
-            self.params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=True
+            self.params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=fused
         )
 
     def zero_grad(self) -> None:
@@ -115,6 +116,9 @@ class PPO:
         log_prob, entropy, value = self.policy.evaluate(mb)  # (B,) or (T, B)
         log_prob, entropy, value = log_prob.reshape(-1), entropy.reshape(-1), value.reshape(-1)
         old_log_prob, returns = mb.log_probs.reshape(-1), mb.returns.reshape(-1)
+        # invalid steps carry weight 0; make their ratio exactly 1 so that no inf * 0 = nan
+        # can leak from them (a sequence policy returns log_prob 0 there)
+        old_log_prob = torch.where(weights > 0, old_log_prob, log_prob.detach())
 
         log_ratio = log_prob - old_log_prob
         ratio = log_ratio.exp()

@@ -92,6 +92,7 @@ class Trainer:
         self.best_return: float | None = None
         self.recent_returns: list[float] = []
         self.last_episodes = EpisodeLog()  # what finished during the last iteration
+        self.phase_seconds = {"rollout": 0.0, "update": 0.0}  # this process, for profiling
         self._start = time.perf_counter()
         if resume:
             if self.run_dir is None:
@@ -282,6 +283,8 @@ class Trainer:
         for key, values in episodes.metrics.items():
             metrics[f"episode/{key}"] = float(np.mean(values))
         metrics["rollout/episodes"] = self.episodes
+        self.phase_seconds["rollout"] += t1 - t0
+        self.phase_seconds["update"] += t2 - t1
         metrics["time/rollout_time"] = t1 - t0
         metrics["time/update_time"] = t2 - t1
         metrics["time/sps"] = self.steps_per_iteration / max(t2 - t0, 1e-9)

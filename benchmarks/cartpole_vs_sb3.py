@@ -36,6 +36,8 @@ def run_ours(cfg) -> tuple[float, float]:
     start = time.perf_counter()
     trainer.learn(log=False)
     wall = time.perf_counter() - start
+    phases = trainer.phase_seconds
+    print(f"  ours: rollout {phases['rollout']:.2f}s, update {phases['update']:.2f}s", flush=True)
     return wall, eval_return(trainer.policy, cfg)
 
 
