@@ -46,9 +46,9 @@ DEFAULT_SFT_PATH = REPO_ROOT / "agents" / "assets" / "tiny-sft"
 
 @dataclass
 class RMTrainConfig:
-    steps: int = 600
+    steps: int = 400
     batch_size: int = 64  # pairs per step (2x sequences)
-    learning_rate: float = 1.0e-3
+    learning_rate: float = 2.0e-3
     warmup_steps: int = 30
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -63,7 +63,7 @@ class RMConfig:
     train_file: str = "data/preferences/reverse_train.jsonl"
     eval_file: str | None = "data/preferences/reverse_test.jsonl"
     eval_fraction: float = 0.1  # held-out share of train_file, used when eval_file is null
-    output_dir: str = "runs/rm_tiny"
+    output_dir: str = "runs/rm_tiny"  # relative to the working directory, like run.root
     torch_threads: int = 1
     train: RMTrainConfig = field(default_factory=RMTrainConfig)
 
@@ -75,6 +75,10 @@ class RMConfig:
         if t.eval_every < 0:
             raise ValueError(
                 f"train.eval_every must be >= 0 (0: only at the end), got {t.eval_every}"
+            )
+        if not 0 <= t.warmup_steps <= t.steps:
+            raise ValueError(
+                f"train.warmup_steps must be in [0, train.steps={t.steps}], got {t.warmup_steps}"
             )
         if t.learning_rate <= 0:
             raise ValueError(f"train.learning_rate must be > 0, got {t.learning_rate!r}")
@@ -90,6 +94,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 
 def _resolve(path: str | os.PathLike) -> Path:
+    """An input path: as given (relative to the working directory), else relative to the repo."""
     path = Path(path)
     return path if path.is_absolute() or path.exists() else REPO_ROOT / path
 
@@ -203,6 +208,8 @@ def train_reward_model(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
+    if not 0 <= cfg.warmup_steps <= cfg.steps:
+        raise ValueError(f"warmup_steps must be in [0, steps={cfg.steps}], got {cfg.warmup_steps}")
     warmup = max(1, cfg.warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, then linear decay to 0
         optimizer,
@@ -301,14 +308,9 @@ def main(config_path: str | os.PathLike | None, overrides: list[str] | None = No
         "train_seconds": round(seconds, 1),
         "history": history,
     }
-    out = save_reward_model(model, tokenizer, _resolve_out(cfg.output_dir), metrics)
+    out = save_reward_model(model, tokenizer, Path(cfg.output_dir), metrics)
     print(f"saved {out}")
     return out
-
-
-def _resolve_out(path: str) -> Path:
-    out = Path(path)
-    return out if out.is_absolute() else REPO_ROOT / out
 
 
 def cli(argv: list[str] | None = None) -> Path:

@@ -232,3 +232,11 @@ def test_evaluate_policy_gold_proxy_and_zero_kl_to_itself(tmp_path, tiny_lm):
     )
     logp = sequence_log_probs(policy.model, policy.tokenizer, prompts, tokens)
     assert logp.shape == (3,) and (logp < 0).all()
+
+
+def test_config_bad_values_are_errors(tmp_path, tiny_lm):
+    path = write_config(tmp_path, tiny_lm, tmp_path / "x.jsonl")
+    with pytest.raises(ValueError, match="warmup_steps must be in"):
+        main(path, ["train.steps=2"])  # warmup_steps 5 > steps 2
+    with pytest.raises(ValueError, match="eval_fraction must be in"):
+        main(path, ["eval_fraction=1.5"])
