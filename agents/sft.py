@@ -70,6 +70,10 @@ class SFTConfig:
     output_dir: str = "agents/assets/tiny-sft"
     tasks: list[str] = field(default_factory=lambda: ["reverse", "sort", "copy_edit"])
     n_per_task: int = 1000
+    # target for tasks without references (continuation): null = error, "repeat_prompt" = the
+    # prompt repeated up to max_new_tokens - 1 characters (a deliberately repetitive LM, the
+    # starting point of configs/text_repetition.yaml)
+    open_ended_target: str | None = None
     max_prompt_tokens: int = 32
     max_new_tokens: int = 32
     torch_threads: int = 1
@@ -118,6 +122,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             f"train.steps and train.batch_size must be >= 1, got {cfg.train.steps}, "
             f"{cfg.train.batch_size}"
         )
+    if cfg.open_ended_target not in (None, "repeat_prompt"):
+        raise ValueError(
+            f"open_ended_target must be null or 'repeat_prompt', got {cfg.open_ended_target!r}"
+        )
     needed = cfg.max_prompt_tokens + cfg.max_new_tokens
     if cfg.model.n_positions < needed:
         raise ValueError(
@@ -160,13 +168,18 @@ def build_sft_data(
     P, N = cfg.max_prompt_tokens, cfg.max_new_tokens
     ids_rows, mask_rows, loss_rows = [], [], []
     for task in cfg.tasks:
+        n = None if task == "continuation" else cfg.n_per_task  # continuation: every prompt
         ds = PromptDataset.from_task(
-            task, "train", n=cfg.n_per_task, seed=cfg.seed, tokenizer=tokenizer,
-            max_prompt_tokens=P,
-        )  # fmt: skip
-        for i, reference in enumerate(ds.references):
-            if reference is None:
-                raise ValueError(f"SFT task {task!r} has no references; pick a task with them")
+            task, "train", n=n, seed=cfg.seed, tokenizer=tokenizer, max_prompt_tokens=P
+        )
+        for i, (prompt, reference) in enumerate(zip(ds.prompts, ds.references)):
+            if reference is None and cfg.open_ended_target is None:
+                raise ValueError(
+                    f"SFT task {task!r} has no references; pick a task with them or set "
+                    "open_ended_target: repeat_prompt"
+                )
+            if reference is None:  # "repeat_prompt"
+                reference = (prompt * N)[: N - 1]
             response = encode_text(tokenizer, reference) + [tokenizer.eos_token_id]
             if len(response) > N:
                 raise ValueError(

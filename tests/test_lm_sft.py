@@ -1,0 +1,67 @@
+"""The SFT command that builds the default model: output folder, determinism, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from agents.policies.lm import DEFAULT_MODEL_PATH, LMPolicy
+from agents.sft import build_sft_data, load_config, main
+from textenv import default_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SFT_YAML = REPO / "configs" / "sft_tiny.yaml"
+SMALL = [
+    "train.steps=4", "train.batch_size=8", "n_per_task=16", "eval.n=4",
+    "model.n_embd=32", "model.n_positions=64",
+]  # fmt: skip
+
+
+def test_sft_writes_a_loadable_deterministic_model(tmp_path):
+    outs = [main(SFT_YAML, [*SMALL, f"output_dir={tmp_path / name}"]) for name in ("a", "b")]
+    for out in outs:
+        assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= {
+            p.name for p in out.iterdir()
+        }
+    a, b = (load_file(out / "model.safetensors") for out in outs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((outs[0] / "sft_summary.json").read_text())
+    assert 0.0 <= summary["heldout_reverse_test_reward_sampled"] <= 1.0
+    policy = LMPolicy.from_pretrained(outs[0], max_sequence_length=64)
+    assert policy.pad_id == 0 and policy.eos_id == 1 and len(policy.tokenizer) == 259
+
+
+def test_sft_data_matches_the_env_layout():
+    cfg = load_config(SFT_YAML, ["n_per_task=4"])
+    tok = default_tokenizer()
+    ids, mask, loss_mask = build_sft_data(cfg, tok)
+    P = cfg.max_prompt_tokens
+    first = tok.decode(ids[0, :P][mask[0, :P].bool()].tolist())
+    assert first.startswith("reverse: ") and first.endswith("\n")
+    response = ids[0, P:][loss_mask[0, P:]].tolist()
+    word = first[len("reverse: ") : -1]
+    assert tok.decode(response[:-1]) == word[::-1] and response[-1] == tok.eos_token_id
+    assert not loss_mask[:, :P].any()  # no loss on the prompt
+
+
+def test_sft_config_errors():
+    with pytest.raises(ValueError, match="did you mean 'steps'"):
+        load_config(SFT_YAML, ["train.step=3"])
+    with pytest.raises(ValueError, match="n_positions=16 is smaller"):
+        load_config(SFT_YAML, ["model.n_positions=16"])
+    with pytest.raises(ValueError, match="open_ended_target"):
+        load_config(SFT_YAML, ["open_ended_target=nonsense"])
+
+
+def test_committed_default_model_is_small_and_matches_its_config():
+    size = (DEFAULT_MODEL_PATH / "model.safetensors").stat().st_size
+    assert size < 4_000_000
+    config = json.loads((DEFAULT_MODEL_PATH / "config.json").read_text())
+    cfg = load_config(SFT_YAML)
+    assert config["n_positions"] == cfg.model.n_positions >= 32 + 256
+    assert config["vocab_size"] == 259 and config["pad_token_id"] == 0
+    assert config["eos_token_id"] == 1
