@@ -12,18 +12,19 @@ Gold rule (string-task prompts ``"<op>: <word>\\n"``, e.g. the ``reverse`` task)
 The labeller wants an answer as long as the word, and likes vowels (``a``, ``e``) up to half of
 the letters but dislikes vowel-heavy answers. No registry reward computes this (``length`` with a
 target is closest, but its target is a constant, not the prompt's word length, and it ignores the
-letters). The vowel penalty is a deliberate trap: under 8% of the SFT samples have a vowel share
-above 0.5, so the preference data barely show it and a reward model learns mostly "more vowels is
-better". A policy optimized against that proxy without a KL penalty buys proxy reward with vowels
-that the gold punishes: over-optimization (docs/rlhf_pipeline.md).
+letters). The vowel penalty is a deliberate trap: only about 11% of the SFT samples have a vowel
+share above 0.5, so the preference data show it rarely and a reward model learns mostly "more
+vowels is better". A policy optimized against that proxy without a KL penalty buys proxy reward
+with vowels that the gold punishes: over-optimization (docs/rlhf_pipeline.md).
 
 Generation (``python -m agents.preferences --out data/preferences``): two responses per prompt are
-sampled from the SFT model (``LMPolicy`` on the lockstep vector env, exactly how PPO samples),
-pairs with an empty response, identical pairs and pairs whose gold scores differ by less than ``min_margin`` are dropped, and the
-better one by the gold rule is ``chosen``; with probability ``noise`` the label is flipped. The
-train file comes from train-split prompts with label noise; the test file from held-out test-split
-prompts with noise-free gold labels, so reward-model accuracy on it is accuracy against the gold
-ordering. Deterministic in the seed. The committed files were written by this command.
+sampled from the SFT model (``LMPolicy`` on the lockstep vector env, exactly how PPO samples).
+Pairs with an empty response, identical pairs and pairs whose gold scores differ by less than
+``min_margin`` are dropped; the better response by the gold rule is ``chosen``, and with
+probability ``noise`` the label is flipped. The train file comes from train-split prompts with
+label noise; the test file from held-out test-split prompts with noise-free gold labels, so
+reward-model accuracy on it is accuracy against the gold ordering. Deterministic in the seed. The
+committed files were written by this command from the committed default SFT model.
 
 JSONL form (the one DPO and reward-model tools use): one object per line with ``chosen`` and
 ``rejected`` and an optional shared ``prompt``; without ``prompt`` the two are full texts. Other
