@@ -215,7 +215,7 @@ class LMPolicy(nn.Module):
             )
         self._check_sizes(num_actions, max_sequence_length)
 
-        trunk_config = (critic_model or model).config
+        trunk_config = (critic_model if critic_model is not None else model).config
         hidden = getattr(trunk_config, "hidden_size", None) or trunk_config.n_embd
         self.value_head = nn.Linear(hidden, 1)
         nn.init.normal_(self.value_head.weight, std=1.0 / np.sqrt(hidden + 1))
@@ -315,8 +315,7 @@ class LMPolicy(nn.Module):
     def _check_head_path(self) -> None:
         """We compute logits as output_embeddings(last hidden state) to get logits and the value
         input from one trunk pass; refuse models whose head does more than that."""
-        ids = torch.tensor([[self.eos_id, self.pad_id + 3 if len(self.tokenizer) > 3 else 0]])
-        ids = ids.clamp(max=len(self.tokenizer) - 1)
+        ids = torch.tensor([[self.eos_id, (self.eos_id + 1) % len(self.tokenizer)]])  # (1, 2)
         mask = torch.ones_like(ids)
         full = self.model(input_ids=ids, attention_mask=mask).logits
         hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
