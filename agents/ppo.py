@@ -9,12 +9,27 @@ weighted by `vf_coef` (c_V = 0.5), optionally clipped around the old values.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from agents.buffer import RolloutBuffer
 from agents.policies.base import Minibatch
+
+
+class LossInputs(NamedTuple):
+    """The no-grad parts of the loss for one minibatch, flat (B,) or (T*B,)."""
+
+    weights: torch.Tensor  # valid / n_valid: dot(x, weights) is a masked mean
+    advantages: torch.Tensor  # normalized if configured, 0 on invalid steps
+    ratio_low: torch.Tensor  # 1 - clip where advantage < 0, else -inf
+    ratio_high: torch.Tensor  # 1 + clip where advantage > 0, else +inf
+    coef: torch.Tensor  # -advantages * weights
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """(T, B) -> (T*B,); (B,) unchanged (no view node in the autograd graph)."""
+    return x if x.dim() == 1 else x.reshape(-1)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,48 +103,49 @@ class PPO:
         return lr, clip
 
     @torch.no_grad()
-    def prepare(self, mb: Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-step loss weights `valid / n_valid` and the (normalized) advantages.
-
-        Neither needs grad, so they are computed once per minibatch outside the autograd graph;
-        with a single minibatch per epoch they are computed once per update.
-        """
-        valid = mb.valid.reshape(-1).float()  # (B,) or (T*B,)
+    def prepare(self, mb: Minibatch, clip: float) -> LossInputs:
+        """Everything in the loss that needs no grad, computed outside the autograd graph (once
+        per minibatch; once per update when a minibatch is the whole rollout)."""
+        valid = _flat(mb.valid).float()  # (B,) or (T*B,)
         count = valid.sum().clamp(min=1.0)
         weights = valid / count
-        advantages = mb.advantages.reshape(-1)
+        advantages = _flat(mb.advantages)
         if self.cfg.normalize_advantage:
             mean = torch.dot(advantages, weights)
             var = torch.dot((advantages - mean).square(), weights)
             std = (var * count / (count - 1).clamp(min=1.0)).sqrt()  # unbiased, like torch.std
             advantages = (advantages - mean) / (std + 1e-8) * valid
-        return weights, advantages
+        # PPO's clipped surrogate max(-A r, -A clip(r, 1-eps, 1+eps)) equals -A clamp(r, lo, hi)
+        # with hi = 1+eps where A > 0 and lo = 1-eps where A < 0, unbounded otherwise (the
+        # simplified form from OpenAI Spinning Up): one clamp and one dot in the graph.
+        inf = torch.full_like(advantages, math.inf)
+        ratio_low = torch.where(advantages < 0, 1.0 - clip, -inf)
+        ratio_high = torch.where(advantages > 0, 1.0 + clip, inf)
+        return LossInputs(weights, advantages, ratio_low, ratio_high, -advantages * weights)
 
     def loss(
-        self, mb: Minibatch, weights: torch.Tensor, advantages: torch.Tensor, clip: float
+        self, mb: Minibatch, inputs: LossInputs, clip: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Total loss and a (5,) no-grad stats vector for one minibatch.
 
-        `weights` (valid / n_valid) turn every sum into a masked mean: `dot(x, weights)`.
+        `inputs.weights` (valid / n_valid) turn sums into masked means: `dot(x, weights)`.
         """
         cfg = self.cfg
+        weights = inputs.weights
         log_prob, entropy, value = self.policy.evaluate(mb)  # (B,) or (T, B)
-        log_prob, entropy, value = log_prob.reshape(-1), entropy.reshape(-1), value.reshape(-1)
-        old_log_prob, returns = mb.log_probs.reshape(-1), mb.returns.reshape(-1)
+        log_prob, entropy, value = _flat(log_prob), _flat(entropy), _flat(value)
+        old_log_prob, returns = _flat(mb.log_probs), _flat(mb.returns)
         # invalid steps carry weight 0; make their ratio exactly 1 so that no inf * 0 = nan
         # can leak from them (a sequence policy returns log_prob 0 there)
         old_log_prob = torch.where(weights > 0, old_log_prob, log_prob.detach())
 
         log_ratio = log_prob - old_log_prob
         ratio = log_ratio.exp()
-        surrogate = torch.maximum(
-            -advantages * ratio, -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
-        )
-        policy_loss = torch.dot(surrogate, weights)
+        policy_loss = torch.dot(ratio.clamp(inputs.ratio_low, inputs.ratio_high), inputs.coef)
 
         value_error = (value - returns).square()
         if cfg.clip_range_vf is not None:
-            old_values = mb.values.reshape(-1)
+            old_values = _flat(mb.values)
             clipped = old_values + (value - old_values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
             value_error = torch.maximum(value_error, (clipped - returns).square())
         value_loss = torch.dot(value_error, weights)
@@ -144,6 +160,16 @@ class PPO:
             stats = torch.stack([policy_loss, value_loss, entropy_mean, approx_kl, clipfrac])
         return loss, stats
 
+    def clip_grad_norm(self, max_norm: float) -> None:
+        """Scale the grads so that their global L2 norm is at most `max_norm` (the same rule as
+        torch.nn.utils.clip_grad_norm_, written for the usual single flat grad)."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
+        total = torch.linalg.vector_norm(norms) if len(grads) > 1 else norms[0]
+        scale = (max_norm / (total + 1e-6)).clamp_(max=1.0)
+        for g in grads:
+            g.mul_(scale)
+
     def update(self, buffer: RolloutBuffer, iteration: int) -> dict[str, float]:
         """n_epochs over minibatches of `buffer` (GAE already computed). Returns mean stats."""
         cfg = self.cfg
@@ -156,18 +182,18 @@ class PPO:
         stopped_early = False
         whole = buffer.full_batch(sequence)
         single = buffer.num_minibatches(cfg.batch_size, sequence) == 1
-        prepared = self.prepare(whole) if single else None
+        prepared = self.prepare(whole, clip) if single else None
         for _epoch in range(cfg.n_epochs):
             for mb in [whole] if single else buffer.minibatches(cfg.batch_size, sequence):
-                weights, advantages = prepared if single else self.prepare(mb)
-                loss, step_stats = self.loss(mb, weights, advantages, clip)
+                inputs = prepared if single else self.prepare(mb, clip)
+                loss, step_stats = self.loss(mb, inputs, clip)
                 if cfg.target_kl is not None and float(step_stats[3]) > 1.5 * cfg.target_kl:
                     stopped_early = True  # SB3's rule: stop before a step that moves too far
                     break
                 self.zero_grad()
                 loss.backward()
                 if cfg.max_grad_norm is not None and cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
+                    self.clip_grad_norm(cfg.max_grad_norm)
                 self.optimizer.step()
                 stats.append(step_stats)
             if stopped_early:

@@ -63,13 +63,13 @@ def test_first_minibatch_has_ratio_one_and_zero_approx_kl(cartpole_yaml):
     ratio = (log_prob - mb.log_probs).exp()
     torch.testing.assert_close(ratio, torch.ones_like(ratio), rtol=0, atol=1e-6)
     torch.testing.assert_close(value, mb.values, rtol=0, atol=1e-6)
-    weights, advantages = trainer.ppo.prepare(mb)
-    _, stats = trainer.ppo.loss(mb, weights, advantages, clip=0.2)
+    inputs = trainer.ppo.prepare(mb, clip=0.2)
+    _, stats = trainer.ppo.loss(mb, inputs, clip=0.2)
     assert abs(float(stats[3])) < 1e-10  # approx_kl
     assert float(stats[4]) == 0.0  # clipfrac
     # after one update the policy has moved: the same check now fails
     trainer.ppo.update(trainer.buffer, 0)
-    _, stats = trainer.ppo.loss(mb, weights, advantages, clip=0.2)
+    _, stats = trainer.ppo.loss(mb, inputs, clip=0.2)
     assert float(stats[3]) > 1e-6
     trainer.env.close()
 
@@ -147,11 +147,11 @@ def test_masked_steps_do_not_change_the_loss(cartpole_yaml):
     buf.valid[:4, :] = False
     mb = buf.full_batch(sequence=False)
     ppo: PPO = trainer.ppo
-    loss1, _ = ppo.loss(mb, *ppo.prepare(mb), clip=0.2)
+    loss1, _ = ppo.loss(mb, ppo.prepare(mb, 0.2), clip=0.2)
     buf.advantages[:4] = 1e6
     buf.returns[:4] = -1e6
     mb = buf.full_batch(sequence=False)
-    loss2, _ = ppo.loss(mb, *ppo.prepare(mb), clip=0.2)
+    loss2, _ = ppo.loss(mb, ppo.prepare(mb, 0.2), clip=0.2)
     torch.testing.assert_close(loss1, loss2)
     trainer.env.close()
 
@@ -247,3 +247,34 @@ def test_same_step_autoreset_bootstraps_truncation_from_final_obs():
     t, i = buf.truncated.nonzero()[0].tolist()
     assert buf.final_values[t, i] != 0.0
     env.close()
+
+
+def test_clipped_surrogate_equals_the_textbook_form_with_gradients(cartpole_yaml):
+    """loss() uses -A * clamp(r, lo, hi); check it against max(-A r, -A clip(r)) and its grad."""
+    cfg = load_config(cartpole_yaml, SMALL)
+    trainer = Trainer(cfg)
+    trainer.collector.collect()
+    trainer.buffer.compute_gae(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+    mb = trainer.buffer.full_batch(sequence=False)
+    ppo, clip = trainer.ppo, 0.2
+    inputs = ppo.prepare(mb, clip)
+    g = torch.Generator().manual_seed(0)
+    mb = mb._replace(log_probs=mb.log_probs + 0.3 * torch.randn(mb.log_probs.shape, generator=g))
+    cfg.ppo.vf_coef = 0.0
+
+    def textbook() -> torch.Tensor:
+        log_prob = trainer.policy.evaluate(mb)[0]
+        ratio = (log_prob - mb.log_probs).exp()
+        adv = inputs.advantages
+        surrogate = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip))
+        return (surrogate * inputs.weights).sum()
+
+    params = list(trainer.policy.actor.parameters())
+    ours = ppo.loss(mb, inputs, clip)[0]
+    ref = textbook()
+    torch.testing.assert_close(ours, ref)
+    clipped = ((mb.log_probs - trainer.policy.evaluate(mb)[0]).exp() - 1).abs() > clip
+    assert clipped.any() and not clipped.all()  # both branches are exercised
+    for a, b in zip(torch.autograd.grad(ours, params), torch.autograd.grad(ref, params)):
+        torch.testing.assert_close(a, b)
+    trainer.env.close()
