@@ -256,7 +256,7 @@ def sequence_log_probs(
     return (logp * target[:, 1:]).sum(1).numpy()
 
 
-def evaluate_policy(
+def evaluate_gold_proxy(
     policy: Any,
     prompts: list[str],
     rm_path: str | os.PathLike | None = None,

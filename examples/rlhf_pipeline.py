@@ -1,8 +1,8 @@
 """The RLHF pipeline end to end: SFT -> preference pairs -> reward model -> PPO.
 
-    python examples/rlhf_pipeline.py                 # full run, ~6-10 minutes on 2 cores
+    python examples/rlhf_pipeline.py                 # full run, ~6 minutes on 2 cores
     python examples/rlhf_pipeline.py --quick         # smoke run, ~1-2 minutes
-    python examples/rlhf_pipeline.py --nokl          # also PPO with beta = 0, and the plot
+    python examples/rlhf_pipeline.py --nokl          # also PPO with beta = 0 and the plot (~8 min)
 
 Each stage writes its own folder under --out (default runs/rlhf_pipeline):
 
@@ -33,7 +33,7 @@ import agents.reward_model
 import agents.sft
 from agents.config import load_config
 from agents.policies.lm import LMPolicy, load_causal_lm, without_dropout
-from agents.preferences import evaluate_policy, generate_preferences
+from agents.preferences import evaluate_gold_proxy, generate_preferences
 from agents.train import Trainer
 from textenv import make_task
 
@@ -129,7 +129,7 @@ def main() -> None:
     prompts = [r["prompt"] for r in make_task("reverse", "test", n=args.eval_prompts, seed=1)]
     reference = without_dropout(load_causal_lm(sft))
     policy_sft = LMPolicy.from_pretrained(sft, max_sequence_length=40)
-    before = evaluate_policy(policy_sft, prompts, rm_path=rm, reference=reference, seed=1)
+    before = evaluate_gold_proxy(policy_sft, prompts, rm_path=rm, reference=reference, seed=1)
 
     ppo_overrides = ["total_timesteps=5120"] if quick else []
     results = {}
@@ -140,7 +140,7 @@ def main() -> None:
         start = time.perf_counter()
         trainer = ppo_stage(config, folder, sft, rm, ppo_overrides)
         timings[f"ppo {label}"] = time.perf_counter() - start
-        results[label] = evaluate_policy(
+        results[label] = evaluate_gold_proxy(
             trainer.policy, prompts, rm_path=rm, reference=reference, seed=1
         )
     if args.nokl:

@@ -212,14 +212,14 @@ def test_config_typo_is_an_error_with_suggestion(tmp_path, tiny_lm):
         main(path, ["train.learning_rat=0.1"])
 
 
-def test_evaluate_policy_gold_proxy_and_zero_kl_to_itself(tmp_path, tiny_lm):
+def test_evaluate_gold_proxy_and_zero_kl_to_itself(tmp_path, tiny_lm):
     from agents.policies.lm import LMPolicy
-    from agents.preferences import evaluate_policy, rollout_responses, sequence_log_probs
+    from agents.preferences import evaluate_gold_proxy, rollout_responses, sequence_log_probs
 
     torch.manual_seed(0)
     policy = LMPolicy.from_pretrained(tiny_lm, max_sequence_length=40)
     prompts = ["reverse: abc\n", "sort: hgf\n", "swap: abcd\n"]
-    result = evaluate_policy(
+    result = evaluate_gold_proxy(
         policy, prompts, reference=policy.model, seed=3, max_new_tokens=8, max_prompt_tokens=16
     )
     responses, tokens = rollout_responses(
