@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from agents.scores import SCORE_NORMS
+
 T = TypeVar("T")
 
 
@@ -75,8 +77,15 @@ class KLConfig:
     adaptive: bool = False
     target: float = 6.0  # adaptive: target KL per episode (sum over its steps)
     horizon: int = 10000  # adaptive: episodes over which beta adapts (Ziegler et al.)
-    eos_penalty: float | None = None  # reserved for text runs (not used by the generic core)
-    whiten_scores: bool = False  # reserved for text runs (not used by the generic core)
+
+
+@dataclass
+class ScoreConfig:
+    """Normalization of the reward at each episode's last step, before the KL penalty
+    (agents/scores.py). The missing-EOS penalty is the text env's: env.kwargs.missing_eos_penalty."""
+
+    normalize: str = "none"  # "none" | "running" (running mean/std) | "batch" (whiten per rollout)
+    clip: float | None = None  # clip normalized scores to [-clip, clip]
 
 
 @dataclass
@@ -105,6 +114,7 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     kl: KLConfig = field(default_factory=KLConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -310,6 +320,9 @@ def validate_config(cfg: Config) -> None:
     _positive("kl.beta", cfg.kl.beta, strict=False)
     _positive("kl.target", cfg.kl.target)
     _positive("kl.horizon", cfg.kl.horizon)
+    _choice("score.normalize", cfg.score.normalize, list(SCORE_NORMS))
+    if cfg.score.clip is not None:
+        _positive("score.clip", cfg.score.clip)
     _positive("eval.episodes", cfg.eval.episodes, strict=False)
     _positive("eval.every", cfg.eval.every, strict=False)
     _positive("run.checkpoint_every", cfg.run.checkpoint_every, strict=False)

@@ -25,6 +25,7 @@ from agents.logger import RunLogger
 from agents.policies import frozen_copy, make_policy
 from agents.ppo import PPO
 from agents.rollout import EpisodeLog, RolloutCollector, apply_kl_penalty, make_env
+from agents.scores import ScoreNormalizer
 
 
 def register_envs() -> None:
@@ -76,6 +77,7 @@ class Trainer:
         # the reference policy for the KL penalty: a frozen deep copy of the initial policy
         self.reference = frozen_copy(self.policy) if cfg.kl.enabled else None
         self.kl_controller = make_kl_controller(cfg.kl)
+        self.score_normalizer = ScoreNormalizer(cfg.score.normalize, cfg.score.clip)
         self.buffer = RolloutBuffer(
             cfg.ppo.n_steps, cfg.env.num_envs, obs_space, act_space, self.device
         )
@@ -112,6 +114,7 @@ class Trainer:
             "best_return": self.best_return,
             "recent_returns": self.recent_returns[-100:],
             "kl_beta": self.kl_controller.beta,
+            "score_normalizer": self.score_normalizer.state_dict(),
             "config": to_dict(self.cfg),
         }
         snapshot = ckpt.env_state(self.env)
@@ -149,6 +152,7 @@ class Trainer:
         self.episodes, self.wall_time = meta["episodes"], meta["wall_time"]
         self.best_return, self.recent_returns = meta["best_return"], meta["recent_returns"]
         self.kl_controller.beta = meta["kl_beta"]
+        self.score_normalizer.load_state_dict(meta["score_normalizer"])
         # the env: exact when its state was captured; otherwise a fresh reset, seeded from
         # the seed and the step count (documented in docs/agents.md)
         rollout = {
@@ -259,7 +263,9 @@ class Trainer:
         t0 = time.perf_counter()
         episodes = self.collector.collect()
         t1 = time.perf_counter()
-        metrics: dict[str, float] = {}
+        buf = self.buffer
+        score_stats = self.score_normalizer(buf.rewards, buf.terminated | buf.truncated, buf.valid)
+        metrics: dict[str, float] = {f"score/{k}": v for k, v in score_stats.items()}
         if self.reference is not None:
             beta = self.kl_controller.beta
             kl_stats = apply_kl_penalty(

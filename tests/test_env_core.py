@@ -83,6 +83,19 @@ def test_length_limit_terminates_and_scores():
     assert obs["attention_mask"][32:].tolist() == [1, 1, 1]
 
 
+def test_missing_eos_penalty_applies_only_without_eos():
+    env = TextRLHFEnv(max_new_tokens=3, missing_eos_penalty=0.25)
+    env.reset(options={"prompt": "reverse: abc\n"})
+    for t in byte_ids("cba"):
+        _, reward, terminated, _, info = env.step(t)
+    assert terminated and info["hit_length_limit"] is True
+    assert info["score"] == 1.0 and reward == pytest.approx(0.75)  # score kept, reward penalized
+    env.reset(options={"prompt": "reverse: abc\n"})
+    for t in [*byte_ids("cb"), EOS]:
+        _, reward, terminated, _, info = env.step(t)
+    assert info["eos"] is True and reward == info["score"] == pytest.approx(2 / 3)
+
+
 @pytest.mark.parametrize(
     "reward_fn",
     ["repetition", {"name": "length", "target": 4}, lambda p, r: float(len(r) + len(p))],

@@ -94,6 +94,11 @@ def test_bad_arguments():
         TextRLHFEnv().step(100)
     with pytest.raises(ValueError, match="unknown reward function"):
         gym.make("TextRLHF-v0", reward_fn="bleu")
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"missing_eos_penalty .* >= 0"):
+            TextRLHFEnv(missing_eos_penalty=bad)
+    with pytest.raises(TypeError, match="missing_eos_penalty"):
+        gym.make_vec("TextRLHF-v0", num_envs=2, missing_eos_penalty="1")
 
 
 def test_reward_needing_references_is_rejected_early_on_open_ended_prompts():

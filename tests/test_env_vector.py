@@ -57,6 +57,20 @@ def test_lockstep_finished_rows_are_frozen_until_reset():
     assert obs["attention_mask"][:, 32:].sum() == 0
 
 
+def test_missing_eos_penalty_in_the_vector_env_matches_the_single_env():
+    venv = TextRLHFVectorEnv(num_envs=2, max_new_tokens=2, missing_eos_penalty=0.5)
+    venv.reset(options={"prompts": ["reverse: ab\n", "reverse: ab\n"]})
+    venv.step(np.array([B, B]))
+    _, rewards, term, _, info = venv.step(np.array([EOS, A]))  # row 0 ends with EOS, row 1 not
+    assert term.all() and info["hit_length_limit"].tolist() == [False, True]
+    assert info["score"].tolist() == pytest.approx([0.5, 1.0])
+    assert rewards.tolist() == pytest.approx([0.5, 0.5])  # row 1: 1.0 - 0.5
+    env = TextRLHFEnv(max_new_tokens=2, missing_eos_penalty=0.5)
+    env.reset(options={"prompt": "reverse: ab\n"})
+    env.step(B)
+    assert env.step(A)[1] == pytest.approx(rewards[1])
+
+
 def test_next_step_autoreset_resets_finished_rows_on_the_following_step():
     venv = TextRLHFVectorEnv(num_envs=2, max_new_tokens=4, autoreset_mode="next_step")
     assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP

@@ -47,6 +47,20 @@ def build_parts(
     return tokenizer, dataset, reward
 
 
+def check_missing_eos_penalty(value: Any) -> float:
+    """The penalty for a response that hits ``max_new_tokens`` without EOS, as a float >= 0."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"missing_eos_penalty must be None or a number >= 0, got {value!r}")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(
+            f"missing_eos_penalty must be None or a finite number >= 0, got {value!r} "
+            "(it is subtracted from the score)"
+        )
+    return float(value)
+
+
 def make_observation_space(vocab_size: int, length: int) -> spaces.Dict:
     """``Dict(input_ids=Box(0, V-1, (L,), int64), attention_mask=Box(0, 1, (L,), int8))``."""
     return spaces.Dict(
@@ -133,8 +147,11 @@ class TextRLHFEnv(gym.Env):
     ## Rewards
     0.0 at every step but the last. At the last step, the score of ``reward_fn`` on
     ``(prompt, response, reference)``, where the response is the decoded generated text without
-    EOS. The final ``info`` holds ``prompt``, ``response``, ``reference``, ``score``,
-    ``reward_components`` (name -> float), ``eos`` and ``hit_length_limit``.
+    EOS. With ``missing_eos_penalty=p``, a response that hits ``max_new_tokens`` without EOS gets
+    ``score - p`` instead (a nudge to finish the text, as in TRL's ``missing_eos_penalty``).
+    The final ``info`` holds ``prompt``, ``response``, ``reference``, ``score`` (the reward
+    function's, before any penalty), ``reward_components`` (name -> float), ``eos`` and
+    ``hit_length_limit``.
 
     ## Starting State
     A prompt drawn uniformly from the prompt set with ``self.np_random``; ``reset(seed=...)``
@@ -151,7 +168,8 @@ class TextRLHFEnv(gym.Env):
     ## Arguments
     ```python
     gym.make("TextRLHF-v0", tokenizer=None, prompts="reverse", split="train",
-             reward_fn="edit_distance", max_new_tokens=32, max_prompt_tokens=32, render_mode=None)
+             reward_fn="edit_distance", max_new_tokens=32, max_prompt_tokens=32, render_mode=None,
+             missing_eos_penalty=None)
     ```
     - ``tokenizer``: None / ``"byte"`` (ByT5 bytes), a local tokenizer folder, or a tokenizer.
     - ``prompts``: a built-in task (``reverse``, ``sort``, ``copy_edit``, ``mixed``,
@@ -160,6 +178,8 @@ class TextRLHFEnv(gym.Env):
     - ``reward_fn``: a registry name, ``{"name": ..., **kwargs}``, ``{"weighted_sum": [...]}``,
       ``"module:function"``, a ``Reward`` or a callable (see ``textenv.rewards``).
     - ``render_mode``: None or ``"ansi"`` (``render()`` returns prompt + text so far).
+    - ``missing_eos_penalty``: None, or a number >= 0 subtracted from the final reward of a
+      response that ends at ``max_new_tokens`` without EOS.
 
     ## Version History
     - v0: initial version.
@@ -176,6 +196,7 @@ class TextRLHFEnv(gym.Env):
         max_new_tokens: int = 32,
         max_prompt_tokens: int = 32,
         render_mode: str | None = None,
+        missing_eos_penalty: float | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
@@ -186,6 +207,7 @@ class TextRLHFEnv(gym.Env):
             tokenizer, prompts, split, reward_fn, max_new_tokens, max_prompt_tokens
         )
         self.render_mode = render_mode
+        self.missing_eos_penalty = check_missing_eos_penalty(missing_eos_penalty)
         self.max_prompt_tokens, self.max_new_tokens = int(max_prompt_tokens), int(max_new_tokens)
         self.vocab_size = len(self.tokenizer)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
@@ -246,6 +268,7 @@ class TextRLHFEnv(gym.Env):
         end = pos if eos else pos + 1  # the EOS token is not part of the response text
         response = self._decode(self._ids[self.max_prompt_tokens : end])
         total, parts = self.reward_fn.score([self._prompt], [response], [self._reference])
+        reward = float(total[0]) - (0.0 if eos else self.missing_eos_penalty)
         info = {
             "prompt": self._prompt,
             "response": response,
@@ -255,7 +278,7 @@ class TextRLHFEnv(gym.Env):
             "eos": bool(eos),
             "hit_length_limit": bool(hit_limit and not eos),
         }
-        return self._obs(), float(total[0]), True, False, info
+        return self._obs(), reward, True, False, info
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":

@@ -10,7 +10,13 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.env import build_parts, check_references, make_observation_space, resolve_prompt
+from textenv.env import (
+    build_parts,
+    check_missing_eos_penalty,
+    check_references,
+    make_observation_space,
+    resolve_prompt,
+)
 from textenv.tokenizer import make_batch_decoder, make_decoder
 
 LOCKSTEP = "lockstep"
@@ -33,7 +39,8 @@ class TextRLHFVectorEnv(VectorEnv):
     the reward function. Final-step infos are vectorized Gymnasium-style: ``info["response"]`` is an
     object array with ``info["_response"]`` the mask of the rows that finished; likewise
     ``prompt``, ``reference``, ``score``, ``eos``, ``hit_length_limit`` and the nested dict
-    ``reward_components``. ``reset(options={"prompts": [...]})`` forces N prompts (texts or dataset
+    ``reward_components`` (``score`` is the reward function's, before ``missing_eos_penalty``).
+    ``reset(options={"prompts": [...]})`` forces N prompts (texts or dataset
     indices), e.g. for held-out evaluation; ``"references"`` may be given alongside.
     """
 
@@ -50,6 +57,7 @@ class TextRLHFVectorEnv(VectorEnv):
         max_prompt_tokens: int = 32,
         render_mode: str | None = None,
         autoreset_mode: str | AutoresetMode = LOCKSTEP,
+        missing_eos_penalty: float | None = None,
     ) -> None:
         if (
             isinstance(num_envs, bool)
@@ -68,6 +76,7 @@ class TextRLHFVectorEnv(VectorEnv):
             tokenizer, prompts, split, reward_fn, max_new_tokens, max_prompt_tokens
         )
         self.num_envs, self.render_mode = int(num_envs), render_mode
+        self.missing_eos_penalty = check_missing_eos_penalty(missing_eos_penalty)
         self.lockstep = mode == LOCKSTEP  # else one of NEXT_STEP_NAMES
         if self.lockstep:
             # "lockstep" is not a Gymnasium AutoresetMode member (the contract in
@@ -219,7 +228,7 @@ class TextRLHFVectorEnv(VectorEnv):
         references = [self._references[r] for r in rows.tolist()]
         responses = self._decode_batch(self._ids[rows, P:], lengths)
         total, parts = self.reward_fn.score(prompts, responses, references)
-        rewards[rows] = total
+        rewards[rows] = total - self.missing_eos_penalty * ~eos[rows]
 
         def column(values: Any, dtype: Any) -> np.ndarray:
             out = np.empty(N, dtype=object) if dtype is object else np.zeros(N, dtype=dtype)
