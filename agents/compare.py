@@ -220,9 +220,10 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
                 f"| {to_thr} | {wall:.1f} | {sps:,.0f} |"
             )
             grid = np.linspace(0, max(r.steps for r in runs), 100)
-            curves = np.stack([curve(r, grid) for r in runs])
-            mean = np.nanmean(curves, axis=0)
-            ax.plot(grid, mean, color=color, label=agent)
+            curves = np.stack([curve(r, grid) for r in runs])  # (seeds, 100), nan before data
+            seen = ~np.isnan(curves).all(0)  # grid points where some seed has episodes
+            curves, grid = curves[:, seen], grid[seen]
+            ax.plot(grid, np.nanmean(curves, axis=0), color=color, label=agent)
             ax.fill_between(
                 grid, np.nanmin(curves, 0), np.nanmax(curves, 0), color=color, alpha=0.2
             )

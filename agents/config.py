@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -274,8 +275,10 @@ def _choice(where: str, value: Any, allowed: list[Any]) -> None:
 
 
 def _positive(where: str, value: float, strict: bool = True) -> None:
-    if (value <= 0) if strict else (value < 0):
-        raise ValueError(f"{where} must be {'> 0' if strict else '>= 0'}, got {value!r}")
+    if not math.isfinite(value) or ((value <= 0) if strict else (value < 0)):
+        raise ValueError(
+            f"{where} must be a finite number {'> 0' if strict else '>= 0'}, got {value!r}"
+        )
 
 
 def validate_config(cfg: Config) -> None:

@@ -12,7 +12,12 @@ from agents.rollout import LOCKSTEP, EpisodeLog, _collect_infos, autoreset_mode,
 
 @torch.no_grad()
 def evaluate_policy(
-    policy: Any, env: Any, episodes: int, deterministic: bool = True, seed: int | None = None
+    policy: Any,
+    env: Any,
+    episodes: int,
+    deterministic: bool = True,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
 ) -> EpisodeLog:
     """Run exactly `episodes` episodes, spread over the env's rows (row i runs its share).
 
@@ -28,7 +33,9 @@ def evaluate_policy(
     state = policy.initial_state(N)
     skip = np.zeros(N, dtype=bool)  # rows whose next step is a reset step or that are finished
     while (counts < quota).any():
-        action, _, _, state = policy.act(obs_to_tensor(obs), state, deterministic=deterministic)
+        action, _, _, state = policy.act(
+            obs_to_tensor(obs, device), state, deterministic=deterministic
+        )
         action = action.cpu().numpy()
         if hasattr(env.single_action_space, "low"):
             action = np.clip(action, env.single_action_space.low, env.single_action_space.high)

@@ -43,10 +43,13 @@ class RunLogger:
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, progress: bool = True):
         self.run_dir = Path(run_dir)
-        self.writer = SummaryWriter(str(self.run_dir))
+        # resume: drop whatever was logged after the checkpoint (TensorBoard, csv, samples)
+        self.writer = SummaryWriter(
+            str(self.run_dir), purge_step=start_step + 1 if start_step else None
+        )
         self.csv_path = self.run_dir / "metrics.csv"
         self.rows: list[dict[str, Any]] = []
-        if self.csv_path.exists() and start_step > 0:  # resume: keep the rows up to the checkpoint
+        if self.csv_path.exists() and start_step > 0:
             with open(self.csv_path, newline="") as f:
                 self.rows = [
                     {k: _num(v) for k, v in row.items()}
@@ -56,6 +59,13 @@ class RunLogger:
         self.header: list[str] = []
         self._rewrite()
         self.samples_path = self.run_dir / "samples.jsonl"
+        if self.samples_path.exists() and start_step > 0:
+            kept = [
+                line
+                for line in self.samples_path.read_text().splitlines(keepends=True)
+                if json.loads(line)["step"] <= start_step
+            ]
+            atomic_write_text(self.samples_path, "".join(kept))
         self.bar = tqdm(
             total=total_steps, initial=start_step, disable=not progress, unit="step",
             dynamic_ncols=True, leave=False,
@@ -131,7 +141,11 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     keys = {k for row in rows for k in row}
     panels = [(title, [k for k in ks if k in keys]) for title, ks in CURVES]
     panels = [(title, ks) for title, ks in panels if ks]
-    panels += [(k.removeprefix("episode/"), [k]) for k in sorted(keys) if k.startswith("episode/")]
+    episode_keys = sorted(k for k in keys if k.startswith("episode/"))
+    components = [k for k in episode_keys if k.startswith("episode/reward_components/")]
+    if len(components) > 1:  # e.g. a learned proxy next to a weight-0 gold reward, on one axis
+        panels.append(("reward components", components))
+    panels += [(k.removeprefix("episode/"), [k]) for k in episode_keys]
     if not panels:
         return
     cols = 3

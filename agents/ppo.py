@@ -160,15 +160,30 @@ class PPO:
             stats = torch.stack([policy_loss, value_loss, entropy_mean, approx_kl, clipfrac])
         return loss, stats
 
-    def clip_grad_norm(self, max_norm: float) -> None:
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         """Scale the grads so that their global L2 norm is at most `max_norm` (the same rule as
-        torch.nn.utils.clip_grad_norm_, written for the usual single flat grad)."""
+        torch.nn.utils.clip_grad_norm_, written for the usual single flat grad). Returns the
+        norm before clipping."""
         grads = [p.grad for p in self.params if p.grad is not None]
         norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
         total = torch.linalg.vector_norm(norms) if len(grads) > 1 else norms[0]
         scale = (max_norm / (total + 1e-6)).clamp_(max=1.0)
         for g in grads:
             g.mul_(scale)
+        return total
+
+    def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, stats, it) -> None:
+        """Stop before a NaN/inf loss or gradient reaches the weights (one host sync a step)."""
+        check = loss.detach() if grad_norm is None else loss.detach() + grad_norm
+        if not torch.isfinite(check):
+            p_loss, v_loss, entropy, approx_kl, _ = stats.tolist()
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at iteration {it}: policy_loss={p_loss}, "
+                f"value_loss={v_loss}, entropy={entropy}, approx_kl={approx_kl}, "
+                f"grad_norm={None if grad_norm is None else float(grad_norm)}; training stopped "
+                "before the weights changed, the last checkpoint on disk is the last good one "
+                "(lower ppo.learning_rate or check the rewards for inf/nan)"
+            )
 
     def update(self, buffer: RolloutBuffer, iteration: int) -> dict[str, float]:
         """n_epochs over minibatches of `buffer` (GAE already computed). Returns mean stats."""
@@ -192,23 +207,16 @@ class PPO:
                     break
                 self.zero_grad()
                 loss.backward()
+                grad_norm = None
                 if cfg.max_grad_norm is not None and cfg.max_grad_norm > 0:
-                    self.clip_grad_norm(cfg.max_grad_norm)
+                    grad_norm = self.clip_grad_norm(cfg.max_grad_norm)
+                self._check_finite(loss, grad_norm, step_stats, iteration)
                 self.optimizer.step()
                 stats.append(step_stats)
             if stopped_early:
                 break
         if stats:
-            values = torch.stack(stats)  # (n_minibatches, 5)
-            if not torch.isfinite(values).all():
-                bad = values[~torch.isfinite(values).all(1)][0].tolist()
-                raise NonFiniteLossError(
-                    f"non-finite loss at iteration {iteration}: policy_loss={bad[0]}, "
-                    f"value_loss={bad[1]}, entropy={bad[2]}, approx_kl={bad[3]}; "
-                    "training stopped, the last checkpoint on disk is the last good one "
-                    "(lower ppo.learning_rate or check the rewards for inf/nan)"
-                )
-            means = values.mean(0).tolist()
+            means = torch.stack(stats).mean(0).tolist()  # (n_minibatches, 5) -> (5,)
         else:
             means = [math.nan] * 5
         return {

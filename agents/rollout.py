@@ -236,6 +236,13 @@ class RolloutCollector:
             if self.mode == LOCKSTEP and finished.all():
                 break
 
+        if self.mode == LOCKSTEP and not finished.all():
+            # the next rollout resets every row: unfinished episodes would never be scored
+            raise ValueError(
+                f"ppo.n_steps={T} is shorter than this lockstep env's episodes: "
+                f"{int((~finished).sum())} of {N} rows were still running after {T} steps; "
+                "set ppo.n_steps >= the episode length limit (max_new_tokens for TextRLHF-v0)"
+            )
         n = len(actions)  # T, or fewer when every lockstep row ended early
         buf.actions[:n] = torch.stack(actions)
         buf.log_probs[:n] = torch.stack(log_probs)
@@ -244,7 +251,7 @@ class RolloutCollector:
         buf.terminated.copy_(torch.from_numpy(terminated_all))
         buf.truncated.copy_(torch.from_numpy(truncated_all))
         buf.valid.copy_(torch.from_numpy(valid_all))
-        if self.mode == LOCKSTEP and finished.all():
+        if self.mode == LOCKSTEP:
             buf.last_value.zero_()  # nothing to bootstrap: every row ended
         else:
             buf.last_value.copy_(

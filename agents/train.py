@@ -48,7 +48,11 @@ def run_dir_path(cfg: Config, name: str | None = None, overwrite: bool = False) 
 
 def new_run_dir(cfg: Config, name: str | None = None, overwrite: bool = False) -> Path:
     """Create a fresh run folder (see `run_dir_path`); an overwritten one is emptied first."""
-    folder = run_dir_path(cfg, name, overwrite)
+    return make_run_dir(run_dir_path(cfg, name, overwrite))
+
+
+def make_run_dir(folder: Path) -> Path:
+    """Create `folder` empty (an existing one, already allowed by `run_dir_path`, is emptied)."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
@@ -85,11 +89,14 @@ class Trainer:
             self.env, self.policy, self.buffer, seed=cfg.seed, device=self.device
         )
         self.steps_per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
-        self.num_iterations = max(cfg.total_timesteps // self.steps_per_iteration, 1)
+        # SB3's convention: whole iterations until at least total_timesteps env steps
+        self.num_iterations = -(-cfg.total_timesteps // self.steps_per_iteration)
         self.ppo = PPO(self.policy, cfg.ppo, self.num_iterations)
         self.iteration = 0
-        self.global_step = 0
+        self.global_step = 0  # n_steps * num_envs per iteration (the budget, the x-axis)
+        self.transitions = 0  # valid steps: fewer when lockstep rollouts end early (text)
         self.episodes = 0
+        self.saved_step = -1  # the step of the newest checkpoint this process wrote
         self.wall_time = 0.0  # training seconds before this process (resume)
         self.best_return: float | None = None
         self.recent_returns: list[float] = []
@@ -109,6 +116,7 @@ class Trainer:
         meta: dict[str, Any] = {
             "iteration": self.iteration,
             "global_step": self.global_step,
+            "transitions": self.transitions,
             "episodes": self.episodes,
             "wall_time": self.wall_time + (time.perf_counter() - self._start),
             "best_return": self.best_return,
@@ -127,20 +135,26 @@ class Trainer:
         )  # fmt: skip
         if self.reference is not None:
             tensors.update({f"reference/{k}": v for k, v in self.reference.state_dict().items()})
-        return ckpt.save_checkpoint(
+        path = ckpt.save_checkpoint(
             self.run_dir / "checkpoints", self.global_step, self.policy, self.ppo.optimizer,
             meta, tensors,
         )  # fmt: skip
+        self.saved_step = self.global_step
+        return path
 
     def load(self, path: Path) -> None:
         meta, tensors = ckpt.read_checkpoint(path)
-        saved_cfg = meta["config"]
-        for section in ("env", "policy"):
-            if saved_cfg[section] != to_dict(self.cfg)[section]:
-                raise ckpt.CheckpointError(
-                    f"checkpoint {path} was made with {section}={saved_cfg[section]}, but the "
-                    f"config has {section}={to_dict(self.cfg)[section]}"
-                )
+        # everything that shapes the training run must match; run.* and eval.* may change
+        saved, current = _flat_config(meta["config"]), _flat_config(to_dict(self.cfg))
+        changed = [
+            f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} in the config"
+            for key in sorted(set(saved) | set(current))
+            if not key.startswith(("run.", "eval.", "name")) and saved.get(key) != current.get(key)
+        ]
+        if changed:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} does not match the config: " + "; ".join(changed)
+            )
         ckpt.load_policy_weights(self.policy, tensors, path)
         ckpt.load_optimizer(self.ppo.optimizer, meta["optimizer"], tensors)
         if self.reference is not None:
@@ -149,6 +163,7 @@ class Trainer:
             }
             self.reference.load_state_dict(ref)
         self.iteration, self.global_step = meta["iteration"], meta["global_step"]
+        self.transitions = meta["transitions"]
         self.episodes, self.wall_time = meta["episodes"], meta["wall_time"]
         self.best_return, self.recent_returns = meta["best_return"], meta["recent_returns"]
         self.kl_controller.beta = meta["kl_beta"]
@@ -169,16 +184,26 @@ class Trainer:
     # -- training ---------------------------------------------------------------------------
 
     def evaluate(self, episodes: int | None = None) -> Any:
+        """Evaluation episodes on a fresh env. The torch RNG is forked, so evaluating (or how
+        often) does not change the training run."""
         cfg = self.cfg
         kwargs = {**cfg.env.kwargs, **cfg.eval.env_kwargs}
         episodes = cfg.eval.episodes if episodes is None else episodes
         env = make_env(cfg.env.id, min(episodes, cfg.env.num_envs), cfg.env.vectorization, kwargs)
+        devices = [self.device] if self.device.type == "cuda" else []
         try:
-            return evaluate_policy(
-                self.policy, env, episodes, cfg.eval.deterministic, seed=10_000 + cfg.seed
-            )
+            with torch.random.fork_rng(devices=devices):
+                return evaluate_policy(
+                    self.policy, env, episodes, cfg.eval.deterministic, 10_000 + cfg.seed,
+                    self.device,
+                )  # fmt: skip
         finally:
             env.close()
+
+    def _eval_return(self) -> float:
+        value = float(np.mean(self.evaluate().returns))
+        self._best(value)
+        return value
 
     def learn(self, stop_at: int | None = None, log: bool = True) -> dict[str, Any]:
         """Train until total_timesteps (or `stop_at` env steps, then checkpoint and return).
@@ -195,22 +220,29 @@ class Trainer:
         if log and self.global_step == 0:
             save_config(cfg, self.run_dir / "config.yaml")
         self._start = time.perf_counter()
-        start_step = self.global_step
+        start_transitions = self.transitions
         next_eval = _next_multiple(self.global_step, cfg.eval.every)
         next_ckpt = _next_multiple(self.global_step, cfg.run.checkpoint_every)
         last_eval: float | None = None
         last_eval_step = -1
+        initial_eval: float | None = None
         try:
+            if (
+                logger is not None
+                and self.global_step == 0
+                and cfg.eval.every > 0 < cfg.eval.episodes
+            ):
+                initial_eval = last_eval = self._eval_return()  # the start, e.g. the SFT level
+                last_eval_step = 0
+                logger.log(0, {"eval/return": initial_eval})
             while self.iteration < self.num_iterations:
                 if stop_at is not None and self.global_step >= stop_at:
                     break
                 metrics = self.iterate()
                 if logger is not None:
                     if self.global_step >= next_eval and cfg.eval.episodes > 0:
-                        last_eval = float(np.mean(self.evaluate().returns))
-                        metrics["eval/return"] = last_eval
+                        last_eval = metrics["eval/return"] = self._eval_return()
                         last_eval_step = self.global_step
-                        self._best(last_eval)
                         next_eval = _next_multiple(self.global_step, cfg.eval.every)
                     logger.log(self.global_step, metrics)
                     logger.samples(self.global_step, self.last_episodes.samples)
@@ -223,10 +255,11 @@ class Trainer:
             elapsed = time.perf_counter() - self._start
             summary: dict[str, Any] = {
                 "steps": self.global_step,
+                "transitions": self.transitions,
                 "iterations": self.iteration,
                 "episodes": self.episodes,
                 "wall_time_s": self.wall_time + elapsed,
-                "sps": (self.global_step - start_step) / max(elapsed, 1e-9),
+                "sps": (self.transitions - start_transitions) / max(elapsed, 1e-9),
                 "train_return_last100": float(np.mean(self.recent_returns))
                 if self.recent_returns
                 else None,
@@ -234,15 +267,16 @@ class Trainer:
             if logger is not None:
                 done = self.iteration >= self.num_iterations
                 if done and cfg.eval.episodes > 0 and last_eval_step != self.global_step:
-                    last_eval = float(np.mean(self.evaluate().returns))
-                    self._best(last_eval)
+                    last_eval = self._eval_return()
                     logger.log(self.global_step, {"eval/return": last_eval})
-                self.save()
+                if self.saved_step != self.global_step:  # never rewrite a checkpoint in place
+                    self.save()
                 summary.update(
                     final_return=last_eval
                     if last_eval is not None
                     else summary["train_return_last100"],
                     best_return=self.best_return,
+                    initial_return=initial_eval,
                     finished=done,
                     run_dir=str(self.run_dir),
                 )
@@ -277,8 +311,10 @@ class Trainer:
         train_stats = self.ppo.update(self.buffer, self.iteration)
         t2 = time.perf_counter()
 
+        transitions = int(self.buffer.valid.sum())
         self.iteration += 1
         self.global_step += self.steps_per_iteration
+        self.transitions += transitions
         self.episodes += len(episodes.returns)
         self.recent_returns = (self.recent_returns + episodes.returns)[-100:]
         self.last_episodes = episodes
@@ -289,12 +325,24 @@ class Trainer:
         for key, values in episodes.metrics.items():
             metrics[f"episode/{key}"] = float(np.mean(values))
         metrics["rollout/episodes"] = self.episodes
+        metrics["rollout/transitions"] = self.transitions
         self.phase_seconds["rollout"] += t1 - t0
         self.phase_seconds["update"] += t2 - t1
         metrics["time/rollout_time"] = t1 - t0
         metrics["time/update_time"] = t2 - t1
-        metrics["time/sps"] = self.steps_per_iteration / max(t2 - t0, 1e-9)
+        metrics["time/sps"] = transitions / max(t2 - t0, 1e-9)  # real env steps per second
         return metrics
+
+
+def _flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"ppo": {"n_epochs": 4}} -> {"ppo.n_epochs": 4} (sections only, not env kwargs dicts)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and not prefix:
+            out.update(_flat_config(value, f"{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def _next_multiple(step: int, every: int) -> float:
@@ -317,6 +365,6 @@ def train(
     else:
         run_dir = run_dir_path(cfg, name, overwrite)
         trainer = Trainer(cfg, run_dir)  # bad envs/policies fail here, before any folder exists
-        new_run_dir(cfg, name, overwrite)
+        make_run_dir(run_dir)
     trainer.learn()
     return run_dir

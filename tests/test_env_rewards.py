@@ -143,6 +143,39 @@ def test_env_reports_bad_reward_and_stays_usable():
     assert env.step(1)[1] == 0.0
 
 
+@pytest.mark.parametrize("vector", [False, True])
+def test_a_failing_reward_leaves_the_state_unchanged(vector):
+    """The env scores before it writes: after the error the same step can be retried."""
+    import gymnasium as gym
+    import numpy as np
+
+    fail = {"on": True}
+
+    def flaky(prompt, response):
+        if fail["on"]:
+            raise ValueError("reward server down")
+        return float(len(response))
+
+    kwargs = {"reward_fn": flaky, "max_new_tokens": 2}
+    env = (
+        gym.make_vec("TextRLHF-v0", num_envs=2, **kwargs)
+        if vector
+        else gym.make("TextRLHF-v0", **kwargs)
+    )
+    env.reset(seed=0)
+    first = np.array([100, 100]) if vector else 100
+    last = np.array([101, 1]) if vector else 101  # ends both rows: length limit / EOS
+    obs_before = env.step(first)[0]
+    with pytest.raises(ValueError, match="reward server down"):
+        env.step(last)
+    fail["on"] = False
+    obs, reward, terminated, _, info = env.step(last)  # the same step again, now scored
+    assert np.array_equal(np.asarray(obs_before["attention_mask"]).sum(-1) + 1,
+                          np.asarray(obs["attention_mask"]).sum(-1))  # fmt: skip
+    assert np.all(terminated)
+    assert np.asarray(reward).tolist() == ([2.0, 1.0] if vector else 2.0)
+
+
 def test_encode_for_reward_model_layout():
     tok = default_tokenizer()
     batch = encode_for_reward_model(tok, ["ab", "c"], ["c", ""])

@@ -99,9 +99,20 @@ def test_mismatched_checkpoint_names_the_file_and_the_mismatch(cartpole_yaml, tm
     )
     with pytest.raises(ckpt.CheckpointError, match=rf"{path.name}.*'actor.0.weight' has shape"):
         ckpt.load_policy_weights(other, tensors, path)
-    wider = small_cfg(cartpole_yaml, tmp_path, "policy.hidden_sizes=[32, 32]")
-    with pytest.raises(ckpt.CheckpointError, match=rf"{path.name} was made with policy="):
+    wider = small_cfg(cartpole_yaml, tmp_path, "total_timesteps=512", "policy.hidden_sizes=[32]")
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=rf"{path.name} does not match the config: policy.hidden_sizes: \[64, 64\] in the "
+        r"checkpoint, \[32\] in the config$",
+    ):
         Trainer(wider, trainer.run_dir, resume=True)
+    # settings that shape the run are refused, with both values; run.* and eval.* may change
+    for changed in ("ppo.learning_rate=0.01", "kl.enabled=true", "seed=7"):
+        other_cfg = small_cfg(cartpole_yaml, tmp_path, "total_timesteps=512", changed)
+        with pytest.raises(ckpt.CheckpointError, match=rf"{changed.split('=')[0]}: .* in the"):
+            Trainer(other_cfg, trainer.run_dir, resume=True)
+    ok = small_cfg(cartpole_yaml, tmp_path, "total_timesteps=512", "eval.episodes=3")
+    assert Trainer(ok, trainer.run_dir, resume=True).global_step == 512
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(cartpole_yaml, tmp_path):
@@ -115,8 +126,10 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(cartpole_yam
         compute_gae(gamma, lam)
 
     trainer.buffer.compute_gae = poisoned
-    with pytest.raises(NonFiniteLossError, match="non-finite loss at iteration 3"):
+    with pytest.raises(NonFiniteLossError, match="non-finite loss or gradient at iteration 3"):
         trainer.learn()
+    # checked before every optimizer step: the weights in memory never saw the NaN either
+    assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())
     path = ckpt.latest_checkpoint(trainer.run_dir / "checkpoints")
     meta, tensors = ckpt.read_checkpoint(path)
     assert meta["global_step"] == 512  # the last checkpoint before the NaN (every 512 steps)

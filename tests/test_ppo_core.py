@@ -130,6 +130,9 @@ def test_invalid_values_are_errors(cartpole_yaml):
         load_config(cartpole_yaml, ["ppo.n_epochs=ten"])
     with pytest.raises(ValueError, match="gamma"):
         load_config(cartpole_yaml, ["ppo.gamma=1.5"])
+    for bad in (".nan", ".inf", "-1e-3"):  # YAML's NaN and infinity are not learning rates
+        with pytest.raises(ValueError, match=r"ppo.learning_rate must be a finite number > 0"):
+            load_config(cartpole_yaml, [f"ppo.learning_rate={bad}"])
 
 
 def test_unknown_env_id_lists_close_matches():

@@ -256,18 +256,19 @@ class TextRLHFEnv(gym.Env):
         if self._needs_reset:
             raise RuntimeError("call reset() before step(): the episode is over or never started")
         token = check_action(action, self.vocab_size)  # raises before any state change
-        pos = self.max_prompt_tokens + self._n_generated
-        self._ids[pos], self._mask[pos] = token, 1
-        self._n_generated += 1
+        P, n = self.max_prompt_tokens, self._n_generated
         eos = token == self.eos_id
-        hit_limit = self._n_generated == self.max_new_tokens
+        hit_limit = n + 1 == self.max_new_tokens
+        if eos or hit_limit:  # score before writing: a reward that raises changes nothing
+            tokens = self._ids[P : P + n] if eos else np.append(self._ids[P : P + n], token)
+            response = self._decode(tokens)  # the EOS token is not part of the response text
+            total, parts = self.reward_fn.score([self._prompt], [response], [self._reference])
+        self._ids[P + n], self._mask[P + n] = token, 1
+        self._n_generated += 1
         if not (eos or hit_limit):
             return self._obs(), 0.0, False, False, {}
 
         self._needs_reset = True
-        end = pos if eos else pos + 1  # the EOS token is not part of the response text
-        response = self._decode(self._ids[self.max_prompt_tokens : end])
-        total, parts = self.reward_fn.score([self._prompt], [response], [self._reference])
         reward = float(total[0]) - (0.0 if eos else self.missing_eos_penalty)
         info = {
             "prompt": self._prompt,

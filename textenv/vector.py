@@ -194,39 +194,46 @@ class TextRLHFVectorEnv(VectorEnv):
         was_done = self._done.copy()  # (N,) finished rows (lockstep) / rows to reset (next_step)
         active = ~was_done  # (N,) rows that take this action
         a = self._check_actions(actions, active)
+        n_gen = self._n_generated
+        eos = (a == self.eos_id) & active  # (N,)
+        finished = (eos | (n_gen + 1 == self.max_new_tokens)) & active  # (N,)
+
+        # score first: a reward function that raises leaves the env as it was
+        rewards = np.zeros(N, dtype=np.float64)
+        info: dict[str, Any] = {}
+        if finished.any():
+            info = self._score(np.flatnonzero(finished), a, eos, finished, rewards)
+
         any_done = was_done.any()
         if any_done and not self.lockstep:  # NEXT_STEP: reset the rows that finished last step
             self._load_rows(np.flatnonzero(was_done))
-
-        n_gen = self._n_generated
         rows = self._rows if not any_done else np.flatnonzero(active)
         cols = P + n_gen[rows]
         self._ids[rows, cols] = a[rows]
         self._mask[rows, cols] = 1
         n_gen[rows] += 1
-        eos = a == self.eos_id  # (N,)
-        finished = eos | (n_gen == self.max_new_tokens)  # (N,)
-        if any_done:
-            eos &= active
-            finished &= active
         self._done |= finished
-
-        rewards = np.zeros(N, dtype=np.float64)
-        info: dict[str, Any] = {}
-        if finished.any():
-            info = self._score(np.flatnonzero(finished), eos, finished, rewards)
         terminated = self._done.copy() if self.lockstep else finished
         return self._obs(), rewards, terminated, np.zeros(N, dtype=bool), info
 
     def _score(
-        self, rows: np.ndarray, eos: np.ndarray, finished: np.ndarray, rewards: np.ndarray
+        self,
+        rows: np.ndarray,
+        actions: np.ndarray,
+        eos: np.ndarray,
+        finished: np.ndarray,
+        rewards: np.ndarray,
     ) -> dict[str, Any]:
-        """Decode the finished ``rows``, score them in one reward call, build vectorized infos."""
+        """Decode the ``rows`` that this step's ``actions`` finish (not yet written to the state),
+        score them in one reward call, fill ``rewards`` and return the vectorized infos."""
         P, N = self.max_prompt_tokens, self.num_envs
-        lengths = self._n_generated[rows] - eos[rows]  # the EOS is not part of the response
+        n_gen = self._n_generated[rows]  # tokens before this step
+        tokens = self._ids[rows, P:].copy()  # (k, max_new_tokens)
+        tokens[np.arange(len(rows)), n_gen] = actions[rows]
+        lengths = n_gen + 1 - eos[rows]  # the EOS is not part of the response
         prompts = [self._prompts[r] for r in rows.tolist()]
         references = [self._references[r] for r in rows.tolist()]
-        responses = self._decode_batch(self._ids[rows, P:], lengths)
+        responses = self._decode_batch(tokens, lengths)
         total, parts = self.reward_fn.score(prompts, responses, references)
         rewards[rows] = total - self.missing_eos_penalty * ~eos[rows]
 
