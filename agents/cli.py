@@ -106,7 +106,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def delegate(module: str):
-    """`textrlhf sft|rm CONFIG`: call `<module>.main(config_path, overrides)` (lazy import)."""
+    """`textrlhf sft|rm CONFIG`: call `<module>.main(config_path, overrides, overwrite)` (lazy
+    import)."""
 
     def run(args: argparse.Namespace) -> None:
         try:
@@ -117,7 +118,7 @@ def delegate(module: str):
             raise ValueError(
                 f"this subcommand needs {module}, which is not installed yet"
             ) from None
-        out = target.main(args.config, args.set)
+        out = target.main(args.config, args.set, args.overwrite)
         if out is not None:
             print(f"output folder: {out}")
 
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("config")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
         p.set_defaults(func=delegate(module))
     return parser
 

@@ -220,6 +220,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
+def check_output_dir(folder: str | Path, overwrite: bool) -> Path:
+    """Refuse to write into an existing, non-empty output folder unless `overwrite`."""
+    folder = Path(folder)
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"output folder {folder} already exists; pass --overwrite (overwrite=True) to "
+            "replace it, or choose another output_dir"
+        )
+    return folder
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -318,6 +329,11 @@ def validate_config(cfg: Config) -> None:
             f"ppo.batch_size={p.batch_size} must divide the rollout size n_steps * num_envs = "
             f"{p.n_steps} * {cfg.env.num_envs} = {rollout} and be a multiple of {what}; "
             f"allowed: {[b for b in range(unit, rollout + 1, unit) if rollout % b == 0]}"
+        )
+    if cfg.total_timesteps < rollout:
+        raise ValueError(
+            f"total_timesteps={cfg.total_timesteps} is less than one PPO iteration, n_steps * "
+            f"num_envs = {rollout}; training runs total_timesteps // {rollout} whole iterations"
         )
     _choice("kl.estimator", cfg.kl.estimator, ["k1", "k3"])
     _positive("kl.beta", cfg.kl.beta, strict=False)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import agents.config
+from agents.config import check_output_dir
 from agents.preferences import PreferencePair, read_preferences
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -267,9 +268,14 @@ def save_reward_model(model: Any, tokenizer: Any, folder: Path, metrics: dict) -
 # ----------------------------------------------------------------------------- main
 
 
-def main(config_path: str | os.PathLike | None, overrides: list[str] | None = None) -> Path:
+def main(
+    config_path: str | os.PathLike | None,
+    overrides: list[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Train the reward model described by `config_path`; return the output folder."""
     cfg = load_config(config_path, overrides)
+    check_output_dir(cfg.output_dir, overwrite)  # before training, not after
     torch.set_num_threads(cfg.torch_threads)
     sft_path = _resolve(cfg.sft_path) if cfg.sft_path is not None else DEFAULT_SFT_PATH
     pairs = read_preferences(_resolve(cfg.train_file))
@@ -319,8 +325,9 @@ def cli(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("config", help="YAML config, e.g. configs/rm_tiny.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
     args = parser.parse_args(argv)
-    return main(args.config, args.set)
+    return main(args.config, args.set, args.overwrite)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import time
 from dataclasses import dataclass, field
@@ -26,9 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
+import agents.config
+from agents.config import check_output_dir
 from agents.policies.lm import LMPolicy, position_ids_from_mask
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -81,58 +81,27 @@ class SFTConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Dataclass from a dict; unknown keys are errors with a 'did you mean' suggestion."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+    def validate(self) -> None:
+        if self.train.steps < 1 or self.train.batch_size < 1:
             raise ValueError(
-                f"unknown SFT config key {where}{key!r}{hint} (allowed: {sorted(fields)})"
+                f"train.steps and train.batch_size must be >= 1, got {self.train.steps}, "
+                f"{self.train.batch_size}"
             )
-        nested = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}.get(key)
-        if nested is not None and cls is SFTConfig:
-            value = _build(nested, value, f"{key}.")
-        kwargs[key] = value
-    return cls(**kwargs)
+        if self.open_ended_target not in (None, "repeat_prompt"):
+            raise ValueError(
+                f"open_ended_target must be null or 'repeat_prompt', got {self.open_ended_target!r}"
+            )
+        needed = self.max_prompt_tokens + self.max_new_tokens
+        if self.model.n_positions < needed:
+            raise ValueError(
+                f"model.n_positions={self.model.n_positions} is smaller than max_prompt_tokens + "
+                f"max_new_tokens = {needed}"
+            )
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> SFTConfig:
-    """YAML file + `key.sub=value` overrides -> SFTConfig (values parsed as YAML scalars)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value, e.g. train.steps=200")
-        key, raw = item.split("=", 1)
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-    cfg = _build(SFTConfig, data, "")
-    if cfg.train.steps < 1 or cfg.train.batch_size < 1:
-        raise ValueError(
-            f"train.steps and train.batch_size must be >= 1, got {cfg.train.steps}, "
-            f"{cfg.train.batch_size}"
-        )
-    if cfg.open_ended_target not in (None, "repeat_prompt"):
-        raise ValueError(
-            f"open_ended_target must be null or 'repeat_prompt', got {cfg.open_ended_target!r}"
-        )
-    needed = cfg.max_prompt_tokens + cfg.max_new_tokens
-    if cfg.model.n_positions < needed:
-        raise ValueError(
-            f"model.n_positions={cfg.model.n_positions} is smaller than max_prompt_tokens + "
-            f"max_new_tokens = {needed}"
-        )
-    return cfg
+    """YAML file + `key.sub=value` overrides -> SFTConfig; unknown keys and bad values raise."""
+    return agents.config.load_config(path, overrides, cls=SFTConfig)
 
 
 # ----------------------------------------------------------------------------- data and model
@@ -268,11 +237,16 @@ def score_on_task(
 # ----------------------------------------------------------------------------- main
 
 
-def main(config_path: str | Path | None, overrides: list[str] | None = None) -> Path:
-    """Train the SFT model described by `config_path`; return the output folder."""
+def main(
+    config_path: str | Path | None, overrides: list[str] | None = None, overwrite: bool = False
+) -> Path:
+    """Train the SFT model described by `config_path`; return the output folder. An existing
+    output folder (such as the committed default model) is replaced only with `overwrite`."""
     from textenv import default_tokenizer
 
     cfg = load_config(config_path, overrides)
+    out = Path(cfg.output_dir)
+    out = check_output_dir(out if out.is_absolute() else REPO_ROOT / out, overwrite)
     torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -321,9 +295,6 @@ def main(config_path: str | Path | None, overrides: list[str] | None = None) -> 
     for s in sampled["samples"][:4]:
         print(f"  {s['prompt']!r} -> {s['response']!r} (ref {s['reference']!r}, {s['score']:.2f})")
 
-    out = Path(cfg.output_dir)
-    if not out.is_absolute():
-        out = REPO_ROOT / out
     out.mkdir(parents=True, exist_ok=True)
     policy.save_pretrained(out)
     summary = {
@@ -346,8 +317,9 @@ def cli(argv: list[str] | None = None) -> Path:
     )
     parser.add_argument("config", help="YAML config, e.g. configs/sft_tiny.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
     args = parser.parse_args(argv)
-    return main(args.config, args.set)
+    return main(args.config, args.set, args.overwrite)
 
 
 if __name__ == "__main__":

@@ -89,8 +89,8 @@ class Trainer:
             self.env, self.policy, self.buffer, seed=cfg.seed, device=self.device
         )
         self.steps_per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
-        # SB3's convention: whole iterations until at least total_timesteps env steps
-        self.num_iterations = -(-cfg.total_timesteps // self.steps_per_iteration)
+        # the whole iterations that fit: never more env steps than total_timesteps
+        self.num_iterations = cfg.total_timesteps // self.steps_per_iteration
         self.ppo = PPO(self.policy, cfg.ppo, self.num_iterations)
         self.iteration = 0
         self.global_step = 0  # n_steps * num_envs per iteration (the budget, the x-axis)

@@ -3,6 +3,7 @@
     python examples/rlhf_pipeline.py                 # full run, ~6 minutes on 2 cores
     python examples/rlhf_pipeline.py --quick         # smoke run, ~1-2 minutes
     python examples/rlhf_pipeline.py --nokl          # also PPO with beta = 0 and the plot (~8 min)
+    python examples/rlhf_pipeline.py --overwrite     # replace an existing --out folder
 
 Each stage writes its own folder under --out (default runs/rlhf_pipeline):
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -31,7 +33,7 @@ import torch
 
 import agents.reward_model
 import agents.sft
-from agents.config import load_config
+from agents.config import check_output_dir, load_config
 from agents.policies.lm import LMPolicy, load_causal_lm, without_dropout
 from agents.preferences import evaluate_gold_proxy, generate_preferences
 from agents.train import Trainer
@@ -92,9 +94,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny smoke run of every stage")
     parser.add_argument("--nokl", action="store_true", help="also run PPO with beta = 0")
     parser.add_argument("--eval-prompts", type=int, default=256, help="held-out prompts")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    out = Path(args.out).resolve()
+    out = check_output_dir(Path(args.out).resolve(), args.overwrite)
+    if out.exists():
+        shutil.rmtree(out)  # every stage starts from an empty folder
     quick = args.quick
     timings: dict[str, float] = {}
 

@@ -100,9 +100,9 @@ def test_checkpoint_round_trip_restores_the_lm_policy(tiny_path, tmp_path):
 
 @pytest.mark.slow
 def test_ppo_improves_heldout_edit_distance_reward():
-    """configs/text_edit_distance.yaml, half length (~2-3 min): the held-out (test split) reward
-    of the default SFT model rises clearly, and the KL to the reference stays bounded."""
-    cfg = load_config(REPO / "configs" / "text_edit_distance.yaml", ["total_timesteps=307200"])
+    """configs/text_edit_distance.yaml as shipped (~5-6 min): the held-out (test split) reward of
+    the default SFT model rises at least halfway to 1.0 (the issue's target), with bounded KL."""
+    cfg = load_config(REPO / "configs" / "text_edit_distance.yaml")
     trainer = Trainer(cfg)  # no run folder: nothing written
     before = score_on_task(trainer.policy, n=256, seed=0)["mean_score"]
     kls = []
@@ -110,5 +110,5 @@ def test_ppo_improves_heldout_edit_distance_reward():
         kls.append(trainer.iterate()["kl/kl_to_ref"])
     after = score_on_task(trainer.policy, n=256, seed=0)["mean_score"]
     print(f"held-out reward: SFT {before:.3f} -> PPO {after:.3f}; final KL {kls[-1]:.2f}")
-    assert after >= before + 0.1
+    assert after >= before + 0.5 * (1.0 - before)
     assert max(kls[-20:]) < 10.0

@@ -35,6 +35,20 @@ def test_sft_writes_a_loadable_deterministic_model(tmp_path):
     assert policy.pad_id == 0 and policy.eos_id == 1 and len(policy.tokenizer) == 259
 
 
+def test_an_existing_output_folder_needs_overwrite(tmp_path, capsys):
+    from agents.cli import main as cli
+
+    out = tmp_path / "sft"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"precious")
+    args = ["sft", str(SFT_YAML), *[f"--set={s}" for s in SMALL], f"--set=output_dir={out}"]
+    assert cli(args) == 1  # refused before any training, nothing touched
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == b"precious"
+    assert cli([*args, "--overwrite"]) == 0
+    assert LMPolicy.from_pretrained(out, max_sequence_length=64).eos_id == 1
+
+
 def test_sft_data_matches_the_env_layout():
     cfg = load_config(SFT_YAML, ["n_per_task=4"])
     tok = default_tokenizer()

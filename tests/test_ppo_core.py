@@ -130,6 +130,8 @@ def test_invalid_values_are_errors(cartpole_yaml):
         load_config(cartpole_yaml, ["ppo.n_epochs=ten"])
     with pytest.raises(ValueError, match="gamma"):
         load_config(cartpole_yaml, ["ppo.gamma=1.5"])
+    with pytest.raises(ValueError, match=r"total_timesteps=100 is less than one PPO iteration"):
+        load_config(cartpole_yaml, ["total_timesteps=100"])  # 8 envs x 32 steps = 256
     for bad in (".nan", ".inf", "-1e-3"):  # YAML's NaN and infinity are not learning rates
         with pytest.raises(ValueError, match=r"ppo.learning_rate must be a finite number > 0"):
             load_config(cartpole_yaml, [f"ppo.learning_rate={bad}"])

@@ -12,9 +12,10 @@ The LM is just another implementation of the policy protocol (agents/policies/ba
 - Temperature-scaled logits `logits / temperature` are used for sampling and for log-probs alike.
 
 Observation layout (docs/ARCHITECTURE.md): `input_ids[:P]` is the prompt, left-padded, and the
-generated tokens follow from index P. The real tokens of a row are one contiguous run, so the
-prefix length of an observation is "index of the last attended token + 1", and
-`position_ids = cumsum(mask) - 1`. The policy never needs to know P.
+generated tokens follow from index P. The prefix length of an observation is "index of the last
+attended token + 1", and `position_ids = cumsum(mask) - 1`, so padding inside the prompt region
+(left, or right as in tests/test_lm_padding.py) is masked and skipped. The policy never needs to
+know P.
 
 The LM policy expects the lockstep vector env (`autoreset_mode="lockstep"`): rows that finish early
 keep being fed (their steps are marked invalid by the env and the buffer), and the cache is rebuilt
@@ -44,8 +45,9 @@ DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "tiny-s
 def masked_logprobs_and_entropy(
     logits: torch.Tensor, tokens: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of `tokens` and entropy of the temperature-scaled softmax, without materializing a
-    full (…, V) log-softmax tensor (gather the token logit, subtract the logsumexp)."""
+    """Log-prob of `tokens` and entropy of the temperature-scaled softmax. The log-prob gathers the
+    token logit and subtracts the logsumexp instead of building a (…, V) log-softmax tensor; the
+    entropy needs one (…, V) softmax."""
     logits = logits.float() / temperature  # (..., V)
     lse = torch.logsumexp(logits, dim=-1)  # (...)
     token_logit = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (...)
