@@ -66,9 +66,11 @@ class RunLogger:
                 if json.loads(line)["step"] <= start_step
             ]
             atomic_write_text(self.samples_path, "".join(kept))
+        # no tqdm rate: the bar counts budget steps, the postfix shows real transitions per second
         self.bar = tqdm(
             total=total_steps, initial=start_step, disable=not progress, unit="step",
             dynamic_ncols=True, leave=False,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]",
         )  # fmt: skip
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
