@@ -172,7 +172,9 @@ class PPO:
             g.mul_(scale)
         return total
 
-    def _check_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor | None, stats, it) -> None:
+    def _check_finite(
+        self, loss: torch.Tensor, grad_norm: torch.Tensor | None, stats: torch.Tensor, it: int
+    ) -> None:
         """Stop before a NaN/inf loss or gradient reaches the weights (one host sync a step)."""
         check = loss.detach() if grad_norm is None else loss.detach() + grad_norm
         if not torch.isfinite(check):

@@ -227,11 +227,8 @@ class Trainer:
         last_eval_step = -1
         initial_eval: float | None = None
         try:
-            if (
-                logger is not None
-                and self.global_step == 0
-                and cfg.eval.every > 0 < cfg.eval.episodes
-            ):
+            periodic_eval = cfg.eval.every > 0 and cfg.eval.episodes > 0
+            if logger is not None and self.global_step == 0 and periodic_eval:
                 initial_eval = last_eval = self._eval_return()  # the start, e.g. the SFT level
                 last_eval_step = 0
                 logger.log(0, {"eval/return": initial_eval})

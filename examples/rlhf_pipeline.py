@@ -138,7 +138,7 @@ def main() -> None:
 
     ppo_overrides = ["total_timesteps=5120"] if quick else []
     results = {}
-    runs = {"beta=0.1": ("configs/text_reward_model.yaml", out / "ppo")}
+    runs = {"KL target 3": ("configs/text_reward_model.yaml", out / "ppo")}
     if args.nokl:
         runs["beta=0"] = ("configs/text_reward_model_nokl.yaml", out / "ppo_nokl")
     for label, (config, folder) in runs.items():
@@ -158,11 +158,11 @@ def main() -> None:
     )
     print(f"reward model: held-out accuracy vs gold {rm_metrics['eval_accuracy']:.3f} "
           f"({rm_metrics['eval_pairs']} pairs), loss {rm_metrics['eval_loss']:.3f}")  # fmt: skip
-    print(f"{'policy':<14}{'gold':>8}{'proxy':>8}{'KL':>8}{'chars':>8}{'vowels':>8}")
+    print(f"{'policy':<18}{'gold':>8}{'proxy':>8}{'KL':>8}{'chars':>8}{'vowels':>8}")
     rows = {"SFT": before, **{f"PPO {k}": v for k, v in results.items()}}
     for name, r in rows.items():
         print(
-            f"{name:<14}{r['gold']:>8.3f}{r['proxy']:>8.3f}{r['kl']:>8.2f}"
+            f"{name:<18}{r['gold']:>8.3f}{r['proxy']:>8.3f}{r['kl']:>8.2f}"
             f"{r['response_chars']:>8.2f}{r['vowel_share']:>8.2f}"
         )
     print("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))

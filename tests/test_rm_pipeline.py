@@ -27,7 +27,7 @@ def test_rlhf_pipeline_quick_runs_every_stage(tmp_path):
     assert (out / "ppo" / "training_curves.png").is_file()
     assert (out / "rlhf_proxy_vs_gold.png").is_file()
     results = json.loads((out / "results.json").read_text())
-    assert set(results["policies"]) == {"SFT", "PPO beta=0.1", "PPO beta=0"}
+    assert set(results["policies"]) == {"SFT", "PPO KL target 3", "PPO beta=0"}
     assert results["policies"]["SFT"]["kl"] == pytest.approx(0.0, abs=1e-6)
     assert 0.5 < results["rm_eval_accuracy"] <= 1.0  # better than chance after 40 steps
-    assert "PPO beta=0.1" in proc.stdout and "held-out accuracy" in proc.stdout
+    assert "PPO KL target 3" in proc.stdout and "held-out accuracy" in proc.stdout
