@@ -111,7 +111,7 @@ class RunLogger:
 
     def progress(self, step: int, ret: float | None, sps: float) -> None:
         self.bar.update(step - self.bar.n)
-        text = f"return={ret:.1f}" if ret is not None else "return=n/a"
+        text = f"return(last 100)={ret:.1f}" if ret is not None else "return=n/a"
         self.bar.set_postfix_str(f"{text} sps={sps:,.0f}", refresh=False)
 
     def write_summary(self, summary: dict[str, Any]) -> None:

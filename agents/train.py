@@ -243,9 +243,8 @@ class Trainer:
                         next_eval = _next_multiple(self.global_step, cfg.eval.every)
                     logger.log(self.global_step, metrics)
                     logger.samples(self.global_step, self.last_episodes.samples)
-                    logger.progress(
-                        self.global_step, metrics.get("rollout/ep_return"), metrics["time/sps"]
-                    )
+                    recent = float(np.mean(self.recent_returns)) if self.recent_returns else None
+                    logger.progress(self.global_step, recent, metrics["time/sps"])
                     if self.global_step >= next_ckpt:
                         self.save()
                         next_ckpt = _next_multiple(self.global_step, cfg.run.checkpoint_every)
