@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from agents.scores import SCORE_NORMS
+from agents.scores import check_score_settings
 
 T = TypeVar("T")
 
@@ -339,9 +339,7 @@ def validate_config(cfg: Config) -> None:
     _positive("kl.beta", cfg.kl.beta, strict=False)
     _positive("kl.target", cfg.kl.target)
     _positive("kl.horizon", cfg.kl.horizon)
-    _choice("score.normalize", cfg.score.normalize, list(SCORE_NORMS))
-    if cfg.score.clip is not None:
-        _positive("score.clip", cfg.score.clip)
+    check_score_settings(cfg.score.normalize, cfg.score.clip)
     _positive("eval.episodes", cfg.eval.episodes, strict=False)
     _positive("eval.every", cfg.eval.every, strict=False)
     _positive("run.checkpoint_every", cfg.run.checkpoint_every, strict=False)

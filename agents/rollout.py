@@ -241,7 +241,7 @@ class RolloutCollector:
             raise ValueError(
                 f"ppo.n_steps={T} is shorter than this lockstep env's episodes: "
                 f"{int((~finished).sum())} of {N} rows were still running after {T} steps; "
-                "set ppo.n_steps >= the episode length limit (max_new_tokens for TextRLHF-v0)"
+                "set ppo.n_steps >= the env's episode length limit"
             )
         n = len(actions)  # T, or fewer when every lockstep row ended early
         buf.actions[:n] = torch.stack(actions)

@@ -23,14 +23,19 @@ import torch
 SCORE_NORMS = ("none", "running", "batch")
 
 
+def check_score_settings(mode: str, clip: float | None) -> None:
+    """Raise ValueError naming a bad `score.normalize` / `score.clip` and the allowed values."""
+    if mode not in SCORE_NORMS:
+        raise ValueError(f"score.normalize must be one of {list(SCORE_NORMS)}, got {mode!r}")
+    if clip is not None and not (math.isfinite(clip) and clip > 0):
+        raise ValueError(f"score.clip must be null or a finite number > 0, got {clip!r}")
+
+
 class ScoreNormalizer:
     """Normalizes the end-of-episode rewards in a rollout buffer in place; keeps running stats."""
 
     def __init__(self, mode: str = "none", clip: float | None = None):
-        if mode not in SCORE_NORMS:
-            raise ValueError(f"score.normalize must be one of {list(SCORE_NORMS)}, got {mode!r}")
-        if clip is not None and not clip > 0:
-            raise ValueError(f"score.clip must be null or > 0, got {clip!r}")
+        check_score_settings(mode, clip)
         self.mode, self.clip = mode, clip
         self.count, self.mean, self.m2 = 0, 0.0, 0.0  # running moments (Chan et al. merge)
 
