@@ -148,8 +148,12 @@ def run_sb3(cfg: Config) -> RunResult:
                     episodes.append((self.num_timesteps, float(info["episode"]["r"])))
             return True
 
+    # the same budget as ours: whole iterations only (SB3 alone would round up to a whole
+    # extra rollout when total_timesteps is not a multiple of n_steps * num_envs)
+    per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
+    budget = cfg.total_timesteps // per_iteration * per_iteration
     start = time.perf_counter()
-    model.learn(cfg.total_timesteps, callback=Record())
+    model.learn(budget, callback=Record())
     wall = time.perf_counter() - start
     eval_env = make_env(
         cfg.env.id, min(cfg.eval.episodes, cfg.env.num_envs), cfg.env.vectorization, cfg.env.kwargs

@@ -7,7 +7,8 @@ import re
 
 from agents.compare import compare
 
-TINY = ["total_timesteps=512", "ppo.n_epochs=1", "eval.episodes=2", "run.progress=false"]
+# 700 is not a multiple of one iteration (8 envs x 32 steps = 256): both agents get 512
+TINY = ["total_timesteps=700", "ppo.n_epochs=1", "eval.episodes=2", "run.progress=false"]
 
 
 def test_compare_writes_table_plot_and_raw_results(cartpole_yaml, tmp_path, capsys):
