@@ -92,6 +92,13 @@ class SB3Adapter:
         return torch.as_tensor(action), None, None, None
 
 
+def step_budget(cfg: Config) -> int:
+    """The env steps our Trainer runs: whole iterations of n_steps * num_envs. SB3 gets the same
+    number (given `total_timesteps` itself, it would round up to one more rollout)."""
+    per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
+    return cfg.total_timesteps // per_iteration * per_iteration
+
+
 def sb3_model(cfg: Config, env: Any) -> Any:
     """An SB3 PPO with our config's hyperparameters (same network sizes, schedules, Adam eps)."""
     from stable_baselines3 import PPO as SB3PPO
@@ -148,12 +155,8 @@ def run_sb3(cfg: Config) -> RunResult:
                     episodes.append((self.num_timesteps, float(info["episode"]["r"])))
             return True
 
-    # the same budget as ours: whole iterations only (SB3 alone would round up to a whole
-    # extra rollout when total_timesteps is not a multiple of n_steps * num_envs)
-    per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
-    budget = cfg.total_timesteps // per_iteration * per_iteration
     start = time.perf_counter()
-    model.learn(budget, callback=Record())
+    model.learn(step_budget(cfg), callback=Record())
     wall = time.perf_counter() - start
     eval_env = make_env(
         cfg.env.id, min(cfg.eval.episodes, cfg.env.num_envs), cfg.env.vectorization, cfg.env.kwargs

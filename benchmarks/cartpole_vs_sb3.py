@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from agents.compare import SB3Adapter, sb3_model
+from agents.compare import SB3Adapter, sb3_model, step_budget
 from agents.config import load_config
 from agents.evaluate import evaluate_policy
 from agents.rollout import make_env
@@ -48,7 +48,7 @@ def run_sb3(cfg) -> tuple[float, float]:
     env = make_vec_env(cfg.env.id, n_envs=cfg.env.num_envs, seed=cfg.seed)
     model = sb3_model(cfg, env)
     start = time.perf_counter()
-    model.learn(cfg.total_timesteps)
+    model.learn(step_budget(cfg))
     wall = time.perf_counter() - start
     return wall, eval_return(SB3Adapter(model), cfg)
 
