@@ -2,7 +2,8 @@
 
 For each config and seed, both agents train for the config's `total_timesteps`; each finished
 training episode is recorded as (env step, return). The table (`compare.md`) reports the final
-deterministic eval return (mean ± std over seeds, same eval episodes for both), the env steps at
+deterministic eval return (mean ± std and median over seeds, same eval episodes for both), whether
+the two means lie within one SB3 standard deviation of each other, the env steps at
 which the mean return of the last 20 training episodes first reached the env's reward threshold,
 the training wall-clock and SPS. `compare.png` shows the learning curves (mean and min-max band
 over seeds).
@@ -198,17 +199,22 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
     lines = [
         "# Our PPO vs Stable-Baselines3 PPO (same hyperparameters)",
         "",
-        f"Final return: deterministic eval, mean ± std over seeds. Steps to threshold: first env "
+        f"Final return: deterministic eval, mean ± std and median over seeds. Steps to threshold: "
+        "first env "
         f"step where the mean of the last {WINDOW} training episodes reached the threshold "
         "(median over the seeds that reached it, with the count). Wall-clock: training only, "
         "1 torch thread, mean over seeds.",
         "",
-        "| env | agent | seeds | final return | steps to threshold | wall-clock (s) | SPS |",
-        "|---|---|---|---|---|---|---|",
+        "| env | agent | seeds | final return | median | steps to threshold | wall-clock (s) "
+        "| SPS |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    verdicts = []
     fig, axes = plt.subplots(1, len(env_ids), figsize=(5 * len(env_ids), 3.6), squeeze=False)
     for ax, env_id in zip(axes.flat, env_ids):
         threshold = thresholds.get(env_id)
+        means: dict[str, float] = {}
+        stds: dict[str, float] = {}
         for agent, color in (("ours", "C0"), ("sb3", "C1")):
             runs = [r for r in results if r.env_id == env_id and r.agent == agent]
             if not runs:
@@ -224,8 +230,9 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
             sps = np.mean([r.sps for r in runs])
             lines.append(
                 f"| {env_id} | {agent} | {len(runs)} | {finals.mean():.1f} ± {finals.std():.1f} "
-                f"| {to_thr} | {wall:.1f} | {sps:,.0f} |"
+                f"| {np.median(finals):.1f} | {to_thr} | {wall:.1f} | {sps:,.0f} |"
             )
+            means[agent], stds[agent] = finals.mean(), finals.std()
             grid = np.linspace(0, max(r.steps for r in runs), 100)
             curves = np.stack([curve(r, grid) for r in runs])  # (seeds, 100), nan before data
             seen = ~np.isnan(curves).all(0)  # grid points where some seed has episodes
@@ -233,6 +240,13 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
             ax.plot(grid, np.nanmean(curves, axis=0), color=color, label=agent)
             ax.fill_between(
                 grid, np.nanmin(curves, 0), np.nanmax(curves, 0), color=color, alpha=0.2
+            )
+        if len(means) == 2:
+            gap = means["ours"] - means["sb3"]
+            within = "within" if abs(gap) <= stds["sb3"] else "NOT within"
+            verdicts.append(
+                f"- {env_id}: mean final return ours - sb3 = {gap:+.1f}, {within} one SB3 "
+                f"standard deviation ({stds['sb3']:.1f})"
             )
         if threshold is not None:
             ax.axhline(threshold, color="gray", ls="--", lw=0.8, label="threshold")
@@ -243,6 +257,7 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
     fig.tight_layout()
     fig.savefig(out / "compare.png", dpi=90)
     plt.close(fig)
+    lines += ["", *verdicts] if verdicts else []
     lines += ["", "Thresholds: " + ", ".join(f"{k}: {v}" for k, v in thresholds.items()), ""]
     (out / "compare.md").write_text("\n".join(lines))
     raw = [

@@ -20,12 +20,15 @@ def test_compare_writes_table_plot_and_raw_results(cartpole_yaml, tmp_path, caps
     assert md.startswith("# Our PPO vs Stable-Baselines3 PPO")
     rows = {}
     for agent in ("ours", "sb3"):
-        pattern = rf"^\| CartPole-v1 \| {agent} \| 1 \| (-?[\d.]+) ± ([\d.]+) \| (.*?) \|"
+        pattern = (
+            rf"^\| CartPole-v1 \| {agent} \| 1 \| (-?[\d.]+) ± ([\d.]+) \| (-?[\d.]+) \| (.*?) \|"
+        )
         match = re.search(pattern, md, flags=re.MULTILINE)
         assert match, f"no {agent} row in:\n{md}"
         rows[agent] = match
         assert float(match[2]) == 0.0  # one seed: no spread
-        assert match[3] == "not reached (0/1)"  # 512 steps cannot reach 475
+        assert match[3] == match[1]  # one seed: the median is the mean
+        assert match[4] == "not reached (0/1)"  # 512 steps cannot reach 475
     assert "Thresholds: CartPole-v1: 475.0" in md  # the env spec's reward threshold
     raw = json.loads((out / "compare.json").read_text())
     assert [(r["agent"], r["env_id"], r["seed"], r["steps"]) for r in raw] == [
@@ -35,5 +38,10 @@ def test_compare_writes_table_plot_and_raw_results(cartpole_yaml, tmp_path, caps
     for r in raw:
         assert 1.0 <= r["final_return"] <= 500.0 and r["steps_to_threshold"] is None
         assert float(rows[r["agent"]][1]) == round(r["final_return"], 1)
+    finals = {r["agent"]: r["final_return"] for r in raw}
+    gap = finals["ours"] - finals["sb3"]
+    within = "within" if gap == 0 else "NOT within"  # one seed: SB3's std is 0
+    verdict = f"- CartPole-v1: mean final return ours - sb3 = {gap:+.1f}, {within} one SB3"
+    assert verdict in md and "standard deviation (0.0)" in md
     printed = capsys.readouterr().out
     assert "CartPole-v1 ours seed 1" in printed and "CartPole-v1 sb3  seed 1" in printed
