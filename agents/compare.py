@@ -199,11 +199,10 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
     lines = [
         "# Our PPO vs Stable-Baselines3 PPO (same hyperparameters)",
         "",
-        f"Final return: deterministic eval, mean ± std and median over seeds. Steps to threshold: "
-        "first env "
-        f"step where the mean of the last {WINDOW} training episodes reached the threshold "
-        "(median over the seeds that reached it, with the count). Wall-clock: training only, "
-        "1 torch thread, mean over seeds.",
+        "Final return: deterministic eval, mean ± std and median over seeds. Steps to "
+        f"threshold: first env step where the mean of the last {WINDOW} training episodes "
+        "reached the threshold (median over the seeds that reached it, with the count). "
+        "Wall-clock: training only, 1 torch thread, mean over seeds.",
         "",
         "| env | agent | seeds | final return | median | steps to threshold | wall-clock (s) "
         "| SPS |",
