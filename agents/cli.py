@@ -133,10 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument(
         "--set",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. ppo.n_epochs=10",
+        help="override config keys, e.g. --set ppo.n_epochs=10 seed=3 (repeatable)",
     )
     p.add_argument(
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint"
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=3, help="text samples to print")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="our PPO vs SB3 PPO over several seeds")
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ENV_ID=VALUE",
         help="reward threshold for envs without one",
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_compare)
 
     for name, module, text in (
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("config")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
         p.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
         p.set_defaults(func=delegate(module))
     return parser

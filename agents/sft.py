@@ -316,7 +316,7 @@ def cli(argv: list[str] | None = None) -> Path:
         prog="python -m agents.sft", description=__doc__.split("\n")[0]
     )
     parser.add_argument("config", help="YAML config, e.g. configs/sft_tiny.yaml")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
     args = parser.parse_args(argv)
     return main(args.config, args.set, args.overwrite)

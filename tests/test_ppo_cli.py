@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 
+import yaml
+
 from agents.cli import main
 
 
 def test_cli_train_smoke_run_writes_the_run_folder(cartpole_yaml, tmp_path, capsys):
+    # --set takes one or several KEY=VALUE pairs and may be repeated
     args = ["train", str(cartpole_yaml), "--set", f"run.root={tmp_path}", "--name", "smoke",
-            "--set", "total_timesteps=1024", "--set", "ppo.n_epochs=2",
-            "--set", "eval.episodes=2", "--set", "run.progress=false"]  # fmt: skip
+            "--set", "total_timesteps=1024", "ppo.n_epochs=2",
+            "--set", "eval.episodes=2", "run.progress=false"]  # fmt: skip
     assert main(args) == 0
     run = tmp_path / "smoke"
-    assert (run / "config.yaml").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["ppo"]["n_epochs"] == 2 and saved["run"]["progress"] is False
     assert list(run.glob("events.out.tfevents.*"))
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     for key in ("train/policy_loss", "train/value_loss", "train/entropy", "train/approx_kl",
