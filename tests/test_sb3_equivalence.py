@@ -1,7 +1,8 @@
 """Our PPO core against Stable-Baselines3's on the very same data and weights.
 
 SB3 collects one rollout; its weights are copied into our MLPActorCritic and its rollout into our
-RolloutBuffer. Then:
+RolloutBuffer; the SB3 side is the very model `textrlhf compare` builds from the same config.
+Then:
 - our log-probs and values on that data equal the ones SB3 stored;
 - our GAE on SB3's rewards and episode starts equals SB3's advantages;
 - one PPO update (4 epochs of one full-batch minibatch, so no shuffling order is involved) moves
@@ -16,7 +17,8 @@ import pytest
 import torch
 
 from agents.buffer import RolloutBuffer
-from agents.config import PPOConfig
+from agents.compare import sb3_model
+from agents.config import Config, load_config
 from agents.policies.mlp import MLPActorCritic
 from agents.ppo import PPO
 
@@ -25,8 +27,9 @@ sb3 = pytest.importorskip("stable_baselines3")
 N, T = 4, 256  # CartPole episodes end (terminated) and Pendulum's are truncated at 200
 
 
-def sb3_rollout(env_id: str, cfg: PPOConfig):
-    """An SB3 PPO with one collected rollout (its buffer holds advantages and returns)."""
+def sb3_rollout(cfg: Config):
+    """The SB3 PPO that `textrlhf compare` builds from `cfg`, with one collected rollout (its
+    buffer holds advantages and returns)."""
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
 
@@ -34,27 +37,8 @@ def sb3_rollout(env_id: str, cfg: PPOConfig):
         def _on_step(self) -> bool:
             return True
 
-    env = make_vec_env(env_id, n_envs=N, seed=0)
-    model = sb3.PPO(
-        "MlpPolicy",
-        env,
-        n_steps=T,
-        batch_size=N * T,
-        n_epochs=cfg.n_epochs,
-        gamma=cfg.gamma,
-        gae_lambda=cfg.gae_lambda,
-        learning_rate=cfg.learning_rate,
-        clip_range=cfg.clip_range,
-        ent_coef=cfg.ent_coef,
-        vf_coef=cfg.vf_coef,
-        max_grad_norm=cfg.max_grad_norm,
-        policy_kwargs={
-            "net_arch": {"pi": [64, 64], "vf": [64, 64]},
-            "optimizer_kwargs": {"eps": 1e-5},
-        },
-        seed=0,
-        device="cpu",
-    )
+    env = make_vec_env(cfg.env.id, n_envs=N, seed=cfg.seed)
+    model = sb3_model(cfg, env)
     callback = Nothing()
     callback.init_callback(model)
     model._setup_learn(N * T, callback)
@@ -77,11 +61,17 @@ def layer_pairs(ours: MLPActorCritic, policy) -> list[tuple[torch.nn.Linear, tor
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])  # Discrete and Box actions
 def test_one_update_matches_sb3_on_the_same_data(env_id):
     torch.manual_seed(0)
-    cfg = PPOConfig(n_steps=T, batch_size=N * T, n_epochs=4, gamma=0.99, gae_lambda=0.95,
-                    learning_rate=3e-4, anneal_lr=False, anneal_clip=False, ent_coef=0.01)  # fmt: skip
-    model = sb3_rollout(env_id, cfg)
+    full = load_config({
+        "seed": 0,
+        "env": {"id": env_id, "num_envs": N},
+        "ppo": {"n_steps": T, "batch_size": N * T, "n_epochs": 4, "gamma": 0.99,
+                "gae_lambda": 0.95, "learning_rate": 3e-4, "anneal_lr": False,
+                "anneal_clip": False, "ent_coef": 0.01},
+    })  # fmt: skip
+    cfg = full.ppo
+    model = sb3_rollout(full)
     rb, env = model.rollout_buffer, model.env
-    ours = MLPActorCritic(env.observation_space, env.action_space, [64, 64], "tanh", 0.0)
+    ours = MLPActorCritic.from_config(full.policy, env.observation_space, env.action_space)
     pairs = layer_pairs(ours, model.policy)
     with torch.no_grad():
         for mine, theirs in pairs:
