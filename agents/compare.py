@@ -1,11 +1,11 @@
 """`textrlhf compare`: our PPO vs Stable-Baselines3's PPO with the same hyperparameters.
 
-For each config and seed, both agents train for the config's `total_timesteps`; each finished
-training episode is recorded as (env step, return). The table (`compare.md`) reports the final
-deterministic eval return (mean ± std and median over seeds, same eval episodes for both), whether
-the two means lie within one SB3 standard deviation of each other, the env steps at
-which the mean return of the last 20 training episodes first reached the env's reward threshold,
-the training wall-clock and SPS. `compare.png` shows the learning curves (mean and min-max band
+For each config and seed, both agents train for the same `step_budget(cfg)` env steps; each
+finished training episode is recorded as (env step, return). The table (`compare.md`) reports the
+final deterministic eval return (mean ± std and median over seeds, same eval episodes for both),
+whether the two means lie within one SB3 standard deviation of each other, the env steps at which
+the mean return of the last 20 training episodes first reached the env's reward threshold, the
+training wall-clock and SPS. `compare.png` shows the learning curves (mean and min-max band
 over seeds).
 """
 
@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.config import Config, load_config
+from agents.config import Config, load_config, step_budget
 from agents.evaluate import evaluate_policy
 from agents.rollout import make_env
 from agents.train import Trainer, register_envs
@@ -93,13 +93,6 @@ class SB3Adapter:
         return torch.as_tensor(action), None, None, None
 
 
-def step_budget(cfg: Config) -> int:
-    """The env steps our Trainer runs: whole iterations of n_steps * num_envs. SB3 gets the same
-    number (given `total_timesteps` itself, it would round up to one more rollout)."""
-    per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
-    return cfg.total_timesteps // per_iteration * per_iteration
-
-
 def sb3_model(cfg: Config, env: Any) -> Any:
     """An SB3 PPO with our config's hyperparameters (same network sizes, schedules, Adam eps)."""
     from stable_baselines3 import PPO as SB3PPO
@@ -157,6 +150,7 @@ def run_sb3(cfg: Config) -> RunResult:
             return True
 
     start = time.perf_counter()
+    # our budget (given total_timesteps itself, SB3 would round up to one more rollout)
     model.learn(step_budget(cfg), callback=Record())
     wall = time.perf_counter() - start
     eval_env = make_env(
@@ -212,8 +206,7 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
     fig, axes = plt.subplots(1, len(env_ids), figsize=(5 * len(env_ids), 3.6), squeeze=False)
     for ax, env_id in zip(axes.flat, env_ids):
         threshold = thresholds.get(env_id)
-        means: dict[str, float] = {}
-        stds: dict[str, float] = {}
+        finals_of: dict[str, np.ndarray] = {}  # agent -> final returns over seeds
         for agent, color in (("ours", "C0"), ("sb3", "C1")):
             runs = [r for r in results if r.env_id == env_id and r.agent == agent]
             if not runs:
@@ -231,7 +224,7 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
                 f"| {env_id} | {agent} | {len(runs)} | {finals.mean():.1f} ± {finals.std():.1f} "
                 f"| {np.median(finals):.1f} | {to_thr} | {wall:.1f} | {sps:,.0f} |"
             )
-            means[agent], stds[agent] = finals.mean(), finals.std()
+            finals_of[agent] = finals
             grid = np.linspace(0, max(r.steps for r in runs), 100)
             curves = np.stack([curve(r, grid) for r in runs])  # (seeds, 100), nan before data
             seen = ~np.isnan(curves).all(0)  # grid points where some seed has episodes
@@ -240,12 +233,13 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
             ax.fill_between(
                 grid, np.nanmin(curves, 0), np.nanmax(curves, 0), color=color, alpha=0.2
             )
-        if len(means) == 2:
-            gap = means["ours"] - means["sb3"]
-            within = "within" if abs(gap) <= stds["sb3"] else "NOT within"
+        if len(finals_of) == 2:
+            gap = finals_of["ours"].mean() - finals_of["sb3"].mean()
+            sb3_std = finals_of["sb3"].std()
+            within = "within" if abs(gap) <= sb3_std else "NOT within"
             verdicts.append(
                 f"- {env_id}: mean final return ours - sb3 = {gap:+.1f}, {within} one SB3 "
-                f"standard deviation ({stds['sb3']:.1f})"
+                f"standard deviation ({sb3_std:.1f})"
             )
         if threshold is not None:
             ax.axhline(threshold, color="gray", ls="--", lw=0.8, label="threshold")

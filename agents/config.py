@@ -220,6 +220,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
+def step_budget(cfg: Config) -> int:
+    """The env steps a run trains: the whole PPO iterations (n_steps * num_envs each) that fit in
+    total_timesteps, so never more than total_timesteps."""
+    per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
+    return cfg.total_timesteps // per_iteration * per_iteration
+
+
 def check_output_dir(folder: str | Path, overwrite: bool) -> Path:
     """Refuse to write into an existing, non-empty output folder unless `overwrite`."""
     folder = Path(folder)

@@ -18,7 +18,7 @@ import torch
 
 from agents import checkpoint as ckpt
 from agents.buffer import RolloutBuffer
-from agents.config import Config, save_config, to_dict
+from agents.config import Config, save_config, step_budget, to_dict
 from agents.evaluate import evaluate_policy
 from agents.kl import make_kl_controller
 from agents.logger import RunLogger
@@ -89,8 +89,7 @@ class Trainer:
             self.env, self.policy, self.buffer, seed=cfg.seed, device=self.device
         )
         self.steps_per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
-        # the whole iterations that fit: never more env steps than total_timesteps
-        self.num_iterations = cfg.total_timesteps // self.steps_per_iteration
+        self.num_iterations = step_budget(cfg) // self.steps_per_iteration
         self.ppo = PPO(self.policy, cfg.ppo, self.num_iterations)
         self.iteration = 0
         self.global_step = 0  # n_steps * num_envs per iteration (the budget, the x-axis)

@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 
-from agents.compare import SB3Adapter, sb3_model, step_budget
-from agents.config import load_config
+from agents.compare import SB3Adapter, sb3_model
+from agents.config import load_config, step_budget
 from agents.evaluate import evaluate_policy
 from agents.rollout import make_env
 from agents.train import Trainer
