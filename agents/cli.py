@@ -3,8 +3,8 @@
 textrlhf train CONFIG [--set k=v ...] [--resume RUN_DIR] [--overwrite] [--name NAME]
 textrlhf eval RUN_DIR [--episodes N] [--checkpoint PATH] [--stochastic]
 textrlhf compare CONFIG_OR_ENV_ID ... [--seeds K] [--out DIR] [--set k=v ...]
-textrlhf sft CONFIG [--set k=v ...]        (agents.sft)
-textrlhf rm CONFIG [--set k=v ...]         (agents.reward_model)
+textrlhf sft CONFIG [--set k=v ...]        (agents.rlhf.sft)
+textrlhf rm CONFIG [--set k=v ...]         (agents.rlhf.reward_model)
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.checkpoint import CheckpointError
-from agents.ppo import NonFiniteLossError
+from agents.core.ppo import NonFiniteLossError
+from agents.run.checkpoint import CheckpointError
 
 EXPECTED_ERRORS = (
     ValueError, TypeError, FileExistsError, FileNotFoundError, CheckpointError,
@@ -27,8 +27,8 @@ EXPECTED_ERRORS = (
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from agents.config import load_config
-    from agents.train import train
+    from agents.run.config import load_config
+    from agents.run.trainer import train
 
     cfg = load_config(args.config, args.set)
     if args.resume and (args.overwrite or args.name):
@@ -48,12 +48,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
-    from agents import checkpoint as ckpt
-    from agents.config import load_config
-    from agents.evaluate import evaluate_policy
+    from agents.core.rollout import make_env
     from agents.policies import make_policy
-    from agents.rollout import make_env
-    from agents.train import register_envs
+    from agents.run import checkpoint as ckpt
+    from agents.run.config import load_config
+    from agents.run.evaluation import evaluate_policy
+    from agents.run.trainer import register_envs
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -90,7 +90,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from agents.compare import compare
+    from agents.run.compare import compare
 
     thresholds = {}
     for item in args.threshold or []:
@@ -170,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     for name, module, text in (
-        ("sft", "agents.sft", "supervised fine-tuning of the LM policy"),
-        ("rm", "agents.reward_model", "train a reward model on preference pairs"),
+        ("sft", "agents.rlhf.sft", "supervised fine-tuning of the LM policy"),
+        ("rm", "agents.rlhf.reward_model", "train a reward model on preference pairs"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("config")

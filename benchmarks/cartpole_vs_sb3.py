@@ -17,11 +17,11 @@ import time
 import numpy as np
 import torch
 
-from agents.compare import SB3Adapter, sb3_model
-from agents.config import load_config, step_budget
-from agents.evaluate import evaluate_policy
-from agents.rollout import make_env
-from agents.train import Trainer
+from agents.core.rollout import make_env
+from agents.run.compare import SB3Adapter, sb3_model
+from agents.run.config import load_config, step_budget
+from agents.run.evaluation import evaluate_policy
+from agents.run.trainer import Trainer
 
 
 def eval_return(policy, cfg) -> float:

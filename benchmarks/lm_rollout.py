@@ -32,9 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from agents.buffer import RolloutBuffer
+from agents.core.buffer import RolloutBuffer
+from agents.core.rollout import RolloutCollector
 from agents.policies.lm import DEFAULT_MODEL_PATH, LMPolicy, position_ids_from_mask
-from agents.rollout import RolloutCollector
 from textenv import TextRLHFVectorEnv
 
 PROMPT_TOKENS = 32

@@ -7,14 +7,14 @@
 
 Each stage writes its own folder under --out (default runs/rlhf_pipeline):
 
-    sft/           the SFT model                       agents.sft.main(configs/sft_tiny.yaml)
-    preferences/   pairs sampled from it, gold labels  agents.preferences.generate_preferences
-    rm/            the reward model (Bradley-Terry)    agents.reward_model.main(configs/rm_tiny.yaml)
-    ppo/           PPO against the reward model        agents.train.Trainer(configs/text_reward_model.yaml)
+    sft/           the SFT model                       agents.rlhf.sft.main(configs/sft_tiny.yaml)
+    preferences/   pairs sampled from it, gold labels  agents.rlhf.preferences.generate_preferences
+    rm/            the reward model (Bradley-Terry)    agents.rlhf.reward_model.main(configs/rm_tiny.yaml)
+    ppo/           PPO against the reward model        agents.run.trainer.Trainer(configs/text_reward_model.yaml)
     ppo_nokl/      (--nokl) the same with beta = 0     configs/text_reward_model_nokl.yaml
     results.json   the final table; rlhf_proxy_vs_gold.png with --nokl
 
-The gold reward is the synthetic labeller's rule (agents/preferences.py); the proxy is the learned
+The gold reward is the synthetic labeller's rule (agents/rlhf/preferences.py); the proxy is the learned
 reward model. "Held-out" numbers are measured on test-split prompts that no stage trained on:
 one sampled response per prompt, mean gold, mean proxy, and the KL to the SFT model (sum over the
 response of log pi - log pi_sft, averaged over prompts).
@@ -31,12 +31,12 @@ from pathlib import Path
 
 import torch
 
-import agents.reward_model
-import agents.sft
-from agents.config import check_output_dir, load_config
+import agents.rlhf.reward_model
+import agents.rlhf.sft
 from agents.policies.lm import LMPolicy, load_causal_lm, without_dropout
-from agents.preferences import evaluate_gold_proxy, generate_preferences
-from agents.train import Trainer
+from agents.rlhf.preferences import evaluate_gold_proxy, generate_preferences
+from agents.run.config import check_output_dir, load_config
+from agents.run.trainer import Trainer
 from textenv import make_task
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def ppo_stage(config: str, out: Path, sft: Path, rm: Path, overrides: list[str])
     """Train PPO from `config` with the pipeline's own SFT model and reward model."""
     reward = (
         f"{{weighted_sum: [{{name: reward_model, path: '{rm}', weight: 1.0}}, "
-        "{name: 'agents.preferences:gold_reward', weight: 0.0}]}"
+        "{name: 'agents.rlhf.preferences:gold_reward', weight: 0.0}]}"
     )
     cfg = load_config(
         REPO / config,
@@ -104,7 +104,7 @@ def main() -> None:
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    sft = agents.sft.main(
+    sft = agents.rlhf.sft.main(
         REPO / "configs/sft_tiny.yaml",
         [f"output_dir={out / 'sft'}"] + (["train.steps=60", "eval.n=32"] if quick else []),
     )
@@ -118,7 +118,7 @@ def main() -> None:
     timings["preferences"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    rm = agents.reward_model.main(
+    rm = agents.rlhf.reward_model.main(
         REPO / "configs/rm_tiny.yaml",
         [
             f"sft_path={sft}",

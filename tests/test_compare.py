@@ -1,11 +1,11 @@
-"""`agents.compare.compare` smoke run: our PPO and SB3 on CartPole-v1, a tiny budget, one seed."""
+"""`agents.run.compare.compare` smoke run: our PPO and SB3 on CartPole-v1, a tiny budget, one seed."""
 
 from __future__ import annotations
 
 import json
 import re
 
-from agents.compare import compare
+from agents.run.compare import compare
 
 # 700 is not a multiple of one iteration (8 envs x 32 steps = 256): both agents get 512
 TINY = ["total_timesteps=700", "ppo.n_epochs=1", "eval.episodes=2", "run.progress=false"]

@@ -8,12 +8,12 @@ import pytest
 import torch
 from test_lm_policy import save_tiny
 
-from agents import checkpoint as ckpt
-from agents.config import load_config
+from agents.core.rollout import apply_kl_penalty
 from agents.policies import make_policy
-from agents.rollout import apply_kl_penalty
-from agents.sft import score_on_task
-from agents.train import Trainer
+from agents.rlhf.sft import score_on_task
+from agents.run import checkpoint as ckpt
+from agents.run.config import load_config
+from agents.run.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 

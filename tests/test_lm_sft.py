@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from agents.policies.lm import DEFAULT_MODEL_PATH, LMPolicy
-from agents.sft import build_sft_data, load_config, main
+from agents.rlhf.sft import build_sft_data, load_config, main
 from textenv import default_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from agents import checkpoint as ckpt
-from agents.config import load_config
+from agents.core.ppo import NonFiniteLossError
 from agents.policies import make_policy
-from agents.ppo import NonFiniteLossError
-from agents.train import Trainer, new_run_dir
+from agents.run import checkpoint as ckpt
+from agents.run.config import load_config
+from agents.run.trainer import Trainer, new_run_dir
 
 SMALL = ["run.progress=false", "total_timesteps=4096", "ppo.n_epochs=2", "eval.episodes=2"]
 

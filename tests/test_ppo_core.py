@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from agents.buffer import RolloutBuffer
-from agents.config import from_dict, load_config
-from agents.kl import AdaptiveKLController, kl_estimate
-from agents.ppo import PPO
-from agents.rollout import make_env
-from agents.train import Trainer
+from agents.core.buffer import RolloutBuffer
+from agents.core.kl import AdaptiveKLController, kl_estimate
+from agents.core.ppo import PPO
+from agents.core.rollout import make_env
+from agents.run.config import from_dict, load_config
+from agents.run.trainer import Trainer
 
 SMALL = ["run.progress=false", "total_timesteps=2048", "ppo.n_epochs=2"]
 
@@ -236,8 +236,8 @@ def test_from_dict_is_reusable_for_other_dataclass_configs():
 def test_same_step_autoreset_bootstraps_truncation_from_final_obs():
     from gymnasium.vector import AutoresetMode
 
+    from agents.core.rollout import RolloutCollector
     from agents.policies.mlp import MLPActorCritic
-    from agents.rollout import RolloutCollector
 
     env = gym.make_vec(
         "CartPole-v1", 2, vectorization_mode="sync", max_episode_steps=20,

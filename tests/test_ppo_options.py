@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from agents.config import load_config
+from agents.core.rollout import apply_kl_penalty
 from agents.policies import frozen_copy
-from agents.rollout import apply_kl_penalty
-from agents.train import Trainer
+from agents.run.config import load_config
+from agents.run.trainer import Trainer
 
 SMALL = ["run.progress=false", "total_timesteps=2048", "ppo.n_epochs=1"]
 CLIP = 0.2

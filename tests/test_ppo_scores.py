@@ -1,4 +1,4 @@
-"""Score normalization (agents/scores.py): hand-computed values, running stats, trainer wiring."""
+"""Score normalization (agents/core/scores.py): hand-computed values, running stats, trainer wiring."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from test_lm_ppo import text_config, tiny_path  # noqa: F401  (fixture)
 
-from agents import checkpoint as ckpt
-from agents.config import load_config
-from agents.scores import ScoreNormalizer
-from agents.train import Trainer, new_run_dir
+from agents.core.scores import ScoreNormalizer
+from agents.run import checkpoint as ckpt
+from agents.run.config import load_config
+from agents.run.trainer import Trainer, new_run_dir
 
 
 def rollout(scores_at_end: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

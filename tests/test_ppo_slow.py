@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.config import load_config
-from agents.train import Trainer
+from agents.run.config import load_config
+from agents.run.trainer import Trainer
 
 
 @pytest.mark.slow

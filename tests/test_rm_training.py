@@ -12,8 +12,8 @@ import torch
 import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from agents.preferences import PreferencePair, gold_score, make_pairs, read_preferences
-from agents.reward_model import (
+from agents.rlhf.preferences import PreferencePair, gold_score, make_pairs, read_preferences
+from agents.rlhf.reward_model import (
     RMTrainConfig,
     bradley_terry_loss,
     evaluate,
@@ -135,7 +135,7 @@ def test_rm_folder_loads_as_env_reward_and_scores_batch_in_one_forward(tmp_path,
     # the same folder through the reward spec a PPO config uses, next to the gold rule
     spec = {"weighted_sum": [
         {"name": "reward_model", "path": str(folder), "weight": 1.0},
-        {"name": "agents.preferences:gold_reward", "weight": 0.0},
+        {"name": "agents.rlhf.preferences:gold_reward", "weight": 0.0},
     ]}  # fmt: skip
     reward_fn = make_reward_fn(spec)
     prompts, responses = ["reverse: abcd\n"] * 2, ["aeae", "hgfb"]
@@ -214,7 +214,7 @@ def test_config_typo_is_an_error_with_suggestion(tmp_path, tiny_lm):
 
 def test_evaluate_gold_proxy_and_zero_kl_to_itself(tmp_path, tiny_lm):
     from agents.policies.lm import LMPolicy
-    from agents.preferences import evaluate_gold_proxy, rollout_responses, sequence_log_probs
+    from agents.rlhf.preferences import evaluate_gold_proxy, rollout_responses, sequence_log_probs
 
     torch.manual_seed(0)
     policy = LMPolicy.from_pretrained(tiny_lm, max_sequence_length=40)

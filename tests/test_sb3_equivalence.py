@@ -16,11 +16,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents.buffer import RolloutBuffer
-from agents.compare import sb3_model
-from agents.config import Config, load_config
+from agents.core.buffer import RolloutBuffer
+from agents.core.ppo import PPO
 from agents.policies.mlp import MLPActorCritic
-from agents.ppo import PPO
+from agents.run.compare import sb3_model
+from agents.run.config import Config, load_config
 
 sb3 = pytest.importorskip("stable_baselines3")
 

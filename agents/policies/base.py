@@ -2,7 +2,7 @@
 
 A policy is an actor-critic with an optional recurrent `state` threaded through `act` (MLPs use
 `None`; the LM policy keeps its KV cache there). Observations arrive as torch tensors, or dicts of
-tensors for Dict spaces (`agents.rollout.obs_to_tensor`).
+tensors for Dict spaces (`agents.core.rollout.obs_to_tensor`).
 
 Shapes: transition policies (`is_sequence_policy = False`, e.g. MLPs) receive `Minibatch` fields of
 shape `(B, ...)` and return `(B,)` tensors. Sequence policies (`is_sequence_policy = True`, e.g.
@@ -31,7 +31,7 @@ class Minibatch(NamedTuple):
 
 @runtime_checkable
 class ActorCritic(Protocol):
-    """What `agents.rollout` and `agents.ppo` call. Implementations are `torch.nn.Module`s."""
+    """What `agents.core.rollout` and `agents.core.ppo` call. Implementations are `torch.nn.Module`s."""
 
     is_sequence_policy: bool
 

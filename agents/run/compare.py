@@ -21,10 +21,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.config import Config, load_config, step_budget
-from agents.evaluate import evaluate_policy
-from agents.rollout import make_env
-from agents.train import Trainer, register_envs
+from agents.core.rollout import make_env
+from agents.run.config import Config, load_config, step_budget
+from agents.run.evaluation import evaluate_policy
+from agents.run.trainer import Trainer, register_envs
 
 WINDOW = 20  # training episodes in the moving average used for curves and thresholds
 

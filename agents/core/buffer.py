@@ -55,7 +55,7 @@ def _flatten(x, n: int):
 
 
 class RolloutBuffer:
-    """Storage for one rollout of T steps of N envs, written in place by `agents.rollout`."""
+    """Storage for one rollout of T steps of N envs, written in place by `agents.core.rollout`."""
 
     def __init__(
         self,

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from agents.scores import check_score_settings
+from agents.core.scores import check_score_settings
 
 T = TypeVar("T")
 
@@ -83,7 +83,7 @@ class KLConfig:
 @dataclass
 class ScoreConfig:
     """Normalization of the reward at each episode's last step, before the KL penalty
-    (agents/scores.py). The missing-EOS penalty is the text env's: env.kwargs.missing_eos_penalty."""
+    (agents/core/scores.py). The missing-EOS penalty is the text env's: env.kwargs.missing_eos_penalty."""
 
     normalize: str = "none"  # "none" | "running" (running mean/std) | "batch" (whiten per rollout)
     clip: float | None = None  # clip normalized scores to [-clip, clip]

@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents import checkpoint as ckpt
-from agents.buffer import RolloutBuffer
-from agents.config import Config, save_config, step_budget, to_dict
-from agents.evaluate import evaluate_policy
-from agents.kl import make_kl_controller
-from agents.logger import RunLogger
+from agents.core.buffer import RolloutBuffer
+from agents.core.kl import make_kl_controller
+from agents.core.ppo import PPO
+from agents.core.rollout import EpisodeLog, RolloutCollector, apply_kl_penalty, make_env
+from agents.core.scores import ScoreNormalizer
 from agents.policies import frozen_copy, make_policy
-from agents.ppo import PPO
-from agents.rollout import EpisodeLog, RolloutCollector, apply_kl_penalty, make_env
-from agents.scores import ScoreNormalizer
+from agents.run import checkpoint as ckpt
+from agents.run.config import Config, save_config, step_budget, to_dict
+from agents.run.evaluation import evaluate_policy
+from agents.run.logger import RunLogger
 
 
 def register_envs() -> None:

@@ -26,8 +26,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.buffer import RolloutBuffer
-from agents.kl import kl_estimate
+from agents.core.buffer import RolloutBuffer
+from agents.core.kl import kl_estimate
 
 LOCKSTEP = "lockstep"
 NEXT_STEP = "next_step"

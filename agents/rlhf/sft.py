@@ -9,7 +9,7 @@ The run is deliberately short: the starting policy should be imperfect so that P
 improve it. Sequences use the env's exact layout (prompt left-padded to P, response from index P)
 and the same position ids as `LMPolicy`, so what SFT teaches is what the policy sees.
 
-    python -m agents.sft configs/sft_tiny.yaml [--set train.steps=200 ...]
+    python -m agents.rlhf.sft configs/sft_tiny.yaml [--set train.steps=200 ...]
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import agents.config
-from agents.config import check_output_dir
+import agents.run.config
 from agents.policies.lm import LMPolicy, position_ids_from_mask
+from agents.run.config import check_output_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------- config
@@ -101,7 +101,7 @@ class SFTConfig:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> SFTConfig:
     """YAML file + `key.sub=value` overrides -> SFTConfig; unknown keys and bad values raise."""
-    return agents.config.load_config(path, overrides, cls=SFTConfig)
+    return agents.run.config.load_config(path, overrides, cls=SFTConfig)
 
 
 # ----------------------------------------------------------------------------- data and model
@@ -313,7 +313,7 @@ def main(
 
 def cli(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
-        prog="python -m agents.sft", description=__doc__.split("\n")[0]
+        prog="python -m agents.rlhf.sft", description=__doc__.split("\n")[0]
     )
     parser.add_argument("config", help="YAML config, e.g. configs/sft_tiny.yaml")
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")

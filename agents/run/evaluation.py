@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.rollout import LOCKSTEP, EpisodeLog, _collect_infos, autoreset_mode, obs_to_tensor
+from agents.core.rollout import LOCKSTEP, EpisodeLog, _collect_infos, autoreset_mode, obs_to_tensor
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ The output folder (`save_pretrained`: config.json + model.safetensors + tokenize
 `reward_fn={"name": "reward_model", "path": FOLDER}`.
 
     textrlhf rm configs/rm_tiny.yaml [--set train.steps=200 ...]
-    python -m agents.reward_model configs/rm_tiny.yaml
+    python -m agents.rlhf.reward_model configs/rm_tiny.yaml
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import agents.config
-from agents.config import check_output_dir
-from agents.preferences import PreferencePair, read_preferences
+import agents.run.config
+from agents.policies.lm import DEFAULT_MODEL_PATH
+from agents.rlhf.preferences import PreferencePair, read_preferences
+from agents.run.config import check_output_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SFT_PATH = REPO_ROOT / "agents" / "assets" / "tiny-sft"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SFT_PATH = DEFAULT_MODEL_PATH
 
 
 # ----------------------------------------------------------------------------- config
@@ -91,7 +92,7 @@ class RMConfig:
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RMConfig:
     """YAML file + `key.sub=value` overrides -> RMConfig; unknown keys and bad values raise."""
-    return agents.config.load_config(path, overrides, cls=RMConfig)
+    return agents.run.config.load_config(path, overrides, cls=RMConfig)
 
 
 def _resolve(path: str | os.PathLike) -> Path:
@@ -321,7 +322,7 @@ def main(
 
 def cli(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
-        prog="python -m agents.reward_model", description=__doc__.split("\n")[0]
+        prog="python -m agents.rlhf.reward_model", description=__doc__.split("\n")[0]
     )
     parser.add_argument("config", help="YAML config, e.g. configs/rm_tiny.yaml")
     parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from agents.buffer import RolloutBuffer
+from agents.core.buffer import RolloutBuffer
 from agents.policies.base import Minibatch
 
 

@@ -1,7 +1,7 @@
 """KL to a frozen reference policy: per-step estimators and fixed / adaptive beta controllers.
 
 The penalty `-beta * kl_t` is added to the env reward on every valid step before GAE
-(`agents.rollout.apply_kl_penalty`). It is not part of the env's episode return.
+(`agents.core.rollout.apply_kl_penalty`). It is not part of the env's episode return.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ share above 0.5, so the preference data show it rarely and a reward model learns
 vowels is better". A policy optimized against that proxy without a KL penalty buys proxy reward
 with vowels that the gold punishes: over-optimization (docs/rlhf_pipeline.md).
 
-Generation (``python -m agents.preferences --out data/preferences``): two responses per prompt are
+Generation (``python -m agents.rlhf.preferences --out data/preferences``): two responses per prompt are
 sampled from the SFT model (``LMPolicy`` on the lockstep vector env, exactly how PPO samples).
 Pairs with an empty response, identical pairs and pairs whose gold scores differ by less than
 ``min_margin`` are dropped; the better response by the gold rule is ``chosen``, and with
@@ -79,7 +79,7 @@ def gold_score(prompt: str, response: str) -> float:
 class GoldReward(Reward):
     """The gold rule as a batched textenv reward named ``gold``.
 
-    Use ``"agents.preferences:gold_reward"`` in a reward spec; as a weight-0 component of a
+    Use ``"agents.rlhf.preferences:gold_reward"`` in a reward spec; as a weight-0 component of a
     weighted sum it is logged as ``episode/reward_components/gold`` without changing the reward.
     """
 
@@ -373,7 +373,7 @@ def generate_preferences(
 
 def cli(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        prog="python -m agents.preferences",
+        prog="python -m agents.rlhf.preferences",
         description="Sample response pairs from the SFT model and label them with the gold rule.",
     )
     parser.add_argument("--out", default="data/preferences", help="output folder")
