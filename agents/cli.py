@@ -3,14 +3,13 @@
 textrlhf train CONFIG [--set k=v ...] [--resume RUN_DIR] [--overwrite] [--name NAME]
 textrlhf eval RUN_DIR [--episodes N] [--checkpoint PATH] [--stochastic]
 textrlhf compare CONFIG_OR_ENV_ID ... [--seeds K] [--out DIR] [--set k=v ...]
-textrlhf sft CONFIG [--set k=v ...]        (agents.rlhf.sft)
-textrlhf rm CONFIG [--set k=v ...]         (agents.rlhf.reward_model)
+textrlhf sft CONFIG [--set k=v ...] [--overwrite]   (agents.rlhf.sft)
+textrlhf rm CONFIG [--set k=v ...] [--overwrite]    (agents.rlhf.reward_model)
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -48,19 +47,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
-    from agents.core.rollout import make_env
     from agents.policies import make_policy
     from agents.run import checkpoint as ckpt
     from agents.run.config import load_config
+    from agents.run.envs import make_eval_env
     from agents.run.evaluation import evaluate_policy
-    from agents.run.trainer import register_envs
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml in it")
     cfg = load_config(run_dir / "config.yaml", args.set)
     torch.set_num_threads(cfg.run.torch_threads)
-    register_envs()
     path = (
         Path(args.checkpoint)
         if args.checkpoint
@@ -68,10 +65,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     )
     _, tensors = ckpt.read_checkpoint(path)
     episodes = args.episodes if args.episodes is not None else cfg.eval.episodes
-    env = make_env(
-        cfg.env.id, min(episodes, cfg.env.num_envs), cfg.env.vectorization,
-        {**cfg.env.kwargs, **cfg.eval.env_kwargs},
-    )  # fmt: skip
+    env = make_eval_env(cfg, episodes)
     policy = make_policy(cfg.policy, env.single_observation_space, env.single_action_space)
     ckpt.load_policy_weights(policy, tensors, path)
     log = evaluate_policy(policy, env, episodes, not args.stochastic, seed=args.seed)
@@ -105,24 +99,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")
 
 
-def delegate(module: str):
-    """`textrlhf sft|rm CONFIG`: call `<module>.main(config_path, overrides, overwrite)` (lazy
-    import)."""
-
-    def run(args: argparse.Namespace) -> None:
-        try:
-            target = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-            raise ValueError(
-                f"this subcommand needs {module}, which is not installed yet"
-            ) from None
-        out = target.main(args.config, args.set, args.overwrite)
-        if out is not None:
-            print(f"output folder: {out}")
-
-    return run
+def cmd_stage(args: argparse.Namespace) -> None:
+    """`textrlhf sft|rm CONFIG`: an RLHF stage (agents/rlhf/stage.py)."""
+    if args.command == "sft":
+        from agents.rlhf.sft import main
+    else:
+        from agents.rlhf.reward_model import main
+    print(f"output folder: {main(args.config, args.set, args.overwrite)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,15 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_compare)
 
-    for name, module, text in (
-        ("sft", "agents.rlhf.sft", "supervised fine-tuning of the LM policy"),
-        ("rm", "agents.rlhf.reward_model", "train a reward model on preference pairs"),
+    for name, text in (
+        ("sft", "supervised fine-tuning of the LM policy"),
+        ("rm", "train a reward model on preference pairs"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("config")
         p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
         p.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
-        p.set_defaults(func=delegate(module))
+        p.set_defaults(func=cmd_stage)
     return parser
 
 

@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
-from agents.core.rollout import make_env
 from agents.run.compare import SB3Adapter, sb3_model
 from agents.run.config import load_config, step_budget
+from agents.run.envs import make_env
 from agents.run.evaluation import evaluate_policy
 from agents.run.trainer import Trainer
 

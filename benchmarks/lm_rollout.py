@@ -158,7 +158,7 @@ def main() -> None:
     print("(b) update: PPO evaluate + loss + backward vs plain forward + backward, same batch")
     for batch in (16, 64):
         rollout, collector = rollout_fn(policy, batch, new_tokens)
-        generate = generate_fn(policy, collector.env, new_tokens)
+        generate = generate_fn(policy, collector.runner.env, new_tokens)
         t = interleaved_medians({"rollout": rollout, "generate": generate}, args.repeats)
         tok = batch * new_tokens
         r, g = tok / t["rollout"], tok / t["generate"]

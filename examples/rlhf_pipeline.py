@@ -47,7 +47,7 @@ def ppo_stage(config: str, out: Path, sft: Path, rm: Path, overrides: list[str])
     """Train PPO from `config` with the pipeline's own SFT model and reward model."""
     reward = (
         f"{{weighted_sum: [{{name: reward_model, path: '{rm}', weight: 1.0}}, "
-        "{name: 'agents.rlhf.preferences:gold_reward', weight: 0.0}]}"
+        "{name: gold, weight: 0.0}]}"
     )
     cfg = load_config(
         REPO / config,

@@ -139,15 +139,25 @@ def test_forced_held_out_task_prompt_gets_its_computed_reference():
     word = next(d["prompt"] for d in textenv.make_task("reverse", "test", 5))
     assert word not in env.dataset.prompts
     env.reset(options={"prompt": word})
-    assert env._reference == word.removeprefix("reverse: ").removesuffix("\n")[::-1]
+    info = env.step(EOS)[4]
+    assert info["prompt"] == word
+    assert info["reference"] == word.removeprefix("reverse: ").removesuffix("\n")[::-1]
 
 
 def test_forced_prompt_by_index_and_reference():
     env = TextRLHFEnv(prompts="sort")
-    env.reset(options={"prompt": 5})
-    assert env._prompt == env.dataset.prompts[5] and env._reference == env.dataset.references[5]
+    obs, _ = env.reset(options={"prompt": 5})
+    assert obs["input_ids"][:32].tolist() == env.dataset.input_ids[5].tolist()
+    info = env.step(EOS)[4]
+    assert info["prompt"] == env.dataset.prompts[5]
+    assert info["reference"] == env.dataset.references[5]
+    assert info["reference"] == "".join(sorted(info["prompt"].removeprefix("sort: ").strip()))
     env.reset(options={"prompt": "say hi\n", "reference": "hi"})
-    assert env._reference == "hi"
+    for t in byte_ids("hi"):
+        env.step(t)
+    _, reward, _, _, info = env.step(EOS)
+    assert (info["prompt"], info["reference"], info["response"]) == ("say hi\n", "hi", "hi")
+    assert reward == 1.0
 
 
 def rollout(env, actions, seed):

@@ -80,7 +80,8 @@ def test_instruction_and_messages_forms_from_json_and_jsonl(tmp_path):
         assert ds.references == ["cba", "hi", "abc", "a"]
     env = gym.make("TextRLHF-v0", prompts=str(jsonl))
     env.reset(options={"prompt": 0})
-    assert env.unwrapped._reference == "cba"
+    info = env.step(1)[4]  # EOS: the episode ends and reports its prompt and reference
+    assert (info["prompt"], info["reference"]) == ("reverse\nabc\n", "cba")
 
 
 def test_malformed_jsonl_names_file_and_line(tmp_path):

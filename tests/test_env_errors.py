@@ -23,25 +23,33 @@ from textenv import TextRLHFEnv, default_tokenizer
     ],
 )
 def test_bad_actions_raise_and_leave_state_unchanged(action, error):
-    env = TextRLHFEnv(max_new_tokens=4)
+    env = TextRLHFEnv(max_new_tokens=4, render_mode="ansi")
     env.reset(seed=0)
     obs_before, *_ = env.step(100)
+    text_before = env.render()
     with pytest.raises(error, match=r"\[0, 259\)"):
         env.step(action)
-    assert env._n_generated == 1
-    np.testing.assert_array_equal(env._ids, obs_before["input_ids"])
-    np.testing.assert_array_equal(env._mask, obs_before["attention_mask"])
+    assert env.render() == text_before
     obs, reward, terminated, truncated, info = env.step(np.int32(1))  # numpy ints are fine
     assert terminated and info["response"] == "a"
-    assert obs["input_ids"][33] == 1
+    # the rejected action left no trace: the EOS is the second generated token, nothing else moved
+    expected_ids, expected_mask = (
+        obs_before["input_ids"].copy(),
+        obs_before["attention_mask"].copy(),
+    )
+    expected_ids[33], expected_mask[33] = 1, 1
+    np.testing.assert_array_equal(obs["input_ids"], expected_ids)
+    np.testing.assert_array_equal(obs["attention_mask"], expected_mask)
 
 
 def test_numpy_integer_and_0d_array_actions_are_valid():
     env = TextRLHFEnv(max_new_tokens=8)
     env.reset(seed=0)
     for action in (np.int64(100), np.uint8(101), np.array(102), 103):
-        env.step(action)
-    assert env.render() is None and env._n_generated == 4
+        obs, *_ = env.step(action)
+    assert env.render() is None  # no render_mode
+    assert obs["input_ids"][32:37].tolist() == [100, 101, 102, 103, 0]
+    assert obs["attention_mask"][32:].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
 
 
 def test_empty_and_too_long_prompts_raise():

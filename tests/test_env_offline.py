@@ -63,8 +63,7 @@ LM_CODE = """
 import torch
 from agents.policies.lm import DEFAULT_MODEL_PATH, LMPolicy
 
-cfg = {"model_path": None, "temperature": 1.0, "critic": "shared", "critic_path": None}
-policy = LMPolicy.from_config(cfg, venv.single_observation_space, venv.single_action_space)
+policy = LMPolicy.from_config(LMPolicy.Config(), venv.single_observation_space, venv.single_action_space)
 obs, _ = venv.reset(seed=0)
 obs = {k: torch.from_numpy(v) for k, v in obs.items()}
 action, log_prob, value, state = policy.act(obs, policy.initial_state(4), deterministic=True)

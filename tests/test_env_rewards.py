@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import save_tiny_model
 
 from textenv import default_tokenizer, encode_for_reward_model, make_reward_fn, register_reward
 from textenv.rewards import Reward, per_sample, reward_names
@@ -186,17 +187,11 @@ def test_encode_for_reward_model_layout():
 
 @pytest.fixture(scope="module")
 def tiny_rm_path(tmp_path_factory):
-    from transformers import GPT2Config, GPT2ForSequenceClassification
-
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=259, n_positions=64, n_embd=16, n_layer=1, n_head=2,
-        num_labels=1, pad_token_id=0, bos_token_id=1, eos_token_id=1,
+    """A random one-label GPT-2 sequence classifier (width 16, 1 layer) + the byte tokenizer."""
+    return save_tiny_model(
+        tmp_path_factory.mktemp("tiny_rm"), "gpt2", head="classifier", n_positions=64,
+        hidden=16, layers=1, heads=2,
     )  # fmt: skip
-    path = tmp_path_factory.mktemp("tiny_rm")
-    GPT2ForSequenceClassification(config).eval().save_pretrained(path)
-    default_tokenizer().save_pretrained(path)
-    return str(path)
 
 
 def test_reward_model_scores_a_batch_in_one_forward_at_the_last_token(tiny_rm_path):

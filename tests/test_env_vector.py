@@ -141,6 +141,11 @@ def test_vector_same_seed_is_deterministic_and_actions_validated():
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not np.array_equal(a[0], c[0])
 
+    def after(obs, t, actions):  # `obs` with `actions` written at generated position t
+        ids, mask = obs["input_ids"].copy(), obs["attention_mask"].copy()
+        ids[:, 32 + t], mask[:, 32 + t] = actions, 1
+        return ids, mask
+
     venv = TextRLHFVectorEnv(num_envs=2)
     obs, _ = venv.reset(seed=0)
     for bad, err in [
@@ -152,14 +157,23 @@ def test_vector_same_seed_is_deterministic_and_actions_validated():
     ]:
         with pytest.raises(err):
             venv.step(bad)
-    assert np.array_equal(venv._ids, obs["input_ids"])  # unchanged
+    # unchanged: the next valid step writes the first generated token onto the same prompts
+    step_obs = venv.step(np.array([A, B]))[0]
+    for got, want in zip(
+        (step_obs["input_ids"], step_obs["attention_mask"]), after(obs, 0, [A, B])
+    ):
+        assert np.array_equal(got, want)
     with pytest.raises(ValueError, match="2 prompts"):
         venv.reset(options={"prompts": ["x\n"]})
     with pytest.raises(ValueError, match="needs a reference"):
         venv.reset(options={"prompts": [0, "hello\n"]})  # not in the prompt set, no reference
     with pytest.raises(ValueError, match="max_prompt_tokens"):
         venv.reset(options={"prompts": [0, "x" * 40], "references": [None, "y"]})
-    assert np.array_equal(venv._ids, obs["input_ids"])  # a failed reset changes nothing
+    # a failed reset changes nothing: the episodes go on where they were
+    next_obs = venv.step(np.array([B, A]))[0]
+    for got, want in zip((next_obs["input_ids"], next_obs["attention_mask"]),
+                         after(step_obs, 1, [B, A])):  # fmt: skip
+        assert np.array_equal(got, want)
     with pytest.raises(ValueError, match="autoreset_mode"):
         TextRLHFVectorEnv(num_envs=2, autoreset_mode="same_step")
 
@@ -171,4 +185,6 @@ def test_vector_render_ansi_and_reset_before_step():
     venv.reset(options={"prompts": ["sort: ba\n", "reverse: ab\n"]})
     venv.step(np.array([A, B]))
     assert venv.render() == ("sort: ba\na", "reverse: ab\nb")
-    assert venv.reward_fn.name == "edit_distance" and venv._references == ["ab", "ba"]
+    _, rewards, _, _, info = venv.step(np.array([EOS, EOS]))
+    assert venv.reward_fn.name == "edit_distance" and info["reference"].tolist() == ["ab", "ba"]
+    assert info["response"].tolist() == ["a", "b"] and rewards.tolist() == [0.5, 0.5]

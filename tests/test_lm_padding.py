@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_lm_policy import make_prompts, rollout, save_tiny, spaces_for
+from helpers import lm_policy_config, lm_rollout, make_prompts, save_tiny_model, spaces_for
 
 from agents.policies.lm import LMPolicy
 from textenv import default_tokenizer
@@ -15,10 +15,8 @@ LENGTHS = [5, 12, 2]  # rows 0 and 2 are padded, row 1 fills the prompt region
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
-def policy(request, tmp_path_factory):
-    return LMPolicy.from_pretrained(
-        save_tiny(tmp_path_factory.mktemp(request.param), request.param)
-    )
+def policy(request):
+    return LMPolicy.from_pretrained(request.getfixturevalue(f"{request.param}_path"))
 
 
 def right_padded(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,8 +33,8 @@ def test_right_padded_prompt_matches_left_padded_and_alone(policy):
     ids, mask = make_prompts(LENGTHS, P, N, seed=4)
     r_ids, r_mask = right_padded(ids, mask)
     assert r_mask[0, :5].all() and not r_mask[0, 5:].any()  # a gap between prompt and response
-    left, logp_left, value_left = rollout(policy, ids, mask, P, N, deterministic=True)
-    right, logp_right, value_right = rollout(policy, r_ids, r_mask, P, N, deterministic=True)
+    left, logp_left, value_left = lm_rollout(policy, ids, mask, P, N, deterministic=True)
+    right, logp_right, value_right = lm_rollout(policy, r_ids, r_mask, P, N, deterministic=True)
     assert right.obs["attention_mask"][1, 0, P] == 1 and right.obs["attention_mask"][1, 0, 5] == 0
     # the KV-cached act path: same greedy tokens, log-probs and values
     assert torch.equal(right.actions, left.actions)
@@ -64,7 +62,7 @@ def test_right_padded_prompt_matches_left_padded_and_alone(policy):
         _, logp_next, _, _ = policy.act(obs_next, state, deterministic=True)  # cached step
         torch.testing.assert_close(logp_next, logp_right[t + 1], atol=1e-5, rtol=0)
     # and the prompt of row 0 alone, unpadded (prompt region of exactly its 5 tokens)
-    alone, logp_alone, value_alone = rollout(
+    alone, logp_alone, value_alone = lm_rollout(
         policy, ids[:1, P - 5 :], mask[:1, P - 5 :], 5, N, deterministic=True
     )
     assert torch.equal(alone.actions[:, 0], right.actions[:, 0])
@@ -77,13 +75,13 @@ def test_right_padded_prompt_matches_left_padded_and_alone(policy):
 
 
 def test_pad_token_equal_to_eos_is_refused(tmp_path):
-    path = save_tiny(tmp_path, "gpt2")
+    path = save_tiny_model(tmp_path, "gpt2")
     tokenizer = default_tokenizer()
     tokenizer.pad_token = tokenizer.eos_token
     assert tokenizer.pad_token_id == tokenizer.eos_token_id == 1
     tokenizer.save_pretrained(path)
     with pytest.raises(ValueError, match=r"distinct pad and EOS.*pad_token_id=1.*eos_token_id=1"):
         LMPolicy.from_pretrained(path)
-    cfg = {"model_path": path, "temperature": 1.0, "critic": "shared", "critic_path": None}
+    cfg = lm_policy_config(path)
     with pytest.raises(ValueError, match="distinct pad and EOS"):
         LMPolicy.from_config(cfg, *spaces_for(8, 8))

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from agents.core.rollout import apply_kl_penalty
+from agents.core.kl import apply_kl_penalty
 from agents.policies import frozen_copy
 from agents.run.config import load_config
 from agents.run.trainer import Trainer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_lm_ppo import text_config, tiny_path  # noqa: F401  (fixture)
+from helpers import text_config
 
 from agents.core.scores import ScoreNormalizer
 from agents.run import checkpoint as ckpt
@@ -70,8 +70,10 @@ def test_bad_settings_name_the_value_and_the_allowed_ones(tmp_path):
         load_config(None, ["score.normalise=batch"])
 
 
-def test_trainer_normalizes_text_scores_and_checkpoints_the_running_stats(tiny_path, tmp_path):  # noqa: F811
-    data = text_config(tiny_path, str(tmp_path))
+def test_trainer_normalizes_text_scores_and_checkpoints_the_running_stats(
+    gpt2_ctx64_path, tmp_path
+):
+    data = text_config(gpt2_ctx64_path, str(tmp_path))
     data["score"] = {"normalize": "running"}
     data["env"]["kwargs"]["missing_eos_penalty"] = 1.0
     cfg = load_config(data)

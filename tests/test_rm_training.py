@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from transformers import GPT2Config, GPT2LMHeadModel
+from helpers import save_tiny_model
 
-from agents.rlhf.preferences import PreferencePair, gold_score, make_pairs, read_preferences
+from agents.rlhf.preferences import PreferencePair, make_pairs, read_preferences
 from agents.rlhf.reward_model import (
     RMTrainConfig,
     bradley_terry_loss,
@@ -22,22 +22,16 @@ from agents.rlhf.reward_model import (
     pairwise_accuracy,
     train_reward_model,
 )
-from textenv import TextRLHFVectorEnv, default_tokenizer, make_reward_fn
+from textenv import TextRLHFVectorEnv, make_reward_fn
+from textenv.gold import gold_score
 
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory) -> str:
-    """A randomly initialized byte-level GPT-2 (vocab 259, pad 0, EOS 1) saved with its tokenizer."""
-    torch.manual_seed(0)
-    tok = default_tokenizer()
-    config = GPT2Config(
-        vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
-        bos_token_id=1, eos_token_id=1, pad_token_id=0, tie_word_embeddings=False,
-    )  # fmt: skip
-    folder = tmp_path_factory.mktemp("tiny_lm")
-    GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
-    tok.save_pretrained(folder)
-    return str(folder)
+    """A randomly initialized byte-level GPT-2 (1 layer, 2 heads, 64 positions) + tokenizer."""
+    return save_tiny_model(
+        tmp_path_factory.mktemp("tiny_lm"), "gpt2", n_positions=64, layers=1, heads=2
+    )
 
 
 def obvious_pairs(n: int, seed: int) -> list[PreferencePair]:
@@ -135,7 +129,7 @@ def test_rm_folder_loads_as_env_reward_and_scores_batch_in_one_forward(tmp_path,
     # the same folder through the reward spec a PPO config uses, next to the gold rule
     spec = {"weighted_sum": [
         {"name": "reward_model", "path": str(folder), "weight": 1.0},
-        {"name": "agents.rlhf.preferences:gold_reward", "weight": 0.0},
+        {"name": "gold", "weight": 0.0},
     ]}  # fmt: skip
     reward_fn = make_reward_fn(spec)
     prompts, responses = ["reverse: abcd\n"] * 2, ["aeae", "hgfb"]
@@ -238,5 +232,5 @@ def test_config_bad_values_are_errors(tmp_path, tiny_lm):
     path = write_config(tmp_path, tiny_lm, tmp_path / "x.jsonl")
     with pytest.raises(ValueError, match="warmup_steps must be in"):
         main(path, ["train.steps=2"])  # warmup_steps 5 > steps 2
-    with pytest.raises(ValueError, match="eval_fraction must be in"):
+    with pytest.raises(ValueError, match=r"eval_fraction.*less than 1"):
         main(path, ["eval_fraction=1.5"])

@@ -12,13 +12,15 @@ per line; blank JSONL lines are skipped):
   is the contents of the system/user messages joined by ``"\\n"``, plus a final ``"\\n"``; the
   reference is ``solution``, else the content of a final ``assistant`` message.
 
-Prompts are encoded without special tokens. An empty prompt or one longer than
+Files must be UTF-8. Prompts are encoded without special tokens. An empty prompt or one longer than
 ``max_prompt_tokens`` tokens raises ``ValueError`` (no silent truncation); every error names the
-file and line (JSONL), the file and item index (JSON), or the list index.
+file and line (JSONL; also for JSON syntax and UTF-8 errors), the file and item index (JSON), or
+the list index.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterable
@@ -29,6 +31,7 @@ import numpy as np
 from textenv.tokenizer import encode_text, load_tokenizer
 
 PROMPT_ROLES = ("system", "user")
+PROMPT_FILE_EXTENSIONS = (".json", ".jsonl")
 
 
 def record_to_pair(record: Any, where: str) -> tuple[str, str | None]:
@@ -91,32 +94,46 @@ def _messages_to_pair(record: dict, where: str) -> tuple[str, str | None]:
     return prompt, reference
 
 
+def _read_text(path: str) -> str:
+    """The UTF-8 text of ``path``; a decoding error names the file and the line of the bad byte."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{path}:{lineno}: not valid UTF-8 ({e}); prompt files must be UTF-8 encoded"
+        ) from e
+
+
 def _read_file(path: str) -> tuple[list[Any], list[str]]:
     """Read a .json (list) or .jsonl file; returns the records and their locations."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"prompt file {path!r} does not exist")
     if path.endswith(".jsonl"):
         records, where = [], []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from e
-                where.append(f"{path}:{lineno}")
+        lines = io.StringIO(_read_text(path), newline=None)  # universal newlines, as open() does
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from e
+            where.append(f"{path}:{lineno}")
         return records, where
     if path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from e
+        try:
+            data = json.loads(_read_text(path))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from e
         if not isinstance(data, list):
             raise ValueError(f"{path}: a .json prompt file must hold a list of records")
         return data, [f"{path}[item {i}]" for i in range(len(data))]
-    raise ValueError(f"prompt file {path!r}: unknown extension; allowed: ['.json', '.jsonl']")
+    raise ValueError(
+        f"prompt file {path!r}: unknown extension; allowed: {list(PROMPT_FILE_EXTENSIONS)}"
+    )
 
 
 class PromptDataset:
@@ -263,14 +280,15 @@ def make_dataset(
         )
     if isinstance(spec, (str, os.PathLike)):
         path = os.fspath(spec)
-        if path.endswith((".json", ".jsonl")):
+        if path.endswith(PROMPT_FILE_EXTENSIONS):
             return PromptDataset.from_file(path, tokenizer, max_prompt_tokens)
         raise ValueError(
-            f"prompts={spec!r} is neither a built-in task {list(TASK_NAMES)} nor a .json/.jsonl path"
+            f"prompts={spec!r} is neither a built-in task {list(TASK_NAMES)} nor a file with an "
+            f"extension in {list(PROMPT_FILE_EXTENSIONS)}"
         )
     if isinstance(spec, (list, tuple)):
         return PromptDataset(spec, tokenizer, max_prompt_tokens)
     raise TypeError(
         f"prompts must be a task name {list(TASK_NAMES)}, a PromptDataset, a list of str/dicts or "
-        f"a .json/.jsonl path, got {type(spec).__name__}"
+        f"a path ending in {list(PROMPT_FILE_EXTENSIONS)}, got {type(spec).__name__}"
     )

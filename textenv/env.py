@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import gymnasium as gym
@@ -9,42 +13,21 @@ import numpy as np
 from gymnasium import spaces
 
 from textenv.data import PromptDataset, make_dataset
-from textenv.rewards import Reward, make_reward_fn
+from textenv.rewards import Reward, make_reward_fn, rewards_without_reference
 from textenv.tasks import reference_for
 from textenv.tokenizer import load_tokenizer, make_decoder
 
+RENDER_MODES = ("ansi",)  # besides None
+RESET_OPTIONS = ("prompt", "reference")
 
-def build_parts(
-    tokenizer: Any,
-    prompts: Any,
-    split: str,
-    reward_fn: Any,
-    max_new_tokens: int,
-    max_prompt_tokens: int,
-) -> tuple[Any, PromptDataset, Reward]:
-    """Resolve the env arguments into (tokenizer, dataset, reward); shared by both envs."""
-    for name, value in (
-        ("max_new_tokens", max_new_tokens),
-        ("max_prompt_tokens", max_prompt_tokens),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value}")
-    if tokenizer is None and isinstance(prompts, PromptDataset):
-        tokenizer = prompts.tokenizer
-    else:
-        tokenizer = load_tokenizer(tokenizer)
-    dataset = make_dataset(prompts, tokenizer, int(max_prompt_tokens), split)
-    reward = make_reward_fn(reward_fn)
-    if reward.needs_reference and None in dataset.references:
-        i = dataset.references.index(None)
-        raise ValueError(
-            f"reward {reward.name!r} needs references, but {dataset.locations[i]} "
-            f"(prompt {dataset.prompts[i]!r}) has none; use prompts with references or a reward "
-            "that needs none ('repetition', 'length', 'reward_model', a callable)"
-        )
-    return tokenizer, dataset, reward
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 1, or TypeError/ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value}")
+    return int(value)
 
 
 def check_missing_eos_penalty(value: Any) -> float:
@@ -59,6 +42,103 @@ def check_missing_eos_penalty(value: Any) -> float:
             "(it is subtracted from the score)"
         )
     return float(value)
+
+
+def check_render_mode(render_mode: Any) -> str | None:
+    if render_mode is not None and render_mode not in RENDER_MODES:
+        raise ValueError(
+            f"render_mode {render_mode!r} not supported; allowed: {[None, *RENDER_MODES]} (SB3's "
+            "make_vec_env defaults to 'rgb_array': pass env_kwargs={'render_mode': None})"
+        )
+    return render_mode
+
+
+def unknown_arguments_error(owner: str, unknown: list[str], allowed: Sequence[str]) -> TypeError:
+    """The TypeError for keyword arguments ``owner`` does not take, naming them and the allowed."""
+    hints = [
+        f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
+        for name in unknown
+        for close in [difflib.get_close_matches(name, allowed, n=1)]
+    ]
+    plural = "s" if len(unknown) > 1 else ""
+    return TypeError(
+        f"{owner} got unknown keyword argument{plural} {', '.join(hints)}; allowed: {list(allowed)}"
+    )
+
+
+@dataclass
+class TextEnvArgs:
+    """The arguments of ``TextRLHFEnv``, which ``TextRLHFVectorEnv`` shares (it adds ``num_envs`` and
+    ``autoreset_mode``): their one definition, with the defaults and the checks.
+
+    The fields are documented in ``TextRLHFEnv``'s Arguments section. Construction checks the plain
+    values (``max_new_tokens``/``max_prompt_tokens`` ints >= 1, ``render_mode``,
+    ``missing_eos_penalty``, which becomes a float, 0.0 for None); ``build()`` loads the tokenizer,
+    the prompt set and the reward function. ``from_kwargs`` rejects unknown names.
+    """
+
+    tokenizer: Any = None
+    prompts: Any = "reverse"
+    split: str = "train"
+    reward_fn: Any = "edit_distance"
+    max_new_tokens: int = 32
+    max_prompt_tokens: int = 32
+    render_mode: str | None = None
+    missing_eos_penalty: float | None = None
+
+    def __post_init__(self) -> None:
+        self.max_new_tokens = check_positive_int("max_new_tokens", self.max_new_tokens)
+        self.max_prompt_tokens = check_positive_int("max_prompt_tokens", self.max_prompt_tokens)
+        self.render_mode = check_render_mode(self.render_mode)
+        self.missing_eos_penalty = check_missing_eos_penalty(self.missing_eos_penalty)
+
+    @classmethod
+    def from_kwargs(
+        cls, owner: str, kwargs: dict[str, Any], extra: Sequence[str] = ()
+    ) -> TextEnvArgs:
+        """Check ``kwargs`` against the field names (``extra``: the owner's own arguments, listed
+        in the error) and build the arguments."""
+        unknown = [name for name in kwargs if name not in ENV_ARGUMENTS]
+        if unknown:
+            raise unknown_arguments_error(owner, unknown, [*extra, *ENV_ARGUMENTS])
+        return cls(**kwargs)
+
+    def build(self) -> tuple[Any, PromptDataset, Reward]:
+        """Resolve the arguments into (tokenizer, dataset, reward)."""
+        tokenizer, prompts = self.tokenizer, self.prompts
+        if tokenizer is None and isinstance(prompts, PromptDataset):
+            tokenizer = prompts.tokenizer
+        else:
+            tokenizer = load_tokenizer(tokenizer)
+        dataset = make_dataset(prompts, tokenizer, self.max_prompt_tokens, self.split)
+        reward = make_reward_fn(self.reward_fn)
+        if reward.needs_reference and None in dataset.references:
+            i = dataset.references.index(None)
+            raise ValueError(
+                f"reward {reward.name!r} needs references, but {dataset.locations[i]} (prompt "
+                f"{dataset.prompts[i]!r}) has none; use prompts with references or a reward that "
+                f"needs none ({rewards_without_reference()} or a callable)"
+            )
+        return tokenizer, dataset, reward
+
+
+ENV_ARGUMENTS = tuple(f.name for f in fields(TextEnvArgs))
+
+
+def env_signature(*own: inspect.Parameter) -> Callable[[type], type]:
+    """Class decorator: ``__init__(self, *own, **kwargs)`` shows the ``TextEnvArgs`` fields as its
+    keyword arguments in ``help()`` and ``inspect.signature`` (the code takes them as ``**kwargs``)."""
+
+    def decorate(cls: type) -> type:
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        shared = [
+            inspect.Parameter(f.name, keyword, default=f.default) for f in fields(TextEnvArgs)
+        ]
+        self = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        cls.__init__.__signature__ = inspect.Signature([self, *own, *shared])
+        return cls
+
+    return decorate
 
 
 def make_observation_space(vocab_size: int, length: int) -> spaces.Dict:
@@ -126,6 +206,7 @@ def check_action(action: Any, vocab_size: int) -> int:
     return int(action)
 
 
+@env_signature()
 class TextRLHFEnv(gym.Env):
     """
     ## Description
@@ -171,12 +252,18 @@ class TextRLHFEnv(gym.Env):
              reward_fn="edit_distance", max_new_tokens=32, max_prompt_tokens=32, render_mode=None,
              missing_eos_penalty=None)
     ```
+    All keyword-only; the same names, defaults and checks serve ``TextRLHFVectorEnv``
+    (``TextEnvArgs``). An unknown name raises ``TypeError`` listing the allowed ones.
+
     - ``tokenizer``: None / ``"byte"`` (ByT5 bytes), a local tokenizer folder, or a tokenizer.
     - ``prompts``: a built-in task (``reverse``, ``sort``, ``copy_edit``, ``mixed``,
       ``continuation``), a ``PromptDataset``, a list of str / dicts, or a .json / .jsonl path.
     - ``split``: ``"train"`` or ``"test"`` (held-out strings) for built-in tasks.
     - ``reward_fn``: a registry name, ``{"name": ..., **kwargs}``, ``{"weighted_sum": [...]}``,
       ``"module:function"``, a ``Reward`` or a callable (see ``textenv.rewards``).
+    - ``max_new_tokens``: the response length limit N (EOS included), an int >= 1.
+    - ``max_prompt_tokens``: the prompt width P, an int >= 1; a longer prompt is a ``ValueError``,
+      never truncated.
     - ``render_mode``: None or ``"ansi"`` (``render()`` returns prompt + text so far).
     - ``missing_eos_penalty``: None, or a number >= 0 subtracted from the final reward of a
       response that ends at ``max_new_tokens`` without EOS.
@@ -185,30 +272,14 @@ class TextRLHFEnv(gym.Env):
     - v0: initial version.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
 
-    def __init__(
-        self,
-        tokenizer: Any = None,
-        prompts: Any = "reverse",
-        split: str = "train",
-        reward_fn: Any = "edit_distance",
-        max_new_tokens: int = 32,
-        max_prompt_tokens: int = 32,
-        render_mode: str | None = None,
-        missing_eos_penalty: float | None = None,
-    ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode {render_mode!r} not supported; allowed: [None, 'ansi'] (SB3's "
-                "make_vec_env defaults to 'rgb_array': pass env_kwargs={'render_mode': None})"
-            )
-        self.tokenizer, self.dataset, self.reward_fn = build_parts(
-            tokenizer, prompts, split, reward_fn, max_new_tokens, max_prompt_tokens
-        )
-        self.render_mode = render_mode
-        self.missing_eos_penalty = check_missing_eos_penalty(missing_eos_penalty)
-        self.max_prompt_tokens, self.max_new_tokens = int(max_prompt_tokens), int(max_new_tokens)
+    def __init__(self, **kwargs: Any) -> None:
+        self.args = args = TextEnvArgs.from_kwargs(type(self).__name__, kwargs)
+        self.tokenizer, self.dataset, self.reward_fn = args.build()
+        self.render_mode = args.render_mode
+        self.missing_eos_penalty = args.missing_eos_penalty
+        self.max_prompt_tokens, self.max_new_tokens = args.max_prompt_tokens, args.max_new_tokens
         self.vocab_size = len(self.tokenizer)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         self._decode = make_decoder(self.tokenizer)
@@ -230,10 +301,10 @@ class TextRLHFEnv(gym.Env):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
         options = options or {}
-        unknown = set(options) - {"prompt", "reference"}
+        unknown = set(options) - set(RESET_OPTIONS)
         if unknown:
             raise ValueError(
-                f"unknown reset options {sorted(unknown)}; allowed: ['prompt', 'reference']"
+                f"unknown reset options {sorted(unknown)}; allowed: {list(RESET_OPTIONS)}"
             )
         if "prompt" in options:
             ids, mask, prompt, reference = resolve_prompt(

@@ -3,8 +3,10 @@
 Protocol: ``fn(prompts: list[str], responses: list[str], references: list[str | None])`` returns
 an array of floats of shape ``(B,)``. Every reward built here is a ``Reward`` object with a
 ``name``; calling it checks the scores (numeric, finite, right shape) and names the reward function
-and the sample on failure. ``Reward.score(...)`` returns ``(total, components)`` in one evaluation,
-which the envs use to fill ``info["reward_components"]``.
+and the sample on failure; an exception raised by the reward function itself is re-raised with the
+reward's name and the sample in the message (same type where it can be rebuilt from a message,
+else ``RewardFunctionError``), chained to the original. ``Reward.score(...)`` returns
+``(total, components)`` in one evaluation, which the envs use to fill ``info["reward_components"]``.
 
 Built-ins (``make_reward_fn("name")`` or ``{"name": ..., **kwargs}``):
 
@@ -19,6 +21,8 @@ length          ``len(response) / scale`` (``scale=32``); with ``target=t``:    
                 ``-abs(len(response) - t) / scale``                             (..., 0]
 reward_model    scalar logit of a local ``AutoModelForSequenceClassification``  real
                 (kwarg ``path``), one batched forward pass, no grad
+gold            the gold rule of ``textenv.gold`` (string-task prompts only):   [-0.5, 1.5]
+                fit to the word's length + a vowel term
 ==============  =============================================================  ============
 """
 
@@ -34,9 +38,46 @@ from typing import Any
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+from textenv.gold import gold_score
+
+_NAMED = "_textenv_names_reward"  # set on errors whose message already names reward and sample
+
+
+class RewardFunctionError(RuntimeError):
+    """A reward function raised an exception whose type cannot carry the added context."""
+
+
+def _named(error: Exception) -> Exception:
+    """Mark ``error`` as already naming the reward and the sample (``Reward.score`` keeps it)."""
+    setattr(error, _NAMED, True)
+    return error
+
+
+def _with_context(error: Exception, name: str, where: str) -> Exception:
+    """``error`` rebuilt with the reward's name and the sample in its message, for ``raise ... from
+    error``: the same type where ``type(error)(message)`` gives that message, else
+    ``RewardFunctionError``."""
+    message = f"reward function {name!r} raised {type(error).__name__} on {where}: {error}"
+    try:
+        rebuilt = type(error)(message)
+    except Exception:  # a constructor that needs other arguments, e.g. UnicodeDecodeError
+        rebuilt = None
+    if rebuilt is None or str(rebuilt) != message:  # e.g. KeyError quotes its message
+        rebuilt = RewardFunctionError(message)
+    return _named(rebuilt)
+
 
 def _sample(prompts: Sequence[str], responses: Sequence[str], i: int) -> str:
     return f"sample {i} (prompt={prompts[i]!r}, response={responses[i]!r})"
+
+
+def _batch(prompts: Sequence[str], responses: Sequence[str], shown: int = 3) -> str:
+    """The samples of a batch, for an error that cannot be pinned to one of them."""
+    if len(prompts) == 1:
+        return _sample(prompts, responses, 0)
+    samples = "; ".join(_sample(prompts, responses, i) for i in range(min(shown, len(prompts))))
+    more = "; ..." if len(prompts) > shown else ""
+    return f"a batch of {len(prompts)} samples: {samples}{more}"
 
 
 def check_scores(
@@ -88,15 +129,14 @@ class Reward:
         self, prompts: list[str], responses: list[str], references: list[str | None]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Checked scores and the per-component scores, from one evaluation."""
-        total = check_scores(
-            self.compute(prompts, responses, references), self.name, prompts, responses
-        )
+        try:
+            raw = self.compute(prompts, responses, references)
+        except Exception as e:
+            if getattr(e, _NAMED, False):
+                raise
+            raise _with_context(e, self.name, _batch(prompts, responses)) from e
+        total = check_scores(raw, self.name, prompts, responses)
         return total, {self.name: total}
-
-    def components(
-        self, prompts: list[str], responses: list[str], references: list[str | None]
-    ) -> dict[str, np.ndarray]:
-        return self.score(prompts, responses, references)[1]
 
     def __call__(
         self, prompts: list[str], responses: list[str], references: list[str | None] | None = None
@@ -121,11 +161,13 @@ class EditDistance(Reward):
     def compute(self, prompts, responses, references):
         for i, ref in enumerate(references):
             if ref is None:
-                raise ValueError(
-                    f"reward function 'edit_distance' needs a reference, but "
-                    f"{_sample(prompts, responses, i)} has reference None; use prompts with "
-                    "references (e.g. the 'reverse' task) or a reward that needs none "
-                    "('repetition', 'length', 'reward_model')"
+                raise _named(
+                    ValueError(
+                        f"reward function 'edit_distance' needs a reference, but "
+                        f"{_sample(prompts, responses, i)} has reference None; use prompts with "
+                        "references (e.g. the 'reverse' task) or a reward that needs none "
+                        f"{rewards_without_reference()}"
+                    )
                 )
         sim = Levenshtein.normalized_similarity
         return np.fromiter(
@@ -261,6 +303,19 @@ class RewardModel(Reward):
         return logits[:, 0].float().cpu().numpy()
 
 
+class GoldReward(Reward):
+    """The gold rule (``textenv.gold.gold_score``) as a batched reward, registered as ``gold``.
+
+    Only for string-task prompts ``"<op>: <word>\\n"``; as a weight-0 component of a weighted sum
+    it is logged in ``info["reward_components"]["gold"]`` without changing the reward.
+    """
+
+    name = "gold"
+
+    def compute(self, prompts, responses, references):
+        return np.array([gold_score(p, r) for p, r in zip(prompts, responses)], dtype=np.float64)
+
+
 class BatchedCallable(Reward):
     """Adapts a user callable that follows the batched protocol."""
 
@@ -280,18 +335,28 @@ class PerSample(Reward):
     def compute(self, prompts, responses, references):
         out = np.empty(len(prompts))
         for i, (p, r, ref) in enumerate(zip(prompts, responses, references)):
-            value = self.fn(p, r, ref) if self.with_reference else self.fn(p, r)
+            try:
+                value = self.fn(p, r, ref) if self.with_reference else self.fn(p, r)
+            except Exception as e:
+                raise _with_context(e, self.name, _sample(prompts, responses, i)) from e
+            if hasattr(value, "detach"):  # a torch tensor, e.g. torch.tensor(0.5)
+                value = value.detach().cpu().numpy()
             if hasattr(value, "item") and getattr(value, "size", 1) == 1:
                 value = value.item()
             if not isinstance(value, numbers.Real):
-                raise TypeError(
-                    f"reward function {self.name!r} returned a non-numeric score {value!r:.80} "
-                    f"({type(value).__name__}) for {_sample(prompts, responses, i)}"
+                raise _named(
+                    TypeError(
+                        f"reward function {self.name!r} returned a non-numeric score "
+                        f"{value!r:.80} ({type(value).__name__}) for "
+                        f"{_sample(prompts, responses, i)}"
+                    )
                 )
             if not math.isfinite(value):
-                raise ValueError(
-                    f"reward function {self.name!r} returned a non-finite score {value} for "
-                    f"{_sample(prompts, responses, i)}; scores must be finite"
+                raise _named(
+                    ValueError(
+                        f"reward function {self.name!r} returned a non-finite score {value} for "
+                        f"{_sample(prompts, responses, i)}; scores must be finite"
+                    )
                 )
             out[i] = value
         return out
@@ -356,6 +421,7 @@ _REGISTRY: dict[str, Callable[..., Any]] = {
     "repetition": Repetition,
     "length": Length,
     "reward_model": RewardModel,
+    "gold": GoldReward,
 }
 
 
@@ -388,6 +454,15 @@ def register_reward(name: str, factory: Callable[..., Any], overwrite: bool = Fa
 def reward_names() -> list[str]:
     """The names in the reward registry."""
     return sorted(_REGISTRY)
+
+
+def rewards_without_reference() -> list[str]:
+    """The registry names of ``Reward`` classes that need no reference (for error messages)."""
+    return [
+        name
+        for name, factory in sorted(_REGISTRY.items())
+        if isinstance(factory, type) and issubclass(factory, Reward) and not factory.needs_reference
+    ]
 
 
 def _import_callable(spec: str) -> Any:
@@ -423,8 +498,8 @@ def _from_callable(fn: Callable, name: str | None = None) -> Reward:
 def make_reward_fn(spec: Any) -> Reward:
     """Build a ``Reward`` from any accepted form.
 
-    - a registry name (``"edit_distance"``, ``"repetition"``, ``"length"``, ``"reward_model"``, or
-      one added with ``register_reward``);
+    - a registry name (``"edit_distance"``, ``"repetition"``, ``"length"``, ``"reward_model"``,
+      ``"gold"``, or one added with ``register_reward``);
     - ``"package.module:function"``: an importable callable, adapted like a callable;
     - ``{"name": ..., **kwargs}``: a registry name built with kwargs (for ``"module:attr"`` names
       with kwargs, ``attr(**kwargs)`` is called as a factory);

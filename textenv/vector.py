@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any
 
@@ -11,29 +12,73 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textenv.env import (
-    build_parts,
-    check_missing_eos_penalty,
+    RENDER_MODES,
+    TextEnvArgs,
     check_references,
+    env_signature,
     make_observation_space,
     resolve_prompt,
 )
 from textenv.tokenizer import make_batch_decoder, make_decoder
 
-LOCKSTEP = "lockstep"
 NEXT_STEP_NAMES = ("next_step", AutoresetMode.NEXT_STEP.value)  # "next_step", "NextStep"
+VECTOR_RESET_OPTIONS = ("prompts", "references")
+OWN_ARGUMENTS = ("num_envs", "autoreset_mode")  # the vector env's arguments besides TextEnvArgs
+
+
+class _LockstepModeType(type):
+    def __repr__(cls) -> str:
+        return (
+            "'lockstep' (TextRLHFVectorEnv's default autoreset_mode, not a Gymnasium AutoresetMode: "
+            "a finished row stays terminated, its actions ignored, until the next reset() of all "
+            "rows, which Gymnasium's vector wrappers such as RecordEpisodeStatistics do not "
+            "support; pass autoreset_mode='next_step' to use them)"
+        )
+
+
+class LockstepMode(str, metaclass=_LockstepModeType):
+    """``metadata["autoreset_mode"]`` of a lockstep env: a str equal to ``"lockstep"``.
+
+    Gymnasium's vector wrappers (``RecordEpisodeStatistics``, ``TransformObservation``, ...) accept
+    only an ``AutoresetMode`` there and raise ``TypeError(f"... got {type(value)}")``; the repr of
+    this type turns that into an explanation of lockstep and of ``autoreset_mode="next_step"``.
+    """
+
+
+LOCKSTEP = LockstepMode("lockstep")
 AUTORESET_MODES = (LOCKSTEP, *NEXT_STEP_NAMES)
 
 
+@env_signature(
+    inspect.Parameter("num_envs", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1),
+    inspect.Parameter("autoreset_mode", inspect.Parameter.KEYWORD_ONLY, default=LOCKSTEP),
+)
 class TextRLHFVectorEnv(VectorEnv):
-    """A natively batched TextRLHF env (same arguments as ``TextRLHFEnv`` plus the two below).
+    """A natively batched TextRLHF env: ``TextRLHFEnv``'s arguments plus ``num_envs`` and
+    ``autoreset_mode``.
 
-    - ``num_envs``: number of rows N.
+    ## Arguments
+    ```python
+    gym.make_vec("TextRLHF-v0", num_envs=1, vectorization_mode="vector_entry_point",
+                 autoreset_mode="lockstep", **env_arguments)
+    ```
+    ``env_arguments``: the keyword arguments of ``TextRLHFEnv`` (``tokenizer``, ``prompts``,
+    ``split``, ``reward_fn``, ``max_new_tokens``, ``max_prompt_tokens``, ``render_mode``,
+    ``missing_eos_penalty``; see its Arguments section), with the same defaults and checks
+    (``TextEnvArgs``). An unknown name raises ``TypeError`` listing the allowed ones.
+
+    - ``num_envs``: number of rows N, an int >= 1.
     - ``autoreset_mode``:
       - ``"lockstep"`` (default, used by the LM agent): all rows start at ``reset()``; a row that
         finishes stays finished (later actions ignored, reward 0, terminated stays True) until the
         next ``reset()``. Batched decoding with a KV cache keeps all rows aligned this way.
+        Gymnasium's vector wrappers (e.g. ``RecordEpisodeStatistics``) need an ``AutoresetMode``
+        and refuse this mode with a ``TypeError`` that says so.
       - ``"next_step"`` (or ``AutoresetMode.NEXT_STEP``): Gymnasium's autoreset; the step after a row
-        finishes resets that row to a new prompt (its action is ignored, reward 0).
+        finishes resets that row to a new prompt (its action is ignored, reward 0). Gymnasium's
+        vector wrappers work on it.
+
+    ``render_mode="ansi"``: ``render()`` returns a tuple of the N texts (prompt + text so far).
 
     Stepping is pure numpy; the rows that finish at a step are decoded and scored in ONE call of
     the reward function. Final-step infos are vectorized Gymnasium-style: ``info["response"]`` is an
@@ -44,20 +89,10 @@ class TextRLHFVectorEnv(VectorEnv):
     indices), e.g. for held-out evaluation; ``"references"`` may be given alongside.
     """
 
-    metadata = {"render_modes": ["ansi"], "autoreset_mode": LOCKSTEP}
+    metadata = {"render_modes": list(RENDER_MODES), "autoreset_mode": LOCKSTEP}
 
     def __init__(
-        self,
-        num_envs: int = 1,
-        tokenizer: Any = None,
-        prompts: Any = "reverse",
-        split: str = "train",
-        reward_fn: Any = "edit_distance",
-        max_new_tokens: int = 32,
-        max_prompt_tokens: int = 32,
-        render_mode: str | None = None,
-        autoreset_mode: str | AutoresetMode = LOCKSTEP,
-        missing_eos_penalty: float | None = None,
+        self, num_envs: int = 1, *, autoreset_mode: str | AutoresetMode = LOCKSTEP, **kwargs: Any
     ) -> None:
         if (
             isinstance(num_envs, bool)
@@ -66,17 +101,14 @@ class TextRLHFVectorEnv(VectorEnv):
         ):
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
         mode = autoreset_mode.value if isinstance(autoreset_mode, AutoresetMode) else autoreset_mode
-        if mode not in AUTORESET_MODES:
+        if not isinstance(mode, str) or mode not in AUTORESET_MODES:
             raise ValueError(
                 f"autoreset_mode {autoreset_mode!r} not supported; allowed: {list(AUTORESET_MODES)}"
             )
-        if render_mode is not None and render_mode != "ansi":
-            raise ValueError(f"render_mode {render_mode!r} not supported; allowed: [None, 'ansi']")
-        self.tokenizer, self.dataset, self.reward_fn = build_parts(
-            tokenizer, prompts, split, reward_fn, max_new_tokens, max_prompt_tokens
-        )
-        self.num_envs, self.render_mode = int(num_envs), render_mode
-        self.missing_eos_penalty = check_missing_eos_penalty(missing_eos_penalty)
+        self.args = args = TextEnvArgs.from_kwargs(type(self).__name__, kwargs, OWN_ARGUMENTS)
+        self.tokenizer, self.dataset, self.reward_fn = args.build()
+        self.num_envs, self.render_mode = int(num_envs), args.render_mode
+        self.missing_eos_penalty = args.missing_eos_penalty
         self.lockstep = mode == LOCKSTEP  # else one of NEXT_STEP_NAMES
         if self.lockstep:
             # "lockstep" is not a Gymnasium AutoresetMode member (the contract in
@@ -88,10 +120,10 @@ class TextRLHFVectorEnv(VectorEnv):
                 category=UserWarning,
             )
         self.metadata = {
-            "render_modes": ["ansi"],
+            "render_modes": list(RENDER_MODES),
             "autoreset_mode": LOCKSTEP if self.lockstep else AutoresetMode.NEXT_STEP,
         }
-        self.max_prompt_tokens, self.max_new_tokens = int(max_prompt_tokens), int(max_new_tokens)
+        self.max_prompt_tokens, self.max_new_tokens = args.max_prompt_tokens, args.max_new_tokens
         self.vocab_size = len(self.tokenizer)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         self._decode = make_decoder(self.tokenizer)
@@ -139,10 +171,10 @@ class TextRLHFVectorEnv(VectorEnv):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)  # one generator (self.np_random) draws the prompts of all rows
         options = options or {}
-        unknown = set(options) - {"prompts", "references"}
+        unknown = set(options) - set(VECTOR_RESET_OPTIONS)
         if unknown:
             raise ValueError(
-                f"unknown reset options {sorted(unknown)}; allowed: ['prompts', 'references']"
+                f"unknown reset options {sorted(unknown)}; allowed: {list(VECTOR_RESET_OPTIONS)}"
             )
         forced, refs = options.get("prompts"), options.get("references")
         if forced is not None:

@@ -1,12 +1,17 @@
-"""KL to a frozen reference policy: per-step estimators and fixed / adaptive beta controllers.
+"""KL to a frozen reference policy: per-step estimators, fixed / adaptive beta controllers, and
+the penalty itself.
 
-The penalty `-beta * kl_t` is added to the env reward on every valid step before GAE
-(`agents.core.rollout.apply_kl_penalty`). It is not part of the env's episode return.
+`apply_kl_penalty` adds `-beta * kl_t` to the rewards of every valid step of a collected rollout,
+before GAE. It is not part of the env's episode return (the rollout only collects).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from agents.core.buffer import RolloutBuffer
 
 ESTIMATORS = ("k1", "k3")
 
@@ -56,3 +61,32 @@ def make_kl_controller(kl_cfg) -> FixedKLController | AdaptiveKLController:
     if kl_cfg.adaptive:
         return AdaptiveKLController(kl_cfg.beta, kl_cfg.target, kl_cfg.horizon)
     return FixedKLController(kl_cfg.beta)
+
+
+@torch.no_grad()
+def apply_kl_penalty(
+    buffer: RolloutBuffer, policy: Any, reference: Any, beta: float, estimator: str
+) -> dict[str, float]:
+    """Add `-beta * kl_t` to the rewards of valid steps; return KL statistics.
+
+    Both log-probs come from `evaluate` on the same data (the policy has not changed since the
+    rollout), so a reference equal to the policy gives a penalty of exactly 0.
+    `kl_to_ref` is the KL summed over each episode segment, averaged over segments.
+    """
+    batch = buffer.full_batch(policy.is_sequence_policy)
+    log_prob = policy.evaluate(batch)[0]
+    ref_log_prob = reference.evaluate(batch)[0]
+    T, N = buffer.n_steps, buffer.num_envs
+    kl = kl_estimate(log_prob, ref_log_prob, estimator).reshape(T, N) * buffer.valid
+    buffer.rewards.sub_(beta * kl)
+    # segments: runs of valid steps between dones (one per episode piece in this rollout)
+    done = buffer.terminated | buffer.truncated
+    prev_open = torch.cat([torch.zeros_like(buffer.valid[:1]), buffer.valid[:-1] & ~done[:-1]])
+    n_segments = max(int((buffer.valid & ~prev_open).sum()), 1)
+    n_valid = max(int(buffer.valid.sum()), 1)
+    return {
+        "kl_to_ref": float(kl.sum()) / n_segments,
+        "kl_per_step": float(kl.sum()) / n_valid,
+        "kl_segments": n_segments,
+        "beta": beta,
+    }

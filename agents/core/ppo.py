@@ -36,10 +36,6 @@ class NonFiniteLossError(RuntimeError):
     """A loss or gradient became NaN/inf: training stops instead of writing a broken model."""
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / count
-
-
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, valid: torch.Tensor) -> float:
     """1 - Var[returns - values] / Var[returns] over valid steps (nan if returns are constant)."""
     v, r = values[valid], returns[valid]

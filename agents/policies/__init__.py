@@ -1,31 +1,32 @@
-"""Policies: `make_policy(policy_cfg, observation_space, action_space)` dispatches on `type`."""
+"""Policies: the protocol, and a registry keyed by `policy.type`.
+
+Adding a policy type is one new module (a class with `Config`, `from_config` and the protocol
+methods of `agents.policies.base.ActorCritic`) plus one `register_policy` line here.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from agents.policies.base import (
+    ActorCritic,
+    Minibatch,
+    PolicyConfig,
+    frozen_copy,
+    make_policy,
+    policy_class,
+    policy_types,
+    register_policy,
+)
 
-import gymnasium as gym
+register_policy("mlp", "agents.policies.mlp:MLPActorCritic")
+register_policy("lm", "agents.policies.lm:LMPolicy")
 
-from agents.policies.base import ActorCritic, Minibatch, frozen_copy
-
-POLICY_TYPES = ("mlp", "lm")
-
-
-def make_policy(policy_cfg: Any, observation_space: gym.Space, action_space: gym.Space) -> Any:
-    """Build the policy named by `policy_cfg.type` ("mlp" or "lm") for the given spaces.
-
-    The LM policy is imported lazily so that classic-control runs never import transformers.
-    """
-    kind = policy_cfg["type"] if isinstance(policy_cfg, dict) else policy_cfg.type
-    if kind == "mlp":
-        from agents.policies.mlp import MLPActorCritic
-
-        return MLPActorCritic.from_config(policy_cfg, observation_space, action_space)
-    if kind == "lm":
-        from agents.policies.lm import LMPolicy
-
-        return LMPolicy.from_config(policy_cfg, observation_space, action_space)
-    raise ValueError(f"policy.type must be one of {list(POLICY_TYPES)}, got {kind!r}")
-
-
-__all__ = ["ActorCritic", "Minibatch", "frozen_copy", "make_policy", "POLICY_TYPES"]
+__all__ = [
+    "ActorCritic",
+    "Minibatch",
+    "PolicyConfig",
+    "frozen_copy",
+    "make_policy",
+    "policy_class",
+    "policy_types",
+    "register_policy",
+]

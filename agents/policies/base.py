@@ -11,10 +11,13 @@ the LM) receive all T steps of B env columns, `(T, B, ...)`, and return `(T, B)`
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict
 
 
 class Minibatch(NamedTuple):
@@ -29,9 +32,22 @@ class Minibatch(NamedTuple):
     valid: torch.Tensor  # (B,) or (T, B) bool, False for steps that are not real transitions
 
 
+class PolicyConfig(BaseModel):
+    """The `policy:` config section. Each policy type subclasses it with its own fields (and a
+    `type: Literal["name"]`); unknown keys and bad values are errors."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    type: str
+
+
 @runtime_checkable
 class ActorCritic(Protocol):
-    """What `agents.core.rollout` and `agents.core.ppo` call. Implementations are `torch.nn.Module`s."""
+    """What `agents.core.rollout` and `agents.core.ppo` call. Implementations are `torch.nn.Module`s.
+
+    A registered policy class also has `Config` (its `PolicyConfig` subclass) and the classmethod
+    `from_config(policy_cfg, observation_space, action_space)`.
+    """
 
     is_sequence_policy: bool
 
@@ -51,6 +67,44 @@ class ActorCritic(Protocol):
 
     def reset_state(self, state: Any, done_mask: np.ndarray) -> Any:
         """Forget the state of the env rows in `done_mask` (N,) bool whose episodes ended."""
+
+
+# ----------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, str | type] = {}  # type -> class, or "module:Class" imported on first use
+
+
+def register_policy(name: str, policy: str | type, overwrite: bool = False) -> None:
+    """Make `policy.type: name` build `policy` (a class, or "module:Class" imported lazily so
+    that, e.g., MLP runs never import transformers)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a policy type must be a non-empty str, got {name!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"policy type {name!r} is already registered; pass overwrite=True")
+    _REGISTRY[name] = policy
+
+
+def policy_types() -> list[str]:
+    """The registered policy types."""
+    return sorted(_REGISTRY)
+
+
+def policy_class(name: str) -> type:
+    """The class registered as `name`; ValueError naming the allowed types."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"policy.type must be one of {policy_types()}, got {name!r}{hint}")
+    target = _REGISTRY[name]
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = _REGISTRY[name] = getattr(importlib.import_module(module), attr)
+    return target
+
+
+def make_policy(policy_cfg: PolicyConfig, observation_space: Any, action_space: Any) -> Any:
+    """Build the policy of `policy_cfg.type` for the given spaces."""
+    return policy_class(policy_cfg.type).from_config(policy_cfg, observation_space, action_space)
 
 
 def frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:

@@ -28,15 +28,29 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
+from pydantic import Field
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
+from agents.policies.base import PolicyConfig
+
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "tiny-sft"
+CRITICS = ("shared", "separate")
+
+
+class LMPolicyConfig(PolicyConfig):
+    """`policy:` section of `type: lm`."""
+
+    type: Literal["lm"] = "lm"
+    model_path: str | None = None  # a local transformers folder; null: the default tiny model
+    temperature: float = Field(1.0, gt=0)
+    critic: Literal[CRITICS] = "shared"  # type: ignore[valid-type]
+    critic_path: str | None = None  # critic: separate only; null: a copy of the actor
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -188,6 +202,7 @@ class LMPolicy(nn.Module):
     """Actor = causal LM, critic = value head on the shared trunk (or on a separate LM trunk)."""
 
     is_sequence_policy = True
+    Config = LMPolicyConfig
 
     def __init__(
         self,
@@ -246,8 +261,8 @@ class LMPolicy(nn.Module):
         """
         from textenv.tokenizer import load_tokenizer
 
-        if critic not in ("shared", "separate"):
-            raise ValueError(f"policy.critic must be 'shared' or 'separate', got {critic!r}")
+        if critic not in CRITICS:
+            raise ValueError(f"policy.critic must be one of {list(CRITICS)}, got {critic!r}")
         if critic == "shared" and critic_path is not None:
             raise ValueError(
                 f"policy.critic_path={str(critic_path)!r} is only used with policy.critic: "
@@ -273,7 +288,9 @@ class LMPolicy(nn.Module):
         )
 
     @classmethod
-    def from_config(cls, policy_cfg: Any, observation_space: Any, action_space: Any) -> LMPolicy:
+    def from_config(
+        cls, policy_cfg: LMPolicyConfig, observation_space: Any, action_space: Any
+    ) -> LMPolicy:
         """Build from the `policy:` config section and the env's spaces (see ARCHITECTURE.md)."""
         shape = getattr(observation_space, "spaces", {}).get("input_ids")
         if shape is None:
@@ -281,14 +298,13 @@ class LMPolicy(nn.Module):
                 "policy.type: lm needs a Dict observation space with 'input_ids' and "
                 f"'attention_mask' (the TextRLHF-v0 layout), got {observation_space}"
             )
-        get = policy_cfg.get if isinstance(policy_cfg, dict) else policy_cfg.__getattribute__
         return cls.from_pretrained(
-            get("model_path"),
+            policy_cfg.model_path,
             num_actions=int(action_space.n),
             max_sequence_length=int(shape.shape[-1]),
-            temperature=get("temperature"),
-            critic=get("critic"),
-            critic_path=get("critic_path"),
+            temperature=policy_cfg.temperature,
+            critic=policy_cfg.critic,
+            critic_path=policy_cfg.critic_path,
         )
 
     def _check_sizes(self, num_actions: int | None, max_sequence_length: int | None) -> None:

@@ -12,18 +12,28 @@ The distributions are written out by hand (log-softmax gather, Gaussian log-dens
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import Field, PositiveInt
 
-from agents.policies.base import Minibatch
+from agents.policies.base import Minibatch, PolicyConfig
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+class MLPPolicyConfig(PolicyConfig):
+    """`policy:` section of `type: mlp`."""
+
+    type: Literal["mlp"] = "mlp"
+    hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
+    activation: Literal[tuple(ACTIVATIONS)] = "tanh"  # type: ignore[valid-type]
+    log_std_init: float = 0.0  # Box actions: initial state-independent log std
 
 
 def flat_dim(space: gym.Space) -> int:
@@ -72,6 +82,7 @@ class MLPActorCritic(nn.Module):
     """Separate actor and critic MLPs; categorical or diagonal-Gaussian action distribution."""
 
     is_sequence_policy = False
+    Config = MLPPolicyConfig
 
     def __init__(
         self,
@@ -110,15 +121,14 @@ class MLPActorCritic(nn.Module):
 
     @classmethod
     def from_config(
-        cls, policy_cfg: Any, observation_space: gym.Space, action_space: gym.Space
+        cls, policy_cfg: MLPPolicyConfig, observation_space: gym.Space, action_space: gym.Space
     ) -> MLPActorCritic:
-        get = policy_cfg.get if isinstance(policy_cfg, dict) else policy_cfg.__getattribute__
         return cls(
             observation_space,
             action_space,
-            hidden_sizes=list(get("hidden_sizes")),
-            activation=get("activation"),
-            log_std_init=get("log_std_init"),
+            hidden_sizes=list(policy_cfg.hidden_sizes),
+            activation=policy_cfg.activation,
+            log_std_init=policy_cfg.log_std_init,
         )
 
     # -- distribution pieces ----------------------------------------------------------------

@@ -1,21 +1,10 @@
-"""Preference pairs: a known gold reward, synthetic pair generation, and JSONL reading.
+"""Preference pairs: synthetic pair generation labelled by a known gold rule, and JSONL reading.
 
 Real RLHF labels pairs with people. Here a *gold rule* plays the person, so that a learned reward
-model can be checked against the truth and PPO's over-optimization of it can be watched.
-
-Gold rule (string-task prompts ``"<op>: <word>\\n"``, e.g. the ``reverse`` task), two terms::
-
-    gold = length_fit + vowel_term
-    length_fit = max(0, 1 - |len(response) - len(word)| / len(word))           in [0, 1]
-    vowel_term = min(v, 0.5) - 2 * max(0, v - 0.5),  v = share of a/e letters   in [-0.5, 0.5]
-
-The labeller wants an answer as long as the word, and likes vowels (``a``, ``e``) up to half of
-the letters but dislikes vowel-heavy answers. No registry reward computes this (``length`` with a
-target is closest, but its target is a constant, not the prompt's word length, and it ignores the
-letters). The vowel penalty is a deliberate trap: only about 11% of the SFT samples have a vowel
-share above 0.5, so the preference data show it rarely and a reward model learns mostly "more
-vowels is better". A policy optimized against that proxy without a KL penalty buys proxy reward
-with vowels that the gold punishes: over-optimization (docs/rlhf_pipeline.md).
+model can be checked against the truth and PPO's over-optimization of it can be watched. The rule
+lives with the string tasks it scores, in ``textenv.gold`` (``gold_score``, explained there; the
+env reward ``gold`` computes it), because a PPO config logs it as an env reward component and
+textenv never imports agents (docs/rlhf_pipeline.md).
 
 Generation (``python -m agents.rlhf.preferences --out data/preferences``): two responses per prompt are
 sampled from the SFT model (``LMPolicy`` on the lockstep vector env, exactly how PPO samples).
@@ -44,53 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from textenv.rewards import Reward
+from textenv.gold import gold_score, vowel_share
 from textenv.tasks import STRING_OPS
-
-VOWELS = frozenset("ae")
-VOWEL_CAP, VOWEL_PENALTY = 0.5, 2.0
-_OP_BY_PREFIX = {prefix: op for op, (prefix, _) in STRING_OPS.items()}
-
-
-# ----------------------------------------------------------------------------- gold rule
-
-
-def parse_prompt(prompt: str) -> tuple[str, str]:
-    """``"reverse: abc\\n"`` -> ``("reverse", "abc")``; ValueError for any other form."""
-    head, sep, word = prompt.rstrip("\n").partition(": ")
-    if not sep or head not in _OP_BY_PREFIX or not word:
-        raise ValueError(
-            f"gold reward: prompt {prompt!r} is not a string-task prompt '<op>: <word>\\n' with op "
-            f"in {sorted(_OP_BY_PREFIX)}"
-        )
-    return _OP_BY_PREFIX[head], word
-
-
-def gold_score(prompt: str, response: str) -> float:
-    """The gold reward of one (prompt, response): length fit + vowel term (module docstring)."""
-    _, word = parse_prompt(prompt)
-    n = len(word)
-    length_fit = max(0.0, 1.0 - abs(len(response) - n) / n)
-    vowel_share = sum(c in VOWELS for c in response) / len(response) if response else 0.0
-    vowel_term = min(vowel_share, VOWEL_CAP) - VOWEL_PENALTY * max(0.0, vowel_share - VOWEL_CAP)
-    return length_fit + vowel_term
-
-
-class GoldReward(Reward):
-    """The gold rule as a batched textenv reward named ``gold``.
-
-    Use ``"agents.rlhf.preferences:gold_reward"`` in a reward spec; as a weight-0 component of a
-    weighted sum it is logged as ``episode/reward_components/gold`` without changing the reward.
-    """
-
-    name = "gold"
-
-    def compute(self, prompts, responses, references):
-        return np.array([gold_score(p, r) for p, r in zip(prompts, responses)], dtype=np.float64)
-
-
-gold_reward = GoldReward()
-
 
 # ----------------------------------------------------------------------------- reading
 
@@ -276,9 +220,7 @@ def evaluate_gold_proxy(
     out = {
         "gold": float(np.mean([gold_score(p, r) for p, r in zip(prompts, responses)])),
         "response_chars": float(np.mean([len(r) for r in responses])),
-        "vowel_share": float(
-            np.mean([sum(c in VOWELS for c in r) / max(1, len(r)) for r in responses])
-        ),
+        "vowel_share": float(np.mean([vowel_share(r) for r in responses])),
     }
     if rm_path is not None:
         proxy = make_reward_fn({"name": "reward_model", "path": str(rm_path)})

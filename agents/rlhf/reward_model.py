@@ -15,79 +15,68 @@ The output folder (`save_pretrained`: config.json + model.safetensors + tokenize
 `reward_fn={"name": "reward_model", "path": FOLDER}`.
 
     textrlhf rm configs/rm_tiny.yaml [--set train.steps=200 ...]
-    python -m agents.rlhf.reward_model configs/rm_tiny.yaml
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import os
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 
 import agents.run.config
 from agents.policies.lm import DEFAULT_MODEL_PATH
 from agents.rlhf.preferences import PreferencePair, read_preferences
-from agents.run.config import check_output_dir
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SFT_PATH = DEFAULT_MODEL_PATH
-
+from agents.rlhf.stage import REPO_ROOT, StageConfig, run_stage
+from agents.run.config import (
+    NonNegFloat,
+    NonNegInt,
+    PositiveFloat,
+    PositiveInt,
+    Section,
+)
 
 # ----------------------------------------------------------------------------- config
 
 
-@dataclass
-class RMTrainConfig:
-    steps: int = 400
-    batch_size: int = 64  # pairs per step (2x sequences)
-    learning_rate: float = 2.0e-3
-    warmup_steps: int = 30
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_every: int = 100  # 0: only at the end
+class RMTrainConfig(Section):
+    steps: PositiveInt = 400
+    batch_size: PositiveInt = 64  # pairs per step (2x sequences)
+    learning_rate: PositiveFloat = 2.0e-3
+    warmup_steps: NonNegInt = 30
+    weight_decay: NonNegFloat = 0.0
+    max_grad_norm: PositiveFloat = 1.0
+    eval_every: NonNegInt = 100  # 0: only at the end
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> RMTrainConfig:
+        check_warmup(self)
+        return self
 
 
-@dataclass
-class RMConfig:
+class RMConfig(StageConfig):
+    """`textrlhf rm` config. `output_dir` is relative to the working directory, like run.root."""
+
+    summary_file: ClassVar[str] = "rm_metrics.json"
     name: str = "rm_tiny"
-    seed: int = 0
     sft_path: str | None = None  # null: the default SFT model agents/assets/tiny-sft
     train_file: str = "data/preferences/reverse_train.jsonl"
     eval_file: str | None = "data/preferences/reverse_test.jsonl"
-    eval_fraction: float = 0.1  # held-out share of train_file, used when eval_file is null
-    output_dir: str = "runs/rm_tiny"  # relative to the working directory, like run.root
-    torch_threads: int = 1
-    train: RMTrainConfig = field(default_factory=RMTrainConfig)
+    eval_fraction: float = Field(0.1, gt=0, lt=1)  # held-out share of train_file without eval_file
+    output_dir: str = "runs/rm_tiny"
+    train: RMTrainConfig = Field(default_factory=RMTrainConfig)
 
-    def validate(self) -> None:
-        t = self.train
-        for key in ("steps", "batch_size"):
-            if getattr(t, key) < 1:
-                raise ValueError(f"train.{key} must be an int >= 1, got {getattr(t, key)!r}")
-        if t.eval_every < 0:
-            raise ValueError(
-                f"train.eval_every must be >= 0 (0: only at the end), got {t.eval_every}"
-            )
-        if not 0 <= t.warmup_steps <= t.steps:
-            raise ValueError(
-                f"train.warmup_steps must be in [0, train.steps={t.steps}], got {t.warmup_steps}"
-            )
-        if t.learning_rate <= 0:
-            raise ValueError(f"train.learning_rate must be > 0, got {t.learning_rate!r}")
-        if self.eval_file is None and not 0.0 < self.eval_fraction < 1.0:
-            raise ValueError(
-                f"eval_fraction must be in (0, 1) when eval_file is null, got {self.eval_fraction!r}"
-            )
+
+def check_warmup(cfg: RMTrainConfig) -> None:
+    if cfg.warmup_steps > cfg.steps:
+        raise ValueError(
+            f"train.warmup_steps must be in [0, train.steps={cfg.steps}], got {cfg.warmup_steps}"
+        )
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RMConfig:
@@ -125,7 +114,7 @@ def load_reward_model(init_path: str | os.PathLike) -> tuple[Any, Any]:
     if not init_path.is_dir():
         raise ValueError(
             f"sft_path {str(init_path)!r} is not a model folder; expected a local transformers "
-            f"folder (config.json + model.safetensors), or null for {DEFAULT_SFT_PATH}"
+            f"folder (config.json + model.safetensors), or null for {DEFAULT_MODEL_PATH}"
         )
     has_tokenizer = any(
         (init_path / name).exists() for name in ("tokenizer_config.json", "tokenizer.json")
@@ -210,8 +199,7 @@ def train_reward_model(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
     )
-    if not 0 <= cfg.warmup_steps <= cfg.steps:
-        raise ValueError(f"warmup_steps must be in [0, steps={cfg.steps}], got {cfg.warmup_steps}")
+    check_warmup(cfg)
     warmup = max(1, cfg.warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, then linear decay to 0
         optimizer,
@@ -248,43 +236,25 @@ def train_reward_model(
     return history
 
 
-def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_reward_model(model: Any, tokenizer: Any, folder: Path, metrics: dict) -> Path:
-    """Write the folder the `reward_model` env reward loads: safetensors + tokenizer + metrics."""
+def save_reward_model(model: Any, tokenizer: Any, folder: Path) -> Path:
+    """Write the folder the `reward_model` env reward loads: safetensors + tokenizer."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    _write_json(folder / "rm_metrics.json", metrics)
     return folder
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def main(
-    config_path: str | os.PathLike | None,
-    overrides: list[str] | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Train the reward model described by `config_path`; return the output folder."""
-    cfg = load_config(config_path, overrides)
-    check_output_dir(cfg.output_dir, overwrite)  # before training, not after
-    torch.set_num_threads(cfg.torch_threads)
-    sft_path = _resolve(cfg.sft_path) if cfg.sft_path is not None else DEFAULT_SFT_PATH
+def train_rm(cfg: RMConfig, out: Path) -> dict[str, Any]:
+    """Train the reward model of `cfg`, save it to `out`; return its metrics."""
+    sft_path = _resolve(cfg.sft_path) if cfg.sft_path is not None else DEFAULT_MODEL_PATH
     pairs = read_preferences(_resolve(cfg.train_file))
     if cfg.eval_file is not None:
         train_pairs, eval_pairs = pairs, read_preferences(_resolve(cfg.eval_file))
     else:
         train_pairs, eval_pairs = split_pairs(pairs, cfg.eval_fraction, cfg.seed)
-    torch.manual_seed(cfg.seed)
     model, tokenizer = load_reward_model(sft_path)
     n_params = sum(p.numel() for p in model.parameters())
     print(
@@ -300,9 +270,9 @@ def main(
         f"held-out accuracy {final['accuracy']:.3f} (before training {before['accuracy']:.3f}), "
         f"loss {final['loss']:.4f}, in {seconds:.0f} s"
     )
-    metrics = {
+    save_reward_model(model, tokenizer, out)
+    return {
         "name": cfg.name,
-        "config": dataclasses.asdict(cfg),
         "sft_path": str(sft_path),
         "parameters": n_params,
         "train_pairs": len(train_pairs),
@@ -315,21 +285,12 @@ def main(
         "train_seconds": round(seconds, 1),
         "history": history,
     }
-    out = save_reward_model(model, tokenizer, Path(cfg.output_dir), metrics)
-    print(f"saved {out}")
-    return out
 
 
-def cli(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        prog="python -m agents.rlhf.reward_model", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("config", help="YAML config, e.g. configs/rm_tiny.yaml")
-    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
-    args = parser.parse_args(argv)
-    return main(args.config, args.set, args.overwrite)
-
-
-if __name__ == "__main__":
-    cli()
+def main(
+    config_path: str | os.PathLike | None,
+    overrides: list[str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """`textrlhf rm CONFIG`: train, save and summarize; return the output folder."""
+    return run_stage(RMConfig, config_path, overrides, overwrite, train_rm)

@@ -9,94 +9,83 @@ The run is deliberately short: the starting policy should be imperfect so that P
 improve it. Sequences use the env's exact layout (prompt left-padded to P, response from index P)
 and the same position ids as `LMPolicy`, so what SFT teaches is what the policy sees.
 
-    python -m agents.rlhf.sft configs/sft_tiny.yaml [--set train.steps=200 ...]
+    textrlhf sft configs/sft_tiny.yaml [--set train.steps=200 ...] [--overwrite]
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import agents.run.config
 from agents.policies.lm import LMPolicy, position_ids_from_mask
-from agents.run.config import check_output_dir
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
+from agents.rlhf.stage import REPO_ROOT, StageConfig, run_stage
+from agents.run.config import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Section
 
 # ----------------------------------------------------------------------------- config
 
 
-@dataclass
-class ModelConfig:
-    n_layer: int = 2
-    n_embd: int = 128
-    n_head: int = 4
-    n_positions: int = 320  # >= prompt + 256 so the benchmark can time long responses
+class ModelConfig(Section):
+    n_layer: PositiveInt = 2
+    n_embd: PositiveInt = 128
+    n_head: PositiveInt = 4
+    n_positions: PositiveInt = 320  # >= prompt + 256 so the benchmark can time long responses
 
 
-@dataclass
-class TrainConfig:
-    steps: int = 300
-    batch_size: int = 64
-    learning_rate: float = 3.0e-3
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+class TrainConfig(Section):
+    steps: PositiveInt = 300
+    batch_size: PositiveInt = 64
+    learning_rate: PositiveFloat = 3.0e-3
+    warmup_steps: NonNegInt = 20
+    weight_decay: NonNegFloat = 0.0
+    max_grad_norm: PositiveFloat = 1.0
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(Section):
     task: str = "reverse"
     split: str = "test"
-    n: int = 256
-    temperature: float = 1.0
+    n: PositiveInt = 256
+    temperature: PositiveFloat = 1.0
 
 
-@dataclass
-class SFTConfig:
+class SFTConfig(StageConfig):
+    """`textrlhf sft` config. `output_dir` is relative to the repository (the default model)."""
+
+    summary_file: ClassVar[str] = "sft_summary.json"
     name: str = "sft_tiny"
-    seed: int = 0
     output_dir: str = "agents/assets/tiny-sft"
-    tasks: list[str] = field(default_factory=lambda: ["reverse", "sort", "copy_edit"])
-    n_per_task: int = 1000
+    tasks: list[str] = Field(default_factory=lambda: ["reverse", "sort", "copy_edit"])
+    n_per_task: PositiveInt = 1000
     # target for tasks without references (continuation): null = error, "repeat_prompt" = the
     # prompt repeated up to max_new_tokens - 1 characters (a deliberately repetitive LM, the
     # starting point of configs/text_repetition.yaml)
-    open_ended_target: str | None = None
-    max_prompt_tokens: int = 32
-    max_new_tokens: int = 32
-    torch_threads: int = 1
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    open_ended_target: Literal["repeat_prompt"] | None = None
+    max_prompt_tokens: PositiveInt = 32
+    max_new_tokens: PositiveInt = 32
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
-    def validate(self) -> None:
-        if self.train.steps < 1 or self.train.batch_size < 1:
-            raise ValueError(
-                f"train.steps and train.batch_size must be >= 1, got {self.train.steps}, "
-                f"{self.train.batch_size}"
-            )
-        if self.open_ended_target not in (None, "repeat_prompt"):
-            raise ValueError(
-                f"open_ended_target must be null or 'repeat_prompt', got {self.open_ended_target!r}"
-            )
+    @model_validator(mode="after")
+    def _context_fits(self) -> SFTConfig:
         needed = self.max_prompt_tokens + self.max_new_tokens
         if self.model.n_positions < needed:
             raise ValueError(
                 f"model.n_positions={self.model.n_positions} is smaller than max_prompt_tokens + "
                 f"max_new_tokens = {needed}"
             )
+        return self
+
+    def output_path(self) -> Path:
+        out = Path(self.output_dir)
+        return out if out.is_absolute() else REPO_ROOT / out
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> SFTConfig:
@@ -237,18 +226,10 @@ def score_on_task(
 # ----------------------------------------------------------------------------- main
 
 
-def main(
-    config_path: str | Path | None, overrides: list[str] | None = None, overwrite: bool = False
-) -> Path:
-    """Train the SFT model described by `config_path`; return the output folder. An existing
-    output folder (such as the committed default model) is replaced only with `overwrite`."""
+def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
+    """Train the SFT model of `cfg`, save it to `out`; return the summary."""
     from textenv import default_tokenizer
 
-    cfg = load_config(config_path, overrides)
-    out = Path(cfg.output_dir)
-    out = check_output_dir(out if out.is_absolute() else REPO_ROOT / out, overwrite)
-    torch.set_num_threads(cfg.torch_threads)
-    torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     tokenizer = default_tokenizer()
     model = build_model(cfg.model, tokenizer)
@@ -297,8 +278,7 @@ def main(
 
     out.mkdir(parents=True, exist_ok=True)
     policy.save_pretrained(out)
-    summary = {
-        "config": dataclasses.asdict(cfg),
+    return {
         "parameters": n_params,
         "examples": len(ids),
         "final_loss": float(np.mean(losses[-20:])),
@@ -306,21 +286,11 @@ def main(
         f"heldout_{ev.task}_{ev.split}_reward_sampled": round(sampled["mean_score"], 4),
         f"heldout_{ev.task}_{ev.split}_reward_greedy": round(greedy["mean_score"], 4),
     }
-    (out / "sft_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"saved {out}")
-    return out
 
 
-def cli(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        prog="python -m agents.rlhf.sft", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("config", help="YAML config, e.g. configs/sft_tiny.yaml")
-    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
-    args = parser.parse_args(argv)
-    return main(args.config, args.set, args.overwrite)
-
-
-if __name__ == "__main__":
-    cli()
+def main(
+    config_path: str | Path | None, overrides: list[str] | None = None, overwrite: bool = False
+) -> Path:
+    """`textrlhf sft CONFIG`: train, save and summarize; return the output folder. An existing
+    output folder (such as the committed default model) is replaced only with `overwrite`."""
+    return run_stage(SFTConfig, config_path, overrides, overwrite, train_sft)

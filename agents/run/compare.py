@@ -17,14 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.core.rollout import make_env
 from agents.run.config import Config, load_config, step_budget
+from agents.run.envs import find_spec, make_eval_env
 from agents.run.evaluation import evaluate_policy
-from agents.run.trainer import Trainer, register_envs
+from agents.run.trainer import Trainer
 
 WINDOW = 20  # training episodes in the moving average used for curves and thresholds
 
@@ -153,9 +152,7 @@ def run_sb3(cfg: Config) -> RunResult:
     # our budget (given total_timesteps itself, SB3 would round up to one more rollout)
     model.learn(step_budget(cfg), callback=Record())
     wall = time.perf_counter() - start
-    eval_env = make_env(
-        cfg.env.id, min(cfg.eval.episodes, cfg.env.num_envs), cfg.env.vectorization, cfg.env.kwargs
-    )
+    eval_env = make_eval_env(cfg)
     log = evaluate_policy(
         SB3Adapter(model), eval_env, cfg.eval.episodes, True, seed=10_000 + cfg.seed
     )
@@ -270,14 +267,13 @@ def compare(
     agents: tuple[str, ...] = ("ours", "sb3"),
 ) -> Path:
     """Run every config (a YAML path or an env id with default settings) for `seeds` seeds."""
-    register_envs()
     results: list[RunResult] = []
     all_thresholds: dict[str, float | None] = {}
     for source in configs:
         base = load_config(
             source if source.endswith((".yaml", ".yml")) else {"env": {"id": source}}, overrides
         )
-        spec = gym.spec(base.env.id)
+        spec = find_spec(base.env.id)
         all_thresholds[base.env.id] = (thresholds or {}).get(base.env.id, spec.reward_threshold)
         for seed in range(base.seed, base.seed + seeds):
             cfg = load_config(

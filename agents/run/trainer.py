@@ -17,20 +17,16 @@ import numpy as np
 import torch
 
 from agents.core.buffer import RolloutBuffer
-from agents.core.kl import make_kl_controller
+from agents.core.kl import apply_kl_penalty, make_kl_controller
 from agents.core.ppo import PPO
-from agents.core.rollout import EpisodeLog, RolloutCollector, apply_kl_penalty, make_env
+from agents.core.rollout import EpisodeLog, RolloutCollector
 from agents.core.scores import ScoreNormalizer
 from agents.policies import frozen_copy, make_policy
 from agents.run import checkpoint as ckpt
 from agents.run.config import Config, save_config, step_budget, to_dict
+from agents.run.envs import make_eval_env, make_train_env
 from agents.run.evaluation import evaluate_policy
 from agents.run.logger import RunLogger
-
-
-def register_envs() -> None:
-    """Make the project's own env ids (TextRLHF-v0) known to gymnasium."""
-    import textenv  # noqa: F401  (registers on import)
 
 
 def run_dir_path(cfg: Config, name: str | None = None, overwrite: bool = False) -> Path:
@@ -72,10 +68,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
         torch.set_num_threads(cfg.run.torch_threads)
-        register_envs()
         seed_everything(cfg.seed)
         self.device = torch.device(cfg.run.device)
-        self.env = make_env(cfg.env.id, cfg.env.num_envs, cfg.env.vectorization, cfg.env.kwargs)
+        self.env = make_train_env(cfg)
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.policy = make_policy(cfg.policy, obs_space, act_space).to(self.device)
         # the reference policy for the KL penalty: a frozen deep copy of the initial policy
@@ -130,7 +125,7 @@ class Trainer:
             tensors.update(env_tensors)
         tensors.update(
             {f"rollout/{k}": torch.from_numpy(np.ascontiguousarray(v))
-             for k, v in self.collector.state_arrays().items()}
+             for k, v in self.collector.runner.state_arrays().items()}
         )  # fmt: skip
         if self.reference is not None:
             tensors.update({f"reference/{k}": v for k, v in self.reference.state_dict().items()})
@@ -175,7 +170,7 @@ class Trainer:
         if "env" in meta:
             env_tensors = {k: v for k, v in tensors.items() if k.startswith("env/")}
             ckpt.set_env_state(self.env, meta["env"], env_tensors)
-            self.collector.load_state_arrays(rollout)
+            self.collector.runner.load_state_arrays(rollout)
         else:
             self.collector.seed = self.cfg.seed + self.global_step
         ckpt.set_rng_state(meta["rng"], tensors)
@@ -186,9 +181,8 @@ class Trainer:
         """Evaluation episodes on a fresh env. The torch RNG is forked, so evaluating (or how
         often) does not change the training run."""
         cfg = self.cfg
-        kwargs = {**cfg.env.kwargs, **cfg.eval.env_kwargs}
         episodes = cfg.eval.episodes if episodes is None else episodes
-        env = make_env(cfg.env.id, min(episodes, cfg.env.num_envs), cfg.env.vectorization, kwargs)
+        env = make_eval_env(cfg, episodes)
         devices = [self.device] if self.device.type == "cuda" else []
         try:
             with torch.random.fork_rng(devices=devices):

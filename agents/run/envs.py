@@ -1,0 +1,71 @@
+"""Env creation for runs: ids are found the Gymnasium way, vector envs are built with `make_vec`.
+
+An env id is a registered id (`CartPole-v1`) or `module:EnvId` (`textenv:TextRLHF-v0`): the
+module is imported first, and registers its envs on import, as `gym.make` does. Nothing here
+knows any particular env.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+import gymnasium as gym
+
+VECTORIZATION_MODES = ("auto", "vector_entry_point", "sync", "async")
+
+
+def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
+    """The registered spec of `env_id` (`EnvId` or `module:EnvId`); ValueError naming close ids."""
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env.id must be a non-empty string, got {env_id!r}")
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            raise ValueError(
+                f"env id {env_id!r}: cannot import module {module!r} ({err}); write "
+                "'module:EnvId' with a module that registers the env on import"
+            ) from None
+    try:
+        return gym.spec(name)
+    except gym.error.Error as err:
+        close = difflib.get_close_matches(name, list(gym.registry), n=5, cutoff=0.5)
+        hint = f"; close matches: {close}" if close else ""
+        raise ValueError(
+            f"unknown env id {env_id!r} ({err}){hint}; an env registered by a package is named "
+            "'module:EnvId', e.g. 'textenv:TextRLHF-v0'"
+        ) from None
+
+
+def make_env(
+    env_id: str, num_envs: int, vectorization: str = "auto", kwargs: dict | None = None
+) -> gym.vector.VectorEnv:
+    """`gym.make_vec` with clear errors. "auto" picks the env's native `vector_entry_point` when
+    its spec has one (e.g. CartPole-v1), else "sync"."""
+    spec = find_spec(env_id)
+    if vectorization not in VECTORIZATION_MODES:
+        raise ValueError(
+            f"env.vectorization must be one of {list(VECTORIZATION_MODES)}, got {vectorization!r}"
+        )
+    if vectorization == "auto":
+        vectorization = "vector_entry_point" if spec.vector_entry_point else "sync"
+    return gym.make_vec(
+        spec.id, num_envs=num_envs, vectorization_mode=vectorization, **(kwargs or {})
+    )
+
+
+def make_train_env(cfg: Any) -> gym.vector.VectorEnv:
+    """The training env of a run config: `env.num_envs` rows with `env.kwargs`."""
+    return make_env(cfg.env.id, cfg.env.num_envs, cfg.env.vectorization, cfg.env.kwargs)
+
+
+def make_eval_env(cfg: Any, episodes: int | None = None) -> gym.vector.VectorEnv:
+    """The evaluation env of a run config: `env.kwargs` updated by `eval.env_kwargs`, with at
+    most `env.num_envs` rows (fewer when fewer episodes are asked for)."""
+    episodes = cfg.eval.episodes if episodes is None else episodes
+    kwargs = {**cfg.env.kwargs, **cfg.eval.env_kwargs}
+    rows = max(1, min(episodes, cfg.env.num_envs))
+    return make_env(cfg.env.id, rows, cfg.env.vectorization, kwargs)
