@@ -18,10 +18,11 @@ import numpy as np
 
 from agents.core.ppo import NonFiniteLossError
 from agents.run.checkpoint import CheckpointError
+from agents.run.rundir import RunFolderError
 
 EXPECTED_ERRORS = (
     ValueError, TypeError, FileExistsError, FileNotFoundError, CheckpointError,
-    NonFiniteLossError,
+    NonFiniteLossError, RunFolderError,
 )  # fmt: skip
 
 
@@ -49,14 +50,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     from agents.policies import make_policy
     from agents.run import checkpoint as ckpt
-    from agents.run.config import load_config
+    from agents.run.config import check_code_references, load_config
     from agents.run.envs import make_eval_env
-    from agents.run.evaluation import evaluate_policy
+    from agents.run.evaluation import run_evaluation
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml in it")
     cfg = load_config(run_dir / "config.yaml", args.set)
+    # a run folder is data that users share: it may not make us import and call code
+    check_code_references(cfg, run_dir / "config.yaml", args.trust_remote_code)
     torch.set_num_threads(cfg.run.torch_threads)
     path = (
         Path(args.checkpoint)
@@ -68,12 +71,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
     env = make_eval_env(cfg, episodes)
     policy = make_policy(cfg.policy, env.single_observation_space, env.single_action_space)
     ckpt.load_policy_weights(policy, tensors, path)
-    log = evaluate_policy(policy, env, episodes, not args.stochastic, seed=args.seed)
+    policy.to(cfg.run.device)
+    log = run_evaluation(
+        policy, cfg, env, episodes, args.deterministic, args.seed, device=cfg.run.device
+    )
     env.close()
+    mode = (
+        "deterministic"
+        if (cfg.eval.deterministic if args.deterministic is None else args.deterministic)
+        else "sampled"
+    )
     print(f"checkpoint: {path}")
     print("returns: " + " ".join(f"{r:.2f}" for r in log.returns))
     print(
-        f"mean return over {len(log.returns)} episodes: {np.mean(log.returns):.2f} ± {np.std(log.returns):.2f}"
+        f"mean return over {len(log.returns)} episodes ({mode}): "
+        f"{np.mean(log.returns):.4f} ± {np.std(log.returns):.4f}"
     )
     for key, values in sorted(log.metrics.items()):
         print(f"episode/{key}: {np.mean(values):.4f}")
@@ -133,8 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--episodes", type=int)
     p.add_argument("--checkpoint", help="a checkpoint .json/.safetensors (default: the latest)")
-    p.add_argument("--stochastic", action="store_true", help="sample actions instead of the mode")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--stochastic", dest="deterministic", action="store_false", default=None,
+        help="sample actions (default: the run's eval.deterministic)",
+    )  # fmt: skip
+    p.add_argument(
+        "--deterministic", dest="deterministic", action="store_true",
+        help="take the most likely action (default: the run's eval.deterministic)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, help="eval seed (default: the run's, 10000 + seed)")
+    p.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow the run folder's config to name code to import ('module:function')",
+    )  # fmt: skip
     p.add_argument("--samples", type=int, default=3, help="text samples to print")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_eval)
@@ -170,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except EXPECTED_ERRORS as err:
         print(f"textrlhf {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a read-only folder, a full disk: name the file, no traceback
+        print(
+            f"textrlhf {args.command}: error: cannot write {err.filename or 'a file'}: "
+            f"{err.strerror or err}; files written before (e.g. the last checkpoint) are intact",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

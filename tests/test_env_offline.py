@@ -11,8 +11,11 @@ import sys
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
+from helpers import lm_policy_config
 
 import textenv  # noqa: F401  (registers TextRLHF-v0)
+from agents.policies.lm import LMPolicy
 
 NO_NETWORK = """
 import json, socket
@@ -42,6 +45,8 @@ def run_offline(code: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+VECTOR_ACTIONS = [[100, 100, 100, 100], [1, 1, 1, 1]]  # "a", then EOS: every row ends, scored
+
 ENV_CODE = """
 import gymnasium as gym
 import textenv
@@ -51,11 +56,13 @@ obs, info = env.reset(seed=0)
 print(obs)
 venv = gym.make_vec("TextRLHF-v0", num_envs=4)
 vobs, _ = venv.reset(seed=0)
-vobs, reward, terminated, truncated, _ = venv.step(venv.action_space.sample())
+for action in VECTOR_ACTIONS:
+    vobs, reward, terminated, truncated, info = venv.step(action)
 result = {"env": {
     "ids": obs["input_ids"].tolist(), "mask": obs["attention_mask"].tolist(),
-    "vec": type(venv).__name__, "vec_shape": list(vobs["input_ids"].shape),
+    "vec": type(venv).__name__, "vec_ids": vobs["input_ids"].tolist(),
     "reward": reward.tolist(), "done": (terminated | truncated).tolist(),
+    "reference": info["reference"].tolist(),
 }}
 """
 
@@ -63,6 +70,7 @@ LM_CODE = """
 import torch
 from agents.policies.lm import DEFAULT_MODEL_PATH, LMPolicy
 
+torch.manual_seed(0)  # the value head is freshly initialized
 policy = LMPolicy.from_config(LMPolicy.Config(), venv.single_observation_space, venv.single_action_space)
 obs, _ = venv.reset(seed=0)
 obs = {k: torch.from_numpy(v) for k, v in obs.items()}
@@ -79,7 +87,7 @@ print(json.dumps(result))
 @pytest.fixture(scope="module")
 def offline():
     """One interpreter for both checks (importing torch + transformers takes seconds)."""
-    return run_offline(ENV_CODE + LM_CODE)
+    return run_offline(f"VECTOR_ACTIONS = {VECTOR_ACTIONS}\n" + ENV_CODE + LM_CODE)
 
 
 def test_env_and_vector_env_make_reset_and_step_offline(offline):
@@ -90,17 +98,36 @@ def test_env_and_vector_env_make_reset_and_step_offline(offline):
     assert out["mask"] == here["attention_mask"].tolist()
     mask = np.array(out["mask"])
     assert mask.sum() > 0 and mask[-1] == 0  # a left-padded prompt, room for the response
-    assert out["vec"] == "TextRLHFVectorEnv" and out["vec_shape"][0] == 4
-    assert len(out["reward"]) == 4 and len(out["done"]) == 4
-    assert all(np.isfinite(out["reward"]))
+    assert out["vec"] == "TextRLHFVectorEnv"
+    # the vector env: the same episodes and rewards as here; "a" scores 1/len(reference) when
+    # the reference holds an "a", else 0
+    venv = gym.make_vec("TextRLHF-v0", num_envs=4)
+    venv.reset(seed=0)
+    for action in VECTOR_ACTIONS:
+        vobs, reward, terminated, truncated, info = venv.step(np.array(action))
+    assert out["vec_ids"] == vobs["input_ids"].tolist()
+    assert out["reference"] == info["reference"].tolist()
+    assert out["done"] == [True] * 4
+    expected = [1 / len(ref) if "a" in ref else 0.0 for ref in out["reference"]]
+    assert out["reward"] == pytest.approx(expected) and out["reward"] == reward.tolist()
+    assert max(expected) > 0  # not vacuous (measured: 2 of the 4 references hold an "a")
 
 
 def test_default_lm_policy_loads_and_acts_offline(offline):
     out = offline["lm"]
     assert out["path"].endswith(os.path.join("agents", "assets", "tiny-sft"))
     assert out["type"] == "gpt2" and out["vocab"] == out["n"] == 259
-    assert len(out["action"]) == len(out["log_prob"]) == len(out["value"]) == 4
-    assert all(0 <= a < 259 for a in out["action"])
-    assert all(np.isfinite(out["value"]))
+    # the same greedy step as here, on the same observation, with the same seeded value head
+    venv = gym.make_vec("TextRLHF-v0", num_envs=4)
+    obs, _ = venv.reset(seed=0)
+    torch.manual_seed(0)
+    policy = LMPolicy.from_config(
+        lm_policy_config(None), venv.single_observation_space, venv.single_action_space
+    )
+    obs = {k: torch.from_numpy(v) for k, v in obs.items()}
+    action, log_prob, value, _ = policy.act(obs, policy.initial_state(4), deterministic=True)
+    assert out["action"] == action.tolist()
+    assert out["log_prob"] == pytest.approx(log_prob.tolist(), abs=1e-6)
+    assert out["value"] == pytest.approx(value.tolist(), abs=1e-6)
     # greedy tokens of the SFT model are confident: log-probs in (log 0.05, 0]
     assert all(np.log(0.05) < lp <= 0 for lp in out["log_prob"])

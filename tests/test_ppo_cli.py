@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 
+import pytest
 import yaml
 
 from agents.cli import main
+from agents.run import checkpoint as ckpt
+from agents.run.config import load_config
+from agents.run.trainer import Trainer, new_run_dir
+
+SMALL = ["total_timesteps=1024", "ppo.n_epochs=2", "eval.episodes=2", "run.progress=false"]
+
+
+def train_args(cartpole_yaml, root) -> list[str]:
+    return [
+        "train",
+        str(cartpole_yaml),
+        "--set",
+        f"run.root={root}",
+        *[f"--set={s}" for s in SMALL],
+    ]
+
+
+def metrics_rows(run) -> list[dict[str, str]]:
+    """metrics.csv without the wall-clock columns."""
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if not k.startswith("time/")}
+                for row in csv.DictReader(f)]  # fmt: skip
+
+
+def checkpoint_steps(run) -> list[int]:
+    return sorted(int(p.stem) for p in (run / "checkpoints").glob("*.safetensors"))
+
+
+def latest_step(run) -> int:
+    meta, _ = ckpt.read_checkpoint(ckpt.latest_checkpoint(run / "checkpoints"))
+    return meta["global_step"]
 
 
 def test_cli_train_smoke_run_writes_the_run_folder(cartpole_yaml, tmp_path, capsys):
@@ -24,27 +58,77 @@ def test_cli_train_smoke_run_writes_the_run_folder(cartpole_yaml, tmp_path, caps
                 "train/clipfrac", "train/explained_variance", "train/lr", "rollout/ep_return",
                 "rollout/ep_length", "time/rollout_time", "time/update_time", "time/sps"):  # fmt: skip
         assert key in header
+    # one row per iteration (8 envs x 32 steps), then the final eval at the last step
+    rows = metrics_rows(run)
+    assert [int(r["step"]) for r in rows] == [256, 512, 768, 1024, 1024]
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 1024 and summary["finished"] is True
-    for key in ("final_return", "best_return", "wall_time_s", "sps"):
-        assert isinstance(summary[key], float)
+    assert summary["steps"] == 1024 and summary["iterations"] == 4 and summary["finished"] is True
+    assert summary["transitions"] == int(rows[3]["rollout/transitions"])
+    assert summary["episodes"] == int(rows[3]["rollout/episodes"])
+    assert summary["final_return"] == float(rows[4]["eval/return"]) == summary["best_return"]
+    assert summary["wall_time_s"] > 0 and summary["sps"] > 0
     assert (run / "training_curves.png").stat().st_size > 10_000
-    assert (run / "checkpoints" / "latest.json").is_file()
-    assert (run / "checkpoints" / "1024.safetensors").is_file()
+    assert checkpoint_steps(run) == [1024] and latest_step(run) == 1024
+    # `eval` of the saved checkpoint on the final eval's episodes (seed 10_000 + 1) reproduces
+    # the final return; the policy is the trained one (measured 51.5 here)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", "2", "--seed", "10001"]) == 0
+    out = capsys.readouterr().out
+    mean = float(re.search(r"mean return over 2 episodes[^:]*: (-?[\d.]+)", out)[1])
+    assert mean == pytest.approx(summary["final_return"], abs=0.005)  # printed rounded
 
     # an existing run folder is refused unless --resume or --overwrite
+    (run / "marker").write_text("old run")
     assert main(args) == 1
     assert "already exists" in capsys.readouterr().err
+    assert (run / "marker").is_file() and len(metrics_rows(run)) == 5  # untouched
     assert main([*args, "--overwrite"]) == 0
-    # resuming a finished run is a no-op that keeps the folder consistent
-    assert main(["train", str(cartpole_yaml), "--resume", str(run), "--set", f"run.root={tmp_path}",
-                 "--set", "total_timesteps=1024", "--set", "ppo.n_epochs=2",
-                 "--set", "eval.episodes=2", "--set", "run.progress=false"]) == 0  # fmt: skip
+    assert not (run / "marker").exists()  # replaced, not appended to
+    assert metrics_rows(run) == rows and checkpoint_steps(run) == [1024]
 
-    capsys.readouterr()
-    assert main(["eval", str(run), "--episodes", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "mean return over 3 episodes" in out
+
+def test_cli_resume_continues_an_interrupted_run(cartpole_yaml, tmp_path):
+    """A run stopped at 512 steps and resumed with `train --resume` ends exactly like an
+    uninterrupted CLI run: same metrics rows (none duplicated), steps, checkpoints and return."""
+    assert main([*train_args(cartpole_yaml, tmp_path), "--name", "full"]) == 0
+    cfg = load_config(cartpole_yaml, [f"run.root={tmp_path}", *SMALL])
+    half = Trainer(cfg, new_run_dir(cfg, "half"))
+    half.learn(stop_at=512)
+    assert latest_step(tmp_path / "half") == 512
+    interrupted = json.loads((tmp_path / "half" / "summary.json").read_text())
+    assert interrupted["steps"] == 512 and interrupted["finished"] is False
+    assert main([*train_args(cartpole_yaml, tmp_path), "--resume", str(tmp_path / "half")]) == 0
+
+    full, resumed = tmp_path / "full", tmp_path / "half"
+    assert metrics_rows(resumed) == metrics_rows(full)
+    assert [int(r["step"]) for r in metrics_rows(resumed)] == [256, 512, 768, 1024, 1024]
+    assert checkpoint_steps(resumed) == [512, 1024] and latest_step(resumed) == 1024
+    a, b = (json.loads((run / "summary.json").read_text()) for run in (full, resumed))
+    for key in ("steps", "iterations", "transitions", "episodes", "final_return", "finished"):
+        assert a[key] == b[key], key
+    assert b["steps"] == 1024 and b["finished"] is True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="resuming a finished run is not a no-op: Trainer.learn() evaluates again and appends "
+    "a second final-eval row at step 1024 to metrics.csv, RunLogger rewrites the kept rows' empty "
+    "cells as 'nan', and the 1024 checkpoint's .json is rewritten (new wall_time)",
+)
+def test_cli_resuming_a_finished_run_changes_nothing(cartpole_yaml, tmp_path):
+    run = tmp_path / "done"
+    assert main([*train_args(cartpole_yaml, tmp_path), "--name", "done"]) == 0
+    rows, summary = metrics_rows(run), json.loads((run / "summary.json").read_text())
+    meta = (run / "checkpoints" / "1024.json").read_bytes()
+    assert main([*train_args(cartpole_yaml, tmp_path), "--resume", str(run)]) == 0
+    after = json.loads((run / "summary.json").read_text())
+    for key in ("steps", "iterations", "transitions", "episodes", "final_return", "finished"):
+        assert after[key] == summary[key], key
+    assert checkpoint_steps(run) == [1024] and latest_step(run) == 1024
+    steps = [int(r["step"]) for r in metrics_rows(run)]
+    assert steps == [256, 512, 768, 1024, 1024]  # no second final-eval row
+    assert metrics_rows(run) == rows
+    assert (run / "checkpoints" / "1024.json").read_bytes() == meta  # not rewritten
 
 
 def test_cli_reports_bad_input_clearly(cartpole_yaml, tmp_path, capsys):

@@ -4,6 +4,9 @@
 done under Gymnasium's NEXT_STEP autoreset (the env ignores that action and returns the first
 observation of the next episode), or the steps after a row finished under "lockstep" episodes.
 Invalid steps get zero advantage and are left out of every loss by masked means.
+
+Observations and actions are stored raw, in their space's dtype and structure (a tensor; a dict
+for Dict spaces, a tuple for Tuple spaces); the policy encodes them.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from agents.policies.base import Minibatch
 TORCH_DTYPES = {
     np.dtype(np.float32): torch.float32,
     np.dtype(np.float64): torch.float32,  # float64 observations are stored as float32
+    np.dtype(np.float16): torch.float16,
     np.dtype(np.int64): torch.int64,
     np.dtype(np.int32): torch.int32,
+    np.dtype(np.int16): torch.int16,
     np.dtype(np.int8): torch.int8,
     np.dtype(np.uint8): torch.uint8,
     np.dtype(np.bool_): torch.bool,
@@ -28,30 +33,54 @@ TORCH_DTYPES = {
 
 
 def _storage(space: gym.Space, prefix: tuple[int, ...], device: torch.device):
-    """Zero tensor(s) of shape prefix + space.shape (a dict of them for Dict spaces)."""
+    """Zero tensor(s) of shape prefix + space.shape in the space's dtype, structured as the space:
+    a dict of them for Dict spaces, a tuple for Tuple spaces (nested as the space is).
+    Discrete, MultiDiscrete and MultiBinary keep their integer dtypes (int64, int64, int8 by
+    default); the policy encodes them (one-hot, floats)."""
     if isinstance(space, gym.spaces.Dict):
         return {k: _storage(s, prefix, device) for k, s in space.spaces.items()}
+    if isinstance(space, gym.spaces.Tuple):
+        return tuple(_storage(s, prefix, device) for s in space.spaces)
     if isinstance(space, gym.spaces.Discrete):
         return torch.zeros(prefix, dtype=torch.int64, device=device)
-    if space.dtype is None or np.dtype(space.dtype) not in TORCH_DTYPES:
-        raise TypeError(f"unsupported space for the rollout buffer: {space}")
+    if (
+        not isinstance(space, (gym.spaces.Box, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary))
+        or space.dtype is None
+        or np.dtype(space.dtype) not in TORCH_DTYPES
+    ):
+        raise TypeError(
+            f"unsupported space for the rollout buffer: {space} (supported: Box, Discrete, "
+            "MultiDiscrete, MultiBinary with dtypes "
+            f"{sorted(str(d) for d in TORCH_DTYPES)}, and Tuple / Dict of them)"
+        )
     return torch.zeros(
         prefix + space.shape, dtype=TORCH_DTYPES[np.dtype(space.dtype)], device=device
     )
 
 
-def _index(x, idx):
-    """Apply an index to a tensor or to each tensor of a dict."""
+def map_structure(fn, *xs):
+    """fn applied leaf-wise over tensors / arrays structured as dicts and tuples (observations of
+    Dict and Tuple spaces); the first argument gives the structure."""
+    x = xs[0]
     if isinstance(x, dict):
-        return {k: v[idx] for k, v in x.items()}
-    return x[idx]
+        return {k: map_structure(fn, *(y[k] for y in xs)) for k in x}
+    if isinstance(x, (tuple, list)):
+        return tuple(map_structure(fn, *(y[i] for y in xs)) for i in range(len(x)))
+    return fn(*xs)
+
+
+def _index(x, idx):
+    """Apply an index to a tensor or to each tensor of a dict / tuple."""
+    if isinstance(x, torch.Tensor):
+        return x[idx]
+    return map_structure(lambda v: v[idx], x)
 
 
 def _flatten(x, n: int):
-    """(T, N, ...) -> (T*N, ...) for a tensor or a dict of tensors."""
-    if isinstance(x, dict):
-        return {k: v.reshape(n, *v.shape[2:]) for k, v in x.items()}
-    return x.reshape(n, *x.shape[2:])
+    """(T, N, ...) -> (T*N, ...) for a tensor or a dict / tuple of tensors."""
+    if isinstance(x, torch.Tensor):
+        return x.reshape(n, *x.shape[2:])
+    return map_structure(lambda v: v.reshape(n, *v.shape[2:]), x)
 
 
 class RolloutBuffer:

@@ -44,7 +44,9 @@ class AdaptiveKLController:
     """Ziegler et al. (2019): beta <- beta * (1 + clip((KL - target) / target, -0.2, 0.2) * n / H).
 
     `kl` is the mean KL per episode (summed over its steps), `n` the number of episodes the
-    estimate came from and H the horizon (in episodes).
+    estimate came from and H the horizon (in episodes). The step fraction `n / H` is capped at 1,
+    so one update moves beta by at most 20%: with more episodes per update than the horizon, the
+    uncapped factor would go below 0 (a negative beta rewards moving away from the reference).
     """
 
     def __init__(self, init_beta: float, target: float, horizon: int):
@@ -54,7 +56,7 @@ class AdaptiveKLController:
 
     def update(self, kl: float, n_episodes: int) -> None:
         error = min(max((kl - self.target) / self.target, -0.2), 0.2)
-        self.beta *= 1.0 + error * n_episodes / self.horizon
+        self.beta *= 1.0 + error * min(n_episodes / self.horizon, 1.0)
 
 
 def make_kl_controller(kl_cfg) -> FixedKLController | AdaptiveKLController:

@@ -27,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.core.buffer import RolloutBuffer
+from agents.core.buffer import RolloutBuffer, map_structure
 
 LOCKSTEP = "lockstep"
 NEXT_STEP = "next_step"
@@ -47,9 +47,12 @@ def autoreset_mode(env: gym.vector.VectorEnv) -> str:
 
 
 def obs_to_tensor(obs: Any, device: torch.device | str = "cpu") -> Any:
-    """numpy observation(s) -> torch tensor(s) without copying on CPU (dicts stay dicts)."""
+    """numpy observation(s) -> torch tensor(s) without copying on CPU, in the space's structure
+    (dicts stay dicts, tuples stay tuples; nested as the space is). float64 becomes float32."""
     if isinstance(obs, dict):
         return {k: obs_to_tensor(v, device) for k, v in obs.items()}
+    if isinstance(obs, tuple):
+        return tuple(obs_to_tensor(v, device) for v in obs)
     tensor = torch.from_numpy(np.asarray(obs))
     if tensor.dtype == torch.float64:
         tensor = tensor.float()
@@ -57,15 +60,45 @@ def obs_to_tensor(obs: Any, device: torch.device | str = "cpu") -> Any:
 
 
 def _write(dst: Any, src: Any) -> None:
-    if isinstance(dst, dict):
-        for k in dst:
-            _write(dst[k], src[k])
-    else:
+    """Copy `src` into the storage `dst` (tensors, or dicts / tuples of them)."""
+    if isinstance(dst, torch.Tensor):
         dst.copy_(src)
+    else:
+        map_structure(lambda d, s: d.copy_(s), dst, src)
 
 
 def _index_t(x: Any, t: int) -> Any:
-    return {k: _index_t(v, t) for k, v in x.items()} if isinstance(x, dict) else x[t]
+    """Step `t` of (T, N, ...) storage (tensors, or dicts / tuples of them)."""
+    return x[t] if isinstance(x, torch.Tensor) else map_structure(lambda v: v[t], x)
+
+
+def flatten_arrays(x: Any, path: str = "") -> dict[str, np.ndarray]:
+    """A structured observation (array, dict, tuple; nested) -> flat {path: array}: the array
+    itself at "", dict entries and tuple items at "<key or index>/..." (flat string keys for a
+    safetensors checkpoint)."""
+    if isinstance(x, dict):
+        items = list(x.items())
+    elif isinstance(x, tuple):
+        items = list(enumerate(x))
+    else:
+        return {path: np.asarray(x)}
+    out: dict[str, np.ndarray] = {}
+    for key, item in items:
+        out.update(flatten_arrays(item, f"{path}/{key}" if path else str(key)))
+    return out
+
+
+def unflatten_arrays(space: gym.Space, arrays: dict[str, np.ndarray], path: str = "") -> Any:
+    """Inverse of `flatten_arrays`, with the structure read from the (single-row) space."""
+    if isinstance(space, (gym.spaces.Dict, gym.spaces.Tuple)):
+        keys = list(space.spaces) if isinstance(space, gym.spaces.Dict) else range(len(space))
+        parts = [
+            unflatten_arrays(space[k], arrays, f"{path}/{k}" if path else str(k)) for k in keys
+        ]
+        return dict(zip(keys, parts)) if isinstance(space, gym.spaces.Dict) else tuple(parts)
+    if path not in arrays:
+        raise KeyError(f"no saved observation array {path!r} (saved: {sorted(arrays)})")
+    return arrays[path].copy()
 
 
 # ----------------------------------------------------------------------------- episode infos
@@ -143,6 +176,9 @@ class EnvRunner:
         self.num_envs = env.num_envs
         self.action_space = env.single_action_space
         self.clip_actions = isinstance(self.action_space, gym.spaces.Box)
+        # policies sample categories from 0: Discrete / MultiDiscrete spaces may start elsewhere
+        start = getattr(self.action_space, "start", None)
+        self.action_start = None if start is None or not np.any(start) else np.asarray(start)
         self.obs: Any = None  # next observation (numpy), None until the first reset
         self.state: Any = None
         # rows whose next step is not a real transition: the NEXT_STEP reset step, or a
@@ -159,12 +195,17 @@ class EnvRunner:
         self.ep_length[:] = 0
 
     def env_action(self, action: torch.Tensor) -> np.ndarray:
-        """Policy action -> env action. Box actions are clipped to the space only here; the
-        buffer keeps the unclipped sample so that its log-prob stays exact."""
+        """Policy action -> env action (N, *action_shape) in the space's dtype. Box actions are
+        clipped to the space only here; the buffer keeps the unclipped sample so that its
+        log-prob stays exact. Discrete / MultiDiscrete categories (counted from 0 by the policy)
+        are shifted by the space's `start`."""
         action = action.cpu().numpy()
         if self.clip_actions:
             return np.clip(action, self.action_space.low, self.action_space.high)
-        return action
+        if self.action_start is not None:
+            action = action + self.action_start
+        dtype = self.action_space.dtype
+        return action if dtype is None or action.dtype == dtype else action.astype(dtype)
 
     @torch.no_grad()
     def step(
@@ -211,20 +252,21 @@ class EnvRunner:
     # -- checkpointing of the carry-over -------------------------------------------------------
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """Carry-over arrays for a checkpoint (the policy's recurrent state is not saved)."""
+        """Carry-over arrays for a checkpoint (the policy's recurrent state is not saved). The
+        next observation is saved leaf by leaf: `obs/` for an array, `obs/<key>/<index>/...` for
+        Dict and Tuple observations (nested)."""
         out = {"skip": self.skip, "ep_return": self.ep_return, "ep_length": self.ep_length}
         if self.obs is not None:
-            obs = self.obs if isinstance(self.obs, dict) else {"": self.obs}
-            out.update({f"obs/{k}": np.asarray(v) for k, v in obs.items()})
+            out.update({f"obs/{k}": v for k, v in flatten_arrays(self.obs).items()})
         return out
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.skip = arrays["skip"].astype(bool).copy()
         self.ep_return = arrays["ep_return"].astype(np.float64).copy()
         self.ep_length = arrays["ep_length"].astype(np.int64).copy()
-        obs = {k[4:]: v.copy() for k, v in arrays.items() if k.startswith("obs/")}
+        obs = {k[4:]: v for k, v in arrays.items() if k.startswith("obs/")}
         if obs:
-            self.obs = obs.get("", obs)
+            self.obs = unflatten_arrays(self.env.single_observation_space, obs)
             self.state = self.policy.initial_state(self.num_envs)
 
 
@@ -304,11 +346,7 @@ class RolloutCollector:
         their values for the bootstrap (`RolloutBuffer.compute_gae`)."""
         rows = np.flatnonzero(truncated)
         final_obs = info["final_obs"]
-        stacked = (
-            {k: np.stack([final_obs[i][k] for i in rows]) for k in final_obs[rows[0]]}
-            if isinstance(final_obs[rows[0]], dict)
-            else np.stack([final_obs[i] for i in rows])
-        )
+        stacked = map_structure(lambda *rows_obs: np.stack(rows_obs), *(final_obs[i] for i in rows))
         values = self.policy.predict_value(obs_to_tensor(stacked, self.runner.device), None)
         idx = torch.from_numpy(rows)
         self.buffer.final_values[t, idx] = values

@@ -17,15 +17,23 @@ attended token + 1", and `position_ids = cumsum(mask) - 1`, so padding inside th
 (left, or right as in tests/test_lm_padding.py) is masked and skipped. The policy never needs to
 know P.
 
-The LM policy expects the lockstep vector env (`autoreset_mode="lockstep"`): rows that finish early
-keep being fed (their steps are marked invalid by the env and the buffer), and the cache is rebuilt
-only when every row resets together.
+Any autoreset mode works (lockstep, NEXT_STEP, SAME_STEP; the native vector env or Gymnasium's
+sync/async ones): the observation is the whole Markov state, so each `act` compares it, row by row,
+with the observation of the previous `act` (`step_kinds`). A row that CONTINUES (the old prefix plus
+the token sampled for it) feeds that one token; a row whose observation is UNCHANGED (a finished
+lockstep row, whose actions the env ignores) gets its previous outputs again; any other row is a
+new episode and RESTARTS: its prefix is encoded alone and spliced into the batch cache
+(`LMPolicy._splice`), or, where the cache's layers do not allow that, every row is re-encoded
+from its observation.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -96,6 +104,38 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def continues(
+    prev_ids: torch.Tensor,
+    prev_mask: torch.Tensor,
+    prev_action: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """(..., L) observations -> (...) bool: is `ids/mask` the observation `prev_ids/prev_mask`
+    with `prev_action` (...) written after its prefix, i.e. the same episode one step later?
+
+    Exactly one attended column was added, it is the new last one, it holds `prev_action`, and
+    every attended token of `prev` is unchanged. (A prompt with padding between it and the
+    response, as in tests/test_lm_padding.py, continues too: the new column need not be adjacent.)
+    """
+    prev_mask, mask = prev_mask.bool(), mask.bool()
+    end = prefix_lengths(mask)
+    last = (end - 1).clamp(min=0).unsqueeze(-1)  # (..., 1)
+    is_last = torch.arange(mask.shape[-1], device=mask.device) == last  # (..., L)
+    grew = ((mask ^ prev_mask) == is_last).all(-1)
+    kept = ((ids == prev_ids) | ~prev_mask).all(-1)
+    token = ids.gather(-1, last).squeeze(-1) == prev_action
+    return grew & kept & token & (end > prefix_lengths(prev_mask))
+
+
+def unchanged(
+    prev_ids: torch.Tensor, prev_mask: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """(..., L) observations -> (...) bool: the same attended tokens at the same places."""
+    mask = mask.bool()
+    return (mask == prev_mask.bool()).all(-1) & ((ids == prev_ids) | ~mask).all(-1)
+
+
 def context_size(config: Any) -> int | None:
     """The model's maximum sequence length, whatever the architecture calls it."""
     for key in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length"):
@@ -105,8 +145,8 @@ def context_size(config: Any) -> int | None:
     return None
 
 
-def load_causal_lm(path: str | os.PathLike) -> PreTrainedModel:
-    """`AutoModelForCausalLM.from_pretrained(path)` from a local folder, with a clear error."""
+def model_folder(path: str | os.PathLike) -> Path:
+    """`path` as a Path; FileNotFoundError with a clear message unless it is a folder."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(
@@ -114,7 +154,21 @@ def load_causal_lm(path: str | os.PathLike) -> PreTrainedModel:
             "transformers model folder (config.json + model.safetensors), or policy.model_path: "
             f"null for the built-in default model at {DEFAULT_MODEL_PATH}"
         )
-    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+    return path
+
+
+def load_causal_lm(path: str | os.PathLike) -> PreTrainedModel:
+    """`AutoModelForCausalLM.from_pretrained(path)` from a local folder, with a clear error."""
+    return AutoModelForCausalLM.from_pretrained(model_folder(path), use_safetensors=True)
+
+
+@functools.cache
+def cache_keyword(model_class: type) -> str:
+    """The name under which `model_class.forward` takes the KV cache: `cache` (transformers >=
+    5.2x, where `past_key_values` is deprecated) or `past_key_values` (older versions and
+    architectures not yet renamed)."""
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def without_dropout(model: PreTrainedModel) -> PreTrainedModel:
@@ -168,6 +222,15 @@ def new_cache(model: PreTrainedModel) -> DynamicCache:
     return cache
 
 
+def spliceable(cache: DynamicCache | None, width: int) -> bool:
+    """Whether rows of `cache` can be overwritten in place: every layer is a PreallocatedLayer
+    holding `width` columns (sliding-window, quantized or linear-attention layers are not)."""
+    return cache is not None and all(
+        type(layer) is PreallocatedLayer and layer._k is not None and layer.length == width
+        for layer in cache.layers
+    )
+
+
 def sample(logits: torch.Tensor) -> torch.Tensor:
     """One draw per row from softmax(logits): argmax of p / Exp(1) noise (the exponential race),
     cheaper than torch.multinomial for a (B, V) batch."""
@@ -182,8 +245,9 @@ def sample(logits: torch.Tensor) -> torch.Tensor:
 class LMState:
     """Recurrent state of a batch of B rows: the KV cache and what the next step needs.
 
-    `cache is None` means "prefill from the next observation" (after a reset, at the start, or
-    after a policy update made the cached keys/values stale).
+    `cache is None` means "prefill from the next observation" (at the start, or after a policy
+    update made the cached keys/values stale). Row by row, the next observation is compared with
+    `obs_ids/obs_mask` to tell a continuing row from a restarted or an unchanged one.
     """
 
     num_envs: int
@@ -193,6 +257,11 @@ class LMState:
     next_pos: torch.Tensor | None = None  # (B,) position id of the next fed token
     last_action: torch.Tensor | None = None  # (B,) token sampled at the previous step
     version: int = -1  # policy parameter version the cache was built with
+    obs_ids: torch.Tensor | None = None  # (B, L) the observation of the previous act
+    obs_mask: torch.Tensor | None = None  # (B, L) bool
+    logits: torch.Tensor | None = None  # (B, V) outputs of the previous act, reused for
+    value: torch.Tensor | None = None  # (B,)      rows whose observation did not change
+    stale: torch.Tensor | None = None  # (B,) bool: the cache holds tokens the obs does not
 
 
 # ----------------------------------------------------------------------------- policy
@@ -307,6 +376,41 @@ class LMPolicy(nn.Module):
             critic_path=policy_cfg.critic_path,
         )
 
+    @classmethod
+    def check_env_kwargs(cls, policy_cfg: LMPolicyConfig, env_kwargs: Mapping[str, Any]) -> None:
+        """Check the env's sizes against the model(s) BEFORE the env allocates anything.
+
+        Reads only each model folder's config.json (no weights): `max_prompt_tokens +
+        max_new_tokens` of `env_kwargs` (TextRLHF-v0's arguments; a missing one takes the env's
+        default) must fit the context of the actor and of a separate critic. ValueError naming the
+        sizes if not; FileNotFoundError for a missing model folder. Values that are not ints are
+        left for the env to report.
+        """
+        from transformers import AutoConfig
+
+        from textenv.env import TextEnvArgs
+
+        sizes = {}
+        for name in ("max_prompt_tokens", "max_new_tokens"):
+            value = env_kwargs.get(name, getattr(TextEnvArgs, name))
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                return  # the env's own check explains it
+            sizes[name] = int(value)
+        prompt, new = sizes["max_prompt_tokens"], sizes["max_new_tokens"]
+        paths = [policy_cfg.model_path or DEFAULT_MODEL_PATH]
+        if policy_cfg.critic == "separate" and policy_cfg.critic_path:
+            paths.append(policy_cfg.critic_path)
+        for path in paths:
+            config = AutoConfig.from_pretrained(model_folder(path))
+            context = context_size(config)
+            if context is not None and prompt + new > context:
+                raise ValueError(
+                    f"env max_prompt_tokens + max_new_tokens = {prompt} + {new} = "
+                    f"{prompt + new} tokens exceeds the model's context of {context} positions "
+                    f"({config.model_type} at {str(path)!r}); lower env.kwargs.max_new_tokens / "
+                    "max_prompt_tokens or use a model with a longer context"
+                )
+
     def _check_sizes(self, num_actions: int | None, max_sequence_length: int | None) -> None:
         vocab = len(self.tokenizer)
         models = [self.model] + ([self.critic_model] if self.critic_model is not None else [])
@@ -335,8 +439,8 @@ class LMPolicy(nn.Module):
         input from one trunk pass; refuse models whose head does more than that."""
         ids = torch.tensor([[self.eos_id, (self.eos_id + 1) % len(self.tokenizer)]])  # (1, 2)
         mask = torch.ones_like(ids)
-        full = self.model(input_ids=ids, attention_mask=mask).logits
-        hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        full = self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        hidden = self._trunk(self.model, ids, mask, position_ids_from_mask(mask), None)
         mine = self.model.get_output_embeddings()(hidden)
         if not torch.allclose(full, mine, atol=1e-4, rtol=1e-4):
             raise ValueError(
@@ -364,12 +468,13 @@ class LMPolicy(nn.Module):
         cache: DynamicCache | None,
     ) -> torch.Tensor:
         """Last hidden states (B, S, H) of `model`'s trunk; extends `cache` in place if given."""
-        out = model.base_model(
+        base = model.base_model
+        out = base(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=position_ids,
-            past_key_values=cache,
             use_cache=cache is not None,
+            **{cache_keyword(type(base)): cache},
         )
         return out.last_hidden_state
 
@@ -399,11 +504,73 @@ class LMPolicy(nn.Module):
         state.mask = mask
         state.next_pos = mask.sum(1)
         state.version = self._version
+        state.stale = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         return self._heads(hidden, critic_hidden)
 
-    def _step(self, state: LMState) -> tuple[torch.Tensor, ...]:
-        """Feed only the last sampled token through the cached trunk(s)."""
-        ids = state.last_action.unsqueeze(1)  # (B, 1)
+    def _splice(
+        self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, state: LMState
+    ) -> bool:
+        """Re-encode only `rows` (R,) from their observations `ids/mask` (B, L) into the batch
+        cache: each row's prefix without its last token is encoded right-aligned to the cache's
+        width S, and its keys/values, mask and next position overwrite the row's old ones in place.
+        The next `_step` then feeds the row's last token like any other row's. Returns False, and
+        changes nothing, when the cache's layers cannot be written in place or a prefix does not
+        fit the width: the caller then re-encodes every row."""
+        width = state.mask.shape[1]
+        caches = [(self.model, state.cache)]
+        if self.critic_model is not None:
+            caches.append((self.critic_model, state.critic_cache))
+        if not all(spliceable(cache, width) for _, cache in caches):
+            return False
+        row_mask = mask[rows].long()  # (R, L)
+        ends = prefix_lengths(row_mask)  # (R,)
+        if int(ends.min()) < 1 or int(ends.max()) - 1 > width:
+            return False
+        pre_ids, pre_mask = right_align(ids[rows], row_mask, ends - 1, width, self.pad_id)
+        positions = position_ids_from_mask(pre_mask)
+        for model, cache in caches:
+            part = DynamicCache(config=model.config)
+            self._trunk(model, pre_ids, pre_mask, positions, part)
+            for layer, new in zip(cache.layers, part.layers, strict=True):
+                layer._k[rows, :, :width] = new.keys
+                layer._v[rows, :, :width] = new.values
+        state.mask[rows] = pre_mask
+        state.next_pos[rows] = pre_mask.sum(1)
+        state.stale[rows] = False
+        return True
+
+    def _advance(
+        self, ids: torch.Tensor, mask: torch.Tensor, state: LMState
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step from a built cache: continuing rows feed their sampled token, restarted rows
+        are spliced in, unchanged rows get their previous outputs (see the module docstring)."""
+        if state.mask.shape[1] >= 2 * ids.shape[1]:  # many restarts made the cache wide
+            return self._prefill({"input_ids": ids, "attention_mask": mask}, state)
+        prev_ids, prev_mask = state.obs_ids, state.obs_mask
+        cont = continues(prev_ids, prev_mask, state.last_action, ids, mask) & ~state.stale
+        if bool(cont.all()):  # the lockstep case: one token per row
+            return self._step(state, state.last_action)
+        same = unchanged(prev_ids, prev_mask, ids, mask)
+        restart = ~(cont | same)
+        fed = state.last_action
+        if bool(restart.any()):
+            rows = restart.nonzero().squeeze(1)
+            if rows.numel() == restart.numel() or not self._splice(ids, mask, rows, state):
+                return self._prefill({"input_ids": ids, "attention_mask": mask}, state)
+            last = (prefix_lengths(mask[rows]) - 1).unsqueeze(1)  # (R, 1)
+            fed = fed.index_put((rows,), ids[rows].gather(1, last).squeeze(1))
+        logits, value = self._step(state, fed)
+        if bool(same.any()):
+            # fed its sampled token anyway (the batch steps together); that token is not in
+            # its observation, so the row's cache is stale until the row restarts
+            logits = torch.where(same.unsqueeze(1), state.logits, logits)
+            value = torch.where(same, state.value, value)
+            state.stale = state.stale | same
+        return logits, value
+
+    def _step(self, state: LMState, fed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Feed one token per row, `fed` (B,), through the cached trunk(s)."""
+        ids = fed.unsqueeze(1)  # (B, 1)
         state.mask = torch.cat([state.mask, torch.ones_like(ids)], dim=1)  # (B, S+1)
         positions = state.next_pos.unsqueeze(1)  # (B, 1)
         hidden = self._trunk(self.model, ids, state.mask, positions, state.cache)[:, -1]
@@ -421,10 +588,8 @@ class LMPolicy(nn.Module):
         return LMState(num_envs=num_envs)
 
     def reset_state(self, state: LMState, done_mask: np.ndarray) -> LMState:
-        """Lockstep episodes: the cache is rebuilt only when every row has reset. Rows that
-        finished early keep being fed; their steps are invalid and never trained on."""
-        if bool(np.all(np.asarray(done_mask))):
-            return LMState(num_envs=state.num_envs)
+        """Nothing to do: the next `act` sees from each row's observation whether it continues,
+        restarted or is unchanged (a finished lockstep row), whatever the autoreset mode."""
         return state
 
     @torch.no_grad()
@@ -432,10 +597,13 @@ class LMPolicy(nn.Module):
         self, obs: dict[str, torch.Tensor], state: LMState, deterministic: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LMState]:
         """Sample one token per row. Returns action (B,), log_prob (B,), value (B,), state."""
+        ids, mask = obs["input_ids"].long(), obs["attention_mask"].bool()  # (B, L)
         if state.cache is None or state.version != self._version:
             logits, value = self._prefill(obs, state)
         else:
-            logits, value = self._step(state)
+            logits, value = self._advance(ids, mask, state)
+        state.obs_ids, state.obs_mask = ids.clone(), mask.clone()  # the env may reuse its arrays
+        state.logits, state.value = logits, value
         scaled = logits.float() / self.temperature  # (B, V)
         if deterministic:
             action = scaled.argmax(-1)
@@ -447,14 +615,15 @@ class LMPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_value(self, obs: dict[str, torch.Tensor], state: LMState) -> torch.Tensor:
-        """Value of `obs` (B,), computed from the observation alone; leaves `state` untouched."""
-        return self._prefill(obs, LMState(num_envs=state.num_envs))[1]
+        """Value of `obs` (B,), computed from the observation alone; leaves `state` untouched
+        (which may be None)."""
+        return self._prefill(obs, LMState(num_envs=obs["input_ids"].shape[0]))[1]
 
     def evaluate(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Re-score `(T, B)` whole-episode columns with one teacher-forced forward.
 
-        Each column is cut into segments: maximal runs of valid steps whose observed prefix grows
-        by one token per step (a new episode starts a new segment). A segment's sequence is its
+        Each column is cut into segments: maximal runs of valid steps whose observation is the
+        previous one plus the previous action (`continues`; a new episode starts a new segment). A segment's sequence is its
         first observation's prefix followed by its actions; the logits at the last prefix position
         and at each fed action score the next action. Returns (T, B) log_prob, entropy, value,
         zero on invalid steps.
@@ -469,8 +638,9 @@ class LMPolicy(nn.Module):
         # 1. segments, enumerated column by column: (B, T) layout, flattened
         ends = prefix_lengths(mask)  # (T, B)
         prev_valid = torch.cat([torch.zeros_like(valid[:1]), valid[:-1]], dim=0)
-        prev_ends = torch.cat([torch.full_like(ends[:1], -2), ends[:-1]], dim=0)
-        starts = valid & ~(prev_valid & (ends == prev_ends + 1))  # (T, B)
+        linked = torch.zeros_like(valid)  # (T, B): step t continues step t-1's episode
+        linked[1:] = continues(ids[:-1], mask[:-1], actions[:-1], ids[1:], mask[1:])
+        starts = valid & ~(prev_valid & linked)  # (T, B)
         starts_f, valid_f = starts.T.reshape(-1), valid.T.reshape(-1)  # (B*T,)
         seg_of = starts_f.long().cumsum(0) - 1  # (B*T,) segment index of each valid step
         start_idx = starts_f.nonzero().squeeze(1)  # (K,) flat (b*T + t) index of each start

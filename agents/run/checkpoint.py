@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-FORMAT_VERSION = 2  # 2: score normalizer state in the metadata
+FORMAT_VERSION = 3  # 3: optimizer state keys recorded; rollout carry-over 'skip'
 
 
 class CheckpointError(RuntimeError):
@@ -43,16 +43,35 @@ def _fsync_replace(tmp: Path, path: Path) -> None:
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
     """save_file to a temp name, fsync, os.replace; returns the file's SHA-256."""
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp))
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    _fsync_replace(tmp, path)
+    try:
+        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp))
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        _fsync_replace(tmp, path)
+    except (OSError, SafetensorError) as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(getattr(err, "errno", None), _reason(err), str(path)) from err
     return digest
 
 
 def atomic_save_json(data: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    _fsync_replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        _fsync_replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, _reason(err), str(path)) from err
+
+
+def _reason(err: Exception) -> str:
+    return getattr(err, "strerror", None) or str(err)
+
+
+def require(meta: dict[str, Any], keys: list[str], path: Path) -> None:
+    """CheckpointError naming the metadata keys missing from `path`."""
+    missing = [k for k in keys if k not in meta]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: metadata keys {missing} missing")
 
 
 # ----------------------------------------------------------------------------- RNG and env state
@@ -140,19 +159,27 @@ def set_env_state(env: Any, meta: dict[str, Any], tensors: dict[str, torch.Tenso
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
     """Flatten `optimizer.state_dict()`: tensors -> `optim/<idx>/<name>`, the rest -> JSON."""
     sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
+    tensors, scalars, keys = {}, {}, {}
     for idx, state in sd["state"].items():
+        keys[str(idx)] = sorted(state)
         for name, value in state.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"optim/{idx}/{name}"] = value
             else:
                 scalars[f"{idx}/{name}"] = value
-    return {"param_groups": sd["param_groups"], "scalars": scalars}, tensors
+    meta = {"param_groups": sd["param_groups"], "scalars": scalars, "state_keys": keys}
+    return meta, tensors
 
 
 def load_optimizer(
-    optimizer: torch.optim.Optimizer, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    path: Path,
 ) -> None:
+    """Restore the optimizer; CheckpointError naming every state entry the file lacks (a fresh
+    Adam would silently change the run)."""
+    require(meta, ["param_groups", "scalars", "state_keys"], path)
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim/"):
@@ -161,6 +188,17 @@ def load_optimizer(
     for key, value in meta["scalars"].items():
         idx, name = key.split("/", 1)
         state.setdefault(int(idx), {})[name] = value
+    missing = [
+        f"optim/{idx}/{name}"
+        for idx, names in meta["state_keys"].items()
+        for name in names
+        if name not in state.get(int(idx), {})
+    ]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} is incomplete: optimizer state {missing[:6]} missing "
+            f"({len(missing)} entries); resuming would restart Adam from scratch"
+        )
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
@@ -229,12 +267,15 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
         raise CheckpointError(
             f"checkpoint metadata {path} is truncated or corrupted: {err}"
         ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint metadata {path} is not a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format_version {meta.get('format_version')!r}, expected "
             f"{FORMAT_VERSION}"
         )
-    weights = path.parent / meta["weights_file"]
+    require(meta, ["weights_file", "weights_sha256"], path)
+    weights = path.parent / Path(meta["weights_file"]).name
     if not weights.is_file():
         raise CheckpointError(f"checkpoint weights {weights} (named by {path}) do not exist")
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()

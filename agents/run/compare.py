@@ -68,7 +68,7 @@ def run_ours(cfg: Config) -> RunResult:
         ]
     wall = time.perf_counter() - start
     final = float(np.mean(trainer.evaluate().returns))
-    trainer.env.close()
+    trainer.close()
     return RunResult("ours", cfg.env.id, cfg.seed, final, wall, trainer.global_step, episodes)
 
 

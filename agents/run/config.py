@@ -12,6 +12,7 @@ the RLHF stages (`cls=SFTConfig`, `cls=RMConfig`).
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -118,7 +119,28 @@ class RunConfig(Section):
     checkpoint_every: NonNegInt = 0  # env steps between checkpoints (0: only at the end)
     torch_threads: PositiveInt = 1
     progress: StrictBool = True
-    device: str = "cpu"
+    device: str = "cpu"  # "cpu", "cuda", "cuda:N", ... (checked against this machine)
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, value: str) -> str:
+        import torch
+
+        try:
+            device = torch.device(value)
+        except RuntimeError as err:
+            raise ValueError(
+                f"{value!r} is not a torch device ({err}); e.g. 'cpu' or 'cuda'"
+            ) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"{value!r} needs CUDA, which this machine's torch does not have; use 'cpu'"
+            )
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(
+                f"{value!r}: this machine has {torch.cuda.device_count()} CUDA devices"
+            )
+        return value
 
 
 def _default_policy() -> PolicyConfig:
@@ -289,6 +311,33 @@ def save_config(cfg: BaseModel, path: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+CODE_REFERENCE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_][\w.]*")
+
+
+def code_references(data: Any, where: str) -> list[str]:
+    """`where = 'module:attr'` for every string in `data` (nested dicts and lists) that names
+    code to import and call, e.g. a reward spec "os:system"."""
+    if isinstance(data, dict):
+        return [r for k, v in data.items() for r in code_references(v, f"{where}.{k}")]
+    if isinstance(data, list):
+        return [r for i, v in enumerate(data) for r in code_references(v, f"{where}[{i}]")]
+    if isinstance(data, str) and CODE_REFERENCE.fullmatch(data):
+        return [f"{where} = {data!r}"]
+    return []
+
+
+def check_code_references(cfg: Config, source: str | Path, trust: bool) -> None:
+    """Refuse a config that we did not get from the user (a run folder's) when its env
+    arguments name code to import and call, unless `trust` (the transformers convention,
+    `trust_remote_code`). Env ids (`module:EnvId`) only import a module that registers envs."""
+    found = code_references(cfg.env.kwargs, "env.kwargs")
+    found += code_references(cfg.eval.env_kwargs, "eval.env_kwargs")
+    if found and not trust:
+        raise ValueError(
+            f"{source} names code to import and run: {'; '.join(found)}. A run folder is data "
+            "that users share; pass --trust-remote-code if you trust where it came from"
+        )
 
 
 def step_budget(cfg: Config) -> int:

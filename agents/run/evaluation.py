@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from agents.core.rollout import EnvRunner, EpisodeLog
+from agents.run.envs import make_eval_env
 
 
 @torch.no_grad()
@@ -34,3 +35,31 @@ def evaluate_policy(
         counts += step.terminated | step.truncated
         t += 1
     return log
+
+
+def run_evaluation(
+    policy: Any,
+    cfg: Any,
+    env: Any = None,
+    episodes: int | None = None,
+    deterministic: bool | None = None,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+) -> EpisodeLog:
+    """A run's evaluation: `eval.episodes` episodes on the eval env (`make_eval_env`, or `env`),
+    actions as `eval.deterministic`, env and torch seeded with `10_000 + seed` (the same number
+    for the trainer and `textrlhf eval`). The torch RNG is forked: evaluating does not change
+    the training run."""
+    episodes = cfg.eval.episodes if episodes is None else episodes
+    deterministic = cfg.eval.deterministic if deterministic is None else deterministic
+    seed = 10_000 + cfg.seed if seed is None else seed
+    own_env = env is None
+    env = make_eval_env(cfg, episodes) if own_env else env
+    device = torch.device(device)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return evaluate_policy(policy, env, episodes, deterministic, seed, device)
+    finally:
+        if own_env:
+            env.close()

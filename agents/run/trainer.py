@@ -6,10 +6,10 @@ summary = trainer.learn()
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,40 +25,22 @@ from agents.policies import frozen_copy, make_policy
 from agents.run import checkpoint as ckpt
 from agents.run.config import Config, save_config, step_budget, to_dict
 from agents.run.envs import make_eval_env, make_train_env
-from agents.run.evaluation import evaluate_policy
+from agents.run.evaluation import run_evaluation
 from agents.run.logger import RunLogger
-
-
-def run_dir_path(cfg: Config, name: str | None = None, overwrite: bool = False) -> Path:
-    """`<run.root>/<name>-<YYYYmmdd-HHMMSS>` (or `<run.root>/<name>` when `name` is given).
-    An existing folder is refused unless `overwrite`."""
-    root = Path(cfg.run.root)
-    folder = root / name if name else root / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    if folder.exists() and not overwrite:
-        raise FileExistsError(
-            f"run folder {folder} already exists; pass --resume {folder} to continue it or "
-            "--overwrite to replace it"
-        )
-    return folder
-
-
-def new_run_dir(cfg: Config, name: str | None = None, overwrite: bool = False) -> Path:
-    """Create a fresh run folder (see `run_dir_path`); an overwritten one is emptied first."""
-    return make_run_dir(run_dir_path(cfg, name, overwrite))
-
-
-def make_run_dir(folder: Path) -> Path:
-    """Create `folder` empty (an existing one, already allowed by `run_dir_path`, is emptied)."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    return folder
+from agents.run.rundir import RunLock, new_run_dir
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# metadata every checkpoint of a Trainer holds (see `Trainer.save`)
+CHECKPOINT_KEYS = [
+    "iteration", "global_step", "transitions", "episodes", "wall_time", "best_return",
+    "recent_returns", "kl_beta", "score_normalizer", "config", "optimizer", "rng",
+]  # fmt: skip
 
 
 class Trainer:
@@ -71,6 +53,8 @@ class Trainer:
         seed_everything(cfg.seed)
         self.device = torch.device(cfg.run.device)
         self.env = make_train_env(cfg)
+        # built now, not after training: a bad eval setting fails before the first step
+        self.eval_env = make_eval_env(cfg) if cfg.eval.episodes > 0 else None
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.policy = make_policy(cfg.policy, obs_space, act_space).to(self.device)
         # the reference policy for the KL penalty: a frozen deep copy of the initial policy
@@ -138,6 +122,7 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         meta, tensors = ckpt.read_checkpoint(path)
+        ckpt.require(meta, CHECKPOINT_KEYS, path)
         # everything that shapes the training run must match; run.* and eval.* may change
         saved, current = _flat_config(meta["config"]), _flat_config(to_dict(self.cfg))
         changed = [
@@ -150,7 +135,7 @@ class Trainer:
                 f"checkpoint {path} does not match the config: " + "; ".join(changed)
             )
         ckpt.load_policy_weights(self.policy, tensors, path)
-        ckpt.load_optimizer(self.ppo.optimizer, meta["optimizer"], tensors)
+        ckpt.load_optimizer(self.ppo.optimizer, meta["optimizer"], tensors, path)
         if self.reference is not None:
             ref = {
                 k[len("reference/") :]: v for k, v in tensors.items() if k.startswith("reference/")
@@ -178,20 +163,9 @@ class Trainer:
     # -- training ---------------------------------------------------------------------------
 
     def evaluate(self, episodes: int | None = None) -> Any:
-        """Evaluation episodes on a fresh env. The torch RNG is forked, so evaluating (or how
-        often) does not change the training run."""
-        cfg = self.cfg
-        episodes = cfg.eval.episodes if episodes is None else episodes
-        env = make_eval_env(cfg, episodes)
-        devices = [self.device] if self.device.type == "cuda" else []
-        try:
-            with torch.random.fork_rng(devices=devices):
-                return evaluate_policy(
-                    self.policy, env, episodes, cfg.eval.deterministic, 10_000 + cfg.seed,
-                    self.device,
-                )  # fmt: skip
-        finally:
-            env.close()
+        """The run's evaluation (`run_evaluation`); it does not change the training run."""
+        env = self.eval_env if episodes in (None, self.cfg.eval.episodes) else None
+        return run_evaluation(self.policy, self.cfg, env, episodes, device=self.device)
 
     def _eval_return(self) -> float:
         value = float(np.mean(self.evaluate().returns))
@@ -201,10 +175,18 @@ class Trainer:
     def learn(self, stop_at: int | None = None, log: bool = True) -> dict[str, Any]:
         """Train until total_timesteps (or `stop_at` env steps, then checkpoint and return).
 
-        With `log=False` no run folder is touched (benchmarks)."""
+        The run folder is locked while this process writes it. With `log=False` no run folder is
+        touched (benchmarks)."""
+        if self.run_dir is None or not log:
+            return self._learn(stop_at, log=False)
+        summary_file = self.run_dir / "summary.json"
+        if self.iteration >= self.num_iterations and summary_file.is_file():
+            return json.loads(summary_file.read_text())  # a finished run: nothing to do
+        with RunLock(self.run_dir):
+            return self._learn(stop_at, log=True)
+
+    def _learn(self, stop_at: int | None, log: bool) -> dict[str, Any]:
         cfg = self.cfg
-        if self.run_dir is None:
-            log = False
         logger = (
             RunLogger(self.run_dir, self.num_iterations * self.steps_per_iteration,
                       self.global_step, cfg.run.progress)
@@ -274,7 +256,13 @@ class Trainer:
         finally:
             if logger is not None:
                 logger.close()
-            self.env.close()
+            self.close()
+
+    def close(self) -> None:
+        """Close the training and evaluation envs."""
+        self.env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()
 
     def _best(self, value: float) -> None:
         if self.best_return is None or value > self.best_return:
@@ -350,10 +338,13 @@ def train(
         run_dir = Path(resume)
         if not (run_dir / "checkpoints" / "latest.json").is_file():
             raise FileNotFoundError(f"cannot resume {run_dir}: no checkpoints/latest.json in it")
-        trainer = Trainer(cfg, run_dir, resume=True)
-    else:
-        run_dir = run_dir_path(cfg, name, overwrite)
-        trainer = Trainer(cfg, run_dir)  # bad envs/policies fail here, before any folder exists
-        make_run_dir(run_dir)
+        Trainer(cfg, run_dir, resume=True).learn()
+        return run_dir
+    run_dir = new_run_dir(cfg, name, overwrite)  # created atomically, under its own name
+    try:
+        trainer = Trainer(cfg, run_dir)  # bad envs, rewards and policies fail here
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing was written to it yet
+        raise
     trainer.learn()
     return run_dir
