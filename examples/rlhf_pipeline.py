@@ -34,7 +34,7 @@ import torch
 import agents.rlhf.reward_model
 import agents.rlhf.sft
 from agents.policies.lm import LMPolicy, load_causal_lm, without_dropout
-from agents.rlhf.preferences import evaluate_gold_proxy, generate_preferences
+from agents.rlhf.preferences import env_lengths, evaluate_gold_proxy, generate_preferences
 from agents.run.config import check_output_dir, load_config
 from agents.run.trainer import Trainer
 from textenv import make_task
@@ -133,8 +133,12 @@ def main() -> None:
 
     prompts = [r["prompt"] for r in make_task("reverse", "test", n=args.eval_prompts, seed=1)]
     reference = without_dropout(load_causal_lm(sft))
-    policy_sft = LMPolicy.from_pretrained(sft, max_sequence_length=40)
-    before = evaluate_gold_proxy(policy_sft, prompts, rm_path=rm, reference=reference, seed=1)
+    # every policy is evaluated at the lengths the PPO configs train with (same in both configs)
+    lengths = env_lengths(load_config(REPO / "configs/text_reward_model.yaml").env.kwargs)
+    policy_sft = LMPolicy.from_pretrained(sft, max_sequence_length=sum(lengths.values()))
+    before = evaluate_gold_proxy(
+        policy_sft, prompts, rm_path=rm, reference=reference, seed=1, **lengths
+    )
 
     ppo_overrides = ["total_timesteps=5120"] if quick else []
     results = {}
@@ -145,8 +149,9 @@ def main() -> None:
         start = time.perf_counter()
         trainer = ppo_stage(config, folder, sft, rm, ppo_overrides)
         timings[f"ppo {label}"] = time.perf_counter() - start
+        assert env_lengths(trainer.cfg.env.kwargs) == lengths
         results[label] = evaluate_gold_proxy(
-            trainer.policy, prompts, rm_path=rm, reference=reference, seed=1
+            trainer.policy, prompts, rm_path=rm, reference=reference, seed=1, **lengths
         )
     if args.nokl:
         plot_proxy_vs_gold(

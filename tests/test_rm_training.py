@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import save_tiny_model
+from helpers import EOS, byte_ids, save_tiny_model
 
 from agents.rlhf.preferences import PreferencePair, make_pairs, read_preferences
 from agents.rlhf.reward_model import (
@@ -24,6 +24,7 @@ from agents.rlhf.reward_model import (
 )
 from textenv import TextRLHFVectorEnv, make_reward_fn
 from textenv.gold import gold_score
+from textenv.tokenizer import decode_ids
 
 
 @pytest.fixture(scope="module")
@@ -206,26 +207,47 @@ def test_config_typo_is_an_error_with_suggestion(tmp_path, tiny_lm):
         main(path, ["train.learning_rat=0.1"])
 
 
-def test_evaluate_gold_proxy_and_zero_kl_to_itself(tmp_path, tiny_lm):
+def logp_alone(model, prompt: str, ids: list[int]) -> float:
+    """log p(ids | prompt) of one unpadded row by a plain forward pass."""
+    row = torch.tensor([byte_ids(prompt) + ids])
+    with torch.no_grad():
+        logits = model(input_ids=row).logits[0].double()
+    logp = torch.log_softmax(logits[:-1], -1).gather(1, row[0, 1:, None])[:, 0]
+    return float(logp[-len(ids) :].sum())
+
+
+def test_evaluate_gold_proxy_and_the_kl_to_a_reference(tmp_path, tiny_lm):
+    from transformers import AutoModelForCausalLM
+
     from agents.policies.lm import LMPolicy
     from agents.rlhf.preferences import evaluate_gold_proxy, rollout_responses, sequence_log_probs
 
     torch.manual_seed(0)
     policy = LMPolicy.from_pretrained(tiny_lm, max_sequence_length=40)
     prompts = ["reverse: abc\n", "sort: hgf\n", "swap: abcd\n"]
-    result = evaluate_gold_proxy(
-        policy, prompts, reference=policy.model, seed=3, max_new_tokens=8, max_prompt_tokens=16
-    )
+    kwargs = {"seed": 3, "max_new_tokens": 8, "max_prompt_tokens": 16}
+    result = evaluate_gold_proxy(policy, prompts, reference=policy.model, **kwargs)
     responses, tokens = rollout_responses(
         policy, prompts, 3, max_new_tokens=8, max_prompt_tokens=16
     )
-    assert all(1 <= len(t) <= 8 for t in tokens)
+    for response, ids in zip(responses, tokens):
+        # generation stops at the first EOS (kept in the ids) or at the 8-token limit
+        assert ids.index(EOS) == len(ids) - 1 if EOS in ids else len(ids) == 8
+        assert decode_ids(policy.tokenizer, ids) == response
     assert result["kl"] == pytest.approx(0.0, abs=1e-6)
     assert result["gold"] == pytest.approx(
         np.mean([gold_score(p, r) for p, r in zip(prompts, responses)])
     )
     logp = sequence_log_probs(policy.model, policy.tokenizer, prompts, tokens)
-    assert logp.shape == (3,) and (logp < 0).all()
+    alone = [logp_alone(policy.model, p, ids) for p, ids in zip(prompts, tokens)]
+    assert logp == pytest.approx(alone, abs=1e-4)  # padding in the batch changes nothing
+    # against a different reference (same architecture, other seed) the KL is the mean gap
+    other_path = save_tiny_model(tmp_path, "gpt2", n_positions=64, layers=1, heads=2, seed=1)
+    other = AutoModelForCausalLM.from_pretrained(other_path).eval()
+    kl = evaluate_gold_proxy(policy, prompts, reference=other, **kwargs)["kl"]
+    gap = np.mean([a - logp_alone(other, p, ids) for a, p, ids in zip(alone, prompts, tokens)])
+    assert kl == pytest.approx(gap, abs=1e-4)
+    assert abs(kl) > 0.05  # not vacuous: measured -0.254
 
 
 def test_config_bad_values_are_errors(tmp_path, tiny_lm):

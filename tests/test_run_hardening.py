@@ -169,3 +169,14 @@ def test_a_device_this_machine_lacks_is_a_config_error(cartpole_yaml):
         load_config(cartpole_yaml, ["run.device=cuda"])
     with pytest.raises(ValueError, match="'gpu0' is not a torch device"):
         load_config(cartpole_yaml, ["run.device=gpu0"])
+
+
+def test_the_rlhf_evaluation_uses_the_runs_lengths():
+    from agents.rlhf.preferences import env_lengths, evaluate_gold_proxy
+
+    for name in ("text_reward_model.yaml", "text_reward_model_nokl.yaml"):
+        cfg = load_config(Path(__file__).parents[1] / "configs" / name)
+        assert env_lengths(cfg.env.kwargs) == {"max_prompt_tokens": 24, "max_new_tokens": 16}
+    assert env_lengths({}) == {"max_prompt_tokens": 32, "max_new_tokens": 32}  # textenv's
+    with pytest.raises(TypeError, match="max_new_tokens"):
+        evaluate_gold_proxy(None, ["reverse: abc\n"])  # no silent default length

@@ -200,18 +200,30 @@ def sequence_log_probs(
     return (logp * target[:, 1:]).sum(1).numpy()
 
 
+def env_lengths(env_kwargs: dict[str, Any]) -> dict[str, int]:
+    """``max_prompt_tokens`` and ``max_new_tokens`` of a run's ``env.kwargs`` (textenv's defaults
+    where absent): evaluate a policy at the lengths it was trained with."""
+    from textenv.env import TextEnvArgs
+
+    keys = ("max_prompt_tokens", "max_new_tokens")
+    args = TextEnvArgs(**{k: env_kwargs[k] for k in keys if k in env_kwargs})
+    return {k: getattr(args, k) for k in keys}
+
+
 def evaluate_gold_proxy(
     policy: Any,
     prompts: list[str],
     rm_path: str | os.PathLike | None = None,
     reference: Any = None,
     seed: int = 0,
-    max_new_tokens: int = 32,
-    max_prompt_tokens: int = 32,
+    *,
+    max_new_tokens: int,
+    max_prompt_tokens: int,
 ) -> dict[str, float]:
     """Sample one response per prompt; mean gold reward, mean proxy (reward-model) score if
     ``rm_path`` is given, and the KL to ``reference`` (an LM, k1 estimate of the sequence KL
-    ``E[log pi(y) - log ref(y)]``) if given."""
+    ``E[log pi(y) - log ref(y)]``) if given. The lengths have no default: pass the run's own
+    (``env_lengths(cfg.env.kwargs)``)."""
     from textenv import make_reward_fn
 
     responses, tokens = rollout_responses(
