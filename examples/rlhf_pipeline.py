@@ -40,6 +40,7 @@ from agents.run.trainer import Trainer
 from textenv import make_task
 
 REPO = Path(__file__).resolve().parent.parent
+OUTPUTS = ("sft", "preferences", "rm", "ppo", "ppo_nokl", "results.json", "rlhf_proxy_vs_gold.png")
 GOLD, PROXY = "episode/reward_components/gold", "episode/reward_components/reward_model"
 
 
@@ -98,8 +99,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = check_output_dir(Path(args.out).resolve(), args.overwrite)
-    if out.exists():
-        shutil.rmtree(out)  # every stage starts from an empty folder
+    for name in OUTPUTS:  # every stage starts empty; delete only what this script writes
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
     quick = args.quick
     timings: dict[str, float] = {}
 

@@ -232,7 +232,8 @@ class TextRLHFEnv(gym.Env):
     ``score - p`` instead (a nudge to finish the text, as in TRL's ``missing_eos_penalty``).
     The final ``info`` holds ``prompt``, ``response``, ``reference``, ``score`` (the reward
     function's, before any penalty), ``reward_components`` (name -> float), ``eos`` and
-    ``hit_length_limit``.
+    ``hit_length_limit``. A reward that ``wants_ended`` (e.g. ``reward_model``) is told whether
+    the response ended with EOS or was cut at the limit (``textenv.rewards``).
 
     ## Starting State
     A prompt drawn uniformly from the prompt set with ``self.np_random``; ``reset(seed=...)``
@@ -258,7 +259,8 @@ class TextRLHFEnv(gym.Env):
     - ``tokenizer``: None / ``"byte"`` (ByT5 bytes), a local tokenizer folder, or a tokenizer.
     - ``prompts``: a built-in task (``reverse``, ``sort``, ``copy_edit``, ``mixed``,
       ``continuation``), a ``PromptDataset``, a list of str / dicts, or a .json / .jsonl path.
-    - ``split``: ``"train"`` or ``"test"`` (held-out strings) for built-in tasks.
+    - ``split``: ``"train"``, ``"validation"`` or ``"test"`` for built-in tasks (``textenv.tasks``:
+      disjoint; tune on validation, report test).
     - ``reward_fn``: a registry name, ``{"name": ..., **kwargs}``, ``{"weighted_sum": [...]}``,
       ``"module:function"``, a ``Reward`` or a callable (see ``textenv.rewards``).
     - ``max_new_tokens``: the response length limit N (EOS included), an int >= 1.
@@ -333,7 +335,10 @@ class TextRLHFEnv(gym.Env):
         if eos or hit_limit:  # score before writing: a reward that raises changes nothing
             tokens = self._ids[P : P + n] if eos else np.append(self._ids[P : P + n], token)
             response = self._decode(tokens)  # the EOS token is not part of the response text
-            total, parts = self.reward_fn.score([self._prompt], [response], [self._reference])
+            ended = {"ended": [bool(eos)]} if self.reward_fn.wants_ended else {}
+            total, parts = self.reward_fn.score(
+                [self._prompt], [response], [self._reference], **ended
+            )
         self._ids[P + n], self._mask[P + n] = token, 1
         self._n_generated += 1
         if not (eos or hit_limit):

@@ -8,6 +8,15 @@ reward's name and the sample in the message (same type where it can be rebuilt f
 else ``RewardFunctionError``), chained to the original. ``Reward.score(...)`` returns
 ``(total, components)`` in one evaluation, which the envs use to fill ``info["reward_components"]``.
 
+Truncation: a reward that sets ``wants_ended = True`` also receives ``ended``, one bool per sample
+(True: the response ended with EOS; False: it was cut at ``max_new_tokens``), as a keyword of
+``compute(prompts, responses, references, ended=...)``. Both envs pass it, to such rewards only (a
+weighted sum passes it on to the components that want it), so every other reward and every
+per-sample callable keeps the three-argument protocol. A batched callable with a parameter named
+``ended`` wants it too. ``ended=None`` (a direct call that does not say) means every response ended.
+The ``reward_model`` reward wants it: it appends EOS only to responses that ended, so a cut response
+is scored as unfinished (``encode_for_reward_model``).
+
 Built-ins (``make_reward_fn("name")`` or ``{"name": ..., **kwargs}``):
 
 ==============  =============================================================  ============
@@ -114,11 +123,27 @@ def check_scores(
     return arr
 
 
+def check_ended(ended: Any, n: int) -> list[bool]:
+    """``ended`` as a list of ``n`` bools (None: all True); ValueError/TypeError otherwise."""
+    if ended is None:
+        return [True] * n
+    values = list(np.asarray(ended).reshape(-1)) if not isinstance(ended, list) else ended
+    if len(values) != n:
+        raise ValueError(f"ended must hold one bool per sample ({n}), got {len(values)}")
+    out = []
+    for v in values:
+        if not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"ended must hold bools (True: the response ended with EOS), got {v!r}")
+        out.append(bool(v))
+    return out
+
+
 class Reward:
     """A named batched reward function. Subclasses implement ``compute``."""
 
     name: str = "reward"
     needs_reference: bool = False  # True: the envs reject prompt sets without references early
+    wants_ended: bool = False  # True: compute() also gets ended= (which responses ended with EOS)
 
     def compute(
         self, prompts: list[str], responses: list[str], references: list[str | None]
@@ -126,11 +151,19 @@ class Reward:
         raise NotImplementedError
 
     def score(
-        self, prompts: list[str], responses: list[str], references: list[str | None]
+        self,
+        prompts: list[str],
+        responses: list[str],
+        references: list[str | None],
+        ended: Sequence[bool] | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Checked scores and the per-component scores, from one evaluation."""
+        """Checked scores and the per-component scores, from one evaluation.
+
+        ``ended`` (one bool per sample, True = ended with EOS) reaches ``compute`` only when
+        ``wants_ended``; None means every response ended."""
+        kwargs = {"ended": check_ended(ended, len(prompts))} if self.wants_ended else {}
         try:
-            raw = self.compute(prompts, responses, references)
+            raw = self.compute(prompts, responses, references, **kwargs)
         except Exception as e:
             if getattr(e, _NAMED, False):
                 raise
@@ -139,11 +172,16 @@ class Reward:
         return total, {self.name: total}
 
     def __call__(
-        self, prompts: list[str], responses: list[str], references: list[str | None] | None = None
+        self,
+        prompts: list[str],
+        responses: list[str],
+        references: list[str | None] | None = None,
+        ended: Sequence[bool] | None = None,
     ) -> np.ndarray:
         if references is None:
             references = [None] * len(prompts)
-        return self.score(list(prompts), list(responses), list(references))[0]
+        kwargs = {"ended": ended} if self.wants_ended else {}
+        return self.score(list(prompts), list(responses), list(references), **kwargs)[0]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -224,14 +262,19 @@ class Length(Reward):
 
 
 def encode_for_reward_model(
-    tokenizer: Any, prompts: Sequence[str], responses: Sequence[str]
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    ended: Sequence[bool] | None = None,
 ) -> dict:
     """THE reward-model input encoding, for training and scoring alike.
 
-    Text ``prompt + response`` tokenized without special tokens, EOS appended, right-padded with
-    the pad id. Returns ``{"input_ids": LongTensor (B, T), "attention_mask": LongTensor (B, T)}``;
-    the score is read at the last real token (the EOS), where a HF sequence-classification model
-    with ``pad_token_id`` set pools.
+    Text ``prompt + response`` tokenized without special tokens, EOS appended to the responses
+    that ended (``ended[i]``; None: all), right-padded with the pad id. A response cut at the
+    length limit (``ended[i] = False``) gets no EOS, so the model sees it as unfinished. Returns
+    ``{"input_ids": LongTensor (B, T), "attention_mask": LongTensor (B, T)}``; the score is read
+    at the last real token (the EOS, or a cut response's last token), where a HF
+    sequence-classification model with ``pad_token_id`` set pools.
     """
     import torch
 
@@ -245,15 +288,18 @@ def encode_for_reward_model(
             f"reward-model tokenizer {type(tokenizer).__name__} needs eos_token_id and "
             f"pad_token_id, got eos={eos}, pad={pad}"
         )
+    ended = check_ended(ended, len(prompts))
     texts = [p + r for p, r in zip(prompts, responses)]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    width = max(len(x) for x in ids) + 1
+    tokenized = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = [list(x) + [eos] * e for x, e in zip(tokenized, ended)]  # EOS only where it ended
+    if min(len(x) for x in ids) == 0:
+        raise ValueError("reward-model input is empty: an empty prompt + a cut empty response")
+    width = max(len(x) for x in ids)
     input_ids = np.full((len(ids), width), pad, dtype=np.int64)  # (B, T)
     attention_mask = np.zeros((len(ids), width), dtype=np.int64)  # (B, T)
     for i, x in enumerate(ids):
         input_ids[i, : len(x)] = x
-        input_ids[i, len(x)] = eos
-        attention_mask[i, : len(x) + 1] = 1
+        attention_mask[i, : len(x)] = 1
     return {
         "input_ids": torch.from_numpy(input_ids),
         "attention_mask": torch.from_numpy(attention_mask),
@@ -264,12 +310,15 @@ class RewardModel(Reward):
     """Scalar logit of a local ``AutoModelForSequenceClassification`` folder (``num_labels=1``).
 
     Loads ``path`` with ``use_safetensors=True`` and its tokenizer, in eval mode; scores a batch
-    with one forward pass under ``torch.no_grad`` on ``encode_for_reward_model`` inputs.
+    with one forward pass under ``torch.no_grad`` on ``encode_for_reward_model`` inputs. It wants
+    ``ended``: a response cut at the length limit is encoded without EOS (``eos_on_cut=True``
+    appends EOS to every response, which scores a cut response as if it had ended).
     """
 
     name = "reward_model"
+    wants_ended = True
 
-    def __init__(self, path: str, device: str = "cpu") -> None:
+    def __init__(self, path: str, device: str = "cpu", eos_on_cut: bool = False) -> None:
         import os
 
         import torch
@@ -280,7 +329,10 @@ class RewardModel(Reward):
                 f"reward_model: path must be a local model folder (config.json + "
                 f"model.safetensors + tokenizer files), got {path!r}"
             )
+        if not isinstance(eos_on_cut, bool):
+            raise TypeError(f"reward_model: eos_on_cut must be a bool, got {eos_on_cut!r}")
         self.path, self.device = os.fspath(path), torch.device(device)
+        self.eos_on_cut = eos_on_cut
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModelForSequenceClassification.from_pretrained(
             self.path, use_safetensors=True
@@ -294,10 +346,12 @@ class RewardModel(Reward):
             raise ValueError(f"reward_model {self.path!r}: config.pad_token_id must be set")
         self.model.to(self.device).eval()
 
-    def compute(self, prompts, responses, references):
+    def compute(self, prompts, responses, references, ended=None):
         import torch
 
-        batch = encode_for_reward_model(self.tokenizer, prompts, responses)
+        batch = encode_for_reward_model(
+            self.tokenizer, prompts, responses, None if self.eos_on_cut else ended
+        )
         with torch.no_grad():
             logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits  # (B, 1)
         return logits[:, 0].float().cpu().numpy()
@@ -321,9 +375,10 @@ class BatchedCallable(Reward):
 
     def __init__(self, fn: Callable, name: str | None = None) -> None:
         self.fn, self.name = fn, name or _callable_name(fn)
+        self.wants_ended = _has_keyword(fn, "ended")
 
-    def compute(self, prompts, responses, references):
-        return self.fn(prompts, responses, references)
+    def compute(self, prompts, responses, references, **ended):
+        return self.fn(prompts, responses, references, **ended)
 
 
 class PerSample(Reward):
@@ -382,11 +437,13 @@ class WeightedSum(Reward):
                 name, k = f"{reward.name}_{k}", k + 1
             self.names.append(name)
         self.needs_reference = any(reward.needs_reference for reward, _ in self.terms)
+        self.wants_ended = any(reward.wants_ended for reward, _ in self.terms)
 
-    def score(self, prompts, responses, references):
+    def score(self, prompts, responses, references, ended=None):
         total, parts = np.zeros(len(prompts)), {}
         for name, (reward, weight) in zip(self.names, self.terms):
-            value, _ = reward.score(prompts, responses, references)
+            kwargs = {"ended": ended} if reward.wants_ended else {}
+            value, _ = reward.score(prompts, responses, references, **kwargs)
             parts[name] = value
             total += weight * value
         return total, parts
@@ -402,6 +459,17 @@ def _callable_name(fn: Callable) -> str:
         name = type(fn).__name__
     module = getattr(fn, "__module__", None)
     return f"{module}:{name}" if module and module not in ("__main__", "builtins") else name
+
+
+def _has_keyword(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` has a parameter ``name`` that can be passed by keyword."""
+    try:
+        param = inspect.signature(fn).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+    )
 
 
 def _n_positional(fn: Callable) -> int | None:

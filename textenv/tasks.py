@@ -14,9 +14,12 @@ mixed          any of the three above, the operation drawn per prompt
 continuation   ``"the red fox "``       ``None`` (open-ended; use e.g. ``repetition``)
 =============  ======================  ==========================================
 
-Splits: a string (word or continuation prompt) belongs to ``"test"`` when its CRC32 is divisible
-by 5, else to ``"train"``. The split is a property of the string, so the train and test sets are
-disjoint for any seeds, and held-out evaluation uses words never seen in training.
+Splits: a string (word or continuation prompt) belongs to ``"test"`` when its CRC32 is 0 modulo
+10, to ``"validation"`` when it is 5 modulo 10, else (4 in 5 strings) to ``"train"``. The split is
+a property of the string, so the three sets are disjoint for any seeds, and held-out evaluation
+uses words never seen in training. Tune hyperparameters (a KL target, a normalization, ...) on
+``"validation"`` and report ``"test"`` once, for the chosen setting. ``"train"`` is the same set as
+before validation existed (CRC32 not divisible by 5): the held-out fifth was split in two.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ import numpy as np
 
 ALPHABET = "abcdefgh"
 MIN_LEN, MAX_LEN = 3, 8
-SPLITS = ("train", "test")
-TEST_MODULUS = 5  # 1 in 5 strings is held out for "test"
+SPLITS = ("train", "validation", "test")
+HELD_OUT_MODULUS = 10  # crc32 % 10: 0 -> "test", 5 -> "validation", else "train"
+_HELD_OUT = {0: "test", 5: "validation"}
 
 # op name -> (prompt prefix, transformation)
 STRING_OPS: dict[str, tuple[str, Callable[[str], str]]] = {
@@ -46,8 +50,8 @@ _VERBS = ("saw", "made", "found", "said", "lost", "took", "met", "liked", "heard
 
 
 def split_of(text: str) -> str:
-    """Return the split (``"train"`` or ``"test"``) that ``text`` belongs to."""
-    return "test" if zlib.crc32(text.encode("utf-8")) % TEST_MODULUS == 0 else "train"
+    """Return the split (one of ``SPLITS``) that ``text`` belongs to."""
+    return _HELD_OUT.get(zlib.crc32(text.encode("utf-8")) % HELD_OUT_MODULUS, "train")
 
 
 def format_prompt(op: str, word: str) -> str:

@@ -266,7 +266,8 @@ class TextRLHFVectorEnv(VectorEnv):
         prompts = [self._prompts[r] for r in rows.tolist()]
         references = [self._references[r] for r in rows.tolist()]
         responses = self._decode_batch(tokens, lengths)
-        total, parts = self.reward_fn.score(prompts, responses, references)
+        ended = {"ended": eos[rows].tolist()} if self.reward_fn.wants_ended else {}
+        total, parts = self.reward_fn.score(prompts, responses, references, **ended)
         rewards[rows] = total - self.missing_eos_penalty * ~eos[rows]
 
         def column(values: Any, dtype: Any) -> np.ndarray:

@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 import agents.run.config
 from agents.policies.lm import DEFAULT_MODEL_PATH
 from agents.rlhf.preferences import PreferencePair, read_preferences
-from agents.rlhf.stage import REPO_ROOT, StageConfig, run_stage
+from agents.rlhf.stage import REPO_ROOT, StageConfig, optimizer_step, run_stage
 from agents.run.config import (
     NonNegFloat,
     NonNegInt,
@@ -211,11 +211,7 @@ def train_reward_model(
         idx = rng.integers(0, len(train_pairs), size=min(cfg.batch_size, len(train_pairs)))
         rc, rr = score_pairs(model, tokenizer, [train_pairs[i] for i in idx])
         loss = bradley_terry_loss(rc, rr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        schedule.step()
+        optimizer_step(model, optimizer, schedule, loss, cfg.max_grad_norm)
         losses.append(loss.item())
         accs.append(pairwise_accuracy(rc.detach(), rr.detach()))
         if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):

@@ -26,7 +26,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import agents.run.config
 from agents.policies.lm import LMPolicy, position_ids_from_mask
-from agents.rlhf.stage import REPO_ROOT, StageConfig, run_stage
+from agents.rlhf.stage import REPO_ROOT, StageConfig, optimizer_step, run_stage
 from agents.run.config import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Section
 
 # ----------------------------------------------------------------------------- config
@@ -249,11 +249,7 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
     for step in range(tc.steps):
         idx = torch.from_numpy(rng.integers(0, len(ids), size=tc.batch_size))
         loss = sft_loss(model, ids[idx], mask[idx], loss_mask[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-        optimizer.step()
-        schedule.step()
+        optimizer_step(model, optimizer, schedule, loss, tc.max_grad_norm)
         losses.append(loss.item())
         if step % 50 == 0 or step == tc.steps - 1:
             print(f"step {step:5d}  loss {loss.item():.4f}")

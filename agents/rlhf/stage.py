@@ -13,6 +13,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from agents.run.config import Int, PositiveInt, Section, check_output_dir, load_config
+from agents.run.rundir import RunLock
 
 S = TypeVar("S", bound="StageConfig")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -53,10 +54,22 @@ def run_stage(
     model into `out`) and write its summary (with the config) to `out/cls.summary_file`."""
     cfg = load_config(config_path, overrides, cls=cls)
     out = check_output_dir(cfg.output_path(), overwrite)
-    torch.set_num_threads(cfg.torch_threads)
-    torch.manual_seed(cfg.seed)
-    summary = work(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / cls.summary_file, {"config": cfg.model_dump(mode="json"), **summary})
+    with RunLock(out):  # one process writes an output folder at a time
+        torch.set_num_threads(cfg.torch_threads)
+        torch.manual_seed(cfg.seed)
+        summary = work(cfg, out)
+        write_json(out / cls.summary_file, {"config": cfg.model_dump(mode="json"), **summary})
     print(f"saved {out}")
     return out
+
+
+def optimizer_step(
+    model: torch.nn.Module, optimizer: Any, schedule: Any, loss: torch.Tensor, max_grad_norm: float
+) -> None:
+    """One supervised step of a stage: backward, clip the global gradient norm, step, schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    schedule.step()

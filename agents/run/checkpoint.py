@@ -89,6 +89,8 @@ def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 def set_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    if "rng/torch" not in tensors or not {"numpy", "python"} <= set(meta):
+        raise CheckpointError("the checkpoint's RNG state (rng/torch, numpy, python) is incomplete")
     torch.set_rng_state(tensors["rng/torch"])
     name, keys, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))

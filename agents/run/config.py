@@ -350,7 +350,7 @@ def step_budget(cfg: Config) -> int:
 def check_output_dir(folder: str | Path, overwrite: bool) -> Path:
     """Refuse to write into an existing, non-empty output folder unless `overwrite`."""
     folder = Path(folder)
-    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+    if folder.is_dir() and any(p.name != ".lock" for p in folder.iterdir()) and not overwrite:
         raise FileExistsError(
             f"output folder {folder} already exists; pass --overwrite (overwrite=True) to "
             "replace it, or choose another output_dir"
