@@ -1,7 +1,9 @@
 """The textenv examples run, and SB3's PPO (MultiInputPolicy) trains on TextRLHF-v0."""
 
+import ast
 import importlib.util
 import pathlib
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -26,12 +28,32 @@ def test_random_rollout_example(capsys):
     load_example("random_rollout").main()
     out = capsys.readouterr().out
     assert out.count("reward=") == 5 and "mean reward" in out
+    # each printed reward is the edit-distance similarity of the printed response and reference
+    episodes = re.findall(r"response=('.*?')\s+reference=('.*?')\s+reward=([\d.]+)", out)
+    assert len(episodes) == 5
+    for response, reference, reward in episodes:
+        expected = edit_similarity(ast.literal_eval(response), ast.literal_eval(reference))
+        assert float(reward) == pytest.approx(expected, abs=6e-4)  # printed with 3 decimals
+    assert max(float(r) for *_, r in episodes) > 0  # measured: 2 of the 5 score above 0
 
 
 def test_swap_rewards_example(capsys):
     load_example("swap_rewards").main()
     out = capsys.readouterr().out
     assert "edit_distance" in out and "vowel_free" in out and "components" in out
+    # the table: one row per response, the same texts scored by six rewards (3 decimals)
+    lines = out.splitlines()
+    names = lines[0].split()[1:]
+    assert names == ["edit_distance", "repetition", "length(target=5)", "lambda(1st", "ok)",
+                     "vowel_free", "0.7*edit+0.3*len"]  # fmt: skip
+    rows = [line.rsplit(maxsplit=6) for line in lines[1:9]]
+    assert len(rows) == 8
+    for text, edit, _, length, _, vowel_free, weighted in rows:
+        response = ast.literal_eval(text)
+        assert float(length) == pytest.approx(-abs(len(response) - 5) / 32, abs=6e-4)
+        assert float(vowel_free) == float(not set(response) & {"a", "e"})
+        assert float(weighted) == pytest.approx(0.7 * float(edit) + 0.3 * float(length), abs=2e-3)
+    assert len({float(row[1]) for row in rows}) > 2  # not vacuous: edit distances differ
 
 
 def test_sb3_ppo_multiinput_runs_on_textenv():

@@ -87,34 +87,40 @@ def test_cli_train_smoke_run_writes_the_run_folder(cartpole_yaml, tmp_path, caps
     assert metrics_rows(run) == rows and checkpoint_steps(run) == [1024]
 
 
-def test_cli_resume_continues_an_interrupted_run(cartpole_yaml, tmp_path):
+@pytest.mark.parametrize(
+    ("eval_every", "steps"),
+    [
+        (0, [256, 512, 768, 1024, 1024]),  # one row per iteration, then the final eval's
+        (512, [0, 256, 512, 768, 1024]),  # the initial eval, evals in the rows of 512 and 1024
+    ],
+)  # fmt: skip
+def test_cli_resume_continues_an_interrupted_run(cartpole_yaml, tmp_path, eval_every, steps):
     """A run stopped at 512 steps and resumed with `train --resume` ends exactly like an
     uninterrupted CLI run: same metrics rows (none duplicated), steps, checkpoints and return."""
-    assert main([*train_args(cartpole_yaml, tmp_path), "--name", "full"]) == 0
-    cfg = load_config(cartpole_yaml, [f"run.root={tmp_path}", *SMALL])
+    overrides = [*SMALL, f"eval.every={eval_every}"]
+    args = ["train", str(cartpole_yaml), "--set", f"run.root={tmp_path}",
+            *[f"--set={s}" for s in overrides]]  # fmt: skip
+    assert main([*args, "--name", "full"]) == 0
+    cfg = load_config(cartpole_yaml, [f"run.root={tmp_path}", *overrides])
     half = Trainer(cfg, new_run_dir(cfg, "half"))
     half.learn(stop_at=512)
     assert latest_step(tmp_path / "half") == 512
     interrupted = json.loads((tmp_path / "half" / "summary.json").read_text())
     assert interrupted["steps"] == 512 and interrupted["finished"] is False
-    assert main([*train_args(cartpole_yaml, tmp_path), "--resume", str(tmp_path / "half")]) == 0
+    assert main([*args, "--resume", str(tmp_path / "half")]) == 0
 
     full, resumed = tmp_path / "full", tmp_path / "half"
+    assert [int(r["step"]) for r in metrics_rows(full)] == steps
+    assert [int(r["step"]) for r in metrics_rows(resumed)] == steps
     assert metrics_rows(resumed) == metrics_rows(full)
-    assert [int(r["step"]) for r in metrics_rows(resumed)] == [256, 512, 768, 1024, 1024]
     assert checkpoint_steps(resumed) == [512, 1024] and latest_step(resumed) == 1024
     a, b = (json.loads((run / "summary.json").read_text()) for run in (full, resumed))
-    for key in ("steps", "iterations", "transitions", "episodes", "final_return", "finished"):
+    for key in ("steps", "iterations", "transitions", "episodes", "final_return", "best_return",
+                "finished"):  # fmt: skip
         assert a[key] == b[key], key
     assert b["steps"] == 1024 and b["finished"] is True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="resuming a finished run is not a no-op: Trainer.learn() evaluates again and appends "
-    "a second final-eval row at step 1024 to metrics.csv, RunLogger rewrites the kept rows' empty "
-    "cells as 'nan', and the 1024 checkpoint's .json is rewritten (new wall_time)",
-)
 def test_cli_resuming_a_finished_run_changes_nothing(cartpole_yaml, tmp_path):
     run = tmp_path / "done"
     assert main([*train_args(cartpole_yaml, tmp_path), "--name", "done"]) == 0

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from helpers import edit_similarity
 from pydantic import Field
 
 from agents.core.buffer import RolloutBuffer
@@ -179,8 +180,17 @@ def test_lockstep_text_env_rollout_masks_finished_rows_and_reports_infos():
     assert len(log.returns) == 4 and "score" in log.metrics
     assert "reward_components/edit_distance" in log.metrics
     assert {"prompt", "response", "reference"} <= set(log.samples[0])
+    assert len(log.samples) == 4
+    for sample in log.samples:  # the env's score is the edit similarity to the reversed word
+        word = sample["prompt"].removeprefix("reverse: ").removesuffix("\n")
+        assert sample["reference"] == word[::-1]
+        expected = edit_similarity(sample["response"], sample["reference"])
+        assert (
+            sample["score"] == sample["reward_components/edit_distance"] == pytest.approx(expected)
+        )
+    assert sorted(log.returns) == sorted(log.metrics["score"])  # no KL: the return is the score
     metrics = trainer.iterate()
-    assert "episode/score" in metrics
+    assert metrics["episode/score"] == pytest.approx(metrics["rollout/ep_return"])
     trainer.env.close()
 
 

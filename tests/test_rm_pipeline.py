@@ -28,6 +28,13 @@ def test_rlhf_pipeline_quick_runs_every_stage(tmp_path):
     assert (out / "rlhf_proxy_vs_gold.png").is_file()
     results = json.loads((out / "results.json").read_text())
     assert set(results["policies"]) == {"SFT", "PPO KL target 3", "PPO beta=0"}
-    assert results["policies"]["SFT"]["kl"] == pytest.approx(0.0, abs=1e-6)
-    assert 0.5 < results["rm_eval_accuracy"] <= 1.0  # better than chance after 40 steps
+    policies = results["policies"]
+    assert policies["SFT"]["kl"] == pytest.approx(0.0, abs=1e-6)
+    # measured (2 cores, 1 torch thread): held-out accuracy 0.724 after 40 steps (0.494 before)
+    assert results["rm_eval_accuracy"] > 0.62
+    # PPO raises the reward model's score it is trained on and moves away from the SFT model;
+    # measured proxy SFT -0.068, KL target 3: 0.630 (KL 1.08), beta=0: 0.658 (KL 1.69)
+    for name in ("PPO KL target 3", "PPO beta=0"):
+        assert policies[name]["proxy"] > policies["SFT"]["proxy"] + 0.3, name
+        assert policies[name]["kl"] > 0.2, name
     assert "PPO KL target 3" in proc.stdout and "held-out accuracy" in proc.stdout

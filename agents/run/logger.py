@@ -124,13 +124,14 @@ class RunLogger:
 
 
 def _num(value: str) -> int | float | str:
-    """A metrics.csv cell back to the number it was written from."""
+    """A metrics.csv cell back to the number it was written from (an empty cell stays empty, so
+    a resumed run rewrites the kept rows exactly as they were)."""
     for kind in (int, float):
         try:
             return kind(value)
         except ValueError:
             continue
-    return math.nan if value == "" else value
+    return value
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
