@@ -25,7 +25,7 @@ import textenv  # noqa: F401  (registers TextRLHF-v0)
 from agents.core.buffer import RolloutBuffer
 from agents.core.ppo import PPO
 from agents.core.rollout import RolloutCollector
-from agents.policies.lm import LMPolicy
+from agents.policies.lm import LMPolicy, cache_keyword
 from agents.run.config import load_config
 from agents.run.evaluation import evaluate_policy
 from textenv import TextRLHFVectorEnv
@@ -118,6 +118,16 @@ def test_llama_restarts_match_evaluate(mode, llama_path):
     log = RolloutCollector(env, policy, buffer, seed=2).collect()
     assert len(log.returns) >= 3 * ROWS
     check_rollout_matches_evaluate(policy, buffer)
+
+
+def test_one_token_prompts_restart(biased_gpt2):
+    """A restarted row whose prefix before the fed token is empty (a one-token prompt)."""
+    env = make_vec_env("next_step", ROWS, prompts=["a", "b", "hello world"], reward_fn="length")
+    buffer = RolloutBuffer(T, ROWS, env.single_observation_space, env.single_action_space)
+    torch.manual_seed(5)
+    log = RolloutCollector(env, biased_gpt2, buffer, seed=5).collect()
+    assert len(log.returns) >= 3 * ROWS
+    check_rollout_matches_evaluate(biased_gpt2, buffer)
 
 
 def test_restarted_rows_are_spliced_not_re_encoded(biased_gpt2, monkeypatch):
@@ -284,3 +294,14 @@ def test_no_deprecation_warnings(arch, gpt2_path, llama_path):
     finally:
         hf_logger.removeHandler(handler)
     assert not [r for r in records if "deprecat" in r.getMessage().lower()]
+
+
+def test_cache_keyword_falls_back_to_past_key_values():
+    class Renamed(nn.Module):
+        def forward(self, input_ids=None, cache=None, use_cache=None): ...
+
+    class Older(nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None): ...
+
+    assert cache_keyword(Renamed) == "cache"
+    assert cache_keyword(Older) == "past_key_values"

@@ -180,3 +180,14 @@ def test_the_rlhf_evaluation_uses_the_runs_lengths():
     assert env_lengths({}) == {"max_prompt_tokens": 32, "max_new_tokens": 32}  # textenv's
     with pytest.raises(TypeError, match="max_new_tokens"):
         evaluate_gold_proxy(None, ["reverse: abc\n"])  # no silent default length
+
+
+def test_env_sizes_are_checked_against_the_model_before_any_env_exists():
+    cfg = load_config(
+        Path(__file__).parents[1] / "configs" / "text_edit_distance.yaml",
+        ["env.kwargs.max_new_tokens=1000000000", "run.progress=false"],
+    )
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"1000000032 tokens exceeds the model's context of 320"):
+        Trainer(cfg)  # the env would allocate (64, 1e9) int64 buffers first
+    assert time.perf_counter() - start < 5

@@ -1,8 +1,9 @@
 """The policy protocol: the only thing the PPO core knows about a policy.
 
 A policy is an actor-critic with an optional recurrent `state` threaded through `act` (MLPs use
-`None`; the LM policy keeps its KV cache there). Observations arrive as torch tensors, or dicts of
-tensors for Dict spaces (`agents.core.rollout.obs_to_tensor`).
+`None`; the LM policy keeps its KV cache there). Observations arrive as torch tensors, or dicts /
+tuples of tensors for Dict / Tuple spaces, nested as the space is, in the space's own dtypes
+(`agents.core.rollout.obs_to_tensor`); encoding them is the policy's business.
 
 Shapes: transition policies (`is_sequence_policy = False`, e.g. MLPs) receive `Minibatch` fields of
 shape `(B, ...)` and return `(B,)` tensors. Sequence policies (`is_sequence_policy = True`, e.g.
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 class Minibatch(NamedTuple):
     """One minibatch handed to `policy.evaluate` and to the PPO loss."""
 
-    obs: torch.Tensor | dict[str, torch.Tensor]  # (B, ...) or (T, B, ...)
+    obs: Any  # tensor, or dict / tuple of tensors: (B, ...) or (T, B, ...)
     actions: torch.Tensor  # (B, ...) or (T, B, ...)
     log_probs: torch.Tensor  # (B,) or (T, B), log-probs at collection time
     values: torch.Tensor  # (B,) or (T, B), values at collection time
@@ -46,7 +47,9 @@ class ActorCritic(Protocol):
     """What `agents.core.rollout` and `agents.core.ppo` call. Implementations are `torch.nn.Module`s.
 
     A registered policy class also has `Config` (its `PolicyConfig` subclass) and the classmethod
-    `from_config(policy_cfg, observation_space, action_space)`.
+    `from_config(policy_cfg, observation_space, action_space)`. Optionally, a classmethod
+    `check_env_kwargs(policy_cfg, env_kwargs)` that refuses env sizes its model cannot take,
+    called before any env is built (the LM policy checks prompt + response against the context).
     """
 
     is_sequence_policy: bool
@@ -66,7 +69,8 @@ class ActorCritic(Protocol):
         """Re-score `batch.actions` with grad: (log_prob, entropy, value)."""
 
     def reset_state(self, state: Any, done_mask: np.ndarray) -> Any:
-        """Forget the state of the env rows in `done_mask` (N,) bool whose episodes ended."""
+        """Forget the state of the env rows in `done_mask` (N,) bool whose episodes ended (may be
+        a no-op for a policy that detects new episodes from the observations, as the LM does)."""
 
 
 # ----------------------------------------------------------------------------- registry

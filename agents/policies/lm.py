@@ -104,36 +104,29 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def continues(
-    prev_ids: torch.Tensor,
-    prev_mask: torch.Tensor,
-    prev_action: torch.Tensor,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-) -> torch.Tensor:
-    """(..., L) observations -> (...) bool: is `ids/mask` the observation `prev_ids/prev_mask`
-    with `prev_action` (...) written after its prefix, i.e. the same episode one step later?
+def masked_ids(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The observation as one tensor: attended token ids, -1 where the mask is 0."""
+    return ids.masked_fill(~mask.bool(), -1)
 
-    Exactly one attended column was added, it is the new last one, it holds `prev_action`, and
-    every attended token of `prev` is unchanged. (A prompt with padding between it and the
-    response, as in tests/test_lm_padding.py, continues too: the new column need not be adjacent.)
+
+def step_kinds(
+    prev: torch.Tensor, prev_action: torch.Tensor, obs: torch.Tensor, ends: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How the observation `obs` (..., L) (`masked_ids`, prefix lengths `ends` (...)) follows the
+    observation `prev` on which `prev_action` (...) was taken. Returns two (...) bools:
+
+    - continues: `obs` is `prev` plus `prev_action` written after its prefix (the same episode
+      one step later): exactly one column differs, the new last attended one, which was not
+      attended before and holds `prev_action`. (A prompt with padding between it and the response,
+      as in tests/test_lm_padding.py, continues too: that column need not be adjacent.)
+    - unchanged: `obs` equals `prev` (a finished lockstep row, whose actions the env ignores).
+    Anything else is a new episode.
     """
-    prev_mask, mask = prev_mask.bool(), mask.bool()
-    end = prefix_lengths(mask)
-    last = (end - 1).clamp(min=0).unsqueeze(-1)  # (..., 1)
-    is_last = torch.arange(mask.shape[-1], device=mask.device) == last  # (..., L)
-    grew = ((mask ^ prev_mask) == is_last).all(-1)
-    kept = ((ids == prev_ids) | ~prev_mask).all(-1)
-    token = ids.gather(-1, last).squeeze(-1) == prev_action
-    return grew & kept & token & (end > prefix_lengths(prev_mask))
-
-
-def unchanged(
-    prev_ids: torch.Tensor, prev_mask: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """(..., L) observations -> (...) bool: the same attended tokens at the same places."""
-    mask = mask.bool()
-    return (mask == prev_mask.bool()).all(-1) & ((ids == prev_ids) | ~mask).all(-1)
+    n_diff = (obs != prev).sum(-1)
+    last = (ends - 1).clamp(min=0).unsqueeze(-1)  # (..., 1)
+    added = obs.gather(-1, last).squeeze(-1) == prev_action
+    was_empty = prev.gather(-1, last).squeeze(-1) < 0
+    return (n_diff == 1) & added & was_empty, n_diff == 0
 
 
 def context_size(config: Any) -> int | None:
@@ -164,9 +157,10 @@ def load_causal_lm(path: str | os.PathLike) -> PreTrainedModel:
 
 @functools.cache
 def cache_keyword(model_class: type) -> str:
-    """The name under which `model_class.forward` takes the KV cache: `cache` (transformers >=
-    5.2x, where `past_key_values` is deprecated) or `past_key_values` (older versions and
-    architectures not yet renamed)."""
+    """The name under which `model_class.forward` takes the KV cache: `cache` where it exists
+    (recent transformers, e.g. 5.24, which deprecates `past_key_values` with a FutureWarning at
+    every call and drops it in 5.40), else `past_key_values` (older versions, and architectures
+    not renamed yet)."""
     parameters = inspect.signature(model_class.forward).parameters
     return "cache" if "cache" in parameters else "past_key_values"
 
@@ -247,7 +241,8 @@ class LMState:
 
     `cache is None` means "prefill from the next observation" (at the start, or after a policy
     update made the cached keys/values stale). Row by row, the next observation is compared with
-    `obs_ids/obs_mask` to tell a continuing row from a restarted or an unchanged one.
+    the previous one (`obs_ids/obs_mask`) to tell a continuing row from a restarted or an
+    unchanged one (`LMPolicy._advance`).
     """
 
     num_envs: int
@@ -257,11 +252,18 @@ class LMState:
     next_pos: torch.Tensor | None = None  # (B,) position id of the next fed token
     last_action: torch.Tensor | None = None  # (B,) token sampled at the previous step
     version: int = -1  # policy parameter version the cache was built with
-    obs_ids: torch.Tensor | None = None  # (B, L) the observation of the previous act
-    obs_mask: torch.Tensor | None = None  # (B, L) bool
     logits: torch.Tensor | None = None  # (B, V) outputs of the previous act, reused for
     value: torch.Tensor | None = None  # (B,)      rows whose observation did not change
     stale: torch.Tensor | None = None  # (B,) bool: the cache holds tokens the obs does not
+    any_stale: bool = False
+    # the previous observation, (B, L + 1) with a spare last column, and where the env will write
+    # the sampled token if the row continues: its prefix length, or the spare column L for a
+    # stale row (expected to stay unchanged)
+    obs_ids: torch.Tensor | None = None
+    obs_mask: torch.Tensor | None = None
+    write_col: torch.Tensor | None = None  # (B, 1)
+    advance: torch.Tensor | None = None  # (B, 1): 1, or 0 for a stale row
+    live_end: int = -1  # the largest prefix length of a row that is not stale
 
 
 # ----------------------------------------------------------------------------- policy
@@ -511,11 +513,12 @@ class LMPolicy(nn.Module):
         self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, state: LMState
     ) -> bool:
         """Re-encode only `rows` (R,) from their observations `ids/mask` (B, L) into the batch
-        cache: each row's prefix without its last token is encoded right-aligned to the cache's
-        width S, and its keys/values, mask and next position overwrite the row's old ones in place.
-        The next `_step` then feeds the row's last token like any other row's. Returns False, and
-        changes nothing, when the cache's layers cannot be written in place or a prefix does not
-        fit the width: the caller then re-encodes every row."""
+        cache of width S. Each row's prefix without its last token, from its first attended token
+        (w columns at most), is encoded alone, right-aligned; its keys/values overwrite the row's
+        last w cache columns in place, and the row's mask hides every older column (their old,
+        finite keys/values stay, with weight exactly 0). The next `_step` then feeds the row's last
+        token like any other row's. Returns False, changing nothing, when the cache's layers cannot
+        be written in place or a prefix is wider than S: the caller then re-encodes every row."""
         width = state.mask.shape[1]
         caches = [(self.model, state.cache)]
         if self.critic_model is not None:
@@ -524,18 +527,23 @@ class LMPolicy(nn.Module):
             return False
         row_mask = mask[rows].long()  # (R, L)
         ends = prefix_lengths(row_mask)  # (R,)
-        if int(ends.min()) < 1 or int(ends.max()) - 1 > width:
+        firsts = (row_mask.cumsum(1) == 0).sum(1)  # (R,) index of the first attended token
+        span = int((ends - 1 - firsts).max())  # columns to encode: w
+        if int(ends.min()) < 1 or span > width:
             return False
-        pre_ids, pre_mask = right_align(ids[rows], row_mask, ends - 1, width, self.pad_id)
-        positions = position_ids_from_mask(pre_mask)
-        for model, cache in caches:
-            part = DynamicCache(config=model.config)
-            self._trunk(model, pre_ids, pre_mask, positions, part)
-            for layer, new in zip(cache.layers, part.layers, strict=True):
-                layer._k[rows, :, :width] = new.keys
-                layer._v[rows, :, :width] = new.values
-        state.mask[rows] = pre_mask
-        state.next_pos[rows] = pre_mask.sum(1)
+        new_mask = torch.zeros_like(state.mask[rows])  # (R, S)
+        if span > 0:
+            pre_ids, pre_mask = right_align(ids[rows], row_mask, ends - 1, span, self.pad_id)
+            positions = position_ids_from_mask(pre_mask)
+            for model, cache in caches:
+                part = DynamicCache(config=model.config)
+                self._trunk(model, pre_ids, pre_mask, positions, part)
+                for layer, new in zip(cache.layers, part.layers, strict=True):
+                    layer._k[rows, :, width - span : width] = new.keys
+                    layer._v[rows, :, width - span : width] = new.values
+            new_mask[:, width - span :] = pre_mask
+        state.mask[rows] = new_mask
+        state.next_pos[rows] = new_mask.sum(1)
         state.stale[rows] = False
         return True
 
@@ -544,29 +552,69 @@ class LMPolicy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step from a built cache: continuing rows feed their sampled token, restarted rows
         are spliced in, unchanged rows get their previous outputs (see the module docstring)."""
-        if state.mask.shape[1] >= 2 * ids.shape[1]:  # many restarts made the cache wide
-            return self._prefill({"input_ids": ids, "attention_mask": mask}, state)
-        prev_ids, prev_mask = state.obs_ids, state.obs_mask
-        cont = continues(prev_ids, prev_mask, state.last_action, ids, mask) & ~state.stale
-        if bool(cont.all()):  # the lockstep case: one token per row
-            return self._step(state, state.last_action)
-        same = unchanged(prev_ids, prev_mask, ids, mask)
+        L = ids.shape[1]
+        wide = state.mask.shape[1] >= 2 * L  # many restarts made the cache wide: start afresh
+        if not wide and state.live_end < L:
+            # The hot loop (lockstep, and most steps of any mode): each row is its previous
+            # observation with the sampled token written right after the prefix, or, if stale,
+            # unchanged. Two scatters and two comparisons, no per-row reductions.
+            exp_ids = state.obs_ids.scatter(1, state.write_col, state.last_action.unsqueeze(1))
+            exp_mask = state.obs_mask.scatter(1, state.write_col, 1)
+            if torch.equal(exp_ids[:, :L], ids) and torch.equal(exp_mask[:, :L], mask):
+                state.obs_ids, state.obs_mask = exp_ids, exp_mask
+                state.write_col = state.write_col + state.advance
+                state.live_end += 1
+                logits, value = self._step(state, state.last_action)
+                if state.any_stale:
+                    logits, value = self._reuse(logits, value, state.stale, state)
+                return logits, value
+        # the exact row-by-row classification
+        if wide:
+            logits, value = self._prefill({"input_ids": ids, "attention_mask": mask}, state)
+            self._remember(ids, mask, state)
+            return logits, value
+        ends = prefix_lengths(mask)  # (B,)
+        prev = masked_ids(state.obs_ids[:, :L], state.obs_mask[:, :L])
+        cont, same = step_kinds(prev, state.last_action, masked_ids(ids, mask), ends)
+        cont = cont & ~state.stale
         restart = ~(cont | same)
         fed = state.last_action
         if bool(restart.any()):
             rows = restart.nonzero().squeeze(1)
             if rows.numel() == restart.numel() or not self._splice(ids, mask, rows, state):
-                return self._prefill({"input_ids": ids, "attention_mask": mask}, state)
-            last = (prefix_lengths(mask[rows]) - 1).unsqueeze(1)  # (R, 1)
+                logits, value = self._prefill({"input_ids": ids, "attention_mask": mask}, state)
+                self._remember(ids, mask, state)
+                return logits, value
+            last = (ends[rows] - 1).unsqueeze(1)  # (R, 1)
             fed = fed.index_put((rows,), ids[rows].gather(1, last).squeeze(1))
         logits, value = self._step(state, fed)
         if bool(same.any()):
+            logits, value = self._reuse(logits, value, same, state)
             # fed its sampled token anyway (the batch steps together); that token is not in
             # its observation, so the row's cache is stale until the row restarts
-            logits = torch.where(same.unsqueeze(1), state.logits, logits)
-            value = torch.where(same, state.value, value)
             state.stale = state.stale | same
+        self._remember(ids, mask, state)
         return logits, value
+
+    @staticmethod
+    def _reuse(
+        logits: torch.Tensor, value: torch.Tensor, rows: torch.Tensor, state: LMState
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The previous act's outputs for `rows` (B,) bool, whose observation is unchanged."""
+        logits = torch.where(rows.unsqueeze(1), state.logits, logits)
+        return logits, torch.where(rows, state.value, value)
+
+    def _remember(self, ids: torch.Tensor, mask: torch.Tensor, state: LMState) -> None:
+        """Keep the observation just acted on, and what the next act's fast path expects."""
+        B, L = ids.shape
+        state.obs_ids = torch.cat([ids, ids.new_full((B, 1), self.pad_id)], dim=1)
+        state.obs_mask = torch.cat([mask, mask.new_zeros((B, 1))], dim=1)
+        ends = prefix_lengths(mask)
+        state.write_col = torch.where(state.stale, L, ends).unsqueeze(1)
+        state.advance = (~state.stale).long().unsqueeze(1)
+        live = ends[~state.stale]
+        state.live_end = int(live.max()) if live.numel() else -1
+        state.any_stale = bool(state.stale.any())
 
     def _step(self, state: LMState, fed: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Feed one token per row, `fed` (B,), through the cached trunk(s)."""
@@ -597,12 +645,12 @@ class LMPolicy(nn.Module):
         self, obs: dict[str, torch.Tensor], state: LMState, deterministic: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LMState]:
         """Sample one token per row. Returns action (B,), log_prob (B,), value (B,), state."""
-        ids, mask = obs["input_ids"].long(), obs["attention_mask"].bool()  # (B, L)
+        ids, mask = obs["input_ids"].long(), obs["attention_mask"]  # (B, L)
         if state.cache is None or state.version != self._version:
             logits, value = self._prefill(obs, state)
+            self._remember(ids, mask, state)
         else:
             logits, value = self._advance(ids, mask, state)
-        state.obs_ids, state.obs_mask = ids.clone(), mask.clone()  # the env may reuse its arrays
         state.logits, state.value = logits, value
         scaled = logits.float() / self.temperature  # (B, V)
         if deterministic:
@@ -623,10 +671,10 @@ class LMPolicy(nn.Module):
         """Re-score `(T, B)` whole-episode columns with one teacher-forced forward.
 
         Each column is cut into segments: maximal runs of valid steps whose observation is the
-        previous one plus the previous action (`continues`; a new episode starts a new segment). A segment's sequence is its
-        first observation's prefix followed by its actions; the logits at the last prefix position
-        and at each fed action score the next action. Returns (T, B) log_prob, entropy, value,
-        zero on invalid steps.
+        previous one plus the previous action (`step_kinds`; a new episode starts a new segment),
+        as `act` tells them apart. A segment's sequence is its first observation's prefix followed
+        by its actions; the logits at the last prefix position and at each fed action score the
+        next action. Returns (T, B) log_prob, entropy, value, zero on invalid steps.
         """
         if torch.is_grad_enabled():
             self._version += 1  # parameters are about to change: cached keys/values go stale
@@ -638,8 +686,9 @@ class LMPolicy(nn.Module):
         # 1. segments, enumerated column by column: (B, T) layout, flattened
         ends = prefix_lengths(mask)  # (T, B)
         prev_valid = torch.cat([torch.zeros_like(valid[:1]), valid[:-1]], dim=0)
+        observed = masked_ids(ids, mask)  # (T, B, L)
         linked = torch.zeros_like(valid)  # (T, B): step t continues step t-1's episode
-        linked[1:] = continues(ids[:-1], mask[:-1], actions[:-1], ids[1:], mask[1:])
+        linked[1:] = step_kinds(observed[:-1], actions[:-1], observed[1:], ends[1:])[0]
         starts = valid & ~(prev_valid & linked)  # (T, B)
         starts_f, valid_f = starts.T.reshape(-1), valid.T.reshape(-1)  # (B*T,)
         seg_of = starts_f.long().cumsum(0) - 1  # (B*T,) segment index of each valid step

@@ -7,12 +7,14 @@ summary = trainer.learn()
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -21,9 +23,9 @@ from agents.core.kl import apply_kl_penalty, make_kl_controller
 from agents.core.ppo import PPO
 from agents.core.rollout import EpisodeLog, RolloutCollector
 from agents.core.scores import ScoreNormalizer
-from agents.policies import frozen_copy, make_policy
+from agents.policies import frozen_copy, make_policy, policy_class
 from agents.run import checkpoint as ckpt
-from agents.run.config import Config, save_config, step_budget, to_dict
+from agents.run.config import Config, config_changes, save_config, step_budget, to_dict
 from agents.run.envs import make_eval_env, make_train_env
 from agents.run.evaluation import run_evaluation
 from agents.run.logger import RunLogger
@@ -34,6 +36,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+# config keys a resumed run may change (everything else shapes the training run)
+RESUME_MAY_CHANGE = ("run.", "eval.", "name")
+
+
+def check_sizes(cfg: Config) -> None:
+    """Let the policy type check the env sizes against its model before the envs exist (the
+    optional hook `check_env_kwargs` of the policy protocol)."""
+    check = getattr(policy_class(cfg.policy.type), "check_env_kwargs", None)
+    if check is not None:
+        check(cfg.policy, cfg.env.kwargs)
+        check(cfg.policy, {**cfg.env.kwargs, **cfg.eval.env_kwargs})
 
 
 # metadata every checkpoint of a Trainer holds (see `Trainer.save`)
@@ -52,7 +67,9 @@ class Trainer:
         torch.set_num_threads(cfg.run.torch_threads)
         seed_everything(cfg.seed)
         self.device = torch.device(cfg.run.device)
+        check_sizes(cfg)  # before any env allocates its buffers
         self.env = make_train_env(cfg)
+        check_rollout_memory(cfg, self.env.single_observation_space, self.env.single_action_space)
         # built now, not after training: a bad eval setting fails before the first step
         self.eval_env = make_eval_env(cfg) if cfg.eval.episodes > 0 else None
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
@@ -124,12 +141,9 @@ class Trainer:
         meta, tensors = ckpt.read_checkpoint(path)
         ckpt.require(meta, CHECKPOINT_KEYS, path)
         # everything that shapes the training run must match; run.* and eval.* may change
-        saved, current = _flat_config(meta["config"]), _flat_config(to_dict(self.cfg))
-        changed = [
-            f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} in the config"
-            for key in sorted(set(saved) | set(current))
-            if not key.startswith(("run.", "eval.", "name")) and saved.get(key) != current.get(key)
-        ]
+        changed = config_changes(
+            meta["config"], to_dict(self.cfg), lambda key: not key.startswith(RESUME_MAY_CHANGE)
+        )
         if changed:
             raise ckpt.CheckpointError(
                 f"checkpoint {path} does not match the config: " + "; ".join(changed)
@@ -311,15 +325,33 @@ class Trainer:
         return metrics
 
 
-def _flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"ppo": {"n_epochs": 4}} -> {"ppo.n_epochs": 4} (sections only, not env kwargs dicts)."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and not prefix:
-            out.update(_flat_config(value, f"{key}."))
-        else:
-            out[prefix + key] = value
-    return out
+def _space_bytes(space: Any) -> int:
+    """Bytes one sample of `space` takes in the rollout buffer (an upper bound)."""
+    if isinstance(space, gym.spaces.Dict):
+        return sum(_space_bytes(s) for s in space.spaces.values())
+    if isinstance(space, gym.spaces.Tuple):
+        return sum(_space_bytes(s) for s in space.spaces)
+    itemsize = np.dtype(space.dtype).itemsize if space.dtype is not None else 8
+    return int(np.prod(space.shape or (), dtype=np.int64)) * itemsize
+
+
+def check_rollout_memory(cfg: Config, obs_space: Any, act_space: Any) -> None:
+    """The rollout buffer holds ppo.n_steps * env.num_envs transitions; refuse sizes that cannot
+    fit in this machine's memory before allocating them (torch's allocation error names no
+    setting, and the OS may kill the process instead)."""
+    transitions = cfg.ppo.n_steps * cfg.env.num_envs
+    need = transitions * (_space_bytes(obs_space) + _space_bytes(act_space) + 64)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not available on this OS: no check
+        return
+    if need > total:
+        raise ValueError(
+            f"the rollout buffer needs about {need / 2**30:,.1f} GiB for ppo.n_steps * "
+            f"env.num_envs = {cfg.ppo.n_steps} * {cfg.env.num_envs} = {transitions:,} "
+            f"transitions, more than this machine's {total / 2**30:,.1f} GiB of memory; lower "
+            "env.num_envs or ppo.n_steps"
+        )
 
 
 def _next_multiple(step: int, every: int) -> float:
