@@ -58,43 +58,53 @@ def _leaf_dim(space: gym.Space) -> int:
 
 class ObsEncoder(nn.Module):
     """Batched observations of `space` -> float32 `(*batch, dim)`. No parameters; its index
-    buffers are not persistent, so it adds nothing to a checkpoint."""
+    buffer is not persistent, so it adds nothing to a checkpoint.
+
+    One output tensor per call: float leaves are copied into their columns, and every
+    categorical entry of every leaf is set by a single `scatter_` (the columns of value v in
+    dimension j of a leaf: v - start_j + the leaf's block offset)."""
 
     def __init__(self, space: gym.Space):
         super().__init__()
         leaves = _leaves(space)
         self.dim = flat_dim(space)
         self.paths: list[tuple] = [path for path, _ in leaves]
-        # per leaf: None (Box / MultiBinary: plain floats) or the number of one-hot columns
-        self.categories: list[int | None] = []
-        for i, (_, s) in enumerate(leaves):
+        self.columns: list[tuple[int, int] | None] = []  # float leaves: their [a, b) columns
+        offsets, column = [], 0
+        for _, s in leaves:
+            width = _leaf_dim(s)
             if isinstance(s, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
-                nvec = np.asarray(getattr(s, "nvec", s.n), dtype=np.int64).reshape(-1)
-                start = np.asarray(s.start, dtype=np.int64).reshape(-1)
-                # column of value v in dimension j: v - start_j + offset_j
-                offsets = np.concatenate([[0], np.cumsum(nvec)[:-1]]) - start
-                self.register_buffer(f"offsets{i}", torch.as_tensor(offsets), persistent=False)
-                self.categories.append(int(nvec.sum()))
+                nvec = np.asarray(s.n if isinstance(s, gym.spaces.Discrete) else s.nvec).ravel()
+                start = np.broadcast_to(np.asarray(s.start, dtype=np.int64).ravel(), nvec.shape)
+                offsets.append(column + np.concatenate([[0], np.cumsum(nvec)[:-1]]) - start)
+                self.columns.append(None)
             else:
-                self.categories.append(None)
-        self.is_flat = len(leaves) == 1 and leaves[0][0] == () and self.categories[0] is None
-
-    @staticmethod
-    def _get(obs: Any, path: tuple) -> torch.Tensor:
-        for key in path:
-            obs = obs[key]
-        return obs
+                self.columns.append((column, column + width))
+            column += width
+        offsets = np.concatenate(offsets) if offsets else np.zeros(0, dtype=np.int64)
+        self.register_buffer("offsets", torch.as_tensor(offsets), persistent=False)
+        self.has_categorical = bool(len(offsets))
+        self.is_flat = len(leaves) == 1 and leaves[0][0] == () and not self.has_categorical
 
     def forward(self, obs: Any, batch_dims: int = 1) -> torch.Tensor:
         """obs: tensor(s) of shape (*batch, *leaf_shape), batch of `batch_dims` dims."""
-        parts = []
-        for i, (path, n) in enumerate(zip(self.paths, self.categories)):
-            x = self._get(obs, path)
-            batch = x.shape[:batch_dims]
-            if n is None:
-                parts.append(x.reshape(*batch, -1).float())
-                continue
-            index = x.reshape(*batch, -1).long() + getattr(self, f"offsets{i}")  # (*batch, k)
-            one_hot = torch.zeros(*batch, n, device=x.device)
-            parts.append(one_hot.scatter_(-1, index, 1.0))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        leaves = []
+        for path in self.paths:
+            x = obs
+            for key in path:
+                x = x[key]
+            leaves.append(x)
+        batch = leaves[0].shape[:batch_dims]
+        if self.is_flat:
+            return leaves[0].reshape(*batch, -1).float()
+        out = torch.zeros(*batch, self.dim, device=leaves[0].device)
+        categories = []
+        for x, columns in zip(leaves, self.columns):
+            if columns is None:
+                categories.append(x.reshape(*batch, -1).long())
+            else:
+                out[..., columns[0] : columns[1]] = x.reshape(*batch, -1)
+        if categories:
+            index = torch.cat(categories, -1) if len(categories) > 1 else categories[0]
+            out.scatter_(-1, index + self.offsets, 1.0)
+        return out

@@ -99,6 +99,42 @@ def set_rng_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Non
 
 
 SCALARS = (bool, int, float, type(None))
+_NOT_SAVED = object()
+
+
+def _json_attr(value: Any) -> Any:
+    """JSON form of an env attribute that is a scalar (Python or numpy), a list / tuple of them
+    (nested; e.g. Blackjack's hands) or a numpy array of a dtype torch cannot hold (bytes or
+    str, e.g. FrozenLake's map); `_NOT_SAVED` for anything else. Inverse: `_from_json_attr`."""
+    if isinstance(value, SCALARS):
+        return value
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return {"numpy": value.dtype.str, "value": value.item()}
+    if isinstance(value, (list, tuple)):
+        items = [_json_attr(v) for v in value]
+        if any(item is _NOT_SAVED for item in items):
+            return _NOT_SAVED
+        return items if isinstance(value, list) else {"tuple": items}
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SU":
+        return {
+            "ndarray": value.dtype.str,
+            "shape": list(value.shape),
+            "hex": value.tobytes().hex(),
+        }
+    return _NOT_SAVED
+
+
+def _from_json_attr(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_from_json_attr(v) for v in value]
+    if isinstance(value, dict) and "tuple" in value:
+        return tuple(_from_json_attr(v) for v in value["tuple"])
+    if isinstance(value, dict) and "numpy" in value:
+        return np.dtype(value["numpy"]).type(value["value"])
+    if isinstance(value, dict) and "ndarray" in value:
+        data = np.frombuffer(bytes.fromhex(value["hex"]), dtype=value["ndarray"])
+        return data.reshape(value["shape"]).copy()
+    return value
 
 
 def _env_objects(env: Any) -> dict[str, Any] | None:
@@ -117,9 +153,10 @@ def _env_objects(env: Any) -> dict[str, Any] | None:
 
 
 def env_state(env: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """Generic snapshot of an env's state: every numpy-array attribute (tensors), every scalar
-    attribute and the `np_random` generator state (JSON). Enough for classic-control envs and
-    native vector envs whose state is numpy arrays, e.g. CartPoleVectorEnv."""
+    """Generic snapshot of an env's state: every numeric numpy-array attribute (tensors), every
+    scalar or list / tuple of scalars attribute and the `np_random` generator state (JSON).
+    Enough for classic-control and toy-text envs and native vector envs whose state is numpy
+    arrays, e.g. CartPoleVectorEnv."""
     objects = _env_objects(env)
     if objects is None:
         return None
@@ -128,12 +165,12 @@ def env_state(env: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None
     for name, obj in objects.items():
         scalars, generators = {}, {}
         for attr, value in vars(obj).items():
-            if isinstance(value, np.ndarray) and value.dtype != object:
+            if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
                 tensors[f"env/{name}/{attr}"] = torch.from_numpy(np.ascontiguousarray(value))
             elif isinstance(value, np.random.Generator):
                 generators[attr] = value.bit_generator.state
-            elif isinstance(value, SCALARS):
-                scalars[attr] = value
+            elif (saved := _json_attr(value)) is not _NOT_SAVED:
+                scalars[attr] = saved
         meta[name] = {"scalars": scalars, "generators": generators}
     return meta, tensors
 
@@ -145,7 +182,7 @@ def set_env_state(env: Any, meta: dict[str, Any], tensors: dict[str, torch.Tenso
             raise CheckpointError(f"the env has no component {name!r} saved in the checkpoint")
         obj = objects[name]
         for attr, value in saved["scalars"].items():
-            setattr(obj, attr, value)
+            setattr(obj, attr, _from_json_attr(value))
         for attr, state in saved["generators"].items():
             bit_generator = getattr(np.random, state["bit_generator"])()
             bit_generator.state = state
@@ -247,11 +284,19 @@ def latest_checkpoint(folder: Path) -> Path:
     """The JSON path named by `latest.json` in a checkpoints folder."""
     pointer = Path(folder) / "latest.json"
     if not pointer.is_file():
-        raise CheckpointError(f"no checkpoint to resume from: {pointer} does not exist")
+        raise CheckpointError(f"no checkpoint in {pointer.parent}: {pointer.name} does not exist")
     try:
-        name = json.loads(pointer.read_text())["checkpoint"]
-    except (json.JSONDecodeError, KeyError) as err:
+        data = json.loads(pointer.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"checkpoint pointer {pointer} is corrupted: {err}") from None
+    name = data.get("checkpoint") if isinstance(data, dict) else None
+    # the pointer names a file of its own folder (as save_checkpoint writes it), never a path
+    # into another run
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".json"):
+        raise CheckpointError(
+            f"checkpoint pointer {pointer} is corrupted: 'checkpoint' = {name!r} must be the name "
+            "of a '<step>.json' file in that folder"
+        )
     return pointer.parent / name
 
 
@@ -265,7 +310,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
         raise CheckpointError(f"checkpoint metadata {path} does not exist")
     try:
         meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(
             f"checkpoint metadata {path} is truncated or corrupted: {err}"
         ) from None
@@ -277,6 +322,11 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
             f"{FORMAT_VERSION}"
         )
     require(meta, ["weights_file", "weights_sha256"], path)
+    for key in ("weights_file", "weights_sha256"):
+        if not isinstance(meta[key], str):
+            raise CheckpointError(
+                f"checkpoint metadata {path} is corrupted: {key} = {meta[key]!r} must be a string"
+            )
     weights = path.parent / Path(meta["weights_file"]).name
     if not weights.is_file():
         raise CheckpointError(f"checkpoint weights {weights} (named by {path}) do not exist")

@@ -6,7 +6,8 @@ final deterministic eval return (mean ± std and median over seeds, same eval ep
 whether the two means lie within one SB3 standard deviation of each other, the env steps at which
 the mean return of the last 20 training episodes first reached the env's reward threshold, the
 training wall-clock and SPS. `compare.png` shows the learning curves (mean and min-max band
-over seeds).
+over seeds). SB3 takes no Tuple (or nested Dict) observations: for Tuple and Dict observation
+spaces its envs are wrapped in Gymnasium's `FlattenObservation`, and the table says so.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
+from agents.core.buffer import map_structure
 from agents.run.config import Config, load_config, step_budget
 from agents.run.envs import find_spec, make_eval_env
 from agents.run.evaluation import evaluate_policy
@@ -37,6 +40,7 @@ class RunResult:
     wall_time: float
     steps: int
     episodes: list[tuple[int, float]] = field(default_factory=list)  # (env step, return)
+    flattened_obs: bool = False  # SB3 saw the observations through FlattenObservation
 
     @property
     def sps(self) -> float:
@@ -76,7 +80,8 @@ def run_ours(cfg: Config) -> RunResult:
 
 
 class SB3Adapter:
-    """Lets `evaluate_policy` drive an SB3 model, so both agents get the very same evaluation."""
+    """Lets `evaluate_policy` drive an SB3 model, so both agents get the very same evaluation.
+    Observations reach SB3 as numpy, in their space's structure (dicts and tuples pass through)."""
 
     def __init__(self, model: Any):
         self.model = model
@@ -87,9 +92,20 @@ class SB3Adapter:
     def reset_state(self, state: None, done_mask: np.ndarray) -> None:
         return None
 
-    def act(self, obs: torch.Tensor, state: None, deterministic: bool = True):
-        action, _ = self.model.predict(obs.numpy(), deterministic=deterministic)
+    def act(self, obs: Any, state: None, deterministic: bool = True):
+        obs = map_structure(lambda x: x.cpu().numpy(), obs)
+        action, _ = self.model.predict(obs, deterministic=deterministic)
         return torch.as_tensor(action), None, None, None
+
+
+def sb3_flattens(observation_space: gym.Space) -> bool:
+    """SB3's MlpPolicy takes Box, Discrete, MultiDiscrete and MultiBinary observations (it
+    one-hot encodes the discrete ones, as our encoder does) but no Tuple, and no nested Dict.
+    For Tuple and Dict observations, SB3's env is wrapped in Gymnasium's FlattenObservation:
+    the same one-hot / concatenated vector that our `ObsEncoder` computes, so both MLPs see the
+    same input (`gymnasium.spaces.flatten` orders Dict keys as the space does, sorted unless the
+    env built it from an OrderedDict)."""
+    return isinstance(observation_space, (gym.spaces.Tuple, gym.spaces.Dict))
 
 
 def sb3_model(cfg: Config, env: Any) -> Any:
@@ -135,9 +151,21 @@ def run_sb3(cfg: Config) -> RunResult:
     from stable_baselines3.common.env_util import make_vec_env
 
     torch.set_num_threads(cfg.run.torch_threads)
-    env = make_vec_env(
-        cfg.env.id, n_envs=cfg.env.num_envs, seed=cfg.seed, env_kwargs=cfg.env.kwargs
-    )
+
+    def make_sb3_env(flatten: bool) -> Any:
+        return make_vec_env(
+            cfg.env.id,
+            n_envs=cfg.env.num_envs,
+            seed=cfg.seed,
+            env_kwargs=cfg.env.kwargs,
+            wrapper_class=gym.wrappers.FlattenObservation if flatten else None,
+        )
+
+    env = make_sb3_env(False)
+    flatten = sb3_flattens(env.observation_space)
+    if flatten:
+        env.close()
+        env = make_sb3_env(True)
     model = sb3_model(cfg, env)
     episodes: list[tuple[int, float]] = []
 
@@ -153,15 +181,16 @@ def run_sb3(cfg: Config) -> RunResult:
     model.learn(step_budget(cfg), callback=Record())
     wall = time.perf_counter() - start
     eval_env = make_eval_env(cfg)
+    if flatten:
+        eval_env = gym.wrappers.vector.FlattenObservation(eval_env)
     log = evaluate_policy(
         SB3Adapter(model), eval_env, cfg.eval.episodes, True, seed=10_000 + cfg.seed
     )
     eval_env.close()
     env.close()
     steps = model.num_timesteps
-    return RunResult(
-        "sb3", cfg.env.id, cfg.seed, float(np.mean(log.returns)), wall, steps, episodes
-    )
+    final = float(np.mean(log.returns))
+    return RunResult("sb3", cfg.env.id, cfg.seed, final, wall, steps, episodes, flatten)
 
 
 # ----------------------------------------------------------------------------- report
@@ -195,6 +224,16 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
         "reached the threshold (median over the seeds that reached it, with the count). "
         "Wall-clock: training only, 1 torch thread, mean over seeds.",
         "",
+    ]
+    flattened = list(dict.fromkeys(r.env_id for r in results if r.flattened_obs))
+    if flattened:
+        lines += [
+            f"SB3 cannot take these envs' Tuple / Dict observations: for {', '.join(flattened)} "
+            "its env is wrapped in Gymnasium's FlattenObservation (one-hot Discrete parts, "
+            "concatenated), the same vector our MLP's observation encoder computes.",
+            "",
+        ]
+    lines += [
         "| env | agent | seeds | final return | median | steps to threshold | wall-clock (s) "
         "| SPS |",
         "|---|---|---|---|---|---|---|---|",
@@ -204,6 +243,9 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
     for ax, env_id in zip(axes.flat, env_ids):
         threshold = thresholds.get(env_id)
         finals_of: dict[str, np.ndarray] = {}  # agent -> final returns over seeds
+        # returns of order 1 (Blackjack, FrozenLake) need more than one decimal
+        scale = max(abs(r.final_return) for r in results if r.env_id == env_id)
+        d = 1 if scale >= 10 else 3
         for agent, color in (("ours", "C0"), ("sb3", "C1")):
             runs = [r for r in results if r.env_id == env_id and r.agent == agent]
             if not runs:
@@ -218,8 +260,9 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
             wall = np.mean([r.wall_time for r in runs])
             sps = np.mean([r.sps for r in runs])
             lines.append(
-                f"| {env_id} | {agent} | {len(runs)} | {finals.mean():.1f} ± {finals.std():.1f} "
-                f"| {np.median(finals):.1f} | {to_thr} | {wall:.1f} | {sps:,.0f} |"
+                f"| {env_id} | {agent} | {len(runs)} | {finals.mean():.{d}f} ± "
+                f"{finals.std():.{d}f} | {np.median(finals):.{d}f} | {to_thr} | {wall:.1f} "
+                f"| {sps:,.0f} |"
             )
             finals_of[agent] = finals
             grid = np.linspace(0, max(r.steps for r in runs), 100)
@@ -235,8 +278,8 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
             sb3_std = finals_of["sb3"].std()
             within = "within" if abs(gap) <= sb3_std else "NOT within"
             verdicts.append(
-                f"- {env_id}: mean final return ours - sb3 = {gap:+.1f}, {within} one SB3 "
-                f"standard deviation ({sb3_std:.1f})"
+                f"- {env_id}: mean final return ours - sb3 = {gap:+.{d}f}, {within} one SB3 "
+                f"standard deviation ({sb3_std:.{d}f})"
             )
         if threshold is not None:
             ax.axhline(threshold, color="gray", ls="--", lw=0.8, label="threshold")
