@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
 from agents.core.ppo import NonFiniteLossError
@@ -22,7 +23,7 @@ from agents.run.rundir import RunFolderError
 
 EXPECTED_ERRORS = (
     ValueError, TypeError, FileExistsError, FileNotFoundError, CheckpointError,
-    NonFiniteLossError, RunFolderError,
+    NonFiniteLossError, RunFolderError, gym.error.Error,
 )  # fmt: skip
 
 
@@ -52,7 +53,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from agents.run import checkpoint as ckpt
     from agents.run.config import check_code_references, load_config
     from agents.run.envs import make_eval_env
-    from agents.run.evaluation import run_evaluation
+    from agents.run.evaluation import check_checkpoint_config, run_evaluation
+    from agents.run.trainer import check_sizes
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -61,13 +63,25 @@ def cmd_eval(args: argparse.Namespace) -> None:
     # a run folder is data that users share: it may not make us import and call code
     check_code_references(cfg, run_dir / "config.yaml", args.trust_remote_code)
     torch.set_num_threads(cfg.run.torch_threads)
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
+    if args.samples < 0:
+        raise ValueError(f"--samples must be >= 0 (text samples to print), got {args.samples}")
+    episodes = args.episodes if args.episodes is not None else cfg.eval.episodes
+    if episodes < 1:
+        source = "--episodes" if args.episodes is not None else "eval.episodes in the config"
+        raise ValueError(
+            f"evaluation needs at least 1 episode, got {episodes} ({source}); pass --episodes N "
+            "with N >= 1"
+        )
     path = (
         Path(args.checkpoint)
         if args.checkpoint
         else ckpt.latest_checkpoint(run_dir / "checkpoints")
     )
-    _, tensors = ckpt.read_checkpoint(path)
-    episodes = args.episodes if args.episodes is not None else cfg.eval.episodes
+    meta, tensors = ckpt.read_checkpoint(path)
+    check_checkpoint_config(cfg, meta, path)
+    check_sizes(cfg)
     env = make_eval_env(cfg, episodes)
     policy = make_policy(cfg.policy, env.single_observation_space, env.single_action_space)
     ckpt.load_policy_weights(policy, tensors, path)
@@ -98,14 +112,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from agents.run.compare import compare
 
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     thresholds = {}
     for item in args.threshold or []:
         env_id, _, value = item.partition("=")
-        if not value:
+        try:
+            thresholds[env_id] = float(value)
+            if not np.isfinite(thresholds[env_id]):
+                raise ValueError(value)
+        except ValueError:
             raise ValueError(
-                f"--threshold {item!r} must look like ENV_ID=VALUE, e.g. Pendulum-v1=-200"
-            )
-        thresholds[env_id] = float(value)
+                f"--threshold {item!r} must look like ENV_ID=VALUE with a finite number VALUE, e.g. "
+                "Pendulum-v1=-200"
+            ) from None
     out = compare(args.targets, args.seeds, args.out, args.set, thresholds)
     print((out / "compare.md").read_text())
     print(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from agents.run.config import Int, PositiveInt, Section, check_output_dir, load_config
+from agents.run.config import PositiveInt, Section, Seed, check_output_dir, load_config
 from agents.run.rundir import RunLock
 
 S = TypeVar("S", bound="StageConfig")
@@ -24,7 +24,7 @@ class StageConfig(Section):
 
     summary_file: ClassVar[str] = "summary.json"  # written into the output folder
     name: str
-    seed: Int = 0
+    seed: Seed = 0
     output_dir: str
     torch_threads: PositiveInt = 1
 

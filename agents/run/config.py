@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import re
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -33,7 +34,8 @@ from pydantic import (
 from agents.core.kl import ESTIMATORS
 from agents.core.scores import SCORE_NORMS
 from agents.policies import PolicyConfig, policy_class
-from agents.run.envs import VECTORIZATION_MODES
+from agents.run.envs import VECTORIZATION_MODES, env_module
+from agents.run.rundir import check_run_name
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -52,6 +54,8 @@ PositiveFloat = typing.Annotated[float, Number, Field(gt=0)]
 NonNegInt = typing.Annotated[int, Number, Field(ge=0)]
 NonNegFloat = typing.Annotated[float, Number, Field(ge=0)]
 Fraction = typing.Annotated[float, Number, Field(ge=0, le=1)]
+# numpy's global seed takes 0 <= seed < 2**32; runs add offsets (eval: 10_000 + seed, env rows)
+Seed = typing.Annotated[int, Number, Field(ge=0, le=2**31 - 1)]
 
 
 class Section(BaseModel):
@@ -149,7 +153,7 @@ def _default_policy() -> PolicyConfig:
 
 class Config(Section):
     name: str = "run"
-    seed: Int = 1
+    seed: Seed = 1
     total_timesteps: PositiveInt = 100_000
     env: EnvConfig = Field(default_factory=EnvConfig)
     # validated by the registered policy type's own Config (see `_policy_section`)
@@ -159,6 +163,12 @@ class Config(Section):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, value: str) -> str:
+        # the default run folder is <run.root>/<name>-<time>: the name may not leave run.root
+        return check_run_name(value)
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -267,15 +277,30 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
             if not isinstance(child, dict):
                 raise ValueError(f"override {item!r}: {part!r} is not a config section")
             node = child
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = _parse_yaml(raw, f"override {item!r}")
     return data
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load; a syntax error is a ValueError naming `where` (a file or an override)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        reason = " ".join(str(problem or err).split())
+        raise ValueError(f"{where} is not valid YAML ({at}{reason})") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {str(path)!r} is not UTF-8 text ({err})") from None
+    data = _parse_yaml(text, f"config file {str(path)!r}") or {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
     return data
@@ -330,14 +355,55 @@ def code_references(data: Any, where: str) -> list[str]:
 def check_code_references(cfg: Config, source: str | Path, trust: bool) -> None:
     """Refuse a config that we did not get from the user (a run folder's) when its env
     arguments name code to import and call, unless `trust` (the transformers convention,
-    `trust_remote_code`). Env ids (`module:EnvId`) only import a module that registers envs."""
+    `trust_remote_code`). An env id `module:EnvId` imports its module: allowed when that module
+    belongs to an installed package (e.g. `textenv`), refused when it is a loose file (e.g. a
+    `.py` shipped next to the run folder) or not importable from an installed package."""
     found = code_references(cfg.env.kwargs, "env.kwargs")
     found += code_references(cfg.eval.env_kwargs, "eval.env_kwargs")
+    module = env_module(cfg.env.id)
+    if module and not _installed_module(module):
+        found.append(f"env.id = {cfg.env.id!r} (module {module!r} is not an installed package)")
     if found and not trust:
         raise ValueError(
             f"{source} names code to import and run: {'; '.join(found)}. A run folder is data "
             "that users share; pass --trust-remote-code if you trust where it came from"
         )
+
+
+def _installed_module(module: str) -> bool:
+    """True when `module` is already imported or its top-level package is part of an installed
+    distribution (so importing it runs only installed code, never a file from a run folder)."""
+    import importlib.metadata
+    import sys
+
+    if module in sys.modules:
+        return True
+    top = module.split(".")[0]
+    return top in importlib.metadata.packages_distributions()
+
+
+def flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"ppo": {"n_epochs": 4}} -> {"ppo.n_epochs": 4} (sections only, not env kwargs dicts)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and not prefix:
+            out.update(flat_config(value, f"{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def config_changes(
+    saved: dict[str, Any], current: dict[str, Any], keys: Callable[[str], bool]
+) -> list[str]:
+    """'key: <saved> in the checkpoint, <current> in the config' for every flat key selected by
+    `keys` whose value differs between a checkpoint's recorded config and the current one."""
+    saved, current = flat_config(saved), flat_config(current)
+    return [
+        f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} in the config"
+        for key in sorted(set(saved) | set(current))
+        if keys(key) and saved.get(key) != current.get(key)
+    ]
 
 
 def step_budget(cfg: Config) -> int:
@@ -350,6 +416,8 @@ def step_budget(cfg: Config) -> int:
 def check_output_dir(folder: str | Path, overwrite: bool) -> Path:
     """Refuse to write into an existing, non-empty output folder unless `overwrite`."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"output_dir {str(folder)!r} is a file, not a folder; choose a folder")
     if folder.is_dir() and any(p.name != ".lock" for p in folder.iterdir()) and not overwrite:
         raise FileExistsError(
             f"output folder {folder} already exists; pass --overwrite (overwrite=True) to "

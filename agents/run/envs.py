@@ -16,6 +16,11 @@ import gymnasium as gym
 VECTORIZATION_MODES = ("auto", "vector_entry_point", "sync", "async")
 
 
+def env_module(env_id: str) -> str:
+    """The module part of `module:EnvId` ('' for a plain registered id)."""
+    return env_id.rpartition(":")[0] if isinstance(env_id, str) else ""
+
+
 def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
     """The registered spec of `env_id` (`EnvId` or `module:EnvId`); ValueError naming close ids."""
     if not isinstance(env_id, str) or not env_id:

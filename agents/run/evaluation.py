@@ -8,7 +8,37 @@ import numpy as np
 import torch
 
 from agents.core.rollout import EnvRunner, EpisodeLog
+from agents.run.checkpoint import CheckpointError, require
+from agents.run.config import config_changes, to_dict
 from agents.run.envs import make_eval_env
+
+# config keys an evaluation must share with the checkpoint's: what the weights mean (policy.*)
+# and the env they were trained on (env.*); eval.* (e.g. eval.env_kwargs) and run.* may differ
+EVAL_MUST_MATCH = ("policy.", "env.")
+
+
+def check_checkpoint_config(cfg: Any, meta: dict[str, Any], path: Any) -> None:
+    """Refuse to evaluate a checkpoint under a config whose policy or env differ from the ones it
+    was trained with (an edited config.yaml, another run's --checkpoint): the weights would load
+    and the evaluation would be silently wrong."""
+    require(meta, ["config"], path)
+    changed = config_changes(
+        meta["config"], to_dict(cfg), lambda key: key.startswith(EVAL_MUST_MATCH)
+    )
+    if changed:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with another policy or env than this config: "
+            + "; ".join(changed)
+            + ". Evaluate a checkpoint with its own run's config; eval.* and run.* may change "
+            "(eval.env_kwargs overrides env.kwargs for evaluation)"
+        )
+
+
+def check_episodes(episodes: Any) -> int:
+    """An evaluation runs at least one whole episode (a mean over none is NaN)."""
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise ValueError(f"evaluation episodes must be an int >= 1, got {episodes!r}")
+    return int(episodes)
 
 
 @torch.no_grad()
@@ -24,6 +54,7 @@ def evaluate_policy(
 
     Returns the env returns and lengths (no KL penalty) and the episodes' infos and samples.
     """
+    check_episodes(episodes)
     N = env.num_envs
     quota = np.array([episodes // N + (i < episodes % N) for i in range(N)])  # episodes per row
     counts = np.zeros(N, dtype=np.int64)
@@ -50,7 +81,7 @@ def run_evaluation(
     actions as `eval.deterministic`, env and torch seeded with `10_000 + seed` (the same number
     for the trainer and `textrlhf eval`). The torch RNG is forked: evaluating does not change
     the training run."""
-    episodes = cfg.eval.episodes if episodes is None else episodes
+    episodes = check_episodes(cfg.eval.episodes if episodes is None else episodes)
     deterministic = cfg.eval.deterministic if deterministic is None else deterministic
     seed = 10_000 + cfg.seed if seed is None else seed
     own_env = env is None

@@ -4,6 +4,7 @@ and a tqdm progress bar with the current return and SPS."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -50,19 +51,18 @@ class RunLogger:
         self.csv_path = self.run_dir / "metrics.csv"
         self.rows: list[dict[str, Any]] = []
         if self.csv_path.exists() and start_step > 0:
-            with open(self.csv_path, newline="") as f:
-                self.rows = [
-                    {k: _num(v) for k, v in row.items()}
-                    for row in csv.DictReader(f)
-                    if float(row["step"]) <= start_step
-                ]
+            self.rows = [
+                {k: _num(v) for k, v in row.items()}
+                for row in csv.DictReader(io.StringIO(_complete_lines(self.csv_path), newline=""))
+                if float(row["step"]) <= start_step
+            ]
         self.header: list[str] = []
         self._rewrite()
         self.samples_path = self.run_dir / "samples.jsonl"
         if self.samples_path.exists() and start_step > 0:
             kept = [
                 line
-                for line in self.samples_path.read_text().splitlines(keepends=True)
+                for line in _complete_lines(self.samples_path).splitlines(keepends=True)
                 if json.loads(line)["step"] <= start_step
             ]
             atomic_write_text(self.samples_path, "".join(kept))
@@ -121,6 +121,13 @@ class RunLogger:
         self.bar.close()
         self.writer.close()
         plot_curves(self.rows, self.run_dir / "training_curves.png")
+
+
+def _complete_lines(path: Path) -> str:
+    """The text of a log that is appended line by line, without a last line cut short by a crash
+    (no final newline): that row was written after the checkpoint a resume starts from."""
+    text = path.read_text()
+    return text[: text.rfind("\n") + 1]
 
 
 def _num(value: str) -> int | float | str:

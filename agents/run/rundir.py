@@ -40,6 +40,9 @@ def create_run_dir(root: str | Path, name: str, unique: bool) -> Path:
     """Create `root/name` atomically (mkdir fails if it exists). With `unique`, a taken name
     gets the first free suffix `-2`, `-3`, ...; otherwise a taken name is an error."""
     root = Path(root)
+    check_run_name(name)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"run.root {str(root)!r} is a file, not a folder; choose a folder")
     root.mkdir(parents=True, exist_ok=True)
     candidates = [name] + ([f"{name}-{k}" for k in range(2, 1000)] if unique else [])
     for candidate in candidates:
@@ -63,11 +66,38 @@ def new_run_dir(cfg: Any, name: str | None = None, overwrite: bool = False) -> P
     if name is None:
         return create_run_dir(root, f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}", unique=True)
     folder = Path(root) / check_run_name(name)
-    if overwrite and folder.exists():
+    if overwrite and (folder.exists() or folder.is_symlink()):
+        check_is_run_folder(folder)  # --overwrite deletes a run, never other files
         with RunLock(folder):  # refuse to delete a run that another process is writing
             pass
         shutil.rmtree(folder)
     return create_run_dir(root, name, unique=False)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder `textrlhf train` wrote: it holds the run's `config.yaml`, or only what a run
+    writes before it (`.lock`, `metrics.csv`, TensorBoard events), or nothing. Not a model
+    folder of `textrlhf sft|rm` (it has a `.lock` too, but no `config.yaml`)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    entries = [p.name for p in folder.iterdir()]
+    return "config.yaml" in entries or all(
+        e in (".lock", "metrics.csv") or e.startswith("events.out.tfevents.") for e in entries
+    )
+
+
+def check_is_run_folder(folder: Path) -> None:
+    """`--overwrite` deletes `folder`: refuse unless it is a run folder (`is_run_folder`)."""
+    if is_run_folder(folder):
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        what = f"it is {'a symbolic link' if folder.is_symlink() else 'a file'}"
+    else:
+        what = f"it holds {sorted(p.name for p in folder.iterdir())[:5]} but no config.yaml"
+    raise RunFolderError(
+        f"--overwrite refuses to delete {folder}: {what}, so it is not a run folder; remove it "
+        "yourself or choose another --name"
+    )
 
 
 class RunLock:
