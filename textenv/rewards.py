@@ -468,7 +468,8 @@ def _has_keyword(fn: Callable, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return param is not None and param.kind in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
     )
 
 

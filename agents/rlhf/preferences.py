@@ -236,7 +236,9 @@ def evaluate_gold_proxy(
     }
     if rm_path is not None:
         proxy = make_reward_fn({"name": "reward_model", "path": str(rm_path)})
-        out["proxy"] = float(np.mean(proxy(prompts, responses)))
+        eos = policy.tokenizer.eos_token_id
+        ended = [bool(t) and t[-1] == eos for t in tokens]  # a cut response is scored as such
+        out["proxy"] = float(np.mean(proxy(prompts, responses, ended=ended)))
     if reference is not None:
         logp = sequence_log_probs(policy.model, policy.tokenizer, prompts, tokens)
         logp_ref = sequence_log_probs(reference, policy.tokenizer, prompts, tokens)

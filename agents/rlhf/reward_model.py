@@ -8,7 +8,8 @@ from the SFT model's folder; only the score head is new. For a pair, the loss is
 
 (Bradley–Terry: P(chosen > rejected) = sigmoid(r_c - r_r)). Inputs are encoded with
 `textenv.rewards.encode_for_reward_model`, the same function the `reward_model` env reward uses
-to score, so training and scoring agree; the score is read at the last real token (the EOS).
+to score, so training and scoring agree; the score is read at the last real token (the EOS, or
+the last token of a response that was cut at the sampling length limit: `cut_at_tokens`).
 
 The output folder (`save_pretrained`: config.json + model.safetensors + tokenizer files +
 `rm_metrics.json`) loads directly as an env reward:
@@ -69,6 +70,10 @@ class RMConfig(StageConfig):
     eval_file: str | None = "data/preferences/reverse_test.jsonl"
     eval_fraction: float = Field(0.1, gt=0, lt=1)  # held-out share of train_file without eval_file
     output_dir: str = "runs/rm_tiny"
+    # The length limit (max_new_tokens) the pairs' responses were sampled with: a response of that
+    # many tokens was cut there without EOS, and is encoded without EOS, exactly as the env's
+    # `reward_model` reward scores a cut response. null: every response ended with EOS.
+    cut_at_tokens: PositiveInt | None = None
     train: RMTrainConfig = Field(default_factory=RMTrainConfig)
 
 
@@ -132,30 +137,47 @@ def load_reward_model(init_path: str | os.PathLike) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def responses_ended(tokenizer: Any, responses: list[str], cut_at_tokens: int | None) -> list[bool]:
+    """Which responses ended with EOS: those shorter than `cut_at_tokens` tokens (None: all)."""
+    if cut_at_tokens is None:
+        return [True] * len(responses)
+    ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    return [len(x) < cut_at_tokens for x in ids]
+
+
 def score_pairs(
-    model: Any, tokenizer: Any, pairs: list[PreferencePair]
+    model: Any, tokenizer: Any, pairs: list[PreferencePair], cut_at_tokens: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards of chosen and rejected (B,), (B,) from ONE forward pass over the 2B texts."""
+    """Rewards of chosen and rejected (B,), (B,) from ONE forward pass over the 2B texts.
+
+    A response of `cut_at_tokens` tokens or more was cut at the sampling limit: it is encoded
+    without EOS, as the env scores it (`encode_for_reward_model`)."""
     from textenv.rewards import encode_for_reward_model
 
     prompts = [p.prompt for p in pairs]
+    responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     batch = encode_for_reward_model(
-        tokenizer, prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    )  # input_ids, attention_mask: (2B, T)
+        tokenizer, prompts + prompts, responses,
+        responses_ended(tokenizer, responses, cut_at_tokens),
+    )  # fmt: skip  # input_ids, attention_mask: (2B, T)
     rewards = model(**batch).logits[:, 0]  # (2B,)
     return rewards[: len(pairs)], rewards[len(pairs) :]
 
 
 @torch.no_grad()
 def evaluate(
-    model: Any, tokenizer: Any, pairs: list[PreferencePair], batch_size: int = 256
+    model: Any,
+    tokenizer: Any,
+    pairs: list[PreferencePair],
+    batch_size: int = 256,
+    cut_at_tokens: int | None = None,
 ) -> dict[str, float]:
     """Bradley–Terry loss and accuracy over `pairs`, plus the mean and std of the rewards."""
     was_training = model.training
     model.eval()
     chosen, rejected = [], []
     for start in range(0, len(pairs), batch_size):
-        rc, rr = score_pairs(model, tokenizer, pairs[start : start + batch_size])
+        rc, rr = score_pairs(model, tokenizer, pairs[start : start + batch_size], cut_at_tokens)
         chosen.append(rc)
         rejected.append(rr)
     rc, rr = torch.cat(chosen), torch.cat(rejected)
@@ -192,6 +214,7 @@ def train_reward_model(
     cfg: RMTrainConfig,
     seed: int = 0,
     log: Any = print,
+    cut_at_tokens: int | None = None,
 ) -> list[dict[str, float]]:
     """AdamW on the Bradley–Terry loss over random minibatches of pairs; returns the eval history."""
     torch.manual_seed(seed)
@@ -209,13 +232,13 @@ def train_reward_model(
     history, losses, accs = [], [], []
     for step in range(1, cfg.steps + 1):
         idx = rng.integers(0, len(train_pairs), size=min(cfg.batch_size, len(train_pairs)))
-        rc, rr = score_pairs(model, tokenizer, [train_pairs[i] for i in idx])
+        rc, rr = score_pairs(model, tokenizer, [train_pairs[i] for i in idx], cut_at_tokens)
         loss = bradley_terry_loss(rc, rr)
         optimizer_step(model, optimizer, schedule, loss, cfg.max_grad_norm)
         losses.append(loss.item())
         accs.append(pairwise_accuracy(rc.detach(), rr.detach()))
         if step == cfg.steps or (cfg.eval_every and step % cfg.eval_every == 0):
-            ev = evaluate(model, tokenizer, eval_pairs)
+            ev = evaluate(model, tokenizer, eval_pairs, cut_at_tokens=cut_at_tokens)
             row = {
                 "step": step,
                 "train_loss": float(np.mean(losses[-cfg.eval_every or -len(losses) :])),
@@ -257,11 +280,25 @@ def train_rm(cfg: RMConfig, out: Path) -> dict[str, Any]:
         f"RM {cfg.name}: {n_params / 1e6:.2f}M parameters from {sft_path}, "
         f"{len(train_pairs)} train / {len(eval_pairs)} held-out pairs"
     )
-    before = evaluate(model, tokenizer, eval_pairs)
+    cut = cfg.cut_at_tokens
+    n_cut = {
+        name: sum(not e for e in responses_ended(
+            tokenizer, [r for p in ps for r in (p.chosen, p.rejected)], cut
+        ))
+        for name, ps in (("train", train_pairs), ("eval", eval_pairs))
+    }  # fmt: skip
+    if cut is not None:
+        print(
+            f"responses cut at {cut} tokens (encoded without EOS): {n_cut['train']} train, "
+            f"{n_cut['eval']} held-out"
+        )
+    before = evaluate(model, tokenizer, eval_pairs, cut_at_tokens=cut)
     start = time.perf_counter()
-    history = train_reward_model(model, tokenizer, train_pairs, eval_pairs, cfg.train, cfg.seed)
+    history = train_reward_model(
+        model, tokenizer, train_pairs, eval_pairs, cfg.train, cfg.seed, cut_at_tokens=cut
+    )
     seconds = time.perf_counter() - start
-    final = evaluate(model, tokenizer, eval_pairs)
+    final = evaluate(model, tokenizer, eval_pairs, cut_at_tokens=cut)
     print(
         f"held-out accuracy {final['accuracy']:.3f} (before training {before['accuracy']:.3f}), "
         f"loss {final['loss']:.4f}, in {seconds:.0f} s"
@@ -273,6 +310,8 @@ def train_rm(cfg: RMConfig, out: Path) -> dict[str, Any]:
         "parameters": n_params,
         "train_pairs": len(train_pairs),
         "eval_pairs": len(eval_pairs),
+        "cut_at_tokens": cut,
+        "cut_responses": n_cut,
         "eval_accuracy": round(final["accuracy"], 4),
         "eval_loss": round(final["loss"], 4),
         "eval_reward_mean": round(final["reward_mean"], 4),
