@@ -144,11 +144,11 @@ def test_per_sample_reward_that_raises_is_named_with_its_sample_and_leaves_the_e
             raise ZeroDivisionError("division by zero")
         return 1.0
 
-    env = TextRLHFEnv(reward_fn=flaky, max_new_tokens=8)
+    env = TextRLHFEnv(reward_fn=flaky, max_new_tokens=8, render_mode="ansi")
     env.reset(seed=0, options={"prompt": "reverse: abc\n"})
     for t in letters("ab"):
         env.step(t)
-    ids, mask = env._ids.copy(), env._mask.copy()
+    before = env.render()  # "reverse: abc\nab"
     match = (
         r"reward function '.*flaky' raised ZeroDivisionError on sample 0 "
         r"\(prompt='reverse: abc\\n', response='ab'\): division by zero"
@@ -156,7 +156,7 @@ def test_per_sample_reward_that_raises_is_named_with_its_sample_and_leaves_the_e
     with pytest.raises(ZeroDivisionError, match=match) as e:
         env.step(EOS)
     assert isinstance(e.value.__cause__, ZeroDivisionError)
-    assert env._n_generated == 2 and (env._ids == ids).all() and (env._mask == mask).all()
+    assert env.render() == before == "reverse: abc\nab"  # the failed EOS changed nothing
     env.step(letters("c")[0])  # still usable: "abc" scores
     assert env.step(EOS)[1] == 1.0
 
@@ -165,10 +165,10 @@ def test_batched_reward_that_raises_is_named_with_the_batch_samples():
     def broken(prompts, responses, references):
         return {}[responses[0]]  # KeyError: its str is a repr, so it cannot carry a message
 
-    venv = TextRLHFVectorEnv(num_envs=2, reward_fn=broken, max_new_tokens=4)
+    venv = TextRLHFVectorEnv(num_envs=2, reward_fn=broken, max_new_tokens=4, render_mode="ansi")
     venv.reset(seed=0, options={"prompts": ["reverse: abc\n", "sort: cab\n"]})
     venv.step(np.array(letters("x") * 2))
-    before = venv._ids.copy(), venv._n_generated.copy()
+    before = venv.render()
     match = (
         r"'.*broken' raised KeyError on a batch of 2 samples: sample 0 "
         r"\(prompt='reverse: abc\\n', response='x'\); sample 1 \(prompt='sort: cab\\n', response='x'\)"
@@ -176,7 +176,7 @@ def test_batched_reward_that_raises_is_named_with_the_batch_samples():
     with pytest.raises(RewardFunctionError, match=match) as e:
         venv.step(np.array([EOS, EOS]))
     assert isinstance(e.value.__cause__, KeyError)
-    assert (venv._ids == before[0]).all() and (venv._n_generated == before[1]).all()
+    assert venv.render() == before == ("reverse: abc\nx", "sort: cab\nx")
 
     def value_error(prompts, responses, references):
         raise ValueError("model not loaded")
