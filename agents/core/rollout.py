@@ -186,6 +186,7 @@ class EnvRunner:
         self.skip = np.zeros(self.num_envs, dtype=bool)
         self.ep_return = np.zeros(self.num_envs, dtype=np.float64)
         self.ep_length = np.zeros(self.num_envs, dtype=np.int64)
+        self.all_rows = np.ones(self.num_envs, dtype=bool)  # default `counted`, made once
 
     def reset(self, seed: int | None = None) -> None:
         self.obs, _ = self.env.reset(seed=seed)
@@ -218,7 +219,7 @@ class EnvRunner:
         """Act and step every row once. Episodes that end on a counted row (`counted` (N,) bool,
         default all) are added to `log` at step index `t`; the other rows still step but are not
         recorded. Under lockstep, all rows reset together once every counted row is done."""
-        counted = np.ones(self.num_envs, dtype=bool) if counted is None else counted
+        counted = self.all_rows if counted is None else counted
         if self.obs is None or (self.mode == LOCKSTEP and (self.skip | ~counted).all()):
             self.reset()
         obs = obs_to_tensor(self.obs, self.device)
