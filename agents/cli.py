@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -126,7 +127,13 @@ def cmd_compare(args: argparse.Namespace) -> None:
                 f"--threshold {item!r} must look like ENV_ID=VALUE with a finite number VALUE, e.g. "
                 "Pendulum-v1=-200"
             ) from None
-    out = compare(args.targets, args.seeds, args.out, args.set, thresholds)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    agents = ("ours",) if args.no_sb3 else ("ours", "sb3")
+    command = "textrlhf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = compare(
+        args.targets, args.seeds, args.out, args.set, thresholds, agents, args.jobs, command
+    )
     print((out / "compare.md").read_text())
     print(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")
 
@@ -182,9 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("compare", help="our PPO vs SB3 PPO over several seeds")
+    p = sub.add_parser(
+        "compare",
+        help="our PPO vs SB3 PPO, or our configs against each other, over several seeds",
+    )
     p.add_argument("targets", nargs="+", metavar="CONFIG_OR_ENV_ID")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="seeds per config, from its own seed")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="runs at a time (our configs only; 1 torch thread each)"
+    )
+    p.add_argument(
+        "--no-sb3", action="store_true", help="compare our configs only, even MLP configs"
+    )
     p.add_argument("--out", default="runs/compare")
     p.add_argument(
         "--threshold",

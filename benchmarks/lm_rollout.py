@@ -12,6 +12,11 @@ Three ratios, each against a reference measured in the same run (median of `--re
     the same prompt+response tensor. Target >= 0.7.
 (c) rollout time per token at response length 256 vs 32 (batch 16). Target <= 1.5: the cost of a
     token does not grow with the prefix (no re-encoding).
+(d) one GRPO iteration (16 prompts x 4 samples, 32 new tokens, a frozen reference with the KL in
+    the loss, one update on the whole batch, no value head) through the real pieces of
+    `Trainer.iterate` vs the sum of its unavoidable parts measured in the same run:
+    `model.generate` of the 64 responses + one plain reference forward + one plain forward and
+    backward on the same (64, 32 + 32) tensor. Target <= 1.3.
 
 Equal token counts: both sides run the SAME model object, whose LM head gets a bias of -1e9 on the
 EOS logit, so no row ever stops early and every row yields exactly `new_tokens` tokens (no
@@ -40,9 +45,9 @@ from textenv import TextRLHFVectorEnv
 PROMPT_TOKENS = 32
 
 
-def no_eos_policy(path: Path) -> LMPolicy:
+def no_eos_policy(path: Path, critic: str = "shared") -> LMPolicy:
     """The model at `path` with an EOS-suppressing bias on its LM head (see module docstring)."""
-    policy = LMPolicy.from_pretrained(path)
+    policy = LMPolicy.from_pretrained(path, critic=critic)
     head = policy.model.get_output_embeddings()
     biased = nn.Linear(head.in_features, head.out_features, bias=True)
     with torch.no_grad():
@@ -140,11 +145,69 @@ def update_fns(policy: LMPolicy, buffer: RolloutBuffer):
     return ppo_step, plain_step
 
 
+def grpo_fns(path: Path, prompts: int = 16, group: int = 4, new_tokens: int = 32):
+    """(iteration, unavoidable parts) callables for one GRPO iteration (see (d) above)."""
+    from agents.core.advantages import outcome_advantages
+    from agents.core.kl import apply_kl_penalty
+    from agents.core.ppo import PPO
+    from agents.policies import frozen_copy
+    from agents.run.config import PPOConfig
+
+    policy = no_eos_policy(path, critic="none")
+    reference = frozen_copy(policy)
+    batch = prompts * group
+    env = TextRLHFVectorEnv(
+        num_envs=batch, prompts="reverse", reward_fn="edit_distance",
+        max_prompt_tokens=PROMPT_TOKENS, max_new_tokens=new_tokens,
+    )  # fmt: skip
+    buffer = RolloutBuffer(new_tokens, batch, env.single_observation_space, env.single_action_space)
+    collector = RolloutCollector(env, policy, buffer, seed=0, reset_options={"repeat": group})
+    cfg = PPOConfig(
+        n_steps=new_tokens, batch_size=batch * new_tokens, n_epochs=1, learning_rate=1e-6,
+        normalize_advantage=False, max_grad_norm=1.0,
+    )  # fmt: skip
+    ppo = PPO(policy, cfg, num_iterations=10**6)
+
+    def iteration():
+        collector.collect()
+        if int(buffer.valid.sum()) != batch * new_tokens:
+            raise RuntimeError("every row must generate every token")
+        apply_kl_penalty(buffer, policy, reference, 0.02, "k3", placement="loss")
+        ppo.kl_coef = 0.02
+        outcome_advantages(buffer, "grpo", group)
+        ppo.update(buffer, 0)
+
+    generate = generate_fn(policy, env, new_tokens)
+    model, ref_model = policy.model, reference.model
+    obs, _ = env.reset(seed=0)
+    prompt_ids = torch.from_numpy(obs["input_ids"][:, :PROMPT_TOKENS])
+    prompt_mask = torch.from_numpy(obs["attention_mask"][:, :PROMPT_TOKENS]).long()
+    ids = torch.cat([prompt_ids, torch.randint(1, 200, (batch, new_tokens))], dim=1)
+    mask = torch.cat([prompt_mask, torch.ones(batch, new_tokens, dtype=torch.long)], dim=1)
+    positions = position_ids_from_mask(mask)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-6)
+
+    def parts():
+        generate()
+        with torch.no_grad():
+            ref_model(input_ids=ids, attention_mask=mask, position_ids=positions)
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        loss = F.cross_entropy(
+            logits[:, PROMPT_TOKENS - 1 : -1].flatten(0, 1), ids[:, PROMPT_TOKENS:].flatten()
+        )
+        loss.backward()
+        optimizer.step()
+
+    return iteration, parts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only-grpo", action="store_true", help="run part (d) only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -153,30 +216,37 @@ def main() -> None:
     n_params = sum(p.numel() for p in policy.model.parameters())
     print(f"model {args.model} ({n_params / 1e6:.2f}M params), torch threads {args.threads}")
 
-    new_tokens = 64
-    print("\n(a) rollout (agent + env + reward) vs model.generate, 64 new tokens")
-    print("(b) update: PPO evaluate + loss + backward vs plain forward + backward, same batch")
-    for batch in (16, 64):
-        rollout, collector = rollout_fn(policy, batch, new_tokens)
-        generate = generate_fn(policy, collector.runner.env, new_tokens)
-        t = interleaved_medians({"rollout": rollout, "generate": generate}, args.repeats)
-        tok = batch * new_tokens
-        r, g = tok / t["rollout"], tok / t["generate"]
-        print(f"  (a) batch {batch:3d}: rollout {r:7.0f} tok/s  generate {g:7.0f} tok/s  "
-              f"ratio {r / g:.2f}  (target >= 0.9)")  # fmt: skip
-        ppo_step, plain_step = update_fns(policy, collector.buffer)
-        u = interleaved_medians({"ppo": ppo_step, "plain": plain_step}, args.repeats)
-        print(f"  (b) batch {batch:3d}: PPO update {tok / u['ppo']:7.0f} tok/s  plain "
-              f"{tok / u['plain']:7.0f} tok/s  ratio {u['plain'] / u['ppo']:.2f}  "
-              "(target >= 0.7)")  # fmt: skip
+    if not args.only_grpo:
+        new_tokens = 64
+        print("\n(a) rollout (agent + env + reward) vs model.generate, 64 new tokens")
+        print("(b) update: PPO evaluate + loss + backward vs plain forward + backward, same batch")
+        for batch in (16, 64):
+            rollout, collector = rollout_fn(policy, batch, new_tokens)
+            generate = generate_fn(policy, collector.runner.env, new_tokens)
+            t = interleaved_medians({"rollout": rollout, "generate": generate}, args.repeats)
+            tok = batch * new_tokens
+            r, g = tok / t["rollout"], tok / t["generate"]
+            print(f"  (a) batch {batch:3d}: rollout {r:7.0f} tok/s  generate {g:7.0f} tok/s  "
+                  f"ratio {r / g:.2f}  (target >= 0.9)")  # fmt: skip
+            ppo_step, plain_step = update_fns(policy, collector.buffer)
+            u = interleaved_medians({"ppo": ppo_step, "plain": plain_step}, args.repeats)
+            print(f"  (b) batch {batch:3d}: PPO update {tok / u['ppo']:7.0f} tok/s  plain "
+                  f"{tok / u['plain']:7.0f} tok/s  ratio {u['plain'] / u['ppo']:.2f}  "
+                  "(target >= 0.7)")  # fmt: skip
 
-    print("\n(c) rollout time per token vs response length, batch 16")
-    fns = {length: rollout_fn(policy, 16, length)[0] for length in (32, 256)}
-    t = interleaved_medians(fns, args.repeats)
-    per_token = {length: t[length] / (16 * length) for length in fns}
-    for length, sec in per_token.items():
-        print(f"  length {length:3d}: {1e6 * sec:7.1f} us/token")
-    print(f"  ratio 256/32: {per_token[256] / per_token[32]:.2f}  (target <= 1.5)")
+        print("\n(c) rollout time per token vs response length, batch 16")
+        fns = {length: rollout_fn(policy, 16, length)[0] for length in (32, 256)}
+        t = interleaved_medians(fns, args.repeats)
+        per_token = {length: t[length] / (16 * length) for length in fns}
+        for length, sec in per_token.items():
+            print(f"  length {length:3d}: {1e6 * sec:7.1f} us/token")
+        print(f"  ratio 256/32: {per_token[256] / per_token[32]:.2f}  (target <= 1.5)")
+
+    print("\n(d) GRPO iteration (16 prompts x 4, 32 new tokens, reference, one update)")
+    iteration, parts = grpo_fns(Path(args.model))
+    t = interleaved_medians({"iteration": iteration, "parts": parts}, args.repeats)
+    print(f"  iteration {t['iteration']:.3f} s  generate + ref forward + forward/backward "
+          f"{t['parts']:.3f} s  ratio {t['iteration'] / t['parts']:.2f}  (target <= 1.3)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -83,3 +84,36 @@ def test_compare_writes_table_plot_and_raw_results(cartpole_yaml, tmp_path, caps
     assert verdict in md and "standard deviation (0.0)" in md
     printed = capsys.readouterr().out
     assert "CartPole-v1 ours seed 1" in printed and "CartPole-v1 sb3  seed 1" in printed
+
+
+def test_compare_our_configs_writes_seed_table_and_curves(gpt2_ctx64_path, tmp_path):
+    """Two text configs (PPO with GAE, GRPO) x 2 seeds against each other, 2 runs at a time:
+    a table per config and per seed, raw records that match the run folders, and a plot."""
+    import yaml
+    from helpers import text_config
+
+    ppo = text_config(gpt2_ctx64_path, str(tmp_path))
+    ppo.update(name="ppo_tiny", total_timesteps=128)
+    ppo["eval"].update(every=64, episodes=4)
+    grpo = {**ppo, "name": "grpo_tiny", "advantage": {"estimator": "grpo", "group_size": 4}}
+    paths = []
+    for cfg in (ppo, grpo):
+        path = tmp_path / f"{cfg['name']}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        paths.append(str(path))
+    out = compare(paths, 2, tmp_path / "cmp", jobs=2, command="textrlhf compare ...")
+    md = (out / "compare.md").read_text()
+    assert "textrlhf compare ..." in md
+    assert re.search(r"\| ppo_tiny \| 2 \| -?\d\.\d{3} ± \d\.\d{3} \|", md)
+    assert re.search(r"\| grpo_tiny \| 2 \| -?\d\.\d{3} ± \d\.\d{3} \|", md)
+    raw = json.loads((out / "compare.json").read_text())
+    assert sorted((r["label"], r["seed"]) for r in raw) == [
+        ("grpo_tiny", 3), ("grpo_tiny", 4), ("ppo_tiny", 3), ("ppo_tiny", 4)
+    ]  # fmt: skip
+    for r in raw:
+        summary = json.loads((Path(r["run_dir"]) / "summary.json").read_text())
+        assert r["final_return"] == summary["final_return"]
+        assert [c[2] for c in r["curve"]][0] == summary["initial_return"]
+        assert len(r["curve"]) == 3  # step 0, 64 and the end (128)
+        assert r["curve"][-1][1] == r["transitions"] > 0
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"

@@ -22,7 +22,7 @@ from textenv.env import (
 from textenv.tokenizer import make_batch_decoder, make_decoder
 
 NEXT_STEP_NAMES = ("next_step", AutoresetMode.NEXT_STEP.value)  # "next_step", "NextStep"
-VECTOR_RESET_OPTIONS = ("prompts", "references")
+VECTOR_RESET_OPTIONS = ("prompts", "references", "repeat")
 OWN_ARGUMENTS = ("num_envs", "autoreset_mode")  # the vector env's arguments besides TextEnvArgs
 
 
@@ -87,6 +87,9 @@ class TextRLHFVectorEnv(VectorEnv):
     ``reward_components`` (``score`` is the reward function's, before ``missing_eos_penalty``).
     ``reset(options={"prompts": [...]})`` forces N prompts (texts or dataset
     indices), e.g. for held-out evaluation; ``"references"`` may be given alongside.
+    ``reset(options={"repeat": K})`` (lockstep only) draws N / K prompts and gives each to K
+    consecutive rows: the groups of critic-free advantage estimators (GRPO, RLOO).
+    ``metadata["reset_options"]`` lists the reset options this env takes.
     """
 
     metadata = {"render_modes": list(RENDER_MODES), "autoreset_mode": LOCKSTEP}
@@ -122,6 +125,7 @@ class TextRLHFVectorEnv(VectorEnv):
         self.metadata = {
             "render_modes": list(RENDER_MODES),
             "autoreset_mode": LOCKSTEP if self.lockstep else AutoresetMode.NEXT_STEP,
+            "reset_options": list(VECTOR_RESET_OPTIONS),
         }
         self.max_prompt_tokens, self.max_new_tokens = args.max_prompt_tokens, args.max_new_tokens
         self.vocab_size = len(self.tokenizer)
@@ -145,12 +149,19 @@ class TextRLHFVectorEnv(VectorEnv):
 
     # ---------------------------------------------------------------- reset
     def _load_rows(
-        self, rows: np.ndarray, forced: list | None = None, refs: list | None = None
+        self,
+        rows: np.ndarray,
+        forced: list | None = None,
+        refs: list | None = None,
+        repeat: int = 1,
     ) -> None:
-        """Put new prompts into ``rows``: drawn with ``np_random`` or forced (texts / indices)."""
+        """Put new prompts into ``rows``: drawn with ``np_random`` (each draw given to ``repeat``
+        consecutive rows) or forced (texts / indices)."""
         P, ds = self.max_prompt_tokens, self.dataset
         if forced is None:
-            idx = self.np_random.integers(len(ds), size=len(rows))
+            idx = self.np_random.integers(len(ds), size=len(rows) // repeat)
+            if repeat > 1:
+                idx = np.repeat(idx, repeat)
             self._ids[rows, :P] = ds.input_ids[idx]
             self._mask[rows, :P] = ds.attention_mask[idx]
             for r, i in zip(rows.tolist(), idx.tolist()):
@@ -190,7 +201,20 @@ class TextRLHFVectorEnv(VectorEnv):
                 )
         elif refs is not None:
             raise ValueError("options['references'] needs options['prompts']")
-        self._load_rows(self._rows, forced, refs)
+        repeat = options.get("repeat", 1)
+        if repeat != 1:
+            if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
+                raise ValueError(f"options['repeat'] must be an int >= 1, got {repeat!r}")
+            if self.num_envs % repeat:
+                raise ValueError(f"options['repeat']={repeat} must divide num_envs={self.num_envs}")
+            if not self.lockstep:
+                raise ValueError(
+                    "options['repeat'] needs autoreset_mode='lockstep' (with next_step "
+                    "autoreset, rows restart one by one and groups would not stay together)"
+                )
+            if forced is not None:
+                raise ValueError("options['repeat'] draws the prompts; it cannot take 'prompts'")
+        self._load_rows(self._rows, forced, refs, int(repeat))
         self._needs_reset = False
         return self._obs(), {}
 

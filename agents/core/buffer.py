@@ -112,6 +112,8 @@ class RolloutBuffer:
         self.has_final_value = zeros(torch.bool)
         self.advantages = zeros()
         self.returns = zeros()
+        self.ref_log_probs = zeros()  # the reference policy's, when the KL sits in the loss
+        self.episode_weights = torch.ones(T, N, device=self.device)  # see `set_episode_weights`
         self.last_value = torch.zeros(N, device=self.device)  # V(obs after the last step)
 
     def clear_flags(self) -> None:
@@ -148,12 +150,33 @@ class RolloutBuffer:
             advantages[t] = last
         torch.add(advantages, self.values, out=self.returns)
 
+    @torch.no_grad()
+    def set_episode_weights(self) -> None:
+        """`episode_weights[t, i]` = 1 / (number of valid steps of the episode piece that step
+        (t, i) belongs to), for per-sequence loss aggregation. A piece is a run of valid steps
+        of one row that no done interrupts (an episode, or its part inside this rollout)."""
+        done = self.terminated | self.truncated
+        valid = self.valid
+        # a piece starts at a valid step whose previous step (same row) is invalid or a done
+        prev_open = torch.cat([torch.zeros_like(valid[:1]), valid[:-1] & ~done[:-1]])
+        starts = valid & ~prev_open  # (T, N)
+        piece = starts.T.reshape(-1).long().cumsum(0) - 1  # (N*T,) row-major over (N, T)
+        flat_valid = valid.T.reshape(-1)
+        n_pieces = int(starts.sum())
+        if n_pieces == 0:
+            self.episode_weights.fill_(1.0)
+            return
+        lengths = torch.bincount(piece[flat_valid], minlength=n_pieces).float()  # (P,)
+        weights = torch.ones_like(flat_valid, dtype=torch.float32)
+        weights[flat_valid] = 1.0 / lengths[piece[flat_valid]]
+        self.episode_weights.copy_(weights.view(self.num_envs, self.n_steps).T)
+
     # -- reading ------------------------------------------------------------------------------
 
     def full_batch(self, sequence: bool) -> Minibatch:
         """All the data as one Minibatch: (T, N, ...) for sequence policies, else (T*N, ...)."""
         fields = (self.obs, self.actions, self.log_probs, self.values, self.advantages)
-        fields += (self.returns, self.valid)
+        fields += (self.returns, self.valid, self.ref_log_probs, self.episode_weights)
         if sequence:
             return Minibatch(*fields)
         n = self.n_steps * self.num_envs

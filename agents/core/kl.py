@@ -14,6 +14,7 @@ import torch
 from agents.core.buffer import RolloutBuffer
 
 ESTIMATORS = ("k1", "k3")
+KL_PLACEMENTS = ("reward", "loss")  # -beta * kl_t in each step's reward, or beta * k3 in the loss
 
 
 def kl_estimate(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -67,20 +68,32 @@ def make_kl_controller(kl_cfg) -> FixedKLController | AdaptiveKLController:
 
 @torch.no_grad()
 def apply_kl_penalty(
-    buffer: RolloutBuffer, policy: Any, reference: Any, beta: float, estimator: str
+    buffer: RolloutBuffer,
+    policy: Any,
+    reference: Any,
+    beta: float,
+    estimator: str,
+    placement: str = "reward",
 ) -> dict[str, float]:
-    """Add `-beta * kl_t` to the rewards of valid steps; return KL statistics.
+    """Measure the KL to the reference on the rollout; return KL statistics.
 
-    Both log-probs come from `evaluate` on the same data (the policy has not changed since the
-    rollout), so a reference equal to the policy gives a penalty of exactly 0.
+    placement "reward": add `-beta * kl_t` to the rewards of valid steps (before the advantages);
+    "loss": store the reference's log-probs in `buffer.ref_log_probs` for the PPO loss's KL term
+    and leave the rewards alone. Both log-probs come from `evaluate` on the same data (the policy
+    has not changed since the rollout), so a reference equal to the policy measures exactly 0.
     `kl_to_ref` is the KL summed over each episode segment, averaged over segments.
     """
+    if placement not in KL_PLACEMENTS:
+        raise ValueError(f"kl.placement must be one of {list(KL_PLACEMENTS)}, got {placement!r}")
     batch = buffer.full_batch(policy.is_sequence_policy)
     log_prob = policy.evaluate(batch)[0]
     ref_log_prob = reference.evaluate(batch)[0]
     T, N = buffer.n_steps, buffer.num_envs
     kl = kl_estimate(log_prob, ref_log_prob, estimator).reshape(T, N) * buffer.valid
-    buffer.rewards.sub_(beta * kl)
+    if placement == "reward":
+        buffer.rewards.sub_(beta * kl)
+    else:
+        buffer.ref_log_probs.copy_(ref_log_prob.reshape(T, N) * buffer.valid)
     # segments: runs of valid steps between dones (one per episode piece in this rollout)
     done = buffer.terminated | buffer.truncated
     prev_open = torch.cat([torch.zeros_like(buffer.valid[:1]), buffer.valid[:-1] & ~done[:-1]])

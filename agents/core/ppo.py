@@ -2,8 +2,12 @@
 follows the protocol in agents/policies/base.py.
 
 Losses are masked means over `valid` steps, so the same code trains shuffled transitions (B,) and
-whole-episode columns (T, B) of sequence policies. The value loss is SB3's: mean squared error
-weighted by `vf_coef` (c_V = 0.5), optionally clipped around the old values.
+whole-episode columns (T, B) of sequence policies: over every valid step of the minibatch
+(`loss_aggregation: token`), or over each episode's steps and then over episodes (`sequence`).
+The value loss is SB3's: mean squared error weighted by `vf_coef` (c_V = 0.5), optionally clipped
+around the old values; a critic-free policy (`has_critic` False) has none. With the KL to the
+reference in the loss (`kl_coef` > 0, the GRPO form), `kl_coef` times the k3 estimate of
+KL(pi || ref) on the sampled actions is added.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import torch
 from agents.core.buffer import RolloutBuffer
 from agents.policies.base import Minibatch
 
+LOSS_AGGREGATIONS = ("token", "sequence")
+STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "kl_loss")
+
 
 class LossInputs(NamedTuple):
     """The no-grad parts of the loss for one minibatch, flat (B,) or (T*B,)."""
 
-    weights: torch.Tensor  # valid / n_valid: dot(x, weights) is a masked mean
+    weights: torch.Tensor  # dot(x, weights) is the loss's masked mean (token or sequence)
     advantages: torch.Tensor  # normalized if configured, 0 on invalid steps
     ratio_low: torch.Tensor  # 1 - clip where advantage < 0, else -inf
     ratio_high: torch.Tensor  # 1 + clip where advantage > 0, else +inf
@@ -77,6 +84,8 @@ class PPO:
     def __init__(self, policy: Any, cfg: Any, num_iterations: int):
         self.policy, self.cfg = policy, cfg
         self.num_iterations = max(int(num_iterations), 1)
+        self.has_critic = getattr(policy, "has_critic", True)
+        self.kl_coef = 0.0  # beta of a KL term in the loss; set per iteration by the trainer
         params = [p for p in policy.parameters() if p.requires_grad]
         flat = flatten_parameters(params)
         self.params = [flat] if flat is not None else params
@@ -104,11 +113,14 @@ class PPO:
         per minibatch; once per update when a minibatch is the whole rollout)."""
         valid = _flat(mb.valid).float()  # (B,) or (T*B,)
         count = valid.sum().clamp(min=1.0)
-        weights = valid / count
+        weights = token_weights = valid / count
+        if self.cfg.loss_aggregation == "sequence":  # each episode's steps weigh 1 in total
+            per_episode = valid * _flat(mb.episode_weights)
+            weights = per_episode / per_episode.sum().clamp(min=1e-12)
         advantages = _flat(mb.advantages)
         if self.cfg.normalize_advantage:
-            mean = torch.dot(advantages, weights)
-            var = torch.dot((advantages - mean).square(), weights)
+            mean = torch.dot(advantages, token_weights)
+            var = torch.dot((advantages - mean).square(), token_weights)
             std = (var * count / (count - 1).clamp(min=1.0)).sqrt()  # unbiased, like torch.std
             advantages = (advantages - mean) / (std + 1e-8) * valid
         # PPO's clipped surrogate max(-A r, -A clip(r, 1-eps, 1+eps)) equals -A clamp(r, lo, hi)
@@ -122,7 +134,7 @@ class PPO:
     def loss(
         self, mb: Minibatch, inputs: LossInputs, clip: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Total loss and a (5,) no-grad stats vector for one minibatch.
+        """Total loss and a (6,) no-grad stats vector (`STATS`) for one minibatch.
 
         `inputs.weights` (valid / n_valid) turn sums into masked means: `dot(x, weights)`.
         """
@@ -139,21 +151,36 @@ class PPO:
         ratio = log_ratio.exp()
         policy_loss = torch.dot(ratio.clamp(inputs.ratio_low, inputs.ratio_high), inputs.coef)
 
-        value_error = (value - returns).square()
-        if cfg.clip_range_vf is not None:
-            old_values = _flat(mb.values)
-            clipped = old_values + (value - old_values).clamp(-cfg.clip_range_vf, cfg.clip_range_vf)
-            value_error = torch.maximum(value_error, (clipped - returns).square())
-        value_loss = torch.dot(value_error, weights)
         entropy_mean = torch.dot(entropy, weights)
-
-        loss = policy_loss + cfg.vf_coef * value_loss
+        loss = policy_loss
+        if self.has_critic:
+            value_error = (value - returns).square()
+            if cfg.clip_range_vf is not None:
+                old_values = _flat(mb.values)
+                clipped = old_values + (value - old_values).clamp(
+                    -cfg.clip_range_vf, cfg.clip_range_vf
+                )
+                value_error = torch.maximum(value_error, (clipped - returns).square())
+            value_loss = torch.dot(value_error, weights)
+            loss = loss + cfg.vf_coef * value_loss
+        else:
+            value_loss = policy_loss.new_zeros(())
         if cfg.ent_coef:
             loss = loss - cfg.ent_coef * entropy_mean
+        if self.kl_coef:
+            # k3 estimate of KL(pi || ref) per step, with grad through pi's log-prob
+            ref_log_prob = torch.where(weights > 0, _flat(mb.ref_log_probs), log_prob.detach())
+            ref_log_ratio = ref_log_prob - log_prob
+            kl_loss = torch.dot(torch.expm1(ref_log_ratio) - ref_log_ratio, weights)
+            loss = loss + self.kl_coef * kl_loss
+        else:
+            kl_loss = policy_loss.new_zeros(())
         with torch.no_grad():
             approx_kl = torch.dot((ratio - 1) - log_ratio, weights)  # k3 estimator
             clipfrac = torch.dot(((ratio - 1).abs() > clip).float(), weights)
-            stats = torch.stack([policy_loss, value_loss, entropy_mean, approx_kl, clipfrac])
+            stats = torch.stack(
+                [policy_loss, value_loss, entropy_mean, approx_kl, clipfrac, kl_loss]
+            ).detach()
         return loss, stats
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
@@ -174,7 +201,7 @@ class PPO:
         """Stop before a NaN/inf loss or gradient reaches the weights (one host sync a step)."""
         check = loss.detach() if grad_norm is None else loss.detach() + grad_norm
         if not torch.isfinite(check):
-            p_loss, v_loss, entropy, approx_kl, _ = stats.tolist()
+            p_loss, v_loss, entropy, approx_kl, *_ = stats.tolist()
             raise NonFiniteLossError(
                 f"non-finite loss or gradient at iteration {it}: policy_loss={p_loss}, "
                 f"value_loss={v_loss}, entropy={entropy}, approx_kl={approx_kl}, "
@@ -214,16 +241,20 @@ class PPO:
             if stopped_early:
                 break
         if stats:
-            means = torch.stack(stats).mean(0).tolist()  # (n_minibatches, 5) -> (5,)
+            means = torch.stack(stats).mean(0).tolist()  # (n_minibatches, 6) -> (6,)
         else:
-            means = [math.nan] * 5
+            means = [math.nan] * len(STATS)
+        out = dict(zip(STATS, means))
+        if not self.has_critic:
+            del out["value_loss"]
+        if not self.kl_coef:
+            del out["kl_loss"]
+        if self.has_critic:
+            out["explained_variance"] = explained_variance(
+                buffer.values, buffer.returns, buffer.valid
+            )
         return {
-            "policy_loss": means[0],
-            "value_loss": means[1],
-            "entropy": means[2],
-            "approx_kl": means[3],
-            "clipfrac": means[4],
-            "explained_variance": explained_variance(buffer.values, buffer.returns, buffer.valid),
+            **out,
             "lr": lr,
             "clip_range": clip,
             "n_minibatch_steps": len(stats),

@@ -169,8 +169,15 @@ class EnvRunner:
     observation, the policy's recurrent state, which rows' next step is not a real transition,
     and the running episode returns and lengths."""
 
-    def __init__(self, env: gym.vector.VectorEnv, policy: Any, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        env: gym.vector.VectorEnv,
+        policy: Any,
+        device: str | torch.device = "cpu",
+        reset_options: dict[str, Any] | None = None,
+    ):
         self.env, self.policy = env, policy
+        self.reset_options = reset_options or None  # passed to every env.reset
         self.device = torch.device(device)
         self.mode = autoreset_mode(env)
         self.num_envs = env.num_envs
@@ -189,7 +196,7 @@ class EnvRunner:
         self.all_rows = np.ones(self.num_envs, dtype=bool)  # default `counted`, made once
 
     def reset(self, seed: int | None = None) -> None:
-        self.obs, _ = self.env.reset(seed=seed)
+        self.obs, _ = self.env.reset(seed=seed, options=self.reset_options)
         self.state = self.policy.initial_state(self.num_envs)
         self.skip[:] = False
         self.ep_return[:] = 0.0
@@ -284,8 +291,9 @@ class RolloutCollector:
         buffer: RolloutBuffer,
         seed: int | None = None,
         device: str | torch.device = "cpu",
+        reset_options: dict[str, Any] | None = None,
     ):
-        self.runner = EnvRunner(env, policy, device)
+        self.runner = EnvRunner(env, policy, device, reset_options)
         self.policy, self.buffer = policy, buffer
         self.seed = seed  # of the first reset only
 

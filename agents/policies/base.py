@@ -31,6 +31,8 @@ class Minibatch(NamedTuple):
     advantages: torch.Tensor  # (B,) or (T, B)
     returns: torch.Tensor  # (B,) or (T, B), advantages + values
     valid: torch.Tensor  # (B,) or (T, B) bool, False for steps that are not real transitions
+    ref_log_probs: torch.Tensor | None = None  # (B,) or (T, B): the reference's (KL in the loss)
+    episode_weights: torch.Tensor | None = None  # (B,) or (T, B): 1 / length of the step's episode
 
 
 class PolicyConfig(BaseModel):

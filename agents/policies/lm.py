@@ -48,7 +48,7 @@ from transformers.cache_utils import DynamicLayer
 from agents.policies.base import PolicyConfig
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "tiny-sft"
-CRITICS = ("shared", "separate")
+CRITICS = ("shared", "separate", "none")  # none: no value head (critic-free estimators)
 
 
 class LMPolicyConfig(PolicyConfig):
@@ -275,6 +275,11 @@ class LMPolicy(nn.Module):
     is_sequence_policy = True
     Config = LMPolicyConfig
 
+    @property
+    def has_critic(self) -> bool:
+        """False for a critic-free policy (`critic: none`): its values are all 0."""
+        return self.value_head is not None
+
     def __init__(
         self,
         model: PreTrainedModel,
@@ -284,6 +289,7 @@ class LMPolicy(nn.Module):
         max_sequence_length: int | None = None,
         temperature: float = 1.0,
         critic_model: PreTrainedModel | None = None,
+        value_head: bool = True,
     ):
         super().__init__()
         if not (isinstance(temperature, (int, float)) and temperature > 0):
@@ -303,11 +309,15 @@ class LMPolicy(nn.Module):
             )
         self._check_sizes(num_actions, max_sequence_length)
 
-        trunk_config = (critic_model if critic_model is not None else model).config
-        hidden = getattr(trunk_config, "hidden_size", None) or trunk_config.n_embd
-        self.value_head = nn.Linear(hidden, 1)
-        nn.init.normal_(self.value_head.weight, std=1.0 / np.sqrt(hidden + 1))
-        nn.init.zeros_(self.value_head.bias)
+        if critic_model is not None and not value_head:
+            raise ValueError("a separate critic model needs the value head (value_head=True)")
+        self.value_head: nn.Linear | None = None  # None: critic-free, every value is 0
+        if value_head:
+            trunk_config = (critic_model if critic_model is not None else model).config
+            hidden = getattr(trunk_config, "hidden_size", None) or trunk_config.n_embd
+            self.value_head = nn.Linear(hidden, 1)
+            nn.init.normal_(self.value_head.weight, std=1.0 / np.sqrt(hidden + 1))
+            nn.init.zeros_(self.value_head.bias)
         self._version = 0  # bumped whenever evaluate() runs with grad (i.e. an update is coming)
         self._check_head_path()
 
@@ -334,10 +344,10 @@ class LMPolicy(nn.Module):
 
         if critic not in CRITICS:
             raise ValueError(f"policy.critic must be one of {list(CRITICS)}, got {critic!r}")
-        if critic == "shared" and critic_path is not None:
+        if critic != "separate" and critic_path is not None:
             raise ValueError(
                 f"policy.critic_path={str(critic_path)!r} is only used with policy.critic: "
-                "separate (got critic: shared)"
+                f"separate (got critic: {critic})"
             )
         path = Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH
         model = load_causal_lm(path)
@@ -356,6 +366,7 @@ class LMPolicy(nn.Module):
             max_sequence_length=max_sequence_length,
             temperature=temperature,
             critic_model=critic_model,
+            value_head=critic != "none",
         )
 
     @classmethod
@@ -485,6 +496,8 @@ class LMPolicy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden (..., H) -> logits (..., V) and value (...)."""
         logits = self.model.get_output_embeddings()(hidden)
+        if self.value_head is None:
+            return logits, hidden.new_zeros(hidden.shape[:-1])
         value_input = hidden if critic_hidden is None else critic_hidden
         return logits, self.value_head(value_input).squeeze(-1)
 

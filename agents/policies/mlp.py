@@ -48,6 +48,7 @@ class MLPPolicyConfig(PolicyConfig):
     hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
     activation: Literal[tuple(ACTIVATIONS)] = "tanh"  # type: ignore[valid-type]
     log_std_init: float = 0.0  # Box actions: initial state-independent log std
+    critic: Literal["separate", "none"] = "separate"  # none: no value MLP (critic-free)
 
 
 def mlp(sizes: list[int], out_gain: float) -> nn.ModuleList:
@@ -87,8 +88,11 @@ class MLPActorCritic(nn.Module):
         hidden_sizes: tuple[int, ...] | list[int] = (64, 64),
         activation: str = "tanh",
         log_std_init: float = 0.0,
+        critic: str = "separate",
     ):
         super().__init__()
+        if critic not in ("separate", "none"):
+            raise ValueError(f"policy.critic must be one of ['separate', 'none'], got {critic!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"policy.activation must be one of {list(ACTIVATIONS)}, got {activation!r}"
@@ -116,7 +120,12 @@ class MLPActorCritic(nn.Module):
         self.activation = ACTIVATIONS[activation]
         obs_dim = self.encoder.dim
         self.actor = mlp([obs_dim, *hidden_sizes, n_out], out_gain=0.01)
-        self.critic = mlp([obs_dim, *hidden_sizes, 1], out_gain=1.0)
+        # None: critic-free (advantage estimators without a value function); values are 0
+        self.critic = mlp([obs_dim, *hidden_sizes, 1], out_gain=1.0) if critic != "none" else None
+
+    @property
+    def has_critic(self) -> bool:
+        return self.critic is not None
 
     def _init_multi_categorical(self, nvec: np.ndarray) -> None:
         """The actor outputs sum(nvec) logits, dimension j's block after those of 0..j-1. They
@@ -138,6 +147,8 @@ class MLPActorCritic(nn.Module):
         """Encoded observations (B, D) -> actor output (B, A) (logits or Gaussian mean),
         value (B,)."""
         out = run_mlp(x, self.actor, self.activation)
+        if self.critic is None:
+            return out, x.new_zeros(x.shape[0])
         value = run_mlp(x, self.critic, self.activation)
         return out, value.squeeze(-1)
 
@@ -157,6 +168,7 @@ class MLPActorCritic(nn.Module):
             hidden_sizes=list(policy_cfg.hidden_sizes),
             activation=policy_cfg.activation,
             log_std_init=policy_cfg.log_std_init,
+            critic=policy_cfg.critic,
         )
 
     # -- distribution pieces ----------------------------------------------------------------
@@ -246,6 +258,8 @@ class MLPActorCritic(nn.Module):
 
     @torch.no_grad()
     def predict_value(self, obs: Any, state: None) -> torch.Tensor:
+        if self.critic is None:
+            return torch.zeros(self.features(obs).shape[0])
         return run_mlp(self.features(obs), self.critic, self.activation).squeeze(-1)
 
     def evaluate(self, batch: Minibatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

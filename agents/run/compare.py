@@ -1,6 +1,7 @@
-"""`textrlhf compare`: our PPO vs Stable-Baselines3's PPO with the same hyperparameters.
+"""`textrlhf compare`: our PPO vs Stable-Baselines3's PPO with the same hyperparameters, or our
+configs against each other (algorithms, settings, seeds).
 
-For each config and seed, both agents train for the same `step_budget(cfg)` env steps; each
+**Ours vs SB3** (configs with an MLP policy, which SB3 can run too). For each config and seed, both agents train for the same `step_budget(cfg)` env steps; each
 finished training episode is recorded as (env step, return). The table (`compare.md`) reports the
 final deterministic eval return (mean ± std and median over seeds, same eval episodes for both),
 whether the two means lie within one SB3 standard deviation of each other, the env steps at which
@@ -8,6 +9,14 @@ the mean return of the last 20 training episodes first reached the env's reward 
 training wall-clock and SPS. `compare.png` shows the learning curves (mean and min-max band
 over seeds). SB3 takes no Tuple (or nested Dict) observations: for Tuple and Dict observation
 spaces its envs are wrapped in Gymnasium's `FlattenObservation`, and the table says so.
+
+**Our configs against each other** (any config SB3 cannot run, e.g. LM policies, or with
+`sb3=False`). Each (config, seed) is a full `textrlhf train` run in `<out>/runs/<name>_s<seed>`
+(metrics.csv, TensorBoard, checkpoints), `jobs` of them at a time in separate processes.
+`compare.md` has the final eval return (the config's own eval: held-out prompts for the text
+configs) as mean ± std, median and min over seeds, the start, wall-clock, the KL to the reference
+and the tokens (valid env steps) generated, per config and per seed; `compare.png` plots the
+periodic eval return against wall-clock and against tokens generated.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from agents.core.buffer import map_structure
 from agents.run.config import Config, load_config, step_budget
 from agents.run.envs import find_spec, make_eval_env
 from agents.run.evaluation import evaluate_policy
-from agents.run.trainer import Trainer
+from agents.run.trainer import Trainer, train
 
 WINDOW = 20  # training episodes in the moving average used for curves and thresholds
 
@@ -301,6 +310,184 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
     (out / "compare.json").write_text(json.dumps(raw, indent=1) + "\n")
 
 
+# ----------------------------------------------------------------------------- our configs
+
+
+@dataclass
+class ConfigRun:
+    """One finished `textrlhf train` run of a compared config, read back from its run folder."""
+
+    label: str
+    seed: int
+    run_dir: str
+    initial_return: float | None
+    final_return: float
+    wall_time: float
+    transitions: int
+    kl_to_ref: float | None  # at the last iteration
+    # periodic evaluations: (seconds since the start, tokens generated so far, eval return)
+    curve: list[tuple[float, float, float]] = field(default_factory=list)
+
+
+def _number(text: str | None) -> float | None:
+    return float(text) if text not in (None, "") else None
+
+
+def read_run(run_dir: Path, label: str, seed: int) -> ConfigRun:
+    """Summary and learning curve of a finished run folder."""
+    import csv
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    curve: list[tuple[float, float, float]] = []
+    transitions, kl = 0.0, None
+    with open(run_dir / "metrics.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            transitions = _number(row.get("rollout/transitions")) or transitions
+            kl = _number(row.get("kl/kl_to_ref")) if row.get("kl/kl_to_ref") else kl
+            ret, elapsed = _number(row.get("eval/return")), _number(row.get("time/elapsed"))
+            if ret is not None and elapsed is not None:
+                curve.append((elapsed, transitions, ret))
+    return ConfigRun(
+        label, seed, str(run_dir), summary.get("initial_return"), summary["final_return"],
+        summary["wall_time_s"], int(summary["transitions"]), kl, curve,
+    )  # fmt: skip
+
+
+def train_one(source: str, overrides: list[str], seed: int, root: str, label: str) -> ConfigRun:
+    """Train `source` with `seed` into `<root>/<name>_s<seed>` and read the run back (a top-level
+    function, so that worker processes can run it)."""
+    cfg = load_config(
+        source, [*overrides, f"seed={seed}", "run.progress=false", f"run.root={root}"]
+    )
+    run_dir = train(cfg, name=f"{label}_s{seed}", overwrite=True)
+    return read_run(run_dir, label, seed)
+
+
+def _labels(configs: list[str], overrides: list[str] | None) -> list[str]:
+    """Each config's name, made unique (a repeated name gets -2, -3, ...)."""
+    labels: list[str] = []
+    for source in configs:
+        name = load_config(source, overrides).name
+        label, k = name, 2
+        while label in labels:
+            label, k = f"{name}-{k}", k + 1
+        labels.append(label)
+    return labels
+
+
+def compare_configs(
+    configs: list[str],
+    seeds: int,
+    out: str | Path,
+    overrides: list[str] | None = None,
+    jobs: int = 1,
+    command: str | None = None,
+) -> Path:
+    """Train each config for `seeds` seeds (from its own `seed`), `jobs` runs at a time, and
+    write compare.md, compare.json and compare.png to `out`."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    out = Path(out)
+    root = str(out / "runs")
+    overrides = list(overrides or [])
+    tasks = []
+    for source, label in zip(configs, _labels(configs, overrides)):
+        first = load_config(source, overrides).seed
+        tasks += [(source, overrides, seed, root, label) for seed in range(first, first + seeds)]
+    results: list[ConfigRun] = []
+
+    def report(run: ConfigRun) -> None:
+        results.append(run)
+        print(
+            f"{run.label} seed {run.seed}: eval {run.initial_return} -> {run.final_return:.4f}  "
+            f"wall {run.wall_time:6.1f}s  KL {run.kl_to_ref}",
+            flush=True,
+        )
+
+    if jobs <= 1:
+        for task in tasks:
+            report(train_one(*task))
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for run in pool.map(train_one, *zip(*tasks)):
+                report(run)
+    write_config_report(results, out, command)
+    return out
+
+
+def write_config_report(runs: list[ConfigRun], out: Path, command: str | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+
+    def fmt(x: float | None, d: int = 3) -> str:
+        return "n/a" if x is None else f"{x:.{d}f}"
+
+    def mean(xs: list[float | None]) -> float | None:
+        xs = [x for x in xs if x is not None]
+        return float(np.mean(xs)) if xs else None
+
+    labels = list(dict.fromkeys(r.label for r in runs))
+    lines = ["# Config comparison", ""]
+    if command:
+        lines += ["Made with:", "", f"    {command}", ""]
+    lines += [
+        "Final: the config's own evaluation at the end of training (for the text configs: sampled "
+        "responses to held-out prompts), mean ± std (population), median and min over seeds. "
+        "Start: the same evaluation before training. Wall-clock: training and periodic "
+        "evaluations. KL: the KL to the reference at the last iteration (sum over an episode). "
+        "Tokens: valid env steps generated in training.",
+        "",
+        "| config | seeds | final (mean ± std) | median | min | start | wall-clock (s) | KL | tokens |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label in labels:
+        rs = [r for r in runs if r.label == label]
+        finals = np.array([r.final_return for r in rs])
+        lines.append(
+            f"| {label} | {len(rs)} | {finals.mean():.3f} ± {finals.std():.3f} | "
+            f"{np.median(finals):.3f} | {finals.min():.3f} | "
+            f"{fmt(mean([r.initial_return for r in rs]))} | "
+            f"{np.mean([r.wall_time for r in rs]):.0f} | {fmt(mean([r.kl_to_ref for r in rs]), 2)} "
+            f"| {np.mean([r.transitions for r in rs]):,.0f} |"
+        )
+    lines += ["", "| config | seed | start | final | wall-clock (s) | KL | tokens |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for r in sorted(runs, key=lambda r: (labels.index(r.label), r.seed)):
+        lines.append(
+            f"| {r.label} | {r.seed} | {fmt(r.initial_return)} | {r.final_return:.3f} | "
+            f"{r.wall_time:.0f} | {fmt(r.kl_to_ref, 2)} | {r.transitions:,} |"
+        )
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    raw = [r.__dict__ for r in runs]
+    (out / "compare.json").write_text(json.dumps(raw, indent=1) + "\n")
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k, label in enumerate(labels):
+        color = f"C{k}"
+        for j, r in enumerate(rs for rs in runs if rs.label == label):
+            if not r.curve:
+                continue
+            t, tok, ret = (np.array(c) for c in zip(*r.curve))
+            for ax, x in zip(axes, (t, tok)):
+                ax.plot(x, ret, color=color, alpha=0.7, lw=1, label=label if j == 0 else None)
+    axes[0].set_xlabel("wall-clock (s)")
+    axes[1].set_xlabel("tokens generated (valid env steps)")
+    for ax in axes:
+        ax.set_ylabel("eval return")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle("eval return during training (one line per seed)")
+    fig.tight_layout()
+    fig.savefig(out / "compare.png", dpi=90)
+    plt.close(fig)
+
+
 def compare(
     configs: list[str],
     seeds: int,
@@ -308,8 +495,17 @@ def compare(
     overrides: list[str] | None = None,
     thresholds: dict[str, float] | None = None,
     agents: tuple[str, ...] = ("ours", "sb3"),
+    jobs: int = 1,
+    command: str | None = None,
 ) -> Path:
-    """Run every config (a YAML path or an env id with default settings) for `seeds` seeds."""
+    """Run every config (a YAML path or an env id with default settings) for `seeds` seeds:
+    ours vs SB3 when `agents` includes "sb3" and every config has an MLP policy (SB3 runs
+    those); otherwise our configs against each other (`compare_configs`)."""
+    sources = [s if s.endswith((".yaml", ".yml")) else {"env": {"id": s}} for s in configs]
+    sb3_can_run = all(load_config(s, overrides).policy.type == "mlp" for s in sources)
+    if "sb3" not in agents or not sb3_can_run:
+        paths = [s if isinstance(s, str) else _env_config(s, out) for s in sources]
+        return compare_configs(paths, seeds, out, overrides, jobs, command)
     results: list[RunResult] = []
     all_thresholds: dict[str, float | None] = {}
     for source in configs:
@@ -334,3 +530,13 @@ def compare(
     out = Path(out)
     write_report(results, out, all_thresholds)
     return out
+
+
+def _env_config(data: dict, out: str | Path) -> str:
+    """A config file for a bare env id (so that worker processes can load it)."""
+    from agents.run.config import save_config
+
+    path = Path(out) / f"{data['env']['id'].replace(':', '_').replace('/', '_')}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_config(load_config(data), path)
+    return str(path)

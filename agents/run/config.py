@@ -31,7 +31,10 @@ from pydantic import (
     model_validator,
 )
 
-from agents.core.kl import ESTIMATORS
+from agents.core.advantages import CRITIC_FREE, GROUP_ESTIMATORS
+from agents.core.advantages import ESTIMATORS as ADVANTAGE_ESTIMATORS
+from agents.core.kl import ESTIMATORS, KL_PLACEMENTS
+from agents.core.ppo import LOSS_AGGREGATIONS
 from agents.core.scores import SCORE_NORMS
 from agents.policies import PolicyConfig, policy_class
 from agents.run.envs import VECTORIZATION_MODES, env_module
@@ -92,6 +95,18 @@ class PPOConfig(Section):
     normalize_advantage: StrictBool = True
     target_kl: PositiveFloat | None = None
     adam_eps: PositiveFloat = 1.0e-5
+    # "token": mean over every valid step of a minibatch; "sequence": mean over each episode's
+    # steps, then over episodes (long responses weigh no more than short ones)
+    loss_aggregation: Literal[LOSS_AGGREGATIONS] = "token"  # type: ignore[valid-type]
+
+
+class AdvantageConfig(Section):
+    """How advantages are computed (agents/core/advantages.py): GAE with the critic, or a
+    critic-free outcome estimator over groups of K episodes that start from the same state."""
+
+    estimator: Literal[ADVANTAGE_ESTIMATORS] = "gae"  # type: ignore[valid-type]
+    group_size: PositiveInt = 1  # K: rows per group; each start state is repeated K times
+    scale_std: StrictBool = True  # grpo: divide by the group's std (false: Dr. GRPO)
 
 
 class KLConfig(Section):
@@ -101,6 +116,8 @@ class KLConfig(Section):
     adaptive: StrictBool = False
     target: PositiveFloat = 6.0  # adaptive: target KL per episode (sum over its steps)
     horizon: PositiveInt = 10000  # adaptive: episodes over which beta adapts (Ziegler et al.)
+    # "reward": -beta * kl_t added to each step's reward; "loss": beta * k3 KL added to the loss
+    placement: Literal[KL_PLACEMENTS] = "reward"  # type: ignore[valid-type]
 
 
 class ScoreConfig(Section):
@@ -159,6 +176,7 @@ class Config(Section):
     # validated by the registered policy type's own Config (see `_policy_section`)
     policy: SerializeAsAny[PolicyConfig] = Field(default_factory=_default_policy)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
     kl: KLConfig = Field(default_factory=KLConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -189,6 +207,31 @@ class Config(Section):
                 f"ppo.batch_size={p.batch_size} must divide the rollout size n_steps * num_envs "
                 f"= {p.n_steps} * {self.env.num_envs} = {rollout} and be a multiple of {what}; "
                 f"allowed: {[b for b in range(unit, rollout + 1, unit) if rollout % b == 0]}"
+            )
+        adv = self.advantage
+        if adv.estimator in GROUP_ESTIMATORS and adv.group_size < 2:
+            raise ValueError(
+                f"advantage.estimator={adv.estimator!r} compares the K episodes of a group: it "
+                f"needs advantage.group_size >= 2, got {adv.group_size}"
+            )
+        if self.env.num_envs % adv.group_size:
+            raise ValueError(
+                f"env.num_envs={self.env.num_envs} must be a multiple of advantage.group_size="
+                f"{adv.group_size} (each group is K rows that start from the same state)"
+            )
+        critic = getattr(self.policy, "critic", None)
+        if adv.estimator in CRITIC_FREE:
+            if critic not in (None, "none") and "critic" in self.policy.model_fields_set:
+                raise ValueError(
+                    f"advantage.estimator={adv.estimator!r} trains without a critic, but "
+                    f"policy.critic={critic!r} asks for one; leave policy.critic out (or 'none')"
+                )
+            if critic is not None and critic != "none":  # the default: build no value head
+                self.policy = self.policy.model_copy(update={"critic": "none"})
+        elif critic == "none":
+            raise ValueError(
+                "policy.critic='none' builds no value head, but advantage.estimator='gae' needs "
+                f"one; use one of {list(CRITIC_FREE)} or a critic"
             )
         if self.total_timesteps < rollout:
             raise ValueError(

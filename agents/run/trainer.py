@@ -18,10 +18,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from agents.core.advantages import CRITIC_FREE, outcome_advantages
 from agents.core.buffer import RolloutBuffer
 from agents.core.kl import apply_kl_penalty, make_kl_controller
 from agents.core.ppo import PPO
-from agents.core.rollout import EpisodeLog, RolloutCollector
+from agents.core.rollout import LOCKSTEP, EpisodeLog, RolloutCollector, autoreset_mode
 from agents.core.scores import ScoreNormalizer
 from agents.policies import frozen_copy, make_policy, policy_class
 from agents.run import checkpoint as ckpt
@@ -81,9 +82,12 @@ class Trainer:
         self.buffer = RolloutBuffer(
             cfg.ppo.n_steps, cfg.env.num_envs, obs_space, act_space, self.device
         )
+        check_group_rollouts(cfg, self.env)
+        K = cfg.advantage.group_size
         self.collector = RolloutCollector(
-            self.env, self.policy, self.buffer, seed=cfg.seed, device=self.device
-        )
+            self.env, self.policy, self.buffer, seed=cfg.seed, device=self.device,
+            reset_options={"repeat": K} if K > 1 else None,
+        )  # fmt: skip
         self.steps_per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
         self.num_iterations = step_budget(cfg) // self.steps_per_iteration
         self.ppo = PPO(self.policy, cfg.ppo, self.num_iterations)
@@ -220,7 +224,7 @@ class Trainer:
             if logger is not None and self.global_step == 0 and periodic_eval:
                 initial_eval = last_eval = self._eval_return()  # the start, e.g. the SFT level
                 last_eval_step = 0
-                logger.log(0, {"eval/return": initial_eval})
+                logger.log(0, {"eval/return": initial_eval, "time/elapsed": self._elapsed()})
             while self.iteration < self.num_iterations:
                 if stop_at is not None and self.global_step >= stop_at:
                     break
@@ -230,6 +234,7 @@ class Trainer:
                         last_eval = metrics["eval/return"] = self._eval_return()
                         last_eval_step = self.global_step
                         next_eval = _next_multiple(self.global_step, cfg.eval.every)
+                    metrics["time/elapsed"] = self._elapsed()  # training + evaluation seconds
                     logger.log(self.global_step, metrics)
                     logger.samples(self.global_step, self.last_episodes.samples)
                     recent = float(np.mean(self.recent_returns)) if self.recent_returns else None
@@ -253,7 +258,10 @@ class Trainer:
                 done = self.iteration >= self.num_iterations
                 if done and cfg.eval.episodes > 0 and last_eval_step != self.global_step:
                     last_eval = self._eval_return()
-                    logger.log(self.global_step, {"eval/return": last_eval})
+                    logger.log(
+                        self.global_step,
+                        {"eval/return": last_eval, "time/elapsed": self._elapsed()},
+                    )
                 if self.saved_step != self.global_step:  # never rewrite a checkpoint in place
                     self.save()
                 summary.update(
@@ -271,6 +279,10 @@ class Trainer:
             if logger is not None:
                 logger.close()
             self.close()
+
+    def _elapsed(self) -> float:
+        """Seconds of this run so far: earlier processes (resume) plus this one."""
+        return self.wall_time + (time.perf_counter() - self._start)
 
     def close(self) -> None:
         """Close the training and evaluation envs."""
@@ -294,11 +306,22 @@ class Trainer:
         if self.reference is not None:
             beta = self.kl_controller.beta
             kl_stats = apply_kl_penalty(
-                self.buffer, self.policy, self.reference, beta, cfg.kl.estimator
+                self.buffer, self.policy, self.reference, beta, cfg.kl.estimator, cfg.kl.placement
             )
+            # the KL term of the loss uses the beta the penalty was measured with
+            self.ppo.kl_coef = beta if cfg.kl.placement == "loss" else 0.0
             self.kl_controller.update(kl_stats["kl_to_ref"], kl_stats["kl_segments"])
             metrics.update({f"kl/{k}": v for k, v in kl_stats.items() if k != "kl_segments"})
-        self.buffer.compute_gae(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+        if cfg.advantage.estimator == "gae":
+            self.buffer.compute_gae(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+        else:
+            adv_stats = outcome_advantages(
+                self.buffer, cfg.advantage.estimator, cfg.advantage.group_size,
+                cfg.advantage.scale_std,
+            )  # fmt: skip
+            metrics.update({f"advantage/{k}": v for k, v in adv_stats.items()})
+        if cfg.ppo.loss_aggregation == "sequence":
+            self.buffer.set_episode_weights()
         train_stats = self.ppo.update(self.buffer, self.iteration)
         t2 = time.perf_counter()
 
@@ -323,6 +346,28 @@ class Trainer:
         metrics["time/update_time"] = t2 - t1
         metrics["time/sps"] = transitions / max(t2 - t0, 1e-9)  # real env steps per second
         return metrics
+
+
+def check_group_rollouts(cfg: Config, env: gym.vector.VectorEnv) -> None:
+    """Critic-free estimators need one whole episode per env row in each rollout (a lockstep
+    env), and groups need K rows that start from the same state (reset option "repeat")."""
+    adv = cfg.advantage
+    if adv.estimator in CRITIC_FREE and autoreset_mode(env) != LOCKSTEP:
+        raise ValueError(
+            f"advantage.estimator={adv.estimator!r} scores whole episodes: it needs an env whose "
+            "rollouts hold one whole episode per row (autoreset_mode 'lockstep', e.g. "
+            f"textenv:TextRLHF-v0 with env.vectorization: vector_entry_point); {cfg.env.id} with "
+            f"vectorization {cfg.env.vectorization!r} has autoreset mode {autoreset_mode(env)!r}"
+        )
+    if adv.group_size > 1 and (
+        autoreset_mode(env) != LOCKSTEP or "repeat" not in env.metadata.get("reset_options", ())
+    ):
+        raise ValueError(
+            f"advantage.group_size={adv.group_size} needs K env rows that start from the same "
+            "state: a lockstep vector env that takes reset(options={'repeat': K}) (textenv's "
+            f"TextRLHFVectorEnv does); {cfg.env.id} with vectorization "
+            f"{cfg.env.vectorization!r} cannot"
+        )
 
 
 def _space_bytes(space: Any) -> int:

@@ -1,0 +1,226 @@
+"""Critic-free advantage estimators (GRPO, RLOO, REINFORCE++), group rollouts, the KL in the
+loss and per-sequence loss aggregation."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from helpers import text_config
+
+from agents.core.advantages import group_advantages, outcome_advantages
+from agents.core.buffer import RolloutBuffer
+from agents.policies import make_policy
+from agents.run import checkpoint as ckpt
+from agents.run.config import load_config
+from agents.run.trainer import Trainer
+
+G, K = 8, 4  # 8 prompts x 4 samples
+
+
+def fixed_returns() -> list[list[float]]:
+    rng = np.random.default_rng(0)
+    groups = rng.uniform(-1, 2, size=(G, K)).round(3).tolist()
+    groups[5] = [0.25] * K  # a zero-variance group
+    return groups
+
+
+def brute_force(estimator: str, groups: list[list[float]], scale_std: bool = True) -> list[float]:
+    out: list[float] = []
+    if estimator == "grpo":
+        for g in groups:
+            mean, std = statistics.fmean(g), statistics.stdev(g)
+            out += [(r - mean) / (std + 1e-6) if scale_std else r - mean for r in g]
+    elif estimator == "rloo":
+        for g in groups:
+            out += [r - sum(g[j] for j in range(len(g)) if j != i) / (len(g) - 1) for i, r in enumerate(g)]  # fmt: skip
+    else:  # reinforce_pp: group baseline (K > 1), then whitening over the batch
+        centered = [r - statistics.fmean(g) if len(g) > 1 else r for g in groups for r in g]
+        mean, std = statistics.fmean(centered), statistics.stdev(centered)
+        out = [(c - mean) / (std + 1e-6) for c in centered]
+    return out
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_pp"])
+def test_estimators_equal_a_brute_force_computation(estimator):
+    groups = fixed_returns()
+    returns = torch.tensor([r for g in groups for r in g])
+    adv, zero_var = group_advantages(returns, estimator, K)
+    expected = torch.tensor(brute_force(estimator, groups), dtype=torch.float64)
+    torch.testing.assert_close(adv.double(), expected, atol=1e-6, rtol=0)
+    assert zero_var == pytest.approx(1 / G)
+    if estimator != "reinforce_pp":  # the zero-variance group gets exactly 0
+        assert torch.all(adv[5 * K : 6 * K] == 0)
+
+
+def test_grpo_without_std_scaling_and_reinforce_pp_without_groups():
+    groups = fixed_returns()
+    returns = torch.tensor([r for g in groups for r in g])
+    adv, _ = group_advantages(returns, "grpo", K, scale_std=False)
+    expected = torch.tensor(brute_force("grpo", groups, scale_std=False), dtype=torch.float64)
+    torch.testing.assert_close(adv.double(), expected, atol=1e-6, rtol=0)
+    singles = [[r] for g in groups for r in g]
+    adv, zero_var = group_advantages(returns, "reinforce_pp", 1)
+    expected = torch.tensor(brute_force("reinforce_pp", singles), dtype=torch.float64)
+    torch.testing.assert_close(adv.double(), expected, atol=1e-6, rtol=0)
+    assert zero_var == 0.0
+
+
+def test_group_estimators_refuse_groups_of_one(gpt2_ctx64_path, tmp_path):
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        group_advantages(torch.zeros(8), "grpo", 1)
+    data = text_config(gpt2_ctx64_path, str(tmp_path))
+    data["advantage"] = {"estimator": "rloo", "group_size": 1}
+    with pytest.raises(ValueError, match=r"advantage.group_size >= 2, got 1"):
+        load_config(data)
+    data["advantage"] = {"estimator": "grpo", "group_size": 3}  # 8 rows are not groups of 3
+    with pytest.raises(ValueError, match="multiple of advantage.group_size=3"):
+        load_config(data)
+    data["advantage"] = {"estimator": "grpoo", "group_size": 4}
+    with pytest.raises(ValueError, match="grpo"):
+        load_config(data)
+
+
+def test_outcome_advantages_give_each_valid_step_its_episode_advantage():
+    space = gym.spaces.Box(-1, 1, (1,))
+    buf = RolloutBuffer(3, 4, space, gym.spaces.Discrete(2))
+    buf.valid[:] = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [0, 0, 1, 0]], dtype=torch.bool)
+    buf.rewards[:] = torch.tensor([[0.0, 0.0, -0.1, 0.0], [1.0, 9.0, 0.0, 0.5], [0, 0, 2.0, 0]])
+    stats = outcome_advantages(buf, "rloo", 2)
+    # row returns 1.0, 0.0 (the 9.0 is on an invalid step), 1.9, 0.5
+    expected_adv = [1.0 - 0.0, 0.0 - 1.0, 1.9 - 0.5, 0.5 - 1.9]
+    for i, a in enumerate(expected_adv):
+        col = buf.advantages[:, i]
+        assert torch.allclose(col[buf.valid[:, i]], torch.tensor(a)), i
+        assert torch.all(col[~buf.valid[:, i]] == 0)
+    assert stats["zero_variance_groups"] == 0.0
+
+
+def test_group_rollouts_repeat_each_prompt_k_times(gpt2_ctx64_path, tmp_path):
+    data = text_config(gpt2_ctx64_path, str(tmp_path))
+    data["advantage"] = {"estimator": "grpo", "group_size": 4}
+    trainer = Trainer(load_config(data))
+    trainer.collector.collect()
+    prompts = trainer.env._prompts  # (8,) the prompts of this rollout's rows
+    assert prompts[0:4] == [prompts[0]] * 4 and prompts[4:8] == [prompts[4]] * 4
+    assert prompts[0] != prompts[4]
+    trainer.close()
+
+
+def test_critic_free_policy_has_no_value_parameters_and_checkpoint_no_value_weights(
+    gpt2_ctx64_path, tmp_path
+):
+    data = text_config(gpt2_ctx64_path, str(tmp_path))
+    data["advantage"] = {"estimator": "rloo", "group_size": 2}
+    cfg = load_config(data)
+    assert cfg.policy.critic == "none"  # chosen for the user: no value head is built
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert not trainer.policy.has_critic
+    assert not any("value" in name for name, _ in trainer.policy.named_parameters())
+    metrics = trainer.iterate()
+    assert "train/value_loss" not in metrics and "train/explained_variance" not in metrics
+    assert math.isfinite(metrics["train/policy_loss"])
+    _, tensors = ckpt.read_checkpoint(trainer.save())
+    assert not any("value" in key for key in tensors)
+    trainer.close()
+    # asking for a critic with a critic-free estimator is a clear error
+    data["policy"]["critic"] = "separate"
+    with pytest.raises(ValueError, match="trains without a critic"):
+        load_config(data)
+    # and a policy without a critic cannot run GAE
+    data["policy"]["critic"] = "none"
+    data["advantage"] = {"estimator": "gae"}
+    with pytest.raises(ValueError, match="needs one"):
+        load_config(data)
+
+
+def test_mlp_policy_without_critic_has_no_value_parameters(cartpole_yaml):
+    with pytest.raises(ValueError, match="needs one"):
+        load_config(cartpole_yaml, ["policy.critic=none"])  # the default estimator is GAE
+    cfg = load_config(cartpole_yaml, ["policy.critic=none", "advantage.estimator=reinforce_pp"])
+    env = gym.make("CartPole-v1")
+    policy = make_policy(cfg.policy, env.observation_space, env.action_space)
+    assert not policy.has_critic
+    assert not any(name.startswith("critic") for name, _ in policy.named_parameters())
+
+
+def test_group_estimators_need_a_lockstep_env(cartpole_yaml):
+    cfg = load_config(cartpole_yaml, ["advantage.estimator=reinforce_pp"])
+    with pytest.raises(ValueError, match="lockstep"):
+        Trainer(cfg)
+
+
+@pytest.mark.parametrize("placement", ["reward", "loss"])
+def test_kl_placement(gpt2_ctx64_path, tmp_path, placement):
+    """Before the first update the policy equals the reference: the KL term is exactly 0 either
+    way; with `loss`, the rewards are untouched and the loss carries beta * k3."""
+    data = text_config(gpt2_ctx64_path, str(tmp_path))
+    data["advantage"] = {"estimator": "grpo", "group_size": 4}
+    data["kl"]["placement"] = placement
+    trainer = Trainer(load_config(data))
+    metrics = trainer.iterate()
+    assert metrics["kl/kl_to_ref"] == 0.0
+    if placement == "loss":
+        assert trainer.ppo.kl_coef == 0.1
+        assert torch.equal(
+            trainer.buffer.ref_log_probs[trainer.buffer.valid],
+            trainer.buffer.log_probs[trainer.buffer.valid],
+        ) or torch.allclose(
+            trainer.buffer.ref_log_probs[trainer.buffer.valid],
+            trainer.buffer.log_probs[trainer.buffer.valid],
+            atol=1e-5,
+        )
+        assert 0.0 <= metrics["train/kl_loss"] < 0.5  # grows from 0 as the policy moves
+        # a second rollout: the policy moved, the loss KL matches a hand computation
+        trainer.collector.collect()
+        buf = trainer.buffer
+        from agents.core.kl import apply_kl_penalty
+
+        rewards = buf.rewards.clone()
+        apply_kl_penalty(buf, trainer.policy, trainer.reference, 0.1, "k1", "loss")
+        assert torch.equal(buf.rewards, rewards)
+        batch = buf.full_batch(True)
+        with torch.no_grad():
+            log_prob = trainer.policy.evaluate(batch)[0]
+            ref = trainer.reference.evaluate(batch)[0]
+        v = buf.valid
+        by_hand = (torch.exp(ref - log_prob) - 1 - (ref - log_prob))[v].mean()
+        trainer.ppo.kl_coef = 0.1
+        inputs = trainer.ppo.prepare(batch, 0.2)
+        _, stats = trainer.ppo.loss(batch, inputs, 0.2)
+        assert float(stats[5]) == pytest.approx(float(by_hand), rel=1e-4, abs=1e-7)
+    else:
+        assert "train/kl_loss" not in metrics
+    trainer.close()
+
+
+def test_episode_weights_and_sequence_aggregation():
+    space = gym.spaces.Box(-1, 1, (1,))
+    buf = RolloutBuffer(4, 2, space, gym.spaces.Discrete(2))
+    # row 0: one episode of 4 steps; row 1: an episode of 1 step, then one of 2, then invalid
+    buf.valid[:] = torch.tensor([[1, 1], [1, 1], [1, 1], [1, 0]], dtype=torch.bool)
+    buf.terminated[:] = torch.tensor([[0, 1], [0, 0], [0, 1], [1, 0]], dtype=torch.bool)
+    buf.set_episode_weights()
+    expected = torch.tensor([[0.25, 1.0], [0.25, 0.5], [0.25, 0.5], [0.25, 1.0]])
+    torch.testing.assert_close(buf.episode_weights, expected)
+
+
+def test_sequence_aggregation_weighs_each_episode_equally(gpt2_ctx64_path, tmp_path):
+    data = text_config(gpt2_ctx64_path, str(tmp_path), loss_aggregation="sequence")
+    trainer = Trainer(load_config(data))
+    trainer.collector.collect()
+    buf = trainer.buffer
+    buf.compute_gae(1.0, 0.95)
+    buf.set_episode_weights()
+    batch = buf.full_batch(True)
+    inputs = trainer.ppo.prepare(batch, 0.2)
+    weights = inputs.weights.view(buf.n_steps, buf.num_envs)  # (T, N), columns = episodes
+    per_episode = weights.sum(0)
+    torch.testing.assert_close(per_episode, torch.full_like(per_episode, 1 / buf.num_envs))
+    lengths = buf.valid.sum(0)
+    assert lengths.min() < lengths.max(), "the test needs episodes of different lengths"
+    trainer.close()
