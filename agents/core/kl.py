@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from agents.core.buffer import RolloutBuffer
+from agents.core.distributed import LOCAL, Distributed
 
 ESTIMATORS = ("k1", "k3")
 
@@ -67,13 +68,19 @@ def make_kl_controller(kl_cfg) -> FixedKLController | AdaptiveKLController:
 
 @torch.no_grad()
 def apply_kl_penalty(
-    buffer: RolloutBuffer, policy: Any, reference: Any, beta: float, estimator: str
+    buffer: RolloutBuffer,
+    policy: Any,
+    reference: Any,
+    beta: float,
+    estimator: str,
+    dist: Distributed = LOCAL,
 ) -> dict[str, float]:
     """Add `-beta * kl_t` to the rewards of valid steps; return KL statistics.
 
     Both log-probs come from `evaluate` on the same data (the policy has not changed since the
     rollout), so a reference equal to the policy gives a penalty of exactly 0.
-    `kl_to_ref` is the KL summed over each episode segment, averaged over segments.
+    `kl_to_ref` is the KL summed over each episode segment, averaged over segments (over the
+    segments of every rank in a data-parallel run, `dist`).
     """
     batch = buffer.full_batch(policy.is_sequence_policy)
     log_prob = policy.evaluate(batch)[0]
@@ -84,11 +91,13 @@ def apply_kl_penalty(
     # segments: runs of valid steps between dones (one per episode piece in this rollout)
     done = buffer.terminated | buffer.truncated
     prev_open = torch.cat([torch.zeros_like(buffer.valid[:1]), buffer.valid[:-1] & ~done[:-1]])
-    n_segments = max(int((buffer.valid & ~prev_open).sum()), 1)
-    n_valid = max(int(buffer.valid.sum()), 1)
+    kl_sum, n_segments, n_valid = dist.sum_floats(
+        float(kl.sum()), int((buffer.valid & ~prev_open).sum()), int(buffer.valid.sum())
+    )
+    n_segments, n_valid = max(int(n_segments), 1), max(int(n_valid), 1)
     return {
-        "kl_to_ref": float(kl.sum()) / n_segments,
-        "kl_per_step": float(kl.sum()) / n_valid,
+        "kl_to_ref": kl_sum / n_segments,
+        "kl_per_step": kl_sum / n_valid,
         "kl_segments": n_segments,
         "beta": beta,
     }

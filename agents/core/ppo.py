@@ -9,11 +9,13 @@ weighted by `vf_coef` (c_V = 0.5), optionally clipped around the old values.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, NamedTuple
 
 import torch
 
 from agents.core.buffer import RolloutBuffer
+from agents.core.distributed import LOCAL, Distributed
 from agents.policies.base import Minibatch
 
 
@@ -45,6 +47,18 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, valid: torch
     return float(1 - (r - v).var(unbiased=False) / var)
 
 
+def global_explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, valid: torch.Tensor, dist: Distributed
+) -> float:
+    """`explained_variance` over the valid steps of all ranks (float64 moments)."""
+    v, r = values[valid].double(), returns[valid].double()
+    _, _, m2_returns = dist.moments(r)
+    _, _, m2_error = dist.moments(r - v)
+    if m2_returns == 0:
+        return float("nan")
+    return 1.0 - m2_error / m2_returns
+
+
 def flatten_parameters(params: list[torch.nn.Parameter]) -> torch.nn.Parameter | None:
     """Re-home `params` (and their grads) as views into one flat tensor (and one flat grad).
 
@@ -74,8 +88,14 @@ def flatten_parameters(params: list[torch.nn.Parameter]) -> torch.nn.Parameter |
 class PPO:
     """Holds the optimizer and the schedules; `update(buffer, iteration)` runs the epochs."""
 
-    def __init__(self, policy: Any, cfg: Any, num_iterations: int):
+    def __init__(
+        self, policy: Any, cfg: Any, num_iterations: int, dist: Distributed = LOCAL
+    ):
         self.policy, self.cfg = policy, cfg
+        # data-parallel: the loss is normalized by GLOBAL valid counts and the gradient summed
+        # over ranks once per minibatch; at world size 1 every `dist` call is a no-op
+        self.dist = dist
+        self.allreduce_seconds = 0.0  # time in the gradient all-reduce (benchmarks)
         self.num_iterations = max(int(num_iterations), 1)
         params = [p for p in policy.parameters() if p.requires_grad]
         flat = flatten_parameters(params)
@@ -102,13 +122,14 @@ class PPO:
     def prepare(self, mb: Minibatch, clip: float) -> LossInputs:
         """Everything in the loss that needs no grad, computed outside the autograd graph (once
         per minibatch; once per update when a minibatch is the whole rollout)."""
+        dist = self.dist
         valid = _flat(mb.valid).float()  # (B,) or (T*B,)
-        count = valid.sum().clamp(min=1.0)
+        count = dist.sum(valid.sum()).clamp(min=1.0)  # global over ranks
         weights = valid / count
         advantages = _flat(mb.advantages)
         if self.cfg.normalize_advantage:
-            mean = torch.dot(advantages, weights)
-            var = torch.dot((advantages - mean).square(), weights)
+            mean = dist.sum(torch.dot(advantages, weights))
+            var = dist.sum(torch.dot((advantages - mean).square(), weights))
             std = (var * count / (count - 1).clamp(min=1.0)).sqrt()  # unbiased, like torch.std
             advantages = (advantages - mean) / (std + 1e-8) * valid
         # PPO's clipped surrogate max(-A r, -A clip(r, 1-eps, 1+eps)) equals -A clamp(r, lo, hi)
@@ -156,6 +177,27 @@ class PPO:
             stats = torch.stack([policy_loss, value_loss, entropy_mean, approx_kl, clipfrac])
         return loss, stats
 
+    def _distributed_loss(
+        self, mb: Minibatch, inputs: LossInputs, clip: float
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """This rank's share of the loss and the stats summed over ranks: the weights hold the
+        GLOBAL valid count, so the sums are the global minibatch means (what 1 rank computes).
+        The loss is None when this rank owns no step of the minibatch."""
+        if inputs.weights.numel() == 0:
+            loss, stats = None, torch.zeros(5, device=inputs.weights.device)
+        else:
+            loss, stats = self.loss(mb, inputs, clip)
+        return loss, self.dist.sum(stats.detach().clone())
+
+    def _allreduce_grads(self) -> None:
+        """Sum the gradient over ranks: one all-reduce of the flat gradient buffer."""
+        start = time.perf_counter()
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            self.dist.sum(p.grad)
+        self.allreduce_seconds += time.perf_counter() - start
+
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         """Scale the grads so that their global L2 norm is at most `max_norm` (the same rule as
         torch.nn.utils.clip_grad_norm_, written for the usual single flat grad). Returns the
@@ -199,16 +241,24 @@ class PPO:
         for _epoch in range(cfg.n_epochs):
             for mb in [whole] if single else buffer.minibatches(cfg.batch_size, sequence):
                 inputs = prepared if single else self.prepare(mb, clip)
-                loss, step_stats = self.loss(mb, inputs, clip)
+                if self.dist.active:
+                    loss, step_stats = self._distributed_loss(mb, inputs, clip)
+                else:
+                    loss, step_stats = self.loss(mb, inputs, clip)
                 if cfg.target_kl is not None and float(step_stats[3]) > 1.5 * cfg.target_kl:
                     stopped_early = True  # SB3's rule: stop before a step that moves too far
                     break
                 self.zero_grad()
-                loss.backward()
+                if loss is not None:  # None: this rank holds no part of the minibatch
+                    loss.backward()
+                if self.dist.active:
+                    self._allreduce_grads()
                 grad_norm = None
                 if cfg.max_grad_norm is not None and cfg.max_grad_norm > 0:
                     grad_norm = self.clip_grad_norm(cfg.max_grad_norm)
-                self._check_finite(loss, grad_norm, step_stats, iteration)
+                # the reduced stats (identical on every rank) decide, so all ranks stop together
+                check = step_stats.sum() if self.dist.active else loss
+                self._check_finite(check, grad_norm, step_stats, iteration)
                 self.optimizer.step()
                 stats.append(step_stats)
             if stopped_early:
@@ -223,7 +273,11 @@ class PPO:
             "entropy": means[2],
             "approx_kl": means[3],
             "clipfrac": means[4],
-            "explained_variance": explained_variance(buffer.values, buffer.returns, buffer.valid),
+            "explained_variance": global_explained_variance(
+                buffer.values, buffer.returns, buffer.valid, self.dist
+            )
+            if self.dist.active
+            else explained_variance(buffer.values, buffer.returns, buffer.valid),
             "lr": lr,
             "clip_range": clip,
             "n_minibatch_steps": len(stats),
