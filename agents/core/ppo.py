@@ -88,9 +88,7 @@ def flatten_parameters(params: list[torch.nn.Parameter]) -> torch.nn.Parameter |
 class PPO:
     """Holds the optimizer and the schedules; `update(buffer, iteration)` runs the epochs."""
 
-    def __init__(
-        self, policy: Any, cfg: Any, num_iterations: int, dist: Distributed = LOCAL
-    ):
+    def __init__(self, policy: Any, cfg: Any, num_iterations: int, dist: Distributed = LOCAL):
         self.policy, self.cfg = policy, cfg
         # data-parallel: the loss is normalized by GLOBAL valid counts and the gradient summed
         # over ranks once per minibatch; at world size 1 every `dist` call is a no-op

@@ -394,7 +394,6 @@ class Trainer:
         metrics["time/sps"] = transitions / max(t2 - t0, 1e-9)  # real env steps per second
         return metrics
 
-
     def _all_episodes(self, episodes: EpisodeLog) -> EpisodeLog:
         """The episodes of every rank (returns, lengths, numeric infos; text samples stay this
         rank's own), so that logged means and counts are the whole run's."""
