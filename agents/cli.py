@@ -84,7 +84,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from agents.run.config import check_code_references, load_config
     from agents.run.envs import make_eval_env
     from agents.run.evaluation import check_checkpoint_config, run_evaluation
-    from agents.run.trainer import check_sizes
+    from agents.run.trainer import check_sizes, resolve_device
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -115,9 +115,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     env = make_eval_env(cfg, episodes)
     policy = make_policy(cfg.policy, env.single_observation_space, env.single_action_space)
     ckpt.load_policy_weights(policy, tensors, path)
-    policy.to(cfg.run.device)
+    if hasattr(policy, "set_compute_dtype"):
+        policy.set_compute_dtype(cfg.run.dtype)
+    device = resolve_device(cfg.run.device)
+    policy.to(device)
     log = run_evaluation(
-        policy, cfg, env, episodes, args.deterministic, args.seed, device=cfg.run.device
+        policy, cfg, env, episodes, args.deterministic, args.seed, device=device
     )
     env.close()
     mode = (

@@ -86,6 +86,14 @@ class Trainer:
         self.eval_env = make_eval_env(cfg) if cfg.eval.episodes > 0 and dist.is_main else None
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.policy = make_policy(cfg.policy, obs_space, act_space).to(self.device)
+        set_dtype = getattr(self.policy, "set_compute_dtype", None)
+        if set_dtype is not None:
+            set_dtype(cfg.run.dtype)
+        elif cfg.run.dtype != "float32":
+            raise ValueError(
+                f"run.dtype={cfg.run.dtype!r} is for LM policies; policy.type "
+                f"{cfg.policy.type!r} runs in float32 (set run.dtype: float32)"
+            )
         dist.broadcast_module(self.policy)  # rank 0's weights, whatever the init did
         # the reference policy for the KL penalty: a frozen deep copy of the initial policy
         self.reference = frozen_copy(self.policy) if cfg.kl.enabled else None
