@@ -120,6 +120,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--modes", default="1x1,1x2,Nx1",
+        help="which runs: 1x1 (1 rank, 1 thread), 1x2 (1 rank, 2 threads), Nx1 (N ranks)",
+    )  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -135,23 +139,23 @@ def main() -> None:
         common = [f"--iterations={args.iterations}", f"--dtype={args.dtype}"]
         py = sys.executable
         results = {}
-        for label, threads, launcher in (
-            ("1 rank x 1 thread", 1, [py]),
-            ("1 rank x 2 threads", 2, [py]),
+        modes = args.modes.split(",")
+        for mode, label, threads, launcher in (
+            ("1x1", "1 rank x 1 thread", 1, [py]),
+            ("1x2", "1 rank x 2 threads", 2, [py]),
             (
-                f"{args.nproc} ranks x 1 thread",
-                1,
+                "Nx1", f"{args.nproc} ranks x 1 thread", 1,
                 [py, "-m", "torch.distributed.run", "--standalone",
                  f"--nproc_per_node={args.nproc}"],
             ),
         ):  # fmt: skip
+            if mode not in modes:
+                continue
             out = tmp / f"{len(results)}.json"
             cmd = [*launcher, *script, *common, f"--threads={threads}", f"--out={out}"]
             results[label] = run(label, cmd, out)
-    base = results["1 rank x 1 thread"]["iteration_s"]
-    print(
-        f"\nLM PPO iteration ({args.dtype}; median of {args.iterations}), ratio to 1 rank x 1 thread"
-    )
+    base = next(iter(results.values()))["iteration_s"]
+    print(f"\nLM PPO iteration ({args.dtype}; median of {args.iterations}), ratio to the first row")
     print(
         f"{'':22s} {'iteration':>10s} {'rollout':>8s} {'update':>8s} {'allreduce':>10s} {'ratio':>6s}"
     )
