@@ -205,3 +205,40 @@ def test_resume_at_world_size_2_is_bit_exact(tmp_path):
     ]
     n = len(rows) // 2
     assert n == 6 and rows[:n] == rows[n:]
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+def test_rank_minibatches_partition_the_global_minibatches(sequence):
+    """The parts that 4 ranks own of each global minibatch together are exactly the minibatch
+    that 1 rank (same shuffle seed) builds, and every transition is used once per epoch."""
+    from gymnasium import spaces
+
+    from agents.core.buffer import RolloutBuffer
+    from agents.core.distributed import RowShard
+
+    T, N, W = 4, 8, 4
+    space = spaces.Box(-1, 1, (1,))
+
+    def buffer(rows: range, total: int) -> RolloutBuffer:
+        buf = RolloutBuffer(T, len(rows), space, spaces.Discrete(2))
+        ids = torch.tensor([[t * 100 + r for r in rows] for t in range(T)], dtype=torch.float32)
+        buf.advantages.copy_(ids)  # (T, n): the global (t, row) id of each transition
+        buf.shard = RowShard(rows.start, total, torch.Generator().manual_seed(7))
+        return buf
+
+    batch = 8 if sequence else 4  # sequence: 2 columns of T steps; transitions: 4 of 32
+    one = [
+        mb.advantages.flatten().tolist() for mb in buffer(range(N), N).minibatches(batch, sequence)
+    ]
+    parts = [
+        [mb.advantages.flatten().tolist() for mb in buffer(range(r, r + N // W), N).minibatches(batch, sequence)]
+        for r in range(0, N, N // W)
+    ]  # fmt: skip
+    assert len(one) == N * T // batch and all(len(p) == len(one) for p in parts)
+    for k, expected in enumerate(one):
+        got = [x for part in parts for x in part[k]]
+        assert sorted(got) == sorted(expected)
+    assert sorted(x for mb in one for x in mb) == sorted(
+        t * 100 + r for t in range(T) for r in range(N)
+    )
+    assert any(len(part[k]) == 0 for part in parts for k in range(len(one)))  # empty parts occur
