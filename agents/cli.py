@@ -119,9 +119,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         policy.set_compute_dtype(cfg.run.dtype)
     device = resolve_device(cfg.run.device)
     policy.to(device)
-    log = run_evaluation(
-        policy, cfg, env, episodes, args.deterministic, args.seed, device=device
-    )
+    log = run_evaluation(policy, cfg, env, episodes, args.deterministic, args.seed, device=device)
     env.close()
     mode = (
         "deterministic"
