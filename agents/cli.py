@@ -1,6 +1,6 @@
 """The `textrlhf` command line.
 
-textrlhf train CONFIG [--set k=v ...] [--resume RUN_DIR] [--overwrite] [--name NAME]
+textrlhf train CONFIG [--set k=v ...] [--resume RUN_DIR] [--overwrite] [--name NAME] [--nproc N]
 textrlhf eval RUN_DIR [--episodes N] [--checkpoint PATH] [--stochastic]
 textrlhf compare CONFIG_OR_ENV_ID ... [--seeds K] [--out DIR] [--set k=v ...]
 textrlhf sft CONFIG [--set k=v ...] [--overwrite]   (agents.rlhf.sft)
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -28,6 +29,33 @@ EXPECTED_ERRORS = (
 )  # fmt: skip
 
 
+def launch_nproc(argv: list[str], nproc: int) -> int:
+    """`textrlhf train ... --nproc N`: run the same command under torchrun's launcher on this
+    machine (`torchrun --standalone --nproc_per_node=N -m agents.cli train ...`). torchrun's
+    agent watches the N processes: one that fails ends the others and the job (exit != 0)."""
+    from torch.distributed.run import get_args_parser, run
+
+    rest, skip = [], False
+    for arg in argv:  # the same arguments without --nproc
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    torchrun_args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc_per_node={nproc}", "--module", "agents.cli", *rest]
+    )
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    try:
+        run(torchrun_args)
+    except ChildFailedError as err:
+        print(f"textrlhf train: a rank failed:\n{err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from agents.run.config import load_config
     from agents.run.trainer import train
@@ -38,6 +66,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             "--resume continues an existing run; it cannot be combined with --overwrite or --name"
         )
     run_dir = train(cfg, name=args.name, overwrite=args.overwrite, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # rank 0 reports for the job
     summary = json.loads((run_dir / "summary.json").read_text())
     print(f"run folder: {run_dir}")
     print(
@@ -55,7 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from agents.run.config import check_code_references, load_config
     from agents.run.envs import make_eval_env
     from agents.run.evaluation import check_checkpoint_config, run_evaluation
-    from agents.run.trainer import check_sizes
+    from agents.run.trainer import check_sizes, resolve_device
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -86,10 +116,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     env = make_eval_env(cfg, episodes)
     policy = make_policy(cfg.policy, env.single_observation_space, env.single_action_space)
     ckpt.load_policy_weights(policy, tensors, path)
-    policy.to(cfg.run.device)
-    log = run_evaluation(
-        policy, cfg, env, episodes, args.deterministic, args.seed, device=cfg.run.device
-    )
+    if hasattr(policy, "set_compute_dtype"):
+        policy.set_compute_dtype(cfg.run.dtype)
+    device = resolve_device(cfg.run.device)
+    policy.to(device)
+    log = run_evaluation(policy, cfg, env, episodes, args.deterministic, args.seed, device=device)
     env.close()
     mode = (
         "deterministic"
@@ -166,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--name", help="run folder name under run.root (default <name>-<time>)")
+    p.add_argument(
+        "--nproc", type=int, default=None,
+        help="data-parallel processes on this machine (launches torchrun; see docs/distributed.md)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint")
@@ -224,7 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if getattr(args, "nproc", None) is not None:
+        if args.nproc < 1:
+            print(f"textrlhf train: error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)
+            return 1
+        if "WORLD_SIZE" in os.environ:
+            print(
+                "textrlhf train: error: --nproc starts torchrun itself; under torchrun, leave "
+                "it out", file=sys.stderr,
+            )  # fmt: skip
+            return 1
+        if args.nproc > 1:
+            return launch_nproc(argv, args.nproc)
     try:
         args.func(args)
     except EXPECTED_ERRORS as err:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from agents.core.buffer import RolloutBuffer
+from agents.core.distributed import LOCAL, Distributed
 
 GROUP_ESTIMATORS = ("grpo", "rloo")  # need group_size >= 2
 CRITIC_FREE = ("grpo", "rloo", "reinforce_pp")
@@ -85,16 +86,30 @@ def group_advantages(
 
 @torch.no_grad()
 def outcome_advantages(
-    buffer: RolloutBuffer, estimator: str, group_size: int, scale_std: bool = True
+    buffer: RolloutBuffer,
+    estimator: str,
+    group_size: int,
+    scale_std: bool = True,
+    dist: Distributed = LOCAL,
 ) -> dict[str, float]:
     """Fill `buffer.advantages` (the episode's advantage on each of its valid steps) and
     `buffer.returns` (the episode return on each valid step) for a critic-free estimator.
 
-    `buffer` holds one whole episode per env row (a lockstep rollout). Returns statistics."""
+    `buffer` holds one whole episode per env row (a lockstep rollout). In a data-parallel run the
+    returns of every rank are gathered (rank order = global row order), the advantages computed
+    over all of them as one process would, and this rank keeps its own rows. Returns statistics."""
     valid = buffer.valid
-    returns = episode_returns(buffer.rewards, valid)  # (N,)
-    adv, zero_var = group_advantages(returns, estimator, group_size, scale_std)
+    returns = episode_returns(buffer.rewards, valid)  # (N,) this rank's rows
+    N = returns.numel()
+    if dist.active:
+        everything = torch.tensor(dist.gather_floats(returns.tolist()), dtype=returns.dtype)
+        adv, zero_var = group_advantages(everything, estimator, group_size, scale_std)
+        adv = adv[dist.rank * N : (dist.rank + 1) * N]
+        mean_return = float(everything.mean())
+    else:
+        adv, zero_var = group_advantages(returns, estimator, group_size, scale_std)
+        mean_return = float(returns.mean())
     mask = valid.to(buffer.advantages.dtype)
     torch.mul(adv.unsqueeze(0), mask, out=buffer.advantages)  # (T, N)
     torch.mul(returns.unsqueeze(0), mask, out=buffer.returns)
-    return {"zero_variance_groups": zero_var, "episode_return_mean": float(returns.mean())}
+    return {"zero_variance_groups": zero_var, "episode_return_mean": mean_return}

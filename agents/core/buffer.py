@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from agents.core.distributed import RowShard
 from agents.policies.base import Minibatch
 
 TORCH_DTYPES = {
@@ -115,6 +116,8 @@ class RolloutBuffer:
         self.ref_log_probs = zeros()  # the reference policy's, when the KL sits in the loss
         self.episode_weights = torch.ones(T, N, device=self.device)  # see `set_episode_weights`
         self.last_value = torch.zeros(N, device=self.device)  # V(obs after the last step)
+        # data-parallel runs: which of the global env rows these N are (see `_shard_minibatches`)
+        self.shard: RowShard | None = None
 
     def clear_flags(self) -> None:
         """Reset the per-rollout masks (the rollout overwrites every other field)."""
@@ -183,10 +186,11 @@ class RolloutBuffer:
         return Minibatch(*(_flatten(f, n) for f in fields))
 
     def num_minibatches(self, batch_size: int, sequence: bool) -> int:
+        num_envs = self.num_envs if self.shard is None else self.shard.total  # global rows
         if sequence:
             columns = max(batch_size // self.n_steps, 1)
-            return -(-self.num_envs // columns)
-        return -(-(self.n_steps * self.num_envs) // batch_size)
+            return -(-num_envs // columns)
+        return -(-(self.n_steps * num_envs) // batch_size)
 
     def minibatches(self, batch_size: int, sequence: bool) -> Iterator[Minibatch]:
         """One epoch of minibatches.
@@ -196,6 +200,9 @@ class RolloutBuffer:
         shapes (T, B, ...). When one minibatch holds the whole rollout, no shuffling is needed
         (the loss is a mean over the batch) and the stored tensors are handed out as they are.
         """
+        if self.shard is not None and self.num_minibatches(batch_size, sequence) > 1:
+            yield from self._shard_minibatches(batch_size, sequence)
+            return
         full = self.full_batch(sequence)
         if sequence:
             columns = batch_size // self.n_steps
@@ -216,3 +223,30 @@ class RolloutBuffer:
         shuffled = Minibatch(*(_index(f, perm) for f in full))
         for start in range(0, n, batch_size):
             yield Minibatch(*(_index(f, slice(start, start + batch_size)) for f in shuffled))
+
+    def _shard_minibatches(self, batch_size: int, sequence: bool) -> Iterator[Minibatch]:
+        """Data-parallel epoch: this rank's part of each GLOBAL minibatch.
+
+        Every rank draws the same permutation of the global rows (or global transitions,
+        index t * total + row) from `shard.generator` and keeps the entries it owns, so the
+        union over ranks of minibatch k is the 1-rank minibatch k. Parts may differ in size
+        (even be empty); the loss divides by the global valid count (agents/core/ppo.py).
+        """
+        start, total, generator = self.shard
+        local, T = self.num_envs, self.n_steps
+        full = self.full_batch(sequence)
+        if sequence:
+            columns = batch_size // T
+            perm = torch.randperm(total, generator=generator).to(self.device)
+            for s in range(0, total, columns):
+                rows = perm[s : s + columns]
+                idx = rows[(rows >= start) & (rows < start + local)] - start
+                yield Minibatch(*(_index(f, (slice(None), idx)) for f in full))
+            return
+        perm = torch.randperm(T * total, generator=generator).to(self.device)
+        t, row = perm // total, perm % total
+        owned = (row >= start) & (row < start + local)
+        local_idx = t * local + row - start
+        for s in range(0, T * total, batch_size):
+            part = local_idx[s : s + batch_size][owned[s : s + batch_size]]
+            yield Minibatch(*(_index(f, part) for f in full))

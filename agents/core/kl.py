@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from agents.core.buffer import RolloutBuffer
+from agents.core.distributed import LOCAL, Distributed
 
 ESTIMATORS = ("k1", "k3")
 KL_PLACEMENTS = ("reward", "loss")  # -beta * kl_t in each step's reward, or beta * k3 in the loss
@@ -74,6 +75,7 @@ def apply_kl_penalty(
     beta: float,
     estimator: str,
     placement: str = "reward",
+    dist: Distributed = LOCAL,
 ) -> dict[str, float]:
     """Measure the KL to the reference on the rollout; return KL statistics.
 
@@ -81,7 +83,8 @@ def apply_kl_penalty(
     "loss": store the reference's log-probs in `buffer.ref_log_probs` for the PPO loss's KL term
     and leave the rewards alone. Both log-probs come from `evaluate` on the same data (the policy
     has not changed since the rollout), so a reference equal to the policy measures exactly 0.
-    `kl_to_ref` is the KL summed over each episode segment, averaged over segments.
+    `kl_to_ref` is the KL summed over each episode segment, averaged over segments (over the
+    segments of every rank in a data-parallel run, `dist`).
     """
     if placement not in KL_PLACEMENTS:
         raise ValueError(f"kl.placement must be one of {list(KL_PLACEMENTS)}, got {placement!r}")
@@ -97,11 +100,13 @@ def apply_kl_penalty(
     # segments: runs of valid steps between dones (one per episode piece in this rollout)
     done = buffer.terminated | buffer.truncated
     prev_open = torch.cat([torch.zeros_like(buffer.valid[:1]), buffer.valid[:-1] & ~done[:-1]])
-    n_segments = max(int((buffer.valid & ~prev_open).sum()), 1)
-    n_valid = max(int(buffer.valid.sum()), 1)
+    kl_sum, n_segments, n_valid = dist.sum_floats(
+        float(kl.sum()), int((buffer.valid & ~prev_open).sum()), int(buffer.valid.sum())
+    )
+    n_segments, n_valid = max(int(n_segments), 1), max(int(n_valid), 1)
     return {
-        "kl_to_ref": float(kl.sum()) / n_segments,
-        "kl_per_step": float(kl.sum()) / n_valid,
+        "kl_to_ref": kl_sum / n_segments,
+        "kl_per_step": kl_sum / n_valid,
         "kl_segments": n_segments,
         "beta": beta,
     }

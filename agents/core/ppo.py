@@ -13,11 +13,13 @@ KL(pi || ref) on the sampled actions is added.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, NamedTuple
 
 import torch
 
 from agents.core.buffer import RolloutBuffer
+from agents.core.distributed import LOCAL, Distributed
 from agents.policies.base import Minibatch
 
 LOSS_AGGREGATIONS = ("token", "sequence")
@@ -52,6 +54,18 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, valid: torch
     return float(1 - (r - v).var(unbiased=False) / var)
 
 
+def global_explained_variance(
+    values: torch.Tensor, returns: torch.Tensor, valid: torch.Tensor, dist: Distributed
+) -> float:
+    """`explained_variance` over the valid steps of all ranks (float64 moments)."""
+    v, r = values[valid].double(), returns[valid].double()
+    _, _, m2_returns = dist.moments(r)
+    _, _, m2_error = dist.moments(r - v)
+    if m2_returns == 0:
+        return float("nan")
+    return 1.0 - m2_error / m2_returns
+
+
 def flatten_parameters(params: list[torch.nn.Parameter]) -> torch.nn.Parameter | None:
     """Re-home `params` (and their grads) as views into one flat tensor (and one flat grad).
 
@@ -81,8 +95,12 @@ def flatten_parameters(params: list[torch.nn.Parameter]) -> torch.nn.Parameter |
 class PPO:
     """Holds the optimizer and the schedules; `update(buffer, iteration)` runs the epochs."""
 
-    def __init__(self, policy: Any, cfg: Any, num_iterations: int):
+    def __init__(self, policy: Any, cfg: Any, num_iterations: int, dist: Distributed = LOCAL):
         self.policy, self.cfg = policy, cfg
+        # data-parallel: the loss is normalized by GLOBAL valid counts and the gradient summed
+        # over ranks once per minibatch; at world size 1 every `dist` call is a no-op
+        self.dist = dist
+        self.allreduce_seconds = 0.0  # time in the gradient all-reduce (benchmarks)
         self.num_iterations = max(int(num_iterations), 1)
         self.has_critic = getattr(policy, "has_critic", True)
         self.kl_coef = 0.0  # beta of a KL term in the loss; set per iteration by the trainer
@@ -111,16 +129,17 @@ class PPO:
     def prepare(self, mb: Minibatch, clip: float) -> LossInputs:
         """Everything in the loss that needs no grad, computed outside the autograd graph (once
         per minibatch; once per update when a minibatch is the whole rollout)."""
+        dist = self.dist
         valid = _flat(mb.valid).float()  # (B,) or (T*B,)
-        count = valid.sum().clamp(min=1.0)
+        count = dist.sum(valid.sum()).clamp(min=1.0)  # global over ranks
         weights = token_weights = valid / count
         if self.cfg.loss_aggregation == "sequence":  # each episode's steps weigh 1 in total
             per_episode = valid * _flat(mb.episode_weights)
-            weights = per_episode / per_episode.sum().clamp(min=1e-12)
+            weights = per_episode / dist.sum(per_episode.sum()).clamp(min=1e-12)
         advantages = _flat(mb.advantages)
         if self.cfg.normalize_advantage:
-            mean = torch.dot(advantages, token_weights)
-            var = torch.dot((advantages - mean).square(), token_weights)
+            mean = dist.sum(torch.dot(advantages, token_weights))
+            var = dist.sum(torch.dot((advantages - mean).square(), token_weights))
             std = (var * count / (count - 1).clamp(min=1.0)).sqrt()  # unbiased, like torch.std
             advantages = (advantages - mean) / (std + 1e-8) * valid
         # PPO's clipped surrogate max(-A r, -A clip(r, 1-eps, 1+eps)) equals -A clamp(r, lo, hi)
@@ -183,6 +202,27 @@ class PPO:
             ).detach()
         return loss, stats
 
+    def _distributed_loss(
+        self, mb: Minibatch, inputs: LossInputs, clip: float
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """This rank's share of the loss and the stats summed over ranks: the weights hold the
+        GLOBAL valid count, so the sums are the global minibatch means (what 1 rank computes).
+        The loss is None when this rank owns no step of the minibatch."""
+        if inputs.weights.numel() == 0:
+            loss, stats = None, torch.zeros(len(STATS), device=inputs.weights.device)
+        else:
+            loss, stats = self.loss(mb, inputs, clip)
+        return loss, self.dist.sum(stats.detach().clone())
+
+    def _allreduce_grads(self) -> None:
+        """Sum the gradient over ranks: one all-reduce of the flat gradient buffer."""
+        start = time.perf_counter()
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            self.dist.sum(p.grad)
+        self.allreduce_seconds += time.perf_counter() - start
+
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         """Scale the grads so that their global L2 norm is at most `max_norm` (the same rule as
         torch.nn.utils.clip_grad_norm_, written for the usual single flat grad). Returns the
@@ -226,16 +266,24 @@ class PPO:
         for _epoch in range(cfg.n_epochs):
             for mb in [whole] if single else buffer.minibatches(cfg.batch_size, sequence):
                 inputs = prepared if single else self.prepare(mb, clip)
-                loss, step_stats = self.loss(mb, inputs, clip)
+                if self.dist.active:
+                    loss, step_stats = self._distributed_loss(mb, inputs, clip)
+                else:
+                    loss, step_stats = self.loss(mb, inputs, clip)
                 if cfg.target_kl is not None and float(step_stats[3]) > 1.5 * cfg.target_kl:
                     stopped_early = True  # SB3's rule: stop before a step that moves too far
                     break
                 self.zero_grad()
-                loss.backward()
+                if loss is not None:  # None: this rank holds no part of the minibatch
+                    loss.backward()
+                if self.dist.active:
+                    self._allreduce_grads()
                 grad_norm = None
                 if cfg.max_grad_norm is not None and cfg.max_grad_norm > 0:
                     grad_norm = self.clip_grad_norm(cfg.max_grad_norm)
-                self._check_finite(loss, grad_norm, step_stats, iteration)
+                # the reduced stats (identical on every rank) decide, so all ranks stop together
+                check = step_stats.sum() if self.dist.active else loss
+                self._check_finite(check, grad_norm, step_stats, iteration)
                 self.optimizer.step()
                 stats.append(step_stats)
             if stopped_early:
@@ -250,8 +298,10 @@ class PPO:
         if not self.kl_coef:
             del out["kl_loss"]
         if self.has_critic:
-            out["explained_variance"] = explained_variance(
-                buffer.values, buffer.returns, buffer.valid
+            out["explained_variance"] = (
+                global_explained_variance(buffer.values, buffer.returns, buffer.valid, self.dist)
+                if self.dist.active
+                else explained_variance(buffer.values, buffer.returns, buffer.valid)
             )
         return {
             **out,

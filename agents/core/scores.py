@@ -20,6 +20,8 @@ import math
 
 import torch
 
+from agents.core.distributed import LOCAL, Distributed
+
 SCORE_NORMS = ("none", "running", "batch")
 
 
@@ -34,9 +36,10 @@ def check_score_settings(mode: str, clip: float | None) -> None:
 class ScoreNormalizer:
     """Normalizes the end-of-episode rewards in a rollout buffer in place; keeps running stats."""
 
-    def __init__(self, mode: str = "none", clip: float | None = None):
+    def __init__(self, mode: str = "none", clip: float | None = None, dist: Distributed = LOCAL):
         check_score_settings(mode, clip)
         self.mode, self.clip = mode, clip
+        self.dist = dist  # data-parallel: moments over the scores of every rank
         self.count, self.mean, self.m2 = 0, 0.0, 0.0  # running moments (Chan et al. merge)
 
     @property
@@ -45,10 +48,13 @@ class ScoreNormalizer:
         var = self.m2 / self.count if self.count else 0.0
         return math.sqrt(var) if var > 0 else 1.0
 
-    def _update(self, scores: torch.Tensor) -> None:
-        n = scores.numel()
-        batch_mean = float(scores.mean())
-        batch_m2 = float((scores - batch_mean).square().sum())
+    def _update(self, scores: torch.Tensor, moments: tuple[int, float, float] | None) -> None:
+        if moments is None:
+            n = scores.numel()
+            batch_mean = float(scores.mean())
+            batch_m2 = float((scores - batch_mean).square().sum())
+        else:
+            n, batch_mean, batch_m2 = moments
         total = self.count + n
         delta = batch_mean - self.mean
         self.mean += delta * n / total
@@ -64,11 +70,19 @@ class ScoreNormalizer:
             return {}
         at_end = ends & valid  # (T, N)
         scores = rewards[at_end].double()  # (K,)
-        if scores.numel() == 0:
+        moments = None
+        if self.dist.active:  # every rank reduces, even one without scores (no deadlock)
+            moments = self.dist.moments(scores)
+            n, mean, m2 = moments
+            if n == 0:
+                return {}
+            stats = {"raw_mean": mean, "raw_std": math.sqrt(m2 / n)}
+        elif scores.numel() == 0:
             return {}
-        stats = {"raw_mean": float(scores.mean()), "raw_std": float(scores.std(unbiased=False))}
+        else:
+            stats = {"raw_mean": float(scores.mean()), "raw_std": float(scores.std(unbiased=False))}
         if self.mode == "running":
-            self._update(scores)
+            self._update(scores, moments)
             mean, std = self.mean, self.std
             stats.update(running_mean=mean, running_std=std)
         else:

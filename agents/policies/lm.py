@@ -319,6 +319,8 @@ class LMPolicy(nn.Module):
             nn.init.normal_(self.value_head.weight, std=1.0 / np.sqrt(hidden + 1))
             nn.init.zeros_(self.value_head.bias)
         self._version = 0  # bumped whenever evaluate() runs with grad (i.e. an update is coming)
+        # run.dtype: None = float32; torch.bfloat16 runs the trunks and heads under autocast
+        self.compute_dtype: torch.dtype | None = None
         self._check_head_path()
 
     # -- construction ----------------------------------------------------------------------
@@ -462,6 +464,21 @@ class LMPolicy(nn.Module):
                 "LMs whose logits are output_embeddings(last_hidden_state)"
             )
 
+    def set_compute_dtype(self, dtype: str) -> None:
+        """run.dtype: "float32", or "bfloat16" for forward passes under torch.autocast. The
+        weights, the gradients, the optimizer state, the log-probs, entropies and values (and so
+        the PPO ratio and loss) stay float32."""
+        choices = {"float32": None, "bfloat16": torch.bfloat16}
+        if dtype not in choices:
+            raise ValueError(f"run.dtype must be one of {list(choices)}, got {dtype!r}")
+        self.compute_dtype = choices[dtype]
+
+    def _autocast(self) -> Any:
+        device = self.value_head.weight.device.type
+        return torch.autocast(
+            device, self.compute_dtype or torch.float32, self.compute_dtype is not None
+        )
+
     def train(self, mode: bool = True) -> LMPolicy:
         """Keep the transformers models in eval mode (no dropout) whatever PPO asks for."""
         super().train(mode)
@@ -482,6 +499,16 @@ class LMPolicy(nn.Module):
     ) -> torch.Tensor:
         """Last hidden states (B, S, H) of `model`'s trunk; extends `cache` in place if given."""
         base = model.base_model
+        if self.compute_dtype is not None:
+            with self._autocast():
+                out = base(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    position_ids=position_ids,
+                    use_cache=cache is not None,
+                    **{cache_keyword(type(base)): cache},
+                )
+            return out.last_hidden_state
         out = base(
             input_ids=input_ids,
             attention_mask=mask,
@@ -495,6 +522,12 @@ class LMPolicy(nn.Module):
         self, hidden: torch.Tensor, critic_hidden: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden (..., H) -> logits (..., V) and value (...)."""
+        if self.compute_dtype is not None:  # bfloat16 matmuls; float32 logits and values
+            with self._autocast():
+                logits = self.model.get_output_embeddings()(hidden)
+                value_input = hidden if critic_hidden is None else critic_hidden
+                value = self.value_head(value_input).squeeze(-1)
+            return logits.float(), value.float()
         logits = self.model.get_output_embeddings()(hidden)
         if self.value_head is None:
             return logits, hidden.new_zeros(hidden.shape[:-1])

@@ -140,18 +140,26 @@ class RunConfig(Section):
     checkpoint_every: NonNegInt = 0  # env steps between checkpoints (0: only at the end)
     torch_threads: PositiveInt = 1
     progress: StrictBool = True
-    device: str = "cpu"  # "cpu", "cuda", "cuda:N", ... (checked against this machine)
+    # "auto" (CUDA when present), "cpu", "cuda", "cuda:N", ... (checked against this machine);
+    # in a data-parallel run on CUDA each rank takes cuda:LOCAL_RANK
+    device: str = "cpu"
+    # LM policies: "bfloat16" runs the forward passes under autocast (the loss, the log-prob
+    # ratio and the optimizer state stay float32)
+    dtype: Literal["float32", "bfloat16"] = "float32"
 
     @field_validator("device")
     @classmethod
     def _device_exists(cls, value: str) -> str:
         import torch
 
+        if value == "auto":
+            return value
+
         try:
             device = torch.device(value)
         except RuntimeError as err:
             raise ValueError(
-                f"{value!r} is not a torch device ({err}); e.g. 'cpu' or 'cuda'"
+                f"{value!r} is not a torch device ({err}); e.g. 'auto', 'cpu' or 'cuda'"
             ) from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(

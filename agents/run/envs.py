@@ -62,9 +62,11 @@ def make_env(
     )
 
 
-def make_train_env(cfg: Any) -> gym.vector.VectorEnv:
-    """The training env of a run config: `env.num_envs` rows with `env.kwargs`."""
-    return make_env(cfg.env.id, cfg.env.num_envs, cfg.env.vectorization, cfg.env.kwargs)
+def make_train_env(cfg: Any, num_envs: int | None = None) -> gym.vector.VectorEnv:
+    """The training env of a run config: `env.num_envs` rows with `env.kwargs` (or `num_envs`
+    rows: one rank's share in a data-parallel run)."""
+    rows = cfg.env.num_envs if num_envs is None else num_envs
+    return make_env(cfg.env.id, rows, cfg.env.vectorization, cfg.env.kwargs)
 
 
 def make_eval_env(cfg: Any, episodes: int | None = None) -> gym.vector.VectorEnv:

@@ -20,6 +20,7 @@ import torch
 
 from agents.core.advantages import CRITIC_FREE, outcome_advantages
 from agents.core.buffer import RolloutBuffer
+from agents.core.distributed import LOCAL, Distributed, RowShard, init_distributed
 from agents.core.kl import apply_kl_penalty, make_kl_controller
 from agents.core.ppo import PPO
 from agents.core.rollout import LOCKSTEP, EpisodeLog, RolloutCollector, autoreset_mode
@@ -62,35 +63,61 @@ CHECKPOINT_KEYS = [
 class Trainer:
     """Builds env, policy, buffer, collector and PPO from a config; runs and checkpoints them."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path | None = None, resume: bool = False):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+        dist: Distributed = LOCAL,
+    ):
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        # data-parallel (agents/core/distributed.py): env.num_envs and ppo.batch_size are GLOBAL;
+        # this rank steps its share of the rows, every statistic is reduced over ranks
+        self.dist = dist
+        num_envs = dist.check_divides("env.num_envs", cfg.env.num_envs)
+        dist.check_divides("ppo.batch_size", cfg.ppo.batch_size)
         torch.set_num_threads(cfg.run.torch_threads)
-        seed_everything(cfg.seed)
-        self.device = torch.device(cfg.run.device)
+        seed_everything(cfg.seed)  # the same on every rank: identical initial weights
+        self.device = resolve_device(cfg.run.device, dist)
         check_sizes(cfg)  # before any env allocates its buffers
-        self.env = make_train_env(cfg)
+        self.env = make_train_env(cfg, num_envs)
         check_rollout_memory(cfg, self.env.single_observation_space, self.env.single_action_space)
         # built now, not after training: a bad eval setting fails before the first step
-        self.eval_env = make_eval_env(cfg) if cfg.eval.episodes > 0 else None
+        self.eval_env = make_eval_env(cfg) if cfg.eval.episodes > 0 and dist.is_main else None
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.policy = make_policy(cfg.policy, obs_space, act_space).to(self.device)
+        set_dtype = getattr(self.policy, "set_compute_dtype", None)
+        if set_dtype is not None:
+            set_dtype(cfg.run.dtype)
+        elif cfg.run.dtype != "float32":
+            raise ValueError(
+                f"run.dtype={cfg.run.dtype!r} is for LM policies; policy.type "
+                f"{cfg.policy.type!r} runs in float32 (set run.dtype: float32)"
+            )
+        dist.broadcast_module(self.policy)  # rank 0's weights, whatever the init did
         # the reference policy for the KL penalty: a frozen deep copy of the initial policy
         self.reference = frozen_copy(self.policy) if cfg.kl.enabled else None
         self.kl_controller = make_kl_controller(cfg.kl)
-        self.score_normalizer = ScoreNormalizer(cfg.score.normalize, cfg.score.clip)
-        self.buffer = RolloutBuffer(
-            cfg.ppo.n_steps, cfg.env.num_envs, obs_space, act_space, self.device
-        )
-        check_group_rollouts(cfg, self.env)
+        self.score_normalizer = ScoreNormalizer(cfg.score.normalize, cfg.score.clip, dist)
+        self.buffer = RolloutBuffer(cfg.ppo.n_steps, num_envs, obs_space, act_space, self.device)
+        row_seed = cfg.seed
+        if dist.active:
+            # sampling and env seeds differ by rank (rows seeded by their global index, as a
+            # 1-rank sync vector env seeds row i with seed + i); minibatch permutations do not
+            seed_everything(cfg.seed + dist.rank)
+            row_seed = cfg.seed + dist.rank * num_envs
+            shuffle = torch.Generator().manual_seed(cfg.seed)
+            self.buffer.shard = RowShard(dist.rank * num_envs, cfg.env.num_envs, shuffle)
+        check_group_rollouts(cfg, self.env, num_envs)
         K = cfg.advantage.group_size
         self.collector = RolloutCollector(
-            self.env, self.policy, self.buffer, seed=cfg.seed, device=self.device,
+            self.env, self.policy, self.buffer, seed=row_seed, device=self.device,
             reset_options={"repeat": K} if K > 1 else None,
         )  # fmt: skip
         self.steps_per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
         self.num_iterations = step_budget(cfg) // self.steps_per_iteration
-        self.ppo = PPO(self.policy, cfg.ppo, self.num_iterations)
+        self.ppo = PPO(self.policy, cfg.ppo, self.num_iterations, dist)
         self.iteration = 0
         self.global_step = 0  # n_steps * num_envs per iteration (the budget, the x-axis)
         self.transitions = 0  # valid steps: fewer when lockstep rollouts end early (text)
@@ -109,8 +136,46 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
 
+    def _rank_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """This rank's env, rollout carry-over (JSON + tensors; the RNGs are added by the
+        caller)."""
+        meta: dict[str, Any] = {}
+        tensors: dict[str, torch.Tensor] = {}
+        snapshot = ckpt.env_state(self.env)
+        if snapshot is not None:
+            meta["env"], env_tensors = snapshot
+            tensors.update(env_tensors)
+        tensors.update(
+            {f"rollout/{k}": torch.from_numpy(np.ascontiguousarray(v))
+             for k, v in self.collector.runner.state_arrays().items()}
+        )  # fmt: skip
+        return meta, tensors
+
+    def _rank_file(self, step: int, rank: int) -> Path:
+        return self.run_dir / "checkpoints" / f"{step}.rank{rank}.json"
+
     def save(self) -> Path:
-        """Checkpoint at an iteration boundary: everything needed for a bit-exact resume."""
+        """Checkpoint at an iteration boundary: everything needed for a bit-exact resume.
+
+        Data-parallel: ranks >= 1 first write their own RNG + env state next to it
+        (`<step>.rank<r>.json/.safetensors`), then rank 0 writes the weights, its own state and
+        `latest.json`, so `latest.json` only ever names a complete checkpoint."""
+        dist = self.dist
+        if dist.active and not dist.is_main:
+            meta, tensors = self._rank_state()
+            meta["rng"], rng_tensors = ckpt.rng_state()
+            tensors.update(rng_tensors)
+            path = self._rank_file(self.global_step, dist.rank)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            weights = path.with_suffix(".safetensors")
+            meta.update(format_version=ckpt.FORMAT_VERSION, step=self.global_step, rank=dist.rank)
+            meta["weights_file"] = weights.name
+            meta["weights_sha256"] = ckpt.atomic_save_tensors(tensors, weights)
+            ckpt.atomic_save_json(meta, path)
+        dist.barrier()
+        self.saved_step = self.global_step
+        if not dist.is_main:
+            return self._rank_file(self.global_step, dist.rank)
         tensors: dict[str, torch.Tensor] = {}
         meta: dict[str, Any] = {
             "iteration": self.iteration,
@@ -124,21 +189,18 @@ class Trainer:
             "score_normalizer": self.score_normalizer.state_dict(),
             "config": to_dict(self.cfg),
         }
-        snapshot = ckpt.env_state(self.env)
-        if snapshot is not None:
-            meta["env"], env_tensors = snapshot
-            tensors.update(env_tensors)
-        tensors.update(
-            {f"rollout/{k}": torch.from_numpy(np.ascontiguousarray(v))
-             for k, v in self.collector.runner.state_arrays().items()}
-        )  # fmt: skip
+        rank_meta, rank_tensors = self._rank_state()
+        meta.update(rank_meta)
+        tensors.update(rank_tensors)
+        if dist.active:
+            meta["world_size"] = dist.world_size
+            tensors["rng/minibatch_shuffle"] = self.buffer.shard.generator.get_state()
         if self.reference is not None:
             tensors.update({f"reference/{k}": v for k, v in self.reference.state_dict().items()})
         path = ckpt.save_checkpoint(
             self.run_dir / "checkpoints", self.global_step, self.policy, self.ppo.optimizer,
             meta, tensors,
         )  # fmt: skip
-        self.saved_step = self.global_step
         return path
 
     def load(self, path: Path) -> None:
@@ -165,6 +227,16 @@ class Trainer:
         self.best_return, self.recent_returns = meta["best_return"], meta["recent_returns"]
         self.kl_controller.beta = meta["kl_beta"]
         self.score_normalizer.load_state_dict(meta["score_normalizer"])
+        saved_world = meta.get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} was written by {saved_world} ranks; resume it with the same "
+                f"number of processes (--nproc {saved_world}), not {self.dist.world_size}"
+            )
+        if self.dist.active:
+            self.buffer.shard.generator.set_state(tensors["rng/minibatch_shuffle"])
+            if not self.dist.is_main:  # this rank's own env and RNG state
+                meta, tensors = ckpt.read_checkpoint(self._rank_file(meta["step"], self.dist.rank))
         # the env: exact when its state was captured; otherwise a fresh reset, seeded from
         # the seed and the step count (documented in docs/agents.md)
         rollout = {
@@ -175,7 +247,7 @@ class Trainer:
             ckpt.set_env_state(self.env, meta["env"], env_tensors)
             self.collector.runner.load_state_arrays(rollout)
         else:
-            self.collector.seed = self.cfg.seed + self.global_step
+            self.collector.seed = self.collector.seed + self.global_step  # cfg.seed at 1 rank
         ckpt.set_rng_state(meta["rng"], tensors)
 
     # -- training ---------------------------------------------------------------------------
@@ -200,11 +272,15 @@ class Trainer:
         summary_file = self.run_dir / "summary.json"
         if self.iteration >= self.num_iterations and summary_file.is_file():
             return json.loads(summary_file.read_text())  # a finished run: nothing to do
+        if not self.dist.is_main:  # rank 0 holds the lock for the whole job
+            return self._learn(stop_at, log=True)
         with RunLock(self.run_dir):
             return self._learn(stop_at, log=True)
 
     def _learn(self, stop_at: int | None, log: bool) -> dict[str, Any]:
         cfg = self.cfg
+        save = log  # every rank saves (its own state); rank 0 alone logs and evaluates
+        log = log and self.dist.is_main
         logger = (
             RunLogger(self.run_dir, self.num_iterations * self.steps_per_iteration,
                       self.global_step, cfg.run.progress)
@@ -239,9 +315,9 @@ class Trainer:
                     logger.samples(self.global_step, self.last_episodes.samples)
                     recent = float(np.mean(self.recent_returns)) if self.recent_returns else None
                     logger.progress(self.global_step, recent, metrics["time/sps"])
-                    if self.global_step >= next_ckpt:
-                        self.save()
-                        next_ckpt = _next_multiple(self.global_step, cfg.run.checkpoint_every)
+                if save and self.global_step >= next_ckpt:
+                    self.save()
+                    next_ckpt = _next_multiple(self.global_step, cfg.run.checkpoint_every)
             elapsed = time.perf_counter() - self._start
             summary: dict[str, Any] = {
                 "steps": self.global_step,
@@ -254,6 +330,8 @@ class Trainer:
                 if self.recent_returns
                 else None,
             }
+            if save and self.saved_step != self.global_step:  # never rewrite one in place
+                self.save()
             if logger is not None:
                 done = self.iteration >= self.num_iterations
                 if done and cfg.eval.episodes > 0 and last_eval_step != self.global_step:
@@ -262,8 +340,6 @@ class Trainer:
                         self.global_step,
                         {"eval/return": last_eval, "time/elapsed": self._elapsed()},
                     )
-                if self.saved_step != self.global_step:  # never rewrite a checkpoint in place
-                    self.save()
                 summary.update(
                     final_return=last_eval
                     if last_eval is not None
@@ -300,13 +376,21 @@ class Trainer:
         t0 = time.perf_counter()
         episodes = self.collector.collect()
         t1 = time.perf_counter()
+        if self.dist.active:
+            episodes = self._all_episodes(episodes)
         buf = self.buffer
         score_stats = self.score_normalizer(buf.rewards, buf.terminated | buf.truncated, buf.valid)
         metrics: dict[str, float] = {f"score/{k}": v for k, v in score_stats.items()}
         if self.reference is not None:
             beta = self.kl_controller.beta
             kl_stats = apply_kl_penalty(
-                self.buffer, self.policy, self.reference, beta, cfg.kl.estimator, cfg.kl.placement
+                self.buffer,
+                self.policy,
+                self.reference,
+                beta,
+                cfg.kl.estimator,
+                cfg.kl.placement,
+                self.dist,
             )
             # the KL term of the loss uses the beta the penalty was measured with
             self.ppo.kl_coef = beta if cfg.kl.placement == "loss" else 0.0
@@ -317,7 +401,7 @@ class Trainer:
         else:
             adv_stats = outcome_advantages(
                 self.buffer, cfg.advantage.estimator, cfg.advantage.group_size,
-                cfg.advantage.scale_std,
+                cfg.advantage.scale_std, self.dist,
             )  # fmt: skip
             metrics.update({f"advantage/{k}": v for k, v in adv_stats.items()})
         if cfg.ppo.loss_aggregation == "sequence":
@@ -325,7 +409,7 @@ class Trainer:
         train_stats = self.ppo.update(self.buffer, self.iteration)
         t2 = time.perf_counter()
 
-        transitions = int(self.buffer.valid.sum())
+        transitions = int(self.dist.sum_floats(int(self.buffer.valid.sum()))[0])
         self.iteration += 1
         self.global_step += self.steps_per_iteration
         self.transitions += transitions
@@ -347,11 +431,42 @@ class Trainer:
         metrics["time/sps"] = transitions / max(t2 - t0, 1e-9)  # real env steps per second
         return metrics
 
+    def _all_episodes(self, episodes: EpisodeLog) -> EpisodeLog:
+        """The episodes of every rank (returns, lengths, numeric infos; text samples stay this
+        rank's own), so that logged means and counts are the whole run's."""
+        dist = self.dist
+        combined = EpisodeLog(
+            returns=dist.gather_floats(episodes.returns),
+            lengths=[int(v) for v in dist.gather_floats(episodes.lengths)],
+            samples=episodes.samples,
+        )
+        for key in dist.union_keys(episodes.metrics):
+            combined.metrics[key] = dist.gather_floats(episodes.metrics.get(key, []))
+        return combined
 
-def check_group_rollouts(cfg: Config, env: gym.vector.VectorEnv) -> None:
+
+def resolve_device(device: str, dist: Distributed = LOCAL) -> torch.device:
+    """run.device -> a torch device: "auto" is CUDA when this machine has it, else CPU; in a
+    data-parallel run on CUDA each rank takes cuda:LOCAL_RANK."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if dist.active and resolved.type == "cuda":
+        resolved = torch.device("cuda", dist.local_rank)
+    return resolved
+
+
+def check_group_rollouts(cfg: Config, env: gym.vector.VectorEnv, local_rows: int) -> None:
     """Critic-free estimators need one whole episode per env row in each rollout (a lockstep
-    env), and groups need K rows that start from the same state (reset option "repeat")."""
+    env), and groups need K rows that start from the same state (reset option "repeat"), all on
+    one rank (`local_rows`: this rank's env rows)."""
     adv = cfg.advantage
+    if local_rows % adv.group_size:
+        raise ValueError(
+            f"each process holds {local_rows} env rows (env.num_envs / number of processes), "
+            f"not a multiple of advantage.group_size={adv.group_size}: a group must sit on one "
+            "process"
+        )
     if adv.estimator in CRITIC_FREE and autoreset_mode(env) != LOCKSTEP:
         raise ValueError(
             f"advantage.estimator={adv.estimator!r} scores whole episodes: it needs an env whose "
@@ -411,17 +526,23 @@ def train(
     resume: str | Path | None = None,
 ) -> Path:
     """Create (or resume) a run folder and train. Returns the run folder."""
+    dist = init_distributed(resolve_device(cfg.run.device).type)  # LOCAL outside torchrun
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "checkpoints" / "latest.json").is_file():
             raise FileNotFoundError(f"cannot resume {run_dir}: no checkpoints/latest.json in it")
-        Trainer(cfg, run_dir, resume=True).learn()
+        Trainer(cfg, run_dir, resume=True, dist=dist).learn()
+        dist.close()
         return run_dir
-    run_dir = new_run_dir(cfg, name, overwrite)  # created atomically, under its own name
+    # rank 0 creates the run folder (atomically, under its own name) and tells the others
+    run_dir = new_run_dir(cfg, name, overwrite) if dist.is_main else None
+    run_dir = Path(dist.broadcast_str(str(run_dir) if run_dir else None))
     try:
-        trainer = Trainer(cfg, run_dir)  # bad envs, rewards and policies fail here
+        trainer = Trainer(cfg, run_dir, dist=dist)  # bad envs, rewards and policies fail here
     except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)  # nothing was written to it yet
+        if dist.is_main:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was written to it yet
         raise
     trainer.learn()
+    dist.close()
     return run_dir

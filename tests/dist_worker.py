@@ -1,0 +1,133 @@
+"""The programs the data-parallel tests (test_distributed.py) run under torchrun.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/dist_worker.py \
+        equivalence OUT_DIR CASES.json
+
+`equivalence`: for each case (a config dict), every rank collects the SAME 1-rank rollout of all
+`env.num_envs` rows (same seed, same initial weights), keeps the rows it owns, and runs one
+training iteration through a Trainer of this world size (score normalization, KL penalty and
+controller, GAE, the PPO update). Rank 0 writes the weights and metrics to OUT_DIR/<case>.*; the
+test compares them with the same iteration at world size 1 (`one_iteration` in-process).
+
+Importing this module also registers `RaisesOnRank1-v0`: CartPole that raises on rank 1 during
+PPO iteration 3 (the failure test runs it as `dist_worker:RaisesOnRank1-v0`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+
+FAIL_AT_ITERATION = 3
+
+
+class RaisesOnRank1(CartPoleEnv):
+    """CartPole that raises in rank 1's process once `n_steps * 2` steps are done (iteration 3
+    of a run with ppo.n_steps = n_steps)."""
+
+    def __init__(self, n_steps: int = 8, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.limit = n_steps * (FAIL_AT_ITERATION - 1)
+        self.steps = 0
+
+    def step(self, action):
+        self.steps += 1
+        if os.environ.get("RANK") == "1" and self.steps > self.limit:
+            raise RuntimeError(f"rank 1 fails on purpose at PPO iteration {FAIL_AT_ITERATION}")
+        return super().step(action)
+
+
+gym.register("RaisesOnRank1-v0", entry_point=RaisesOnRank1, max_episode_steps=500)
+
+
+def one_iteration(cfg_dict: dict, dist: Any) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """One training iteration at `dist`'s world size on the 1-rank rollout (see module doc)."""
+    from agents.core.buffer import RolloutBuffer, map_structure
+    from agents.core.distributed import RowShard
+    from agents.core.rollout import EpisodeLog, RolloutCollector
+    from agents.run.config import Config
+    from agents.run.envs import make_train_env
+    from agents.run.trainer import Trainer, seed_everything
+
+    cfg = Config.model_validate(cfg_dict)
+    trainer = Trainer(cfg, dist=dist)
+    local = trainer.buffer
+    if local.shard is None:  # world size 1: the same global permutations as the ranks draw
+        local.shard = RowShard(0, cfg.env.num_envs, torch.Generator().manual_seed(cfg.seed))
+    seed_everything(cfg.seed)  # the same rollout on every rank and at world size 1
+    env = make_train_env(cfg)
+    full = RolloutBuffer(
+        cfg.ppo.n_steps, cfg.env.num_envs, env.single_observation_space,
+        env.single_action_space,
+    )  # fmt: skip
+    RolloutCollector(env, trainer.policy, full, seed=cfg.seed).collect()
+    env.close()
+    rows = slice(local.shard.start, local.shard.start + local.num_envs)
+
+    def fake_collect() -> EpisodeLog:
+        map_structure(lambda d, s: d.copy_(s[:, rows]), local.obs, full.obs)
+        map_structure(lambda d, s: d.copy_(s[:, rows]), local.actions, full.actions)
+        for name in ("log_probs", "values", "rewards", "terminated", "truncated", "valid"):
+            getattr(local, name).copy_(getattr(full, name)[:, rows])
+        local.final_values.copy_(full.final_values[:, rows])
+        local.has_final_value.copy_(full.has_final_value[:, rows])
+        local.last_value.copy_(full.last_value[rows])
+        return EpisodeLog()
+
+    trainer.collector.collect = fake_collect
+    metrics = trainer.iterate()
+    metrics["kl_beta_after"] = trainer.kl_controller.beta
+    weights = {k: v.detach().clone() for k, v in trainer.policy.state_dict().items()}
+    trainer.close()
+    return weights, {k: v for k, v in metrics.items() if not k.startswith("time/")}
+
+
+def resume(cfg_dict: dict, out: Path, dist: Any) -> None:
+    """Train `cfg_dict` uninterrupted into out/whole; train it into out/part, stopping (with a
+    checkpoint) halfway, then resume it in a new Trainer to the end."""
+    from agents.run.config import Config
+    from agents.run.trainer import Trainer
+
+    cfg = Config.model_validate(cfg_dict)
+    for name in ("whole", "part"):
+        (out / name).mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    Trainer(cfg, out / "whole", dist=dist).learn()
+    half = cfg.total_timesteps // 2
+    Trainer(cfg, out / "part", dist=dist).learn(stop_at=half)
+    Trainer(cfg, out / "part", resume=True, dist=dist).learn()
+
+
+def main(argv: list[str]) -> None:
+    from safetensors.torch import save_file
+
+    from agents.core.distributed import init_distributed
+
+    mode, out, cases_file = argv
+    torch.set_num_threads(1)
+    dist = init_distributed("cpu", timeout_s=120)
+    if mode not in ("equivalence", "resume"):
+        raise ValueError(f"mode must be 'equivalence' or 'resume', got {mode!r}")
+    cases = json.loads(Path(cases_file).read_text())
+    if mode == "resume":
+        resume(cases, Path(out), dist)
+        dist.close()
+        return
+    for name, cfg in cases.items():
+        weights, metrics = one_iteration(cfg, dist)
+        if dist.is_main:
+            save_file({k: v.contiguous() for k, v in weights.items()}, f"{out}/{name}.safetensors")
+            Path(f"{out}/{name}.json").write_text(json.dumps(metrics))
+    dist.close()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main(sys.argv[1:])
