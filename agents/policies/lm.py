@@ -9,7 +9,9 @@ The LM is just another implementation of the policy protocol (agents/policies/ba
   The buffer hands sequence policies `(T, B, ...)` columns of whole episodes.
 - The value at step t is read from the hidden state at the position that predicts token t, i.e.
   the state *before* action t, in both `act` and `evaluate`.
-- Temperature-scaled logits `logits / temperature` are used for sampling and for log-probs alike.
+- Temperature-scaled logits `logits / temperature`, cut to `top_k` / `top_p` and renormalized
+  (`truncate`), are used for sampling and for log-probs alike, so the PPO ratio is exactly 1
+  before an update whatever the sampling settings.
 
 Observation layout (docs/ARCHITECTURE.md): `input_ids[:P]` is the prompt, left-padded, and the
 generated tokens follow from index P. The prefix length of an observation is "index of the last
@@ -29,11 +31,12 @@ from its observation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +60,8 @@ class LMPolicyConfig(PolicyConfig):
     type: Literal["lm"] = "lm"
     model_path: str | None = None  # a local transformers folder; null: the default tiny model
     temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)  # sample from the k most likely tokens; 0: no top-k cut
+    top_p: float = Field(1.0, gt=0, le=1)  # nucleus: the smallest set with mass >= top_p; 1: off
     critic: Literal[CRITICS] = "shared"  # type: ignore[valid-type]
     critic_path: str | None = None  # critic: separate only; null: a copy of the actor
 
@@ -64,17 +69,65 @@ class LMPolicyConfig(PolicyConfig):
 # ----------------------------------------------------------------------------- helpers
 
 
+def check_sampling(temperature: Any, top_k: Any, top_p: Any) -> tuple[float, int, float]:
+    """The sampling settings as (float, int, float); ValueError naming a bad one."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"policy.temperature must be a float > 0, got {temperature!r}")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"policy.temperature must be a float > 0, got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise ValueError(f"policy.top_k must be an int >= 0 (0: off), got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"policy.top_p must be a float in (0, 1] (1: off), got {top_p!r}")
+    return float(temperature), int(top_k), float(top_p)
+
+
+def truncate(
+    scaled: torch.Tensor, top_k: int, top_p: float, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Temperature-scaled logits (..., V) with every token outside the top-k / top-p set at -inf,
+    so that softmax gives the truncated, renormalized distribution the rollout samples from.
+
+    top_k keeps the k largest logits (ties at the k-th value are kept); top_p keeps the smallest
+    set of most likely tokens whose mass reaches top_p (at least one). `keep` (..., V) bool marks
+    tokens kept whatever the cut: `evaluate` passes the taken action, so that a float-level
+    difference between the cached and the teacher-forced forward at the edge of the set can never
+    give a taken token probability 0. Unchanged (no copy) when neither cut is on."""
+    if top_k <= 0 and top_p >= 1.0:
+        return scaled
+    drop = torch.zeros_like(scaled, dtype=torch.bool)
+    if 0 < top_k < scaled.shape[-1]:
+        kth = scaled.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
+        drop |= scaled < kth
+    if top_p < 1.0:
+        sorted_logits, order = scaled.masked_fill(drop, -torch.inf).sort(-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)  # (..., V), descending
+        mass_before = probs.cumsum(-1) - probs  # mass of the more likely tokens
+        drop |= torch.zeros_like(drop).scatter(-1, order, mass_before >= top_p)
+    if keep is not None:
+        drop &= ~keep
+    return scaled.masked_fill(drop, -torch.inf)
+
+
 def masked_logprobs_and_entropy(
-    logits: torch.Tensor, tokens: torch.Tensor, temperature: float
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of `tokens` and entropy of the temperature-scaled softmax. The log-prob gathers the
-    token logit and subtracts the logsumexp instead of building a (…, V) log-softmax tensor; the
+    """Log-prob of `tokens` and entropy of the temperature-scaled (and top-k / top-p truncated,
+    renormalized) softmax: the distribution `act` samples from. The log-prob gathers the token
+    logit and subtracts the logsumexp instead of building a (…, V) log-softmax tensor; the
     entropy needs one (…, V) softmax."""
     logits = logits.float() / temperature  # (..., V)
+    if top_k > 0 or top_p < 1.0:
+        taken = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, tokens.unsqueeze(-1), True)
+        logits = truncate(logits, top_k, top_p, keep=taken)
     lse = torch.logsumexp(logits, dim=-1)  # (...)
     token_logit = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (...)
-    probs = torch.softmax(logits, dim=-1)  # (..., V)
-    entropy = lse - (probs * logits).sum(-1)  # (...)
+    probs = torch.softmax(logits, dim=-1)  # (..., V), 0 on cut tokens
+    entropy = lse - (probs * logits.clamp(min=torch.finfo(logits.dtype).min)).sum(-1)  # (...)
     return token_logit - lse, entropy
 
 
@@ -283,16 +336,16 @@ class LMPolicy(nn.Module):
         num_actions: int | None = None,
         max_sequence_length: int | None = None,
         temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
         critic_model: PreTrainedModel | None = None,
     ):
         super().__init__()
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ValueError(f"policy.temperature must be a float > 0, got {temperature!r}")
+        self.temperature, self.top_k, self.top_p = check_sampling(temperature, top_k, top_p)
         self.model = without_dropout(model)
         # None: the value head reads the actor's own trunk
         self.critic_model = without_dropout(critic_model) if critic_model is not None else None
         self.tokenizer = tokenizer
-        self.temperature = float(temperature)
 
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
@@ -321,6 +374,8 @@ class LMPolicy(nn.Module):
         num_actions: int | None = None,
         max_sequence_length: int | None = None,
         temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
         critic: str = "shared",
         critic_path: str | os.PathLike | None = None,
     ) -> LMPolicy:
@@ -355,6 +410,8 @@ class LMPolicy(nn.Module):
             num_actions=num_actions,
             max_sequence_length=max_sequence_length,
             temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
             critic_model=critic_model,
         )
 
@@ -374,6 +431,8 @@ class LMPolicy(nn.Module):
             num_actions=int(action_space.n),
             max_sequence_length=int(shape.shape[-1]),
             temperature=policy_cfg.temperature,
+            top_k=policy_cfg.top_k,
+            top_p=policy_cfg.top_p,
             critic=policy_cfg.critic,
             critic_path=policy_cfg.critic_path,
         )
@@ -652,7 +711,7 @@ class LMPolicy(nn.Module):
         else:
             logits, value = self._advance(ids, mask, state)
         state.logits, state.value = logits, value
-        scaled = logits.float() / self.temperature  # (B, V)
+        scaled = truncate(logits.float() / self.temperature, self.top_k, self.top_p)  # (B, V)
         if deterministic:
             action = scaled.argmax(-1)
         else:
@@ -724,7 +783,9 @@ class LMPolicy(nn.Module):
         logits, value = self._heads(hidden, critic_hidden)  # (K, R, V), (K, R)
         r = torch.arange(R, device=device)
         targets = actions[(seg_t0.unsqueeze(1) + r).clamp(max=T - 1), seg_b.unsqueeze(1)]
-        log_prob, entropy = masked_logprobs_and_entropy(logits, targets, self.temperature)
+        log_prob, entropy = masked_logprobs_and_entropy(
+            logits, targets, self.temperature, self.top_k, self.top_p
+        )
 
         # 4. scatter back to (T, B); invalid steps stay 0
         def to_steps(x: torch.Tensor) -> torch.Tensor:  # (K, R) -> (T, B)
@@ -733,6 +794,43 @@ class LMPolicy(nn.Module):
             return out.view(B, T).T
 
         return to_steps(log_prob), to_steps(entropy), to_steps(value)
+
+    # -- sampling settings and the reference ------------------------------------------------
+
+    @contextlib.contextmanager
+    def sampling(
+        self,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> Iterator[LMPolicy]:
+        """Sample with other settings inside the block (evaluation's `eval.sampling`); None keeps
+        the policy's own. The training settings come back on exit."""
+        saved = self.temperature, self.top_k, self.top_p
+        self.temperature, self.top_k, self.top_p = check_sampling(
+            saved[0] if temperature is None else temperature,
+            saved[1] if top_k is None else top_k,
+            saved[2] if top_p is None else top_p,
+        )
+        try:
+            yield self
+        finally:
+            self.temperature, self.top_k, self.top_p = saved
+
+    def reference(self) -> nn.Module:
+        """The frozen reference for the KL penalty: the starting policy, scored under its FULL
+        temperature-scaled distribution (no top-k / top-p cut; docs/lm.md explains why). A frozen
+        deep copy for a plain model; under LoRA, the same base with the adapters off (or a frozen
+        copy of the starting adapter), see `agents.policies.lora`."""
+        if getattr(self, "lora", None) is not None:
+            from agents.policies.lora import LoRAReference
+
+            return LoRAReference(self)
+        reference = copy.deepcopy(self)
+        reference.top_k, reference.top_p = 0, 1.0
+        reference.requires_grad_(False)
+        reference.eval()
+        return reference
 
     # -- saving -----------------------------------------------------------------------------
 

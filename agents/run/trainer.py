@@ -23,7 +23,7 @@ from agents.core.kl import apply_kl_penalty, make_kl_controller
 from agents.core.ppo import PPO
 from agents.core.rollout import EpisodeLog, RolloutCollector
 from agents.core.scores import ScoreNormalizer
-from agents.policies import frozen_copy, make_policy, policy_class
+from agents.policies import make_policy, make_reference, policy_class
 from agents.run import checkpoint as ckpt
 from agents.run.config import Config, config_changes, save_config, step_budget, to_dict
 from agents.run.envs import make_eval_env, make_train_env
@@ -74,8 +74,8 @@ class Trainer:
         self.eval_env = make_eval_env(cfg) if cfg.eval.episodes > 0 else None
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.policy = make_policy(cfg.policy, obs_space, act_space).to(self.device)
-        # the reference policy for the KL penalty: a frozen deep copy of the initial policy
-        self.reference = frozen_copy(self.policy) if cfg.kl.enabled else None
+        # the reference policy for the KL penalty: the policy's frozen start (its business how)
+        self.reference = make_reference(self.policy) if cfg.kl.enabled else None
         self.kl_controller = make_kl_controller(cfg.kl)
         self.score_normalizer = ScoreNormalizer(cfg.score.normalize, cfg.score.clip)
         self.buffer = RolloutBuffer(
