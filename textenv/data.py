@@ -243,13 +243,17 @@ class PromptDataset:
 
     @classmethod
     def from_file(
-        cls, path: str | os.PathLike, tokenizer: Any = None, max_prompt_tokens: int = 32
+        cls,
+        path: str | os.PathLike,
+        tokenizer: Any = None,
+        max_prompt_tokens: int = 32,
+        prompt_format: str = "auto",
     ) -> PromptDataset:
         """Load a ``.json`` (list of records) or ``.jsonl`` (one record per line) file."""
         records, where = _read_file(os.fspath(path))
         if not records:
             raise ValueError(f"prompt file {os.fspath(path)!r} holds no records")
-        return cls(records, tokenizer, max_prompt_tokens, locations=where)
+        return cls(records, tokenizer, max_prompt_tokens, where, prompt_format)
 
     @classmethod
     def from_task(
