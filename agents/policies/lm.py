@@ -49,6 +49,7 @@ from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from agents.policies.base import PolicyConfig
+from agents.policies.lora import AdapterView, LoRAConfig, model_scope, transformer_of
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "tiny-sft"
 CRITICS = ("shared", "separate")
@@ -64,6 +65,7 @@ class LMPolicyConfig(PolicyConfig):
     top_p: float = Field(1.0, gt=0, le=1)  # nucleus: the smallest set with mass >= top_p; 1: off
     critic: Literal[CRITICS] = "shared"  # type: ignore[valid-type]
     critic_path: str | None = None  # critic: separate only; null: a copy of the actor
+    lora: LoRAConfig | None = None  # LoRA adapters on a frozen base (peft); null: full fine-tuning
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -338,13 +340,20 @@ class LMPolicy(nn.Module):
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        critic_model: PreTrainedModel | None = None,
+        critic_model: PreTrainedModel | AdapterView | None = None,
+        lora: LoRAConfig | None = None,
     ):
         super().__init__()
         self.temperature, self.top_k, self.top_p = check_sampling(temperature, top_k, top_p)
+        self.lora = (
+            lora  # set by from_pretrained when `model` is peft-wrapped (agents.policies.lora)
+        )
         self.model = without_dropout(model)
-        # None: the value head reads the actor's own trunk
-        self.critic_model = without_dropout(critic_model) if critic_model is not None else None
+        # None: the value head reads the actor's own trunk; an AdapterView: the actor's frozen
+        # base with the critic's own LoRA adapters
+        if critic_model is not None and not isinstance(critic_model, AdapterView):
+            critic_model = without_dropout(critic_model)
+        self.critic_model = critic_model
         self.tokenizer = tokenizer
 
         self.pad_id = tokenizer.pad_token_id
@@ -378,6 +387,7 @@ class LMPolicy(nn.Module):
         top_p: float = 1.0,
         critic: str = "shared",
         critic_path: str | os.PathLike | None = None,
+        lora: LoRAConfig | None = None,
     ) -> LMPolicy:
         """Load the actor (and optional separate critic) from local transformers folders.
 
@@ -402,8 +412,16 @@ class LMPolicy(nn.Module):
         )
         tokenizer = load_tokenizer(str(path) if has_tokenizer else None)
         critic_model = None
-        if critic == "separate":
-            critic_model = load_causal_lm(critic_path) if critic_path else copy.deepcopy(model)
+        if critic == "separate" and critic_path:
+            critic_model = load_causal_lm(critic_path)
+        if lora is not None:
+            from agents.policies.lora import add_lora
+
+            model = add_lora(model, lora, critic=critic == "separate" and critic_model is None)
+            if critic == "separate" and critic_model is None:
+                critic_model = AdapterView(model)
+        elif critic == "separate" and critic_model is None:
+            critic_model = copy.deepcopy(model)
         return cls(
             model,
             tokenizer,
@@ -413,6 +431,7 @@ class LMPolicy(nn.Module):
             top_k=top_k,
             top_p=top_p,
             critic_model=critic_model,
+            lora=lora,
         )
 
     @classmethod
@@ -435,6 +454,7 @@ class LMPolicy(nn.Module):
             top_p=policy_cfg.top_p,
             critic=policy_cfg.critic,
             critic_path=policy_cfg.critic_path,
+            lora=policy_cfg.lora,
         )
 
     @classmethod
@@ -528,15 +548,18 @@ class LMPolicy(nn.Module):
         position_ids: torch.Tensor,
         cache: DynamicCache | None,
     ) -> torch.Tensor:
-        """Last hidden states (B, S, H) of `model`'s trunk; extends `cache` in place if given."""
-        base = model.base_model
-        out = base(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=position_ids,
-            use_cache=cache is not None,
-            **{cache_keyword(type(base)): cache},
-        )
+        """Last hidden states (B, S, H) of `model`'s trunk; extends `cache` in place if given.
+        `model` is a transformers causal LM, its peft wrapper, or an AdapterView (the critic's
+        adapters on the actor's base, made active for this call)."""
+        base = transformer_of(model)
+        with model_scope(model):
+            out = base(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=cache is not None,
+                **{cache_keyword(type(base)): cache},
+            )
         return out.last_hidden_state
 
     def _heads(
@@ -834,9 +857,24 @@ class LMPolicy(nn.Module):
 
     # -- saving -----------------------------------------------------------------------------
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write the actor as a transformers folder (safetensors + config + tokenizer)."""
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint holds (agents.run.checkpoint): everything for a plain model;
+        under LoRA only the trainable ones (adapters, value head), not the frozen base."""
+        if self.lora is None:
+            return self.state_dict()
+        from agents.policies.lora import checkpoint_state
+
+        return checkpoint_state(self)
+
+    def save_pretrained(self, folder: str | os.PathLike, merge: bool = True) -> Path:
+        """Write the actor as a transformers folder (safetensors + config + tokenizer). Under
+        LoRA: the adapter merged into the base (`merge`, changes this policy), or the peft
+        adapter folder."""
         folder = Path(folder)
+        if self.lora is not None:
+            from agents.policies.lora import export
+
+            return export(self, folder, merge)
         self.model.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
         return folder
