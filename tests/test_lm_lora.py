@@ -9,7 +9,7 @@ from helpers import make_prompts, text_config
 
 from agents.core.kl import apply_kl_penalty
 from agents.run import checkpoint as ckpt
-from agents.run.config import load_config
+from agents.run.config import load_config, save_config
 from agents.run.export import export_run
 from agents.run.rundir import new_run_dir
 from agents.run.trainer import Trainer
@@ -55,19 +55,20 @@ def test_reference_is_the_base_with_adapters_off_and_kl_starts_at_zero(gpt2_ctx6
 def test_checkpoint_holds_adapters_and_resumes_bit_exact(gpt2_ctx64_path, tmp_path):
     cfg = load_config(lora_config(gpt2_ctx64_path, str(tmp_path)))
     full = Trainer(cfg, new_run_dir(cfg, "full"))
-    full.learn()
-    path = ckpt.latest_checkpoint(full.run_dir / "checkpoints")
-    _, tensors = ckpt.read_checkpoint(path)
-    saved = {k[len("policy/") :] for k in tensors if k.startswith("policy/")}
-    assert saved == trainable(full.policy)  # adapters + value head, no frozen base
-    assert not any(k.startswith("reference/") for k in tensors)
+    full.iterate()
+    full.iterate()
 
     half = Trainer(cfg, new_run_dir(cfg, "half"))
-    half.learn(stop_at=64)
-    torch.manual_seed(123)
+    half.iterate()
+    path = half.save()
+    _, tensors = ckpt.read_checkpoint(path)
+    saved = {k[len("policy/") :] for k in tensors if k.startswith("policy/")}
+    assert saved == trainable(half.policy)  # adapters + value head, no frozen base
+    assert not any(k.startswith("reference/") for k in tensors)
+    torch.manual_seed(123)  # garbage RNG state between the two halves
     resumed = Trainer(cfg, half.run_dir, resume=True)
     assert resumed.global_step == 64
-    resumed.learn()
+    resumed.iterate()
     a = full.policy.checkpoint_state_dict()
     b = resumed.policy.checkpoint_state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -86,7 +87,9 @@ def test_export_merged_and_adapter_folders_load_and_match(gpt2_ctx64_path, tmp_p
 
     cfg = load_config(lora_config(gpt2_ctx64_path, str(tmp_path)))
     trainer = Trainer(cfg, new_run_dir(cfg, "run"))
-    trainer.learn()
+    save_config(cfg, trainer.run_dir / "config.yaml")
+    trainer.iterate()
+    trainer.save()
     ids, mask = make_prompts([5, 9], 10, 0, seed=2)
     expected = actor_logits(trainer.policy.model, ids, mask)
     merged = export_run(trainer.run_dir, tmp_path / "merged", merge=True)
