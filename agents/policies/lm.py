@@ -64,7 +64,10 @@ class LMPolicyConfig(PolicyConfig):
     top_k: int = Field(0, ge=0)  # sample from the k most likely tokens; 0: no top-k cut
     top_p: float = Field(1.0, gt=0, le=1)  # nucleus: the smallest set with mass >= top_p; 1: off
     critic: Literal[CRITICS] = "shared"  # type: ignore[valid-type]
-    critic_path: str | None = None  # critic: separate only; null: a copy of the actor
+    # critic: separate only. A causal LM folder (its trunk), or a reward-model folder (a one-label
+    # sequence classifier, as `textrlhf rm` writes): its trunk, and the value head starts from its
+    # score head. null: a copy of the actor
+    critic_path: str | None = None
     lora: LoRAConfig | None = None  # LoRA adapters on a frozen base (peft); null: full fine-tuning
 
 
@@ -208,6 +211,31 @@ def model_folder(path: str | os.PathLike) -> Path:
 def load_causal_lm(path: str | os.PathLike) -> PreTrainedModel:
     """`AutoModelForCausalLM.from_pretrained(path)` from a local folder, with a clear error."""
     return AutoModelForCausalLM.from_pretrained(model_folder(path), use_safetensors=True)
+
+
+def load_critic(path: str | os.PathLike) -> tuple[PreTrainedModel, nn.Linear | None]:
+    """The separate critic's model from a local folder, and the head its value head starts from:
+    a causal LM (no head: the value head starts fresh), or a reward model, i.e. a one-label
+    `...ForSequenceClassification` (its score head: the critic starts as the reward model)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    folder = model_folder(path)
+    config = AutoConfig.from_pretrained(folder)
+    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+        return load_causal_lm(folder), None
+    if config.num_labels != 1:
+        raise ValueError(
+            f"policy.critic_path={str(path)!r} is a sequence classifier with {config.num_labels} "
+            "labels; a reward model to start the critic from has exactly 1 (a scalar score)"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+    head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    if not isinstance(head, nn.Linear) or head.out_features != 1:
+        raise ValueError(
+            f"policy.critic_path={str(path)!r}: the reward model's score head is not a "
+            f"Linear(hidden, 1) (got {type(head).__name__}); cannot start the value head from it"
+        )
+    return model, head
 
 
 @functools.cache
@@ -411,9 +439,9 @@ class LMPolicy(nn.Module):
             for name in ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json")
         )
         tokenizer = load_tokenizer(str(path) if has_tokenizer else None)
-        critic_model = None
+        critic_model = score_head = None
         if critic == "separate" and critic_path:
-            critic_model = load_causal_lm(critic_path)
+            critic_model, score_head = load_critic(critic_path)
         if lora is not None:
             from agents.policies.lora import add_lora
 
@@ -422,7 +450,7 @@ class LMPolicy(nn.Module):
                 critic_model = AdapterView(model)
         elif critic == "separate" and critic_model is None:
             critic_model = copy.deepcopy(model)
-        return cls(
+        policy = cls(
             model,
             tokenizer,
             num_actions=num_actions,
@@ -433,6 +461,12 @@ class LMPolicy(nn.Module):
             critic_model=critic_model,
             lora=lora,
         )
+        if score_head is not None:  # the critic starts as the reward model: V(s) = RM score
+            with torch.no_grad():
+                policy.value_head.weight.copy_(score_head.weight)
+                bias = score_head.bias
+                policy.value_head.bias.copy_(bias if bias is not None else torch.zeros(1))
+        return policy
 
     @classmethod
     def from_config(
