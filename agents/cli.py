@@ -5,6 +5,7 @@ textrlhf eval RUN_DIR [--episodes N] [--checkpoint PATH] [--stochastic]
 textrlhf compare CONFIG_OR_ENV_ID ... [--seeds K] [--out DIR] [--set k=v ...]
 textrlhf sft CONFIG [--set k=v ...] [--overwrite]   (agents.rlhf.sft)
 textrlhf rm CONFIG [--set k=v ...] [--overwrite]    (agents.rlhf.reward_model)
+textrlhf export RUN_DIR OUT [--merge] [--checkpoint PATH] [--overwrite]   (agents.run.export)
 """
 
 from __future__ import annotations
@@ -141,6 +142,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
             print(f"{key}: {value}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from agents.run.export import export_run
+
+    done = export_run(
+        args.run_dir, args.out, args.merge, args.checkpoint, args.overwrite,
+        args.trust_remote_code,
+    )  # fmt: skip
+    print(f"checkpoint: {done['checkpoint']}")
+    what = {
+        "merged": "transformers folder (LoRA merged into the base)",
+        "adapter": "peft adapter folder",
+        "full": "transformers folder",
+    }[done["kind"]]
+    print(f"wrote {what}: {done['out']}")
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from agents.run.compare import compare
 
@@ -245,6 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="write a run's LM as a transformers / peft folder")
+    p.add_argument("run_dir")
+    p.add_argument("out")
+    p.add_argument(
+        "--merge", action="store_true",
+        help="LoRA runs: merge the adapter into the base (default: write the adapter folder)",
+    )  # fmt: skip
+    p.add_argument("--checkpoint", help="a checkpoint .json/.safetensors (default: the latest)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT folder")
+    p.add_argument(
+        "--trust-remote-code", action="store_true",
+        help="allow the run folder's config to name code to import ('module:function')",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_export)
 
     for name, text in (
         ("sft", "supervised fine-tuning of the LM policy"),

@@ -189,3 +189,24 @@ def edit_similarity(response: str, reference: str) -> float:
     """textenv's `edit_distance` reward: 1 - distance / max(len), 1.0 for two empty strings."""
     longest = max(len(response), len(reference))
     return 1.0 if longest == 0 else 1.0 - levenshtein(response, reference) / longest
+
+
+# ----------------------------------------------------------------------------- chat templates
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def save_chat_tokenizer(folder: str | Path) -> str:
+    """textenv's byte tokenizer plus two special tokens, ``<|im_start|>`` (259) and
+    ``<|im_end|>`` (260, the turn terminator), and a ChatML-style Jinja chat template, saved to
+    `folder` (261 ids); returns the folder as a str."""
+    from textenv import default_tokenizer
+
+    tokenizer = default_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -10,7 +10,11 @@ per line; blank JSONL lines are skipped):
   reference is ``output``;
 - ``{"messages": [{"role": ..., "content": ...}, ...], "solution": str (optional)}``: the prompt
   is the contents of the system/user messages joined by ``"\\n"``, plus a final ``"\\n"``; the
-  reference is ``solution``, else the content of a final ``assistant`` message.
+  reference is ``solution``, else the content of a final ``assistant`` message. With
+  ``prompt_format="chat"`` (or ``"auto"`` and a tokenizer that has a chat template) the prompt's
+  token ids are instead the system/user messages rendered by the tokenizer's own chat template
+  with the generation prompt (``apply_chat_template(..., add_generation_prompt=True)``); the
+  ``prompt`` text the reward sees stays the joined contents.
 
 Files must be UTF-8. Prompts are encoded without special tokens. An empty prompt or one longer than
 ``max_prompt_tokens`` tokens raises ``ValueError`` (no silent truncation); every error names the
@@ -28,7 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from textenv.tokenizer import encode_text, load_tokenizer
+from textenv.tokenizer import (
+    PROMPT_FORMATS,
+    encode_text,
+    has_chat_template,
+    load_tokenizer,
+    render_chat,
+)
 
 PROMPT_ROLES = ("system", "user")
 PROMPT_FILE_EXTENSIONS = (".json", ".jsonl")
@@ -68,6 +78,21 @@ def record_to_pair(record: Any, where: str) -> tuple[str, str | None]:
 
 
 def _messages_to_pair(record: dict, where: str) -> tuple[str, str | None]:
+    reference = record.get("solution")
+    messages = prompt_messages(record, where)
+    prompt = "\n".join(m["content"] for m in messages if m["content"]) + "\n"
+    if record["messages"][-1]["role"] == "assistant" and reference is None:
+        reference = record["messages"][-1]["content"]
+    return prompt, reference
+
+
+def prompt_messages(record: Any, where: str) -> list[dict[str, str]] | None:
+    """The system/user messages of a ``{"messages": [...]}`` record (a final assistant message,
+    the reference, dropped), checked; None for a record of another form."""
+    if not isinstance(record, dict) or "messages" not in record or "prompt" in record:
+        return None
+    if "instruction" in record:
+        return None
     messages = record["messages"]
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"{where}: 'messages' must be a non-empty list, got {messages!r:.80}")
@@ -81,17 +106,13 @@ def _messages_to_pair(record: dict, where: str) -> tuple[str, str | None]:
                 f"{where}: unknown message role {m.get('role')!r}; "
                 f"allowed: {[*PROMPT_ROLES, 'assistant']}"
             )
-    reference = record.get("solution")
     if messages[-1]["role"] == "assistant":
-        if reference is None:
-            reference = messages[-1]["content"]
         messages = messages[:-1]
     if any(m["role"] == "assistant" for m in messages):
         raise ValueError(
             f"{where}: only a final 'assistant' message is supported (single-turn prompts)"
         )
-    prompt = "\n".join(m["content"] for m in messages if m["content"]) + "\n"
-    return prompt, reference
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def _read_text(path: str) -> str:
@@ -150,6 +171,7 @@ class PromptDataset:
         tokenizer: Any = None,
         max_prompt_tokens: int = 32,
         locations: list[str] | None = None,
+        prompt_format: str = "auto",
     ) -> None:
         records = list(records)
         if not records:
@@ -158,29 +180,57 @@ class PromptDataset:
             raise TypeError(f"max_prompt_tokens must be an int, got {max_prompt_tokens!r}")
         if max_prompt_tokens < 1:
             raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+        if prompt_format not in PROMPT_FORMATS:
+            raise ValueError(
+                f"prompt_format must be one of {list(PROMPT_FORMATS)}, got {prompt_format!r}"
+            )
         locations = locations or [f"prompts[{i}]" for i in range(len(records))]
         self.tokenizer = load_tokenizer(tokenizer)
+        if prompt_format == "chat" and not has_chat_template(self.tokenizer):
+            raise ValueError(
+                "prompt_format='chat' needs a tokenizer with a chat template (tokenizer."
+                "chat_template), but this one has none; use prompt_format='raw' or 'auto', or "
+                "the model's own tokenizer folder"
+            )
         self.max_prompt_tokens = max_prompt_tokens
         self.locations = locations
+        self.prompt_format = prompt_format
+        self._records = records
         pairs = [record_to_pair(r, w) for r, w in zip(records, locations)]
         self.prompts = [p for p, _ in pairs]
         self.references = [r for _, r in pairs]
+        self.messages = [prompt_messages(r, w) for r, w in zip(records, locations)]
+        # True when a row's prompt ids come from the chat template (the env then also ends an
+        # episode at the template's end-of-turn token)
+        self.chat = any(self._renders_chat(m is not None) for m in self.messages)
 
         n, pad = len(pairs), self.tokenizer.pad_token_id
         self.input_ids = np.full((n, max_prompt_tokens), pad, dtype=np.int64)
         self.attention_mask = np.zeros((n, max_prompt_tokens), dtype=np.int8)
         self.prompt_lengths = np.zeros(n, dtype=np.int64)
         for i, (prompt, where) in enumerate(zip(self.prompts, locations)):
-            ids = self.encode(prompt, where)
+            ids = self.encode(prompt, where, self.messages[i])
             self.input_ids[i, max_prompt_tokens - len(ids) :] = ids
             self.attention_mask[i, max_prompt_tokens - len(ids) :] = 1
             self.prompt_lengths[i] = len(ids)
 
-    def encode(self, prompt: str, where: str = "prompt") -> list[int]:
-        """Token ids of one prompt, checked to be non-empty and to fit ``max_prompt_tokens``."""
+    def _renders_chat(self, has_messages: bool) -> bool:
+        if self.prompt_format == "chat":
+            return True
+        return self.prompt_format == "auto" and has_messages and has_chat_template(self.tokenizer)
+
+    def encode(
+        self, prompt: str, where: str = "prompt", messages: list[dict[str, str]] | None = None
+    ) -> list[int]:
+        """Token ids of one prompt, checked to be non-empty and to fit ``max_prompt_tokens``:
+        ``messages`` (or, with ``prompt_format="chat"``, the prompt as one user message) rendered
+        by the chat template, else the prompt text encoded without special tokens."""
         if not isinstance(prompt, str):
             raise TypeError(f"{where}: a prompt must be a str, got {type(prompt).__name__}")
-        ids = encode_text(self.tokenizer, prompt)
+        if self._renders_chat(messages is not None):
+            ids = render_chat(self.tokenizer, messages or [{"role": "user", "content": prompt}])
+        else:
+            ids = encode_text(self.tokenizer, prompt)
         if not ids:
             raise ValueError(f"{where}: empty prompt {prompt!r}; a prompt needs at least 1 token")
         if len(ids) > self.max_prompt_tokens:
@@ -193,13 +243,17 @@ class PromptDataset:
 
     @classmethod
     def from_file(
-        cls, path: str | os.PathLike, tokenizer: Any = None, max_prompt_tokens: int = 32
+        cls,
+        path: str | os.PathLike,
+        tokenizer: Any = None,
+        max_prompt_tokens: int = 32,
+        prompt_format: str = "auto",
     ) -> PromptDataset:
         """Load a ``.json`` (list of records) or ``.jsonl`` (one record per line) file."""
         records, where = _read_file(os.fspath(path))
         if not records:
             raise ValueError(f"prompt file {os.fspath(path)!r} holds no records")
-        return cls(records, tokenizer, max_prompt_tokens, locations=where)
+        return cls(records, tokenizer, max_prompt_tokens, where, prompt_format)
 
     @classmethod
     def from_task(
@@ -210,6 +264,7 @@ class PromptDataset:
         seed: int = 0,
         tokenizer: Any = None,
         max_prompt_tokens: int = 32,
+        prompt_format: str = "auto",
     ) -> PromptDataset:
         """A built-in task (see ``textenv.tasks``) as a dataset."""
         from textenv.tasks import make_task
@@ -220,14 +275,21 @@ class PromptDataset:
             tokenizer,
             max_prompt_tokens,
             locations=[f"{name}[{i}]" for i in range(len(records))],
+            prompt_format=prompt_format,
         )
 
-    def with_tokenizer(self, tokenizer: Any, max_prompt_tokens: int) -> PromptDataset:
-        """The same records tokenized with another tokenizer / prompt width (self if unchanged)."""
-        if tokenizer is self.tokenizer and max_prompt_tokens == self.max_prompt_tokens:
+    def with_tokenizer(
+        self, tokenizer: Any, max_prompt_tokens: int, prompt_format: str | None = None
+    ) -> PromptDataset:
+        """The same records tokenized with another tokenizer / prompt width / prompt format
+        (self if unchanged)."""
+        prompt_format = self.prompt_format if prompt_format is None else prompt_format
+        same = tokenizer is self.tokenizer and max_prompt_tokens == self.max_prompt_tokens
+        if same and prompt_format == self.prompt_format:
             return self
-        records = [{"prompt": p, "reference": r} for p, r in zip(self.prompts, self.references)]
-        return PromptDataset(records, tokenizer, max_prompt_tokens, locations=self.locations)
+        return PromptDataset(
+            self._records, tokenizer, max_prompt_tokens, self.locations, prompt_format
+        )
 
     def index_of(self, prompt: str) -> int | None:
         """Index of the first record whose prompt is ``prompt``, or None."""
@@ -252,6 +314,7 @@ def make_dataset(
     tokenizer: Any = None,
     max_prompt_tokens: int = 32,
     split: str = "train",
+    prompt_format: str = "auto",
 ) -> PromptDataset:
     """Build a PromptDataset from a task name, a dataset, a list, or a .json/.jsonl path.
 
@@ -273,21 +336,23 @@ def make_dataset(
         return spec.with_tokenizer(
             load_tokenizer(tokenizer) if tokenizer is not None else spec.tokenizer,
             max_prompt_tokens,
+            prompt_format,
         )
     if is_task:
         return PromptDataset.from_task(
-            spec, split, tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens
-        )
+            spec, split, tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens,
+            prompt_format=prompt_format,
+        )  # fmt: skip
     if isinstance(spec, (str, os.PathLike)):
         path = os.fspath(spec)
         if path.endswith(PROMPT_FILE_EXTENSIONS):
-            return PromptDataset.from_file(path, tokenizer, max_prompt_tokens)
+            return PromptDataset.from_file(path, tokenizer, max_prompt_tokens, prompt_format)
         raise ValueError(
             f"prompts={spec!r} is neither a built-in task {list(TASK_NAMES)} nor a file with an "
             f"extension in {list(PROMPT_FILE_EXTENSIONS)}"
         )
     if isinstance(spec, (list, tuple)):
-        return PromptDataset(spec, tokenizer, max_prompt_tokens)
+        return PromptDataset(spec, tokenizer, max_prompt_tokens, prompt_format=prompt_format)
     raise TypeError(
         f"prompts must be a task name {list(TASK_NAMES)}, a PromptDataset, a list of str/dicts or "
         f"a path ending in {list(PROMPT_FILE_EXTENSIONS)}, got {type(spec).__name__}"

@@ -15,7 +15,7 @@ from gymnasium import spaces
 from textenv.data import PromptDataset, make_dataset
 from textenv.rewards import Reward, make_reward_fn, rewards_without_reference
 from textenv.tasks import reference_for
-from textenv.tokenizer import load_tokenizer, make_decoder
+from textenv.tokenizer import PROMPT_FORMATS, end_of_turn_ids, load_tokenizer, make_decoder
 
 RENDER_MODES = ("ansi",)  # besides None
 RESET_OPTIONS = ("prompt", "reference")
@@ -85,8 +85,13 @@ class TextEnvArgs:
     max_prompt_tokens: int = 32
     render_mode: str | None = None
     missing_eos_penalty: float | None = None
+    prompt_format: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(
+                f"prompt_format must be one of {list(PROMPT_FORMATS)}, got {self.prompt_format!r}"
+            )
         self.max_new_tokens = check_positive_int("max_new_tokens", self.max_new_tokens)
         self.max_prompt_tokens = check_positive_int("max_prompt_tokens", self.max_prompt_tokens)
         self.render_mode = check_render_mode(self.render_mode)
@@ -110,7 +115,9 @@ class TextEnvArgs:
             tokenizer = prompts.tokenizer
         else:
             tokenizer = load_tokenizer(tokenizer)
-        dataset = make_dataset(prompts, tokenizer, self.max_prompt_tokens, self.split)
+        dataset = make_dataset(
+            prompts, tokenizer, self.max_prompt_tokens, self.split, self.prompt_format
+        )
         reward = make_reward_fn(self.reward_fn)
         if reward.needs_reference and None in dataset.references:
             i = dataset.references.index(None)
@@ -192,6 +199,12 @@ def check_references(reward: Reward, pairs: list[tuple[str, str | None]]) -> Non
                 )
 
 
+def episode_stop_ids(tokenizer: Any, dataset: PromptDataset) -> tuple[int, ...]:
+    """The tokens that end an episode: EOS, plus the chat template's end-of-turn token when the
+    prompts are rendered with the chat template (``textenv.tokenizer.end_of_turn_ids``)."""
+    return end_of_turn_ids(tokenizer) if dataset.chat else (tokenizer.eos_token_id,)
+
+
 def check_action(action: Any, vocab_size: int) -> int:
     """Return ``action`` as an int, or raise TypeError/ValueError naming it and the valid range."""
     if isinstance(action, np.ndarray) and action.shape == () and action.dtype.kind in "iu":
@@ -242,7 +255,8 @@ class TextRLHFEnv(gym.Env):
     built-in string-task prompt such as ``"reverse: abc\\n"`` its computed answer).
 
     ## Episode End
-    - Termination: the action is EOS (the EOS token is part of the observation), or
+    - Termination: the action is EOS (the EOS token is part of the observation) or, for prompts
+      rendered with a chat template, the template's end-of-turn token (``stop_ids``), or
       ``max_new_tokens`` tokens have been generated (``info["hit_length_limit"] = True``). The length
       limit is part of the task: the text is scored at that step, so nothing is bootstrapped.
     - Truncation: never (the env limits itself; it is registered without ``max_episode_steps``).
@@ -251,7 +265,7 @@ class TextRLHFEnv(gym.Env):
     ```python
     gym.make("TextRLHF-v0", tokenizer=None, prompts="reverse", split="train",
              reward_fn="edit_distance", max_new_tokens=32, max_prompt_tokens=32, render_mode=None,
-             missing_eos_penalty=None)
+             missing_eos_penalty=None, prompt_format="auto")
     ```
     All keyword-only; the same names, defaults and checks serve ``TextRLHFVectorEnv``
     (``TextEnvArgs``). An unknown name raises ``TypeError`` listing the allowed ones.
@@ -269,6 +283,10 @@ class TextRLHFEnv(gym.Env):
     - ``render_mode``: None or ``"ansi"`` (``render()`` returns prompt + text so far).
     - ``missing_eos_penalty``: None, or a number >= 0 subtracted from the final reward of a
       response that ends at ``max_new_tokens`` without EOS.
+    - ``prompt_format``: ``"auto"`` (default: ``{"messages": [...]}`` records are rendered with the
+      tokenizer's chat template when it has one, everything else is raw text), ``"chat"`` (every
+      prompt through the chat template; a plain prompt becomes one user message) or ``"raw"``
+      (the text, no template). ``info["response"]`` never holds template tokens.
 
     ## Version History
     - v0: initial version.
@@ -284,6 +302,7 @@ class TextRLHFEnv(gym.Env):
         self.max_prompt_tokens, self.max_new_tokens = args.max_prompt_tokens, args.max_new_tokens
         self.vocab_size = len(self.tokenizer)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        self.stop_ids = episode_stop_ids(self.tokenizer, self.dataset)
         self._decode = make_decoder(self.tokenizer)
         L = self.max_prompt_tokens + self.max_new_tokens
         self.action_space = spaces.Discrete(self.vocab_size)
@@ -330,7 +349,7 @@ class TextRLHFEnv(gym.Env):
             raise RuntimeError("call reset() before step(): the episode is over or never started")
         token = check_action(action, self.vocab_size)  # raises before any state change
         P, n = self.max_prompt_tokens, self._n_generated
-        eos = token == self.eos_id
+        eos = token in self.stop_ids
         hit_limit = n + 1 == self.max_new_tokens
         if eos or hit_limit:  # score before writing: a reward that raises changes nothing
             tokens = self._ids[P : P + n] if eos else np.append(self._ids[P : P + n], token)

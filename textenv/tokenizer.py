@@ -8,7 +8,7 @@ so ``len(tokenizer) == 259``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -126,3 +126,47 @@ def make_batch_decoder(tokenizer: Any) -> Callable[[np.ndarray, np.ndarray], lis
         ]
 
     return decode_byte_batch
+
+
+# ----------------------------------------------------------------------------- chat templates
+
+PROMPT_FORMATS = ("auto", "chat", "raw")
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    """True when the tokenizer carries its own (Jinja) chat template."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of `messages` rendered with the tokenizer's chat template, ending with the
+    generation prompt (`apply_chat_template(..., add_generation_prompt=True)`)."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = out["input_ids"] if isinstance(out, Mapping) else out
+    return [int(i) for i in ids]
+
+
+def end_of_turn_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The ids that end an assistant turn: EOS, plus the chat template's turn terminator when it
+    is a single special token (e.g. ``<|im_end|>``, ``<|eot_id|>``, ``<end_of_turn>``).
+
+    The terminator is read off the template itself: a conversation whose assistant message is a
+    marker is rendered as text, and the first token after the marker is taken when it is special.
+    """
+    stop = [tokenizer.eos_token_id]
+    if not has_chat_template(tokenizer):
+        return tuple(stop)
+    marker = "XQZ9MARKER"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # a template that refuses this conversation: EOS only
+        return tuple(stop)
+    if not isinstance(text, str) or marker not in text:
+        return tuple(stop)
+    after = text.split(marker, 1)[1]
+    ids = list(tokenizer(after, add_special_tokens=False)["input_ids"]) if after else []
+    special = set(tokenizer.all_special_ids) | {int(i) for i in tokenizer.added_tokens_decoder}
+    if ids and ids[0] in special and ids[0] not in stop and ids[0] != tokenizer.pad_token_id:
+        stop.append(int(ids[0]))
+    return tuple(stop)

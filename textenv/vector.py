@@ -16,6 +16,7 @@ from textenv.env import (
     TextEnvArgs,
     check_references,
     env_signature,
+    episode_stop_ids,
     make_observation_space,
     resolve_prompt,
 )
@@ -64,8 +65,8 @@ class TextRLHFVectorEnv(VectorEnv):
     ```
     ``env_arguments``: the keyword arguments of ``TextRLHFEnv`` (``tokenizer``, ``prompts``,
     ``split``, ``reward_fn``, ``max_new_tokens``, ``max_prompt_tokens``, ``render_mode``,
-    ``missing_eos_penalty``; see its Arguments section), with the same defaults and checks
-    (``TextEnvArgs``). An unknown name raises ``TypeError`` listing the allowed ones.
+    ``missing_eos_penalty``, ``prompt_format``; see its Arguments section), with the same defaults
+    and checks (``TextEnvArgs``). An unknown name raises ``TypeError`` listing the allowed ones.
 
     - ``num_envs``: number of rows N, an int >= 1.
     - ``autoreset_mode``:
@@ -130,6 +131,7 @@ class TextRLHFVectorEnv(VectorEnv):
         self.max_prompt_tokens, self.max_new_tokens = args.max_prompt_tokens, args.max_new_tokens
         self.vocab_size = len(self.tokenizer)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        self.stop_ids = np.array(episode_stop_ids(self.tokenizer, self.dataset), dtype=np.int64)
         self._decode = make_decoder(self.tokenizer)
         self._decode_batch = make_batch_decoder(self.tokenizer)
         N, L = self.num_envs, self.max_prompt_tokens + self.max_new_tokens
@@ -251,7 +253,7 @@ class TextRLHFVectorEnv(VectorEnv):
         active = ~was_done  # (N,) rows that take this action
         a = self._check_actions(actions, active)
         n_gen = self._n_generated
-        eos = (a == self.eos_id) & active  # (N,)
+        eos = (np.isin(a, self.stop_ids) if len(self.stop_ids) > 1 else a == self.eos_id) & active
         finished = (eos | (n_gen + 1 == self.max_new_tokens)) & active  # (N,)
 
         # score first: a reward function that raises leaves the env as it was

@@ -113,6 +113,14 @@ def make_policy(policy_cfg: PolicyConfig, observation_space: Any, action_space: 
     return policy_class(policy_cfg.type).from_config(policy_cfg, observation_space, action_space)
 
 
+def make_reference(policy: torch.nn.Module) -> torch.nn.Module:
+    """The frozen reference policy for the KL penalty, taken once before training: the policy's
+    own `reference()` when it has one (the LM: no top-k/top-p cut, and under LoRA the same base
+    with the adapters off instead of a copy), else a `frozen_copy`."""
+    own = getattr(policy, "reference", None)
+    return own() if callable(own) else frozen_copy(policy)
+
+
 def frozen_copy(policy: torch.nn.Module) -> torch.nn.Module:
     """The reference policy for the KL penalty: a deep copy of `policy` with every parameter
     frozen (requires_grad False). Taken once, before training starts."""

@@ -9,7 +9,9 @@ The LM is just another implementation of the policy protocol (agents/policies/ba
   The buffer hands sequence policies `(T, B, ...)` columns of whole episodes.
 - The value at step t is read from the hidden state at the position that predicts token t, i.e.
   the state *before* action t, in both `act` and `evaluate`.
-- Temperature-scaled logits `logits / temperature` are used for sampling and for log-probs alike.
+- Temperature-scaled logits `logits / temperature`, cut to `top_k` / `top_p` and renormalized
+  (`truncate`), are used for sampling and for log-probs alike, so the PPO ratio is exactly 1
+  before an update whatever the sampling settings.
 
 Observation layout (docs/ARCHITECTURE.md): `input_ids[:P]` is the prompt, left-padded, and the
 generated tokens follow from index P. The prefix length of an observation is "index of the last
@@ -29,11 +31,12 @@ from its observation.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +49,7 @@ from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
 from agents.policies.base import PolicyConfig
+from agents.policies.lora import AdapterView, LoRAConfig, model_scope, transformer_of
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "tiny-sft"
 CRITICS = ("shared", "separate", "none")  # none: no value head (critic-free estimators)
@@ -57,24 +61,78 @@ class LMPolicyConfig(PolicyConfig):
     type: Literal["lm"] = "lm"
     model_path: str | None = None  # a local transformers folder; null: the default tiny model
     temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)  # sample from the k most likely tokens; 0: no top-k cut
+    top_p: float = Field(1.0, gt=0, le=1)  # nucleus: the smallest set with mass >= top_p; 1: off
     critic: Literal[CRITICS] = "shared"  # type: ignore[valid-type]
-    critic_path: str | None = None  # critic: separate only; null: a copy of the actor
+    # critic: separate only. A causal LM folder (its trunk), or a reward-model folder (a one-label
+    # sequence classifier, as `textrlhf rm` writes): its trunk, and the value head starts from its
+    # score head. null: a copy of the actor
+    critic_path: str | None = None
+    lora: LoRAConfig | None = None  # LoRA adapters on a frozen base (peft); null: full fine-tuning
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
+def check_sampling(temperature: Any, top_k: Any, top_p: Any) -> tuple[float, int, float]:
+    """The sampling settings as (float, int, float); ValueError naming a bad one."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"policy.temperature must be a float > 0, got {temperature!r}")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"policy.temperature must be a float > 0, got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise ValueError(f"policy.top_k must be an int >= 0 (0: off), got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"policy.top_p must be a float in (0, 1] (1: off), got {top_p!r}")
+    return float(temperature), int(top_k), float(top_p)
+
+
+def truncate(
+    scaled: torch.Tensor, top_k: int, top_p: float, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Temperature-scaled logits (..., V) with every token outside the top-k / top-p set at -inf,
+    so that softmax gives the truncated, renormalized distribution the rollout samples from.
+
+    top_k keeps the k largest logits (ties at the k-th value are kept); top_p keeps the smallest
+    set of most likely tokens whose mass reaches top_p (at least one). `keep` (..., V) bool marks
+    tokens kept whatever the cut: `evaluate` passes the taken action, so that a float-level
+    difference between the cached and the teacher-forced forward at the edge of the set can never
+    give a taken token probability 0. Unchanged (no copy) when neither cut is on."""
+    if top_k <= 0 and top_p >= 1.0:
+        return scaled
+    drop = torch.zeros_like(scaled, dtype=torch.bool)
+    if 0 < top_k < scaled.shape[-1]:
+        kth = scaled.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
+        drop |= scaled < kth
+    if top_p < 1.0:
+        sorted_logits, order = scaled.masked_fill(drop, -torch.inf).sort(-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)  # (..., V), descending
+        mass_before = probs.cumsum(-1) - probs  # mass of the more likely tokens
+        drop |= torch.zeros_like(drop).scatter(-1, order, mass_before >= top_p)
+    if keep is not None:
+        drop &= ~keep
+    return scaled.masked_fill(drop, -torch.inf)
+
+
 def masked_logprobs_and_entropy(
-    logits: torch.Tensor, tokens: torch.Tensor, temperature: float
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of `tokens` and entropy of the temperature-scaled softmax. The log-prob gathers the
-    token logit and subtracts the logsumexp instead of building a (…, V) log-softmax tensor; the
+    """Log-prob of `tokens` and entropy of the temperature-scaled (and top-k / top-p truncated,
+    renormalized) softmax: the distribution `act` samples from. The log-prob gathers the token
+    logit and subtracts the logsumexp instead of building a (…, V) log-softmax tensor; the
     entropy needs one (…, V) softmax."""
     logits = logits.float() / temperature  # (..., V)
+    if top_k > 0 or top_p < 1.0:
+        taken = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, tokens.unsqueeze(-1), True)
+        logits = truncate(logits, top_k, top_p, keep=taken)
     lse = torch.logsumexp(logits, dim=-1)  # (...)
     token_logit = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (...)
-    probs = torch.softmax(logits, dim=-1)  # (..., V)
-    entropy = lse - (probs * logits).sum(-1)  # (...)
+    probs = torch.softmax(logits, dim=-1)  # (..., V), 0 on cut tokens
+    entropy = lse - (probs * logits.clamp(min=torch.finfo(logits.dtype).min)).sum(-1)  # (...)
     return token_logit - lse, entropy
 
 
@@ -153,6 +211,31 @@ def model_folder(path: str | os.PathLike) -> Path:
 def load_causal_lm(path: str | os.PathLike) -> PreTrainedModel:
     """`AutoModelForCausalLM.from_pretrained(path)` from a local folder, with a clear error."""
     return AutoModelForCausalLM.from_pretrained(model_folder(path), use_safetensors=True)
+
+
+def load_critic(path: str | os.PathLike) -> tuple[PreTrainedModel, nn.Linear | None]:
+    """The separate critic's model from a local folder, and the head its value head starts from:
+    a causal LM (no head: the value head starts fresh), or a reward model, i.e. a one-label
+    `...ForSequenceClassification` (its score head: the critic starts as the reward model)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    folder = model_folder(path)
+    config = AutoConfig.from_pretrained(folder)
+    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+        return load_causal_lm(folder), None
+    if config.num_labels != 1:
+        raise ValueError(
+            f"policy.critic_path={str(path)!r} is a sequence classifier with {config.num_labels} "
+            "labels; a reward model to start the critic from has exactly 1 (a scalar score)"
+        )
+    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+    head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    if not isinstance(head, nn.Linear) or head.out_features != 1:
+        raise ValueError(
+            f"policy.critic_path={str(path)!r}: the reward model's score head is not a "
+            f"Linear(hidden, 1) (got {type(head).__name__}); cannot start the value head from it"
+        )
+    return model, head
 
 
 @functools.cache
@@ -288,17 +371,24 @@ class LMPolicy(nn.Module):
         num_actions: int | None = None,
         max_sequence_length: int | None = None,
         temperature: float = 1.0,
-        critic_model: PreTrainedModel | None = None,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        critic_model: PreTrainedModel | AdapterView | None = None,
+        lora: LoRAConfig | None = None,
         value_head: bool = True,
     ):
         super().__init__()
-        if not (isinstance(temperature, (int, float)) and temperature > 0):
-            raise ValueError(f"policy.temperature must be a float > 0, got {temperature!r}")
+        self.temperature, self.top_k, self.top_p = check_sampling(temperature, top_k, top_p)
+        self.lora = (
+            lora  # set by from_pretrained when `model` is peft-wrapped (agents.policies.lora)
+        )
         self.model = without_dropout(model)
-        # None: the value head reads the actor's own trunk
-        self.critic_model = without_dropout(critic_model) if critic_model is not None else None
+        # None: the value head reads the actor's own trunk; an AdapterView: the actor's frozen
+        # base with the critic's own LoRA adapters
+        if critic_model is not None and not isinstance(critic_model, AdapterView):
+            critic_model = without_dropout(critic_model)
+        self.critic_model = critic_model
         self.tokenizer = tokenizer
-        self.temperature = float(temperature)
 
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
@@ -333,8 +423,11 @@ class LMPolicy(nn.Module):
         num_actions: int | None = None,
         max_sequence_length: int | None = None,
         temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
         critic: str = "shared",
         critic_path: str | os.PathLike | None = None,
+        lora: LoRAConfig | None = None,
     ) -> LMPolicy:
         """Load the actor (and optional separate critic) from local transformers folders.
 
@@ -358,18 +451,35 @@ class LMPolicy(nn.Module):
             for name in ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json")
         )
         tokenizer = load_tokenizer(str(path) if has_tokenizer else None)
-        critic_model = None
-        if critic == "separate":
-            critic_model = load_causal_lm(critic_path) if critic_path else copy.deepcopy(model)
-        return cls(
+        critic_model = score_head = None
+        if critic == "separate" and critic_path:
+            critic_model, score_head = load_critic(critic_path)
+        if lora is not None:
+            from agents.policies.lora import add_lora
+
+            model = add_lora(model, lora, critic=critic == "separate" and critic_model is None)
+            if critic == "separate" and critic_model is None:
+                critic_model = AdapterView(model)
+        elif critic == "separate" and critic_model is None:
+            critic_model = copy.deepcopy(model)
+        policy = cls(
             model,
             tokenizer,
             num_actions=num_actions,
             max_sequence_length=max_sequence_length,
             temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
             critic_model=critic_model,
+            lora=lora,
             value_head=critic != "none",
         )
+        if score_head is not None and policy.value_head is not None:  # V(s) = the RM's score
+            with torch.no_grad():
+                policy.value_head.weight.copy_(score_head.weight)
+                bias = score_head.bias
+                policy.value_head.bias.copy_(bias if bias is not None else torch.zeros(1))
+        return policy
 
     @classmethod
     def from_config(
@@ -387,8 +497,11 @@ class LMPolicy(nn.Module):
             num_actions=int(action_space.n),
             max_sequence_length=int(shape.shape[-1]),
             temperature=policy_cfg.temperature,
+            top_k=policy_cfg.top_k,
+            top_p=policy_cfg.top_p,
             critic=policy_cfg.critic,
             critic_path=policy_cfg.critic_path,
+            lora=policy_cfg.lora,
         )
 
     @classmethod
@@ -474,7 +587,7 @@ class LMPolicy(nn.Module):
         self.compute_dtype = choices[dtype]
 
     def _autocast(self) -> Any:
-        device = self.value_head.weight.device.type
+        device = next(self.model.parameters()).device.type
         return torch.autocast(
             device, self.compute_dtype or torch.float32, self.compute_dtype is not None
         )
@@ -497,31 +610,31 @@ class LMPolicy(nn.Module):
         position_ids: torch.Tensor,
         cache: DynamicCache | None,
     ) -> torch.Tensor:
-        """Last hidden states (B, S, H) of `model`'s trunk; extends `cache` in place if given."""
-        base = model.base_model
-        if self.compute_dtype is not None:
-            with self._autocast():
-                out = base(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    position_ids=position_ids,
-                    use_cache=cache is not None,
-                    **{cache_keyword(type(base)): cache},
-                )
-            return out.last_hidden_state
-        out = base(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=position_ids,
-            use_cache=cache is not None,
-            **{cache_keyword(type(base)): cache},
-        )
+        """Last hidden states (B, S, H) of `model`'s trunk; extends `cache` in place if given.
+        `model` is a transformers causal LM, its peft wrapper, or an AdapterView (the critic's
+        adapters on the actor's base, made active for this call)."""
+        base = transformer_of(model)
+        autocast = self._autocast() if self.compute_dtype is not None else contextlib.nullcontext()
+        with model_scope(model), autocast:
+            out = base(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=position_ids,
+                use_cache=cache is not None,
+                **{cache_keyword(type(base)): cache},
+            )
         return out.last_hidden_state
 
     def _heads(
         self, hidden: torch.Tensor, critic_hidden: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden (..., H) -> logits (..., V) and value (...)."""
+        if self.value_head is None:  # critic-free: every value is 0
+            if self.compute_dtype is not None:
+                with self._autocast():
+                    logits = self.model.get_output_embeddings()(hidden)
+                return logits.float(), hidden.new_zeros(hidden.shape[:-1], dtype=torch.float32)
+            return self.model.get_output_embeddings()(hidden), hidden.new_zeros(hidden.shape[:-1])
         if self.compute_dtype is not None:  # bfloat16 matmuls; float32 logits and values
             with self._autocast():
                 logits = self.model.get_output_embeddings()(hidden)
@@ -529,8 +642,6 @@ class LMPolicy(nn.Module):
                 value = self.value_head(value_input).squeeze(-1)
             return logits.float(), value.float()
         logits = self.model.get_output_embeddings()(hidden)
-        if self.value_head is None:
-            return logits, hidden.new_zeros(hidden.shape[:-1])
         value_input = hidden if critic_hidden is None else critic_hidden
         return logits, self.value_head(value_input).squeeze(-1)
 
@@ -698,7 +809,7 @@ class LMPolicy(nn.Module):
         else:
             logits, value = self._advance(ids, mask, state)
         state.logits, state.value = logits, value
-        scaled = logits.float() / self.temperature  # (B, V)
+        scaled = truncate(logits.float() / self.temperature, self.top_k, self.top_p)  # (B, V)
         if deterministic:
             action = scaled.argmax(-1)
         else:
@@ -770,7 +881,9 @@ class LMPolicy(nn.Module):
         logits, value = self._heads(hidden, critic_hidden)  # (K, R, V), (K, R)
         r = torch.arange(R, device=device)
         targets = actions[(seg_t0.unsqueeze(1) + r).clamp(max=T - 1), seg_b.unsqueeze(1)]
-        log_prob, entropy = masked_logprobs_and_entropy(logits, targets, self.temperature)
+        log_prob, entropy = masked_logprobs_and_entropy(
+            logits, targets, self.temperature, self.top_k, self.top_p
+        )
 
         # 4. scatter back to (T, B); invalid steps stay 0
         def to_steps(x: torch.Tensor) -> torch.Tensor:  # (K, R) -> (T, B)
@@ -780,11 +893,63 @@ class LMPolicy(nn.Module):
 
         return to_steps(log_prob), to_steps(entropy), to_steps(value)
 
+    # -- sampling settings and the reference ------------------------------------------------
+
+    @contextlib.contextmanager
+    def sampling(
+        self,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> Iterator[LMPolicy]:
+        """Sample with other settings inside the block (evaluation's `eval.sampling`); None keeps
+        the policy's own. The training settings come back on exit."""
+        saved = self.temperature, self.top_k, self.top_p
+        self.temperature, self.top_k, self.top_p = check_sampling(
+            saved[0] if temperature is None else temperature,
+            saved[1] if top_k is None else top_k,
+            saved[2] if top_p is None else top_p,
+        )
+        try:
+            yield self
+        finally:
+            self.temperature, self.top_k, self.top_p = saved
+
+    def reference(self) -> nn.Module:
+        """The frozen reference for the KL penalty: the starting policy, scored under its FULL
+        temperature-scaled distribution (no top-k / top-p cut; docs/lm.md explains why). A frozen
+        deep copy for a plain model; under LoRA, the same base with the adapters off (or a frozen
+        copy of the starting adapter), see `agents.policies.lora`."""
+        if getattr(self, "lora", None) is not None:
+            from agents.policies.lora import LoRAReference
+
+            return LoRAReference(self)
+        reference = copy.deepcopy(self)
+        reference.top_k, reference.top_p = 0, 1.0
+        reference.requires_grad_(False)
+        reference.eval()
+        return reference
+
     # -- saving -----------------------------------------------------------------------------
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write the actor as a transformers folder (safetensors + config + tokenizer)."""
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors a checkpoint holds (agents.run.checkpoint): everything for a plain model;
+        under LoRA only the trainable ones (adapters, value head), not the frozen base."""
+        if self.lora is None:
+            return self.state_dict()
+        from agents.policies.lora import checkpoint_state
+
+        return checkpoint_state(self)
+
+    def save_pretrained(self, folder: str | os.PathLike, merge: bool = True) -> Path:
+        """Write the actor as a transformers folder (safetensors + config + tokenizer). Under
+        LoRA: the adapter merged into the base (`merge`, changes this policy), or the peft
+        adapter folder."""
         folder = Path(folder)
+        if self.lora is not None:
+            from agents.policies.lora import export
+
+            return export(self, folder, merge)
         self.model.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
         return folder

@@ -244,6 +244,13 @@ def load_optimizer(
 # ----------------------------------------------------------------------------- save / load
 
 
+def policy_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The policy tensors a checkpoint holds: `policy.checkpoint_state_dict()` where the policy
+    defines it (a LoRA policy: adapters and value head, not the frozen base), else its state_dict."""
+    own = getattr(policy, "checkpoint_state_dict", None)
+    return own() if callable(own) else policy.state_dict()
+
+
 def save_checkpoint(
     folder: Path,
     step: int,
@@ -256,7 +263,8 @@ def save_checkpoint(
     Returns the JSON path. A crash at any point leaves the previous checkpoint usable."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"policy/{k}": v for k, v in policy.state_dict().items()}
+    own = policy_state(policy)
+    tensors = {f"policy/{k}": v for k, v in own.items()}
     meta = dict(meta)
     if optimizer is not None:
         optim_meta, optim_tensors = optimizer_tensors(optimizer)
@@ -272,7 +280,7 @@ def save_checkpoint(
         step=step,
         weights_file=weights.name,
         weights_sha256=atomic_save_tensors(tensors, weights),
-        policy_shapes={k: list(v.shape) for k, v in policy.state_dict().items()},
+        policy_shapes={k: list(v.shape) for k, v in own.items()},
     )
     path = folder / f"{step}.json"
     atomic_save_json(meta, path)
@@ -349,7 +357,7 @@ def load_policy_weights(
     """Copy `policy/*` tensors into `policy`; a missing, extra or mis-shaped tensor is an error
     naming the file and the key."""
     saved = {k[len("policy/") :]: v for k, v in tensors.items() if k.startswith("policy/")}
-    own = policy.state_dict()
+    own = policy_state(policy)
     missing = sorted(set(own) - set(saved))
     extra = sorted(set(saved) - set(own))
     if missing or extra:
@@ -363,4 +371,5 @@ def load_policy_weights(
                 f"checkpoint {file} does not match the policy: {key!r} has shape "
                 f"{tuple(saved[key].shape)} in the file, {tuple(value.shape)} in the policy"
             )
-    policy.load_state_dict(saved)
+    # a partial state (LoRA) leaves the frozen base as built
+    policy.load_state_dict(saved, strict=len(own) == len(policy.state_dict()))

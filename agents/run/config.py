@@ -128,11 +128,31 @@ class ScoreConfig(Section):
     clip: PositiveFloat | None = None  # clip normalized scores to [-clip, clip]
 
 
+class SamplingConfig(Section):
+    """`eval.sampling`: sampling settings for evaluation only (LM policies); null keeps the
+    policy's own. Greedy decoding is `eval.deterministic: true`."""
+
+    temperature: PositiveFloat | None = None
+    top_k: NonNegInt | None = None  # 0: no top-k cut
+    top_p: float | None = Field(None, gt=0, le=1)  # 1: no nucleus cut
+
+
 class EvalConfig(Section):
     episodes: NonNegInt = 10
     every: NonNegInt = 0  # env steps between evaluations during training (0: only at the end)
     deterministic: StrictBool = True
     env_kwargs: dict[str, Any] = Field(default_factory=dict)  # override env.kwargs for eval
+    sampling: SamplingConfig | None = None  # other sampling settings for eval (stochastic only)
+
+    @model_validator(mode="after")
+    def _sampling_needs_sampling(self) -> EvalConfig:
+        if self.sampling is not None and self.deterministic:
+            raise ValueError(
+                "eval.sampling sets sampling settings, but eval.deterministic: true decodes "
+                "greedily; set eval.deterministic: false to sample with them (or drop "
+                "eval.sampling for greedy evaluation)"
+            )
+        return self
 
 
 class RunConfig(Section):

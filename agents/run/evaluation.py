@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,20 @@ def evaluate_policy(
     return log
 
 
+def eval_sampling(policy: Any, cfg: Any) -> contextlib.AbstractContextManager:
+    """The policy's `sampling(...)` context with `eval.sampling`'s settings (a no-op without
+    them); TypeError for a policy type that has no sampling settings (the MLP)."""
+    settings = getattr(cfg.eval, "sampling", None)
+    if settings is None:
+        return contextlib.nullcontext()
+    if not callable(getattr(policy, "sampling", None)):
+        raise TypeError(
+            f"eval.sampling needs a policy with sampling settings (policy.type: lm), got "
+            f"{type(policy).__name__}; remove eval.sampling"
+        )
+    return policy.sampling(**settings.model_dump())
+
+
 def run_evaluation(
     policy: Any,
     cfg: Any,
@@ -88,7 +103,10 @@ def run_evaluation(
     env = make_eval_env(cfg, episodes) if own_env else env
     device = torch.device(device)
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with (
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+            eval_sampling(policy, cfg),
+        ):
             torch.manual_seed(seed)
             return evaluate_policy(policy, env, episodes, deterministic, seed, device)
     finally:

@@ -25,7 +25,7 @@ from agents.core.kl import apply_kl_penalty, make_kl_controller
 from agents.core.ppo import PPO
 from agents.core.rollout import LOCKSTEP, EpisodeLog, RolloutCollector, autoreset_mode
 from agents.core.scores import ScoreNormalizer
-from agents.policies import frozen_copy, make_policy, policy_class
+from agents.policies import make_policy, make_reference, policy_class
 from agents.run import checkpoint as ckpt
 from agents.run.config import Config, config_changes, save_config, step_budget, to_dict
 from agents.run.envs import make_eval_env, make_train_env
@@ -96,8 +96,8 @@ class Trainer:
                 f"{cfg.policy.type!r} runs in float32 (set run.dtype: float32)"
             )
         dist.broadcast_module(self.policy)  # rank 0's weights, whatever the init did
-        # the reference policy for the KL penalty: a frozen deep copy of the initial policy
-        self.reference = frozen_copy(self.policy) if cfg.kl.enabled else None
+        # the reference policy for the KL penalty: the policy's frozen start (its business how)
+        self.reference = make_reference(self.policy) if cfg.kl.enabled else None
         self.kl_controller = make_kl_controller(cfg.kl)
         self.score_normalizer = ScoreNormalizer(cfg.score.normalize, cfg.score.clip, dist)
         self.buffer = RolloutBuffer(cfg.ppo.n_steps, num_envs, obs_space, act_space, self.device)
