@@ -325,7 +325,7 @@ class TextRLHFVectorEnv(VectorEnv):
     ) -> dict[str, Any]:
         """Decode the ``rows`` that this step's ``actions`` finish (not yet written to the state),
         score them in one reward call, fill ``rewards`` and return the vectorized infos."""
-        P, N = self.max_prompt_tokens, self.num_envs
+        P = self.max_prompt_tokens
         n_gen = self._n_generated[rows]  # tokens before this step
         tokens = self._ids[rows, P:].copy()  # (k, max_new_tokens)
         tokens[np.arange(len(rows)), n_gen] = actions[rows]
