@@ -164,6 +164,17 @@ def check_tools(tools: Any) -> tuple[str, ...]:
     return tuple(tools)
 
 
+def calc_demonstration(prompt: str, reference: str, use_tool: bool) -> list[tuple[str, bool]]:
+    """A demonstration for the ``calc`` task as (text, written_by_env) segments: with the tool
+    ``<calc>EXPR</calc>``, the env's ``=RESULT``, then `` RESULT``; without it, just the answer.
+    (SFT trains on the agent's segments only; ``agents.rlhf.sft``.)"""
+    if not use_tool:
+        return [(reference, False)]
+    expression = prompt.removeprefix("What is ").removesuffix("?\n")
+    return [(f"{CALC_OPEN}{expression}{CALC_CLOSE}", False), (f"={reference}", True),
+            (f" {reference}", False)]  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- feedback
 
 
