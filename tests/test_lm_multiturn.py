@@ -183,3 +183,22 @@ def test_sampled_rollout_with_env_tokens_has_ratio_one_and_zero_approx_kl(
     torch.testing.assert_close(value[mb.valid], mb.values[mb.valid], atol=1e-5, rtol=0)
     metrics = Trainer(load_config(cfg)).iterate()  # one epoch, one minibatch: before any step
     assert abs(metrics["train/approx_kl"]) < 1e-6 and metrics["train/clipfrac"] == 0.0
+
+
+def test_training_logs_held_out_tool_use_and_turn_scores(gpt2_path, tmp_path):
+    import json
+
+    cfg = text_config(gpt2_path, str(tmp_path), n_steps=24, batch_size=24 * 8, n_epochs=1)
+    cfg["total_timesteps"] = 8 * 24
+    cfg["env"]["kwargs"] = {"prompts": "calc", "reward_fn": "exact_answer", "tools": ["calc"],
+                            "max_turns": 2, "max_prompt_tokens": 24, "max_new_tokens": 24}  # fmt: skip
+    cfg["eval"].update(episodes=4, every=8 * 24)
+    trainer = Trainer(load_config(cfg), tmp_path / "run")
+    summary = trainer.learn()
+    for key in ("initial_eval_metrics", "final_eval_metrics"):
+        metrics = summary[key]
+        assert 0.0 <= metrics["eval/used_tool"] <= 1.0 and "eval/n_tool_calls" in metrics
+        assert "eval/score_turn1" in metrics and "eval/score" in metrics
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["final_eval_metrics"]
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"eval/used_tool", "episode/used_tool", "episode/n_tool_calls"} <= set(header)
