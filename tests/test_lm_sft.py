@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from agents.policies.lm import DEFAULT_MODEL_PATH, LMPolicy
 from agents.rlhf.sft import build_sft_data, load_config, main, score_on_task
-from textenv import default_tokenizer
+from textenv import default_tokenizer, make_task
 
 REPO = Path(__file__).resolve().parents[1]
 SFT_YAML = REPO / "configs" / "sft_tiny.yaml"
@@ -94,3 +94,37 @@ def test_committed_default_model_is_small_and_matches_its_config():
     assert config["n_positions"] == cfg.model.n_positions >= 32 + 256
     assert config["vocab_size"] == 259 and config["pad_token_id"] == 0
     assert config["eos_token_id"] == 1
+
+
+def test_tool_demonstrations_leave_the_env_tokens_out_of_the_loss():
+    yaml = REPO / "configs" / "sft_tools.yaml"
+    tok = default_tokenizer()
+    P = 32
+    for fraction, with_tool in (("1.0", True), ("0.0", False)):
+        cfg = load_config(yaml, ["tasks=[calc]", "n_per_task=8", f"tool_fraction={fraction}"])
+        ids, mask, loss_mask = build_sft_data(cfg, tok)
+        for i in range(8):
+            prompt = tok.decode(ids[i, :P][mask[i, :P].bool()].tolist())
+            expr = prompt[len("What is ") : -2]
+            answer = make_task("calc", "train", n=8, seed=cfg.seed)[i]["reference"]
+            seen = tok.decode(ids[i, P:][mask[i, P:].bool()].tolist())
+            trained = tok.decode(ids[i, P:][loss_mask[i, P:]].tolist())
+            if with_tool:
+                assert seen == f"<calc>{expr}</calc>={answer} {answer}"
+                assert trained == f"<calc>{expr}</calc> {answer}"  # no loss on '=RESULT'
+            else:
+                assert seen == trained == answer
+            assert ids[i, P:][loss_mask[i, P:]][-1] == tok.eos_token_id
+
+
+def test_committed_tool_model_matches_its_config():
+    folder = REPO / "agents" / "assets" / "tiny-sft-tools"
+    summary = json.loads((folder / "sft_summary.json").read_text())
+    assert summary["config"] == load_config(REPO / "configs" / "sft_tools.yaml").model_dump(
+        mode="json"
+    )
+    assert (folder / "model.safetensors").stat().st_size < 4_000_000
+    # the default model is a different, untouched asset
+    assert (DEFAULT_MODEL_PATH / "model.safetensors").read_bytes() != (
+        folder / "model.safetensors"
+    ).read_bytes()

@@ -16,6 +16,7 @@ from textenv.data import PromptDataset, make_dataset
 from textenv.rewards import Reward, make_reward_fn, rewards_without_reference
 from textenv.tasks import reference_for
 from textenv.tokenizer import PROMPT_FORMATS, end_of_turn_ids, load_tokenizer, make_decoder
+from textenv.tools import Dialogues, check_feedback, check_tools, make_dialogues
 
 RENDER_MODES = ("ansi",)  # besides None
 RESET_OPTIONS = ("prompt", "reference")
@@ -86,12 +87,20 @@ class TextEnvArgs:
     render_mode: str | None = None
     missing_eos_penalty: float | None = None
     prompt_format: str = "auto"
+    tools: Any = ()  # tool names, e.g. ["calc"] (textenv.tools)
+    max_tool_calls: int = 4
+    max_turns: int = 1
+    feedback: Any = "score"  # "score" or a callable (prompt, responses, scores) -> str
 
     def __post_init__(self) -> None:
         if self.prompt_format not in PROMPT_FORMATS:
             raise ValueError(
                 f"prompt_format must be one of {list(PROMPT_FORMATS)}, got {self.prompt_format!r}"
             )
+        self.tools = check_tools(self.tools)
+        self.max_tool_calls = check_positive_int("max_tool_calls", self.max_tool_calls)
+        self.max_turns = check_positive_int("max_turns", self.max_turns)
+        self.feedback = check_feedback(self.feedback)
         self.max_new_tokens = check_positive_int("max_new_tokens", self.max_new_tokens)
         self.max_prompt_tokens = check_positive_int("max_prompt_tokens", self.max_prompt_tokens)
         self.render_mode = check_render_mode(self.render_mode)
@@ -128,6 +137,19 @@ class TextEnvArgs:
             )
         return tokenizer, dataset, reward
 
+    def dialogues(self, num_rows: int, tokenizer: Any) -> Dialogues | None:
+        """The tool/turn bookkeeping of ``num_rows`` rows, or None when both are off."""
+        return make_dialogues(
+            num_rows,
+            tokenizer,
+            self.max_prompt_tokens,
+            self.max_new_tokens,
+            self.tools,
+            self.max_tool_calls,
+            self.max_turns,
+            self.feedback,
+        )
+
 
 ENV_ARGUMENTS = tuple(f.name for f in fields(TextEnvArgs))
 
@@ -148,14 +170,16 @@ def env_signature(*own: inspect.Parameter) -> Callable[[type], type]:
     return decorate
 
 
-def make_observation_space(vocab_size: int, length: int) -> spaces.Dict:
-    """``Dict(input_ids=Box(0, V-1, (L,), int64), attention_mask=Box(0, 1, (L,), int8))``."""
-    return spaces.Dict(
-        {
-            "input_ids": spaces.Box(0, vocab_size - 1, (length,), dtype=np.int64),
-            "attention_mask": spaces.Box(0, 1, (length,), dtype=np.int8),
-        }
-    )
+def make_observation_space(vocab_size: int, length: int, from_env: bool = False) -> spaces.Dict:
+    """``Dict(input_ids=Box(0, V-1, (L,), int64), attention_mask=Box(0, 1, (L,), int8))``, plus
+    ``from_env=Box(0, 1, (L,), int8)`` when the env writes tokens (tools or turns)."""
+    boxes = {
+        "input_ids": spaces.Box(0, vocab_size - 1, (length,), dtype=np.int64),
+        "attention_mask": spaces.Box(0, 1, (length,), dtype=np.int8),
+    }
+    if from_env:
+        boxes["from_env"] = spaces.Box(0, 1, (length,), dtype=np.int8)
+    return spaces.Dict(boxes)
 
 
 def resolve_prompt(
@@ -237,6 +261,10 @@ class TextRLHFEnv(gym.Env):
     ``Dict(input_ids=Box(0, V-1, (L,), int64), attention_mask=Box(0, 1, (L,), int8))``.
     ``input_ids[:P]`` is the prompt, LEFT-padded with the pad id (mask 0 on padding);
     ``input_ids[P + t]`` is the t-th generated token (mask 1), pad / mask 0 after it.
+    With tools or several turns, the generated region also holds the env's tokens (tool results,
+    feedback), and the Dict gains ``from_env=Box(0, 1, (L,), int8)``: 1 on every token the env
+    wrote (the prompt, tool results, feedback), 0 on the agent's tokens and on padding. Each
+    observation's attended tokens are a prefix of the next one's (see ``textenv.tools``).
 
     ## Rewards
     0.0 at every step but the last. At the last step, the score of ``reward_fn`` on
@@ -247,6 +275,10 @@ class TextRLHFEnv(gym.Env):
     function's, before any penalty), ``reward_components`` (name -> float), ``eos`` and
     ``hit_length_limit``. A reward that ``wants_ended`` (e.g. ``reward_model``) is told whether
     the response ended with EOS or was cut at the limit (``textenv.rewards``).
+    With tools or turns, the response is the last turn's text (tool results included); the
+    episode's reward is the last turn's score, and the final ``info`` adds ``turn_scores``,
+    ``responses`` and ``n_turns`` (``score_turn1``, ``score_turn2``, ... when ``max_turns > 1``),
+    and with tools ``tool_calls`` ([(expression, "=result")]), ``n_tool_calls``, ``used_tool``.
 
     ## Starting State
     A prompt drawn uniformly from the prompt set with ``self.np_random``; ``reset(seed=...)``
@@ -265,7 +297,8 @@ class TextRLHFEnv(gym.Env):
     ```python
     gym.make("TextRLHF-v0", tokenizer=None, prompts="reverse", split="train",
              reward_fn="edit_distance", max_new_tokens=32, max_prompt_tokens=32, render_mode=None,
-             missing_eos_penalty=None, prompt_format="auto")
+             missing_eos_penalty=None, prompt_format="auto", tools=(), max_tool_calls=4,
+             max_turns=1, feedback="score")
     ```
     All keyword-only; the same names, defaults and checks serve ``TextRLHFVectorEnv``
     (``TextEnvArgs``). An unknown name raises ``TypeError`` listing the allowed ones.
@@ -287,6 +320,12 @@ class TextRLHFEnv(gym.Env):
       tokenizer's chat template when it has one, everything else is raw text), ``"chat"`` (every
       prompt through the chat template; a plain prompt becomes one user message) or ``"raw"``
       (the text, no template). ``info["response"]`` never holds template tokens.
+    - ``tools``: tool names (``["calc"]``, with ``prompts="calc"`` and ``reward_fn="exact_answer"``):
+      when the agent's text since the env's last token ends with ``</calc>``, the env appends
+      ``=RESULT`` (``textenv.tools``). ``max_tool_calls`` (an int >= 1) bounds the calls.
+    - ``max_turns``: an int >= 1; an EOS ending turn t < max_turns makes the env append
+      ``feedback`` (``"score"``: ``"\\n[score 0.62] again:\\n"``, or a callable
+      ``(prompt, responses_so_far, scores) -> str``) and the episode goes on.
 
     ## Version History
     - v0: initial version.
@@ -305,17 +344,24 @@ class TextRLHFEnv(gym.Env):
         self.stop_ids = episode_stop_ids(self.tokenizer, self.dataset)
         self._decode = make_decoder(self.tokenizer)
         L = self.max_prompt_tokens + self.max_new_tokens
+        self._dialogues = args.dialogues(1, self.tokenizer)  # None: no tools, one turn
         self.action_space = spaces.Discrete(self.vocab_size)
-        self.observation_space = make_observation_space(self.vocab_size, L)
+        self.observation_space = make_observation_space(
+            self.vocab_size, L, from_env=self._dialogues is not None
+        )
 
         self._ids = np.full(L, self.pad_id, dtype=np.int64)  # (L,)
         self._mask = np.zeros(L, dtype=np.int8)  # (L,)
+        self._from_env = np.zeros(L, dtype=np.int8)  # (L,) used with tools/turns only
         self._n_generated = 0
         self._prompt, self._reference = "", None
         self._needs_reset = True
 
     def _obs(self) -> dict[str, np.ndarray]:
-        return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+        obs = {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+        if self._dialogues is not None:
+            obs["from_env"] = self._from_env.copy()
+        return obs
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -341,6 +387,9 @@ class TextRLHFEnv(gym.Env):
         self._ids[:P], self._ids[P:] = ids, self.pad_id
         self._mask[:P], self._mask[P:] = mask, 0
         self._n_generated = 0
+        if self._dialogues is not None:
+            self._from_env[:P], self._from_env[P:] = mask, 0
+            self._dialogues.reset_rows(np.zeros(1, dtype=np.int64))
         self._needs_reset = False
         return self._obs(), {}
 
@@ -348,6 +397,8 @@ class TextRLHFEnv(gym.Env):
         if self._needs_reset:
             raise RuntimeError("call reset() before step(): the episode is over or never started")
         token = check_action(action, self.vocab_size)  # raises before any state change
+        if self._dialogues is not None:
+            return self._step_dialogue(token)
         P, n = self.max_prompt_tokens, self._n_generated
         eos = token in self.stop_ids
         hit_limit = n + 1 == self.max_new_tokens
@@ -374,6 +425,51 @@ class TextRLHFEnv(gym.Env):
             "eos": bool(eos),
             "hit_length_limit": bool(hit_limit and not eos),
         }
+        return self._obs(), reward, True, False, info
+
+    def _step_dialogue(
+        self, token: int
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """``step`` with tools or turns: ``textenv.tools.Dialogues`` writes the agent's token and
+        any env tokens (a tool result, a feedback text) and scores the turn that ends."""
+
+        def score(rows: np.ndarray, responses: list[str], ended: np.ndarray) -> tuple:
+            kwargs = {"ended": ended.tolist()} if self.reward_fn.wants_ended else {}
+            k = len(responses)
+            return self.reward_fn.score(
+                [self._prompt] * k, responses, [self._reference] * k, **kwargs
+            )
+
+        n_gen = np.array([self._n_generated])
+        out = self._dialogues.step(
+            self._ids[None],
+            self._mask[None],
+            self._from_env[None],
+            n_gen,
+            np.zeros(1, dtype=np.int64),
+            np.array([token]),
+            [self._prompt],
+            score,
+        )
+        self._n_generated = int(n_gen[0])
+        if not out["finished"][0]:
+            return self._obs(), 0.0, False, False, {}
+        self._needs_reset = True
+        eos = bool(out["eos"][0])
+        total = float(out["score"][0])
+        info = {
+            "prompt": self._prompt,
+            "response": out["response"][0],
+            "reference": self._reference,
+            "score": total,
+            "reward_components": {k: float(v[0]) for k, v in out["parts"].items()},
+            "eos": eos,
+            "hit_length_limit": not eos,
+        }
+        for key, (values, has) in out["info"].items():
+            if has[0]:
+                info[key] = values[0]
+        reward = total - (0.0 if eos else self.missing_eos_penalty)
         return self._obs(), reward, True, False, info
 
     def render(self) -> str | None:

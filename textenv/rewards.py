@@ -32,6 +32,9 @@ reward_model    scalar logit of a local ``AutoModelForSequenceClassification``  
                 (kwarg ``path``), one batched forward pass, no grad
 gold            the gold rule of ``textenv.gold`` (string-task prompts only):   [-0.5, 1.5]
                 fit to the word's length + a vowel term
+exact_answer    1.0 when the last integer of the response, outside tool calls   {0, 1}
+                and their results (``<calc>...</calc>=...``), equals the
+                reference (an integer), else 0.0
 ==============  =============================================================  ============
 """
 
@@ -41,6 +44,7 @@ import importlib
 import inspect
 import math
 import numbers
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,6 +52,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from textenv.gold import gold_score
+from textenv.tools import TOOL_SPAN
 
 _NAMED = "_textenv_names_reward"  # set on errors whose message already names reward and sample
 
@@ -370,6 +375,37 @@ class GoldReward(Reward):
         return np.array([gold_score(p, r) for p, r in zip(prompts, responses)], dtype=np.float64)
 
 
+_INTEGER = re.compile(r"-?\d+")
+
+
+def last_integer(response: str) -> int | None:
+    """The last integer of ``response`` outside tool calls and their results, or None."""
+    numbers = _INTEGER.findall(TOOL_SPAN.sub(" ", response))
+    return int(numbers[-1]) if numbers else None
+
+
+class ExactAnswer(Reward):
+    """1.0 when the last integer of the response (tool calls and results left out) equals the
+    reference, else 0.0 (the ``calc`` task; ``info["tool_calls"]`` lists the calls)."""
+
+    name = "exact_answer"
+    needs_reference = True
+
+    def compute(self, prompts, responses, references):
+        scores = np.zeros(len(responses))
+        for i, (response, ref) in enumerate(zip(responses, references)):
+            if ref is None or not _INTEGER.fullmatch(ref.strip()):
+                raise _named(
+                    ValueError(
+                        f"reward function 'exact_answer' needs an integer reference, but "
+                        f"{_sample(prompts, responses, i)} has reference {ref!r}; use the 'calc' "
+                        "task or prompts with integer references"
+                    )
+                )
+            scores[i] = float(last_integer(response) == int(ref))
+        return scores
+
+
 class BatchedCallable(Reward):
     """Adapts a user callable that follows the batched protocol."""
 
@@ -491,6 +527,7 @@ _REGISTRY: dict[str, Callable[..., Any]] = {
     "length": Length,
     "reward_model": RewardModel,
     "gold": GoldReward,
+    "exact_answer": ExactAnswer,
 }
 
 

@@ -12,7 +12,12 @@ sort           ``"sort: dbca\\n"``      ``"abcd"`` (letters in alphabetical orde
 copy_edit      ``"swap: abcde\\n"``     ``"ebcda"`` (copy, first and last letter swapped)
 mixed          any of the three above, the operation drawn per prompt
 continuation   ``"the red fox "``       ``None`` (open-ended; use e.g. ``repetition``)
+calc           ``"What is 37*12?\\n"``  ``"444"`` (integer arithmetic, for ``tools=["calc"]``)
 =============  ======================  ==========================================
+
+``calc`` expressions combine two-digit numbers with ``+ - *`` and parentheses (``37*12``,
+``(23+41)*17``, ``58*13-44``, ``15+27*33``): results a tiny model cannot compute in its head;
+the split is decided by the expression's CRC32 like the words of the string tasks.
 
 Splits: a string (word or continuation prompt) belongs to ``"test"`` when its CRC32 is 0 modulo
 10, to ``"validation"`` when it is 5 modulo 10, else (4 in 5 strings) to ``"train"``. The split is
@@ -41,7 +46,8 @@ STRING_OPS: dict[str, tuple[str, Callable[[str], str]]] = {
     "sort": ("sort", lambda s: "".join(sorted(s))),
     "copy_edit": ("swap", lambda s: s[-1] + s[1:-1] + s[0] if len(s) > 1 else s),
 }
-TASK_NAMES = (*STRING_OPS, "mixed", "continuation")
+TASK_NAMES = (*STRING_OPS, "mixed", "continuation", "calc")
+CALC_FORMS = ("{a}*{b}", "({a}+{b})*{c}", "{a}*{b}-{c}", "{a}+{b}*{c}")
 DEFAULT_SIZE = 1000  # prompts per string task when n is None
 
 _ADJECTIVES = ("red", "old", "big", "shy", "odd", "wet", "sad", "new", "tiny", "calm", "wild")
@@ -66,8 +72,33 @@ def solve(op: str, word: str) -> str:
     return STRING_OPS[op][1](word)
 
 
+def calc_prompt(expression: str) -> str:
+    """The prompt of the ``calc`` task on ``expression``."""
+    return f"What is {expression}?\n"
+
+
+def calc_expressions(split: str, n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` distinct random ``calc`` expressions of the given split."""
+    expressions: dict[str, None] = {}  # ordered set
+    while len(expressions) < n:
+        form = CALC_FORMS[int(rng.integers(len(CALC_FORMS)))]
+        a, b, c = (int(x) for x in rng.integers(11, 100, size=3))
+        expression = form.format(a=a, b=b, c=c)
+        if split_of(expression) == split:
+            expressions[expression] = None
+    return list(expressions)
+
+
 def reference_for(prompt: str) -> str | None:
-    """The reference of a string-task prompt (``"reverse: abc\\n"`` -> ``"cba"``), else None."""
+    """The reference of a string-task prompt (``"reverse: abc\\n"`` -> ``"cba"``) or of a calc
+    prompt (``"What is 3*4?\\n"`` -> ``"12"``), else None."""
+    if prompt.startswith("What is ") and prompt.endswith("?\n"):
+        from textenv.tools import CalcError, calc
+
+        try:
+            return str(calc(prompt[len("What is ") : -2]))
+        except CalcError:
+            return None
     head, sep, rest = prompt.partition(": ")
     word = rest[:-1] if rest.endswith("\n") else ""
     for prefix, transform in STRING_OPS.values():
@@ -122,6 +153,13 @@ def make_task(
         order = rng.permutation(len(prompts))[: n or len(prompts)]
         return [{"prompt": prompts[i], "reference": None} for i in order]
     n = DEFAULT_SIZE if n is None else int(n)
+    if name == "calc":
+        from textenv.tools import calc
+
+        return [
+            {"prompt": calc_prompt(e), "reference": str(calc(e))}
+            for e in calc_expressions(split, n, rng)
+        ]
     words = _words(split, n, rng)
     if name == "mixed":
         ops = [list(STRING_OPS)[i] for i in rng.integers(0, len(STRING_OPS), size=n)]

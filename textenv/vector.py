@@ -136,12 +136,16 @@ class TextRLHFVectorEnv(VectorEnv):
         self._decode_batch = make_batch_decoder(self.tokenizer)
         N, L = self.num_envs, self.max_prompt_tokens + self.max_new_tokens
         self.single_action_space = spaces.Discrete(self.vocab_size)
-        self.single_observation_space = make_observation_space(self.vocab_size, L)
+        self._dialogues = args.dialogues(N, self.tokenizer)  # None: no tools, one turn
+        self.single_observation_space = make_observation_space(
+            self.vocab_size, L, from_env=self._dialogues is not None
+        )
         self.action_space = batch_space(self.single_action_space, N)
         self.observation_space = batch_space(self.single_observation_space, N)
 
         self._ids = np.full((N, L), self.pad_id, dtype=np.int64)  # (N, L)
         self._mask = np.zeros((N, L), dtype=np.int8)  # (N, L)
+        self._from_env = np.zeros((N, L), dtype=np.int8)  # (N, L) used with tools/turns only
         self._n_generated = np.zeros(N, dtype=np.int64)  # (N,)
         self._done = np.ones(N, dtype=bool)  # (N,) finished (lockstep) / to reset (next_step)
         self._rows = np.arange(N)
@@ -178,6 +182,9 @@ class TextRLHFVectorEnv(VectorEnv):
         self._mask[rows, P:] = 0
         self._n_generated[rows] = 0
         self._done[rows] = False
+        if self._dialogues is not None:
+            self._from_env[rows] = self._mask[rows]
+            self._dialogues.reset_rows(rows)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -221,7 +228,10 @@ class TextRLHFVectorEnv(VectorEnv):
         return self._obs(), {}
 
     def _obs(self) -> dict[str, np.ndarray]:
-        return {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+        obs = {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+        if self._dialogues is not None:
+            obs["from_env"] = self._from_env.copy()
+        return obs
 
     # ---------------------------------------------------------------- step
     def _check_actions(self, actions: Any, active: np.ndarray) -> np.ndarray:
@@ -252,6 +262,8 @@ class TextRLHFVectorEnv(VectorEnv):
         was_done = self._done.copy()  # (N,) finished rows (lockstep) / rows to reset (next_step)
         active = ~was_done  # (N,) rows that take this action
         a = self._check_actions(actions, active)
+        if self._dialogues is not None:
+            return self._step_dialogues(a, was_done, active)
         n_gen = self._n_generated
         eos = (np.isin(a, self.stop_ids) if len(self.stop_ids) > 1 else a == self.eos_id) & active
         finished = (eos | (n_gen + 1 == self.max_new_tokens)) & active  # (N,)
@@ -274,6 +286,61 @@ class TextRLHFVectorEnv(VectorEnv):
         terminated = self._done.copy() if self.lockstep else finished
         return self._obs(), rewards, terminated, np.zeros(N, dtype=bool), info
 
+    def _step_dialogues(
+        self, a: np.ndarray, was_done: np.ndarray, active: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """``step`` with tools or turns: ``textenv.tools.Dialogues`` writes each active row's
+        token and its env tokens (rows may get different numbers at the same step) and scores
+        every row whose turn ends in one reward call."""
+        N = self.num_envs
+        rows = np.flatnonzero(active)
+
+        def score(idx: np.ndarray, responses: list[str], ended: np.ndarray) -> tuple:
+            kwargs = {"ended": ended.tolist()} if self.reward_fn.wants_ended else {}
+            prompts = [self._prompts[r] for r in idx.tolist()]
+            references = [self._references[r] for r in idx.tolist()]
+            return self.reward_fn.score(prompts, responses, references, **kwargs)
+
+        out = self._dialogues.step(
+            self._ids,
+            self._mask,
+            self._from_env,
+            self._n_generated,
+            rows,
+            a,
+            self._prompts,
+            score,
+        )
+        finished = np.zeros(N, dtype=bool)
+        finished[rows] = out["finished"]
+        rewards = np.zeros(N, dtype=np.float64)
+        info: dict[str, Any] = {}
+        if finished.any():
+            done = out["finished"]
+            done_rows = rows[done]
+            eos = out["eos"][done]
+            total = out["score"][done]
+            rewards[done_rows] = total - self.missing_eos_penalty * ~eos
+            parts = {k: v[done] for k, v in out["parts"].items()}
+            responses = [r for r, d in zip(out["response"], done) if d]
+            info = self._vector_info(done_rows, finished, responses, total, eos, parts)
+            for key, (values, has) in out["info"].items():
+                column = np.zeros(N, dtype=object)
+                mask = np.zeros(N, dtype=bool)
+                for r, value, h in zip(rows.tolist(), values, has):
+                    if h:
+                        column[r], mask[r] = value, True
+                if all(isinstance(v, (bool, np.bool_)) for v in values):
+                    column = column.astype(bool)
+                elif all(isinstance(v, (int, float, np.number)) for v in values):
+                    column = column.astype(np.float64)
+                info[key], info[f"_{key}"] = column, mask
+        if was_done.any() and not self.lockstep:  # NEXT_STEP: reset the rows that finished
+            self._load_rows(np.flatnonzero(was_done))
+        self._done |= finished
+        terminated = self._done.copy() if self.lockstep else finished
+        return self._obs(), rewards, terminated, np.zeros(N, dtype=bool), info
+
     def _score(
         self,
         rows: np.ndarray,
@@ -284,7 +351,7 @@ class TextRLHFVectorEnv(VectorEnv):
     ) -> dict[str, Any]:
         """Decode the ``rows`` that this step's ``actions`` finish (not yet written to the state),
         score them in one reward call, fill ``rewards`` and return the vectorized infos."""
-        P, N = self.max_prompt_tokens, self.num_envs
+        P = self.max_prompt_tokens
         n_gen = self._n_generated[rows]  # tokens before this step
         tokens = self._ids[rows, P:].copy()  # (k, max_new_tokens)
         tokens[np.arange(len(rows)), n_gen] = actions[rows]
@@ -295,6 +362,21 @@ class TextRLHFVectorEnv(VectorEnv):
         ended = {"ended": eos[rows].tolist()} if self.reward_fn.wants_ended else {}
         total, parts = self.reward_fn.score(prompts, responses, references, **ended)
         rewards[rows] = total - self.missing_eos_penalty * ~eos[rows]
+        return self._vector_info(rows, finished, responses, total, eos[rows], parts)
+
+    def _vector_info(
+        self,
+        rows: np.ndarray,
+        finished: np.ndarray,
+        responses: list[str],
+        total: np.ndarray,
+        eos: np.ndarray,
+        parts: dict[str, np.ndarray],
+    ) -> dict[str, Any]:
+        """Gymnasium-style vectorized final infos of the finished ``rows`` (k,)."""
+        N = self.num_envs
+        prompts = [self._prompts[r] for r in rows.tolist()]
+        references = [self._references[r] for r in rows.tolist()]
 
         def column(values: Any, dtype: Any) -> np.ndarray:
             out = np.empty(N, dtype=object) if dtype is object else np.zeros(N, dtype=dtype)
@@ -308,8 +390,8 @@ class TextRLHFVectorEnv(VectorEnv):
             ("response", responses, object),
             ("reference", references, object),
             ("score", total, np.float64),
-            ("eos", eos[rows], bool),
-            ("hit_length_limit", ~eos[rows], bool),
+            ("eos", eos, bool),
+            ("hit_length_limit", ~eos, bool),
         ):
             info[key], info[f"_{key}"] = column(values, dtype), mask
         components: dict[str, Any] = {}

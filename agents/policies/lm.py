@@ -168,23 +168,39 @@ def masked_ids(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def step_kinds(
-    prev: torch.Tensor, prev_action: torch.Tensor, obs: torch.Tensor, ends: torch.Tensor
+    prev: torch.Tensor,
+    prev_action: torch.Tensor,
+    obs: torch.Tensor,
+    ends: torch.Tensor,
+    from_env: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """How the observation `obs` (..., L) (`masked_ids`, prefix lengths `ends` (...)) follows the
     observation `prev` on which `prev_action` (...) was taken. Returns two (...) bools:
 
     - continues: `obs` is `prev` plus `prev_action` written after its prefix (the same episode
-      one step later): exactly one column differs, the new last attended one, which was not
-      attended before and holds `prev_action`. (A prompt with padding between it and the response,
-      as in tests/test_lm_padding.py, continues too: that column need not be adjacent.)
+      one step later): every column attended in `prev` is unchanged, and the first newly attended
+      column, after `prev`'s prefix, holds `prev_action`. Without `from_env` that is the only new
+      column; with `from_env` (..., L) (tools / turns: docs/multiturn.md) the new columns after it
+      must all be env-written (from_env 1) and the action's column not. (A prompt with padding
+      between it and the response, as in tests/test_lm_padding.py, continues too: the action's
+      column need not be adjacent.)
     - unchanged: `obs` equals `prev` (a finished lockstep row, whose actions the env ignores).
     Anything else is a new episode.
     """
-    n_diff = (obs != prev).sum(-1)
-    last = (ends - 1).clamp(min=0).unsqueeze(-1)  # (..., 1)
-    added = obs.gather(-1, last).squeeze(-1) == prev_action
-    was_empty = prev.gather(-1, last).squeeze(-1) < 0
-    return (n_diff == 1) & added & was_empty, n_diff == 0
+    before = prev >= 0  # (..., L) attended in prev
+    new = (obs >= 0) & ~before  # (..., L) newly attended
+    kept = ((obs == prev) | ~before).all(-1)
+    n_new = new.sum(-1)
+    first = new.long().argmax(-1, keepdim=True)  # (..., 1) the first new column
+    added = obs.gather(-1, first).squeeze(-1) == prev_action
+    after = first.squeeze(-1) >= prefix_lengths(before)
+    if from_env is None:
+        env_ok = n_new == 1
+    else:
+        written = from_env.bool()
+        env_ok = ((written & new).sum(-1) == n_new - 1) & ~written.gather(-1, first).squeeze(-1)
+    del ends  # the new prefix end is implied by the new columns
+    return kept & (n_new >= 1) & added & after & env_ok, (obs == prev).all(-1)
 
 
 def context_size(config: Any) -> int | None:
@@ -705,10 +721,15 @@ class LMPolicy(nn.Module):
         return True
 
     def _advance(
-        self, ids: torch.Tensor, mask: torch.Tensor, state: LMState
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        state: LMState,
+        from_env: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step from a built cache: continuing rows feed their sampled token, restarted rows
-        are spliced in, unchanged rows get their previous outputs (see the module docstring)."""
+        """One step from a built cache: continuing rows feed their sampled token (and the tokens
+        the env wrote after it: `from_env`), restarted rows are spliced in, unchanged rows get
+        their previous outputs (see the module docstring)."""
         L = ids.shape[1]
         wide = state.mask.shape[1] >= 2 * L  # many restarts made the cache wide: start afresh
         if not wide and state.live_end < L:
@@ -732,19 +753,32 @@ class LMPolicy(nn.Module):
             return logits, value
         ends = prefix_lengths(mask)  # (B,)
         prev = masked_ids(state.obs_ids[:, :L], state.obs_mask[:, :L])
-        cont, same = step_kinds(prev, state.last_action, masked_ids(ids, mask), ends)
+        now = masked_ids(ids, mask)
+        cont, same = step_kinds(prev, state.last_action, now, ends, from_env)
         cont = cont & ~state.stale
         restart = ~(cont | same)
-        fed = state.last_action
+        # what each row feeds: a continuing row its new columns (the sampled token, then any env
+        # tokens), a restarted row its last token after the splice
+        feed = (now >= 0) & (prev < 0) & cont.unsqueeze(1)  # (B, L)
         if bool(restart.any()):
             rows = restart.nonzero().squeeze(1)
             if rows.numel() == restart.numel() or not self._splice(ids, mask, rows, state):
                 logits, value = self._prefill({"input_ids": ids, "attention_mask": mask}, state)
                 self._remember(ids, mask, state)
                 return logits, value
-            last = (ends[rows] - 1).unsqueeze(1)  # (R, 1)
-            fed = fed.index_put((rows,), ids[rows].gather(1, last).squeeze(1))
-        logits, value = self._step(state, fed)
+            feed[rows, ends[rows] - 1] = True
+        n_feed = feed.sum(1)  # (B,)
+        if bool((n_feed <= 1).all()):  # one token per row: the sampled one, or a restart's last
+            last = (ends - 1).clamp(min=0).unsqueeze(1)
+            fed = torch.where(n_feed == 1, ids.gather(1, last).squeeze(1), state.last_action)
+            logits, value = self._step(state, fed)
+        else:  # env tokens: variable counts per row, one batched forward, right-aligned
+            first = feed.long().argmax(1)  # (B,)
+            width = int(torch.where(n_feed > 0, ends - first, 1).max())
+            block_ids, block_mask = right_align(ids, feed.long(), ends, width, self.pad_id)
+            block_ids = block_ids.masked_fill(~block_mask.bool(), self.pad_id)
+            block_ids[same, -1], block_mask[same, -1] = state.last_action[same], 1
+            logits, value = self._feed(state, block_ids, block_mask)
         if bool(same.any()):
             logits, value = self._reuse(logits, value, same, state)
             # fed its sampled token anyway (the batch steps together); that token is not in
@@ -787,6 +821,23 @@ class LMPolicy(nn.Module):
         state.next_pos = state.next_pos + 1
         return self._heads(hidden, critic_hidden)
 
+    def _feed(
+        self, state: LMState, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """Feed a (B, W) block through the cached trunk(s) in one forward: each row's tokens
+        right-aligned, mask 0 on the columns before them (rows take different numbers of tokens:
+        the sampled one plus the env's). Outputs at the last column, each row's last token."""
+        state.mask = torch.cat([state.mask, mask], dim=1)  # (B, S+W)
+        positions = state.next_pos.unsqueeze(1) + (mask.cumsum(1) - 1).clamp(min=0)  # (B, W)
+        hidden = self._trunk(self.model, ids, state.mask, positions, state.cache)[:, -1]
+        critic_hidden = None
+        if self.critic_model is not None:
+            critic_hidden = self._trunk(
+                self.critic_model, ids, state.mask, positions, state.critic_cache
+            )[:, -1]
+        state.next_pos = state.next_pos + mask.sum(1)
+        return self._heads(hidden, critic_hidden)
+
     # -- policy protocol --------------------------------------------------------------------
 
     def initial_state(self, num_envs: int) -> LMState:
@@ -807,7 +858,7 @@ class LMPolicy(nn.Module):
             logits, value = self._prefill(obs, state)
             self._remember(ids, mask, state)
         else:
-            logits, value = self._advance(ids, mask, state)
+            logits, value = self._advance(ids, mask, state, obs.get("from_env"))
         state.logits, state.value = logits, value
         scaled = truncate(logits.float() / self.temperature, self.top_k, self.top_p)  # (B, V)
         if deterministic:
@@ -828,14 +879,17 @@ class LMPolicy(nn.Module):
         """Re-score `(T, B)` whole-episode columns with one teacher-forced forward.
 
         Each column is cut into segments: maximal runs of valid steps whose observation is the
-        previous one plus the previous action (`step_kinds`; a new episode starts a new segment),
-        as `act` tells them apart. A segment's sequence is its first observation's prefix followed
-        by its actions; the logits at the last prefix position and at each fed action score the
-        next action. Returns (T, B) log_prob, entropy, value, zero on invalid steps.
+        previous one plus the previous action, and any tokens the env wrote after it
+        (`step_kinds`; a new episode starts a new segment), as `act` tells them apart. Every
+        observation of a segment is a prefix of its last one, so ONE forward over the last
+        observation's prefix scores them all: the action of step t is predicted at the last
+        token of observation t (column `ends_t - 1`). Env-written tokens are inputs there, never
+        targets. Returns (T, B) log_prob, entropy, value, zero on invalid steps.
         """
         if torch.is_grad_enabled():
             self._version += 1  # parameters are about to change: cached keys/values go stale
         ids, mask = batch.obs["input_ids"].long(), batch.obs["attention_mask"].long()  # (T,B,L)
+        from_env = batch.obs.get("from_env") if isinstance(batch.obs, Mapping) else None
         actions, valid = batch.actions.long(), batch.valid.bool()  # (T, B)
         T, B, L = ids.shape
         device = ids.device
@@ -845,7 +899,13 @@ class LMPolicy(nn.Module):
         prev_valid = torch.cat([torch.zeros_like(valid[:1]), valid[:-1]], dim=0)
         observed = masked_ids(ids, mask)  # (T, B, L)
         linked = torch.zeros_like(valid)  # (T, B): step t continues step t-1's episode
-        linked[1:] = step_kinds(observed[:-1], actions[:-1], observed[1:], ends[1:])[0]
+        linked[1:] = step_kinds(
+            observed[:-1],
+            actions[:-1],
+            observed[1:],
+            ends[1:],
+            None if from_env is None else from_env[1:],
+        )[0]
         starts = valid & ~(prev_valid & linked)  # (T, B)
         starts_f, valid_f = starts.T.reshape(-1), valid.T.reshape(-1)  # (B*T,)
         seg_of = starts_f.long().cumsum(0) - 1  # (B*T,) segment index of each valid step
@@ -856,39 +916,34 @@ class LMPolicy(nn.Module):
             return zeros, zeros.clone(), zeros.clone()
         seg_b, seg_t0 = start_idx // T, start_idx % T  # (K,)
         lengths = torch.bincount(seg_of[valid_f], minlength=K)  # (K,)
-        offset_f = torch.arange(B * T, device=device) - start_idx[seg_of.clamp(min=0)]  # (B*T,)
+        seg_t1 = seg_t0 + lengths - 1  # (K,) the segment's last step
 
-        # 2. sequences: right-aligned prefix (K, S) followed by the segment's actions (K, R - 1)
-        prefix_end = ends[seg_t0, seg_b]  # (K,)
-        S, R = int(prefix_end.max()), int(lengths.max())
-        pre_ids, pre_mask = right_align(
-            ids[seg_t0, seg_b], mask[seg_t0, seg_b], prefix_end, S, self.pad_id
+        # 2. sequences: each segment's last observation prefix, right-aligned to width S
+        last_end = ends[seg_t1, seg_b]  # (K,)
+        S = int(last_end.max())
+        seq, seq_mask = right_align(
+            ids[seg_t1, seg_b], mask[seg_t1, seg_b], last_end, S, self.pad_id
         )
-        j = torch.arange(R - 1, device=device)  # (R-1,)
-        step_t = (seg_t0.unsqueeze(1) + j).clamp(max=T - 1)  # (K, R-1)
-        fed = actions[step_t, seg_b.unsqueeze(1)]  # (K, R-1)
-        fed_mask = (j < lengths.unsqueeze(1) - 1).long()
-        seq = torch.cat([pre_ids, torch.where(fed_mask.bool(), fed, self.pad_id)], dim=1)
-        seq_mask = torch.cat([pre_mask, fed_mask], dim=1)  # (K, S + R - 1)
         positions = position_ids_from_mask(seq_mask)
 
-        # 3. one forward; positions S-1 .. S+R-2 predict the segment's actions 0 .. R-1
-        hidden = self._trunk(self.model, seq, seq_mask, positions, None)[:, S - 1 :]  # (K, R, H)
+        # 3. one forward; step t's action is predicted at observation t's last token
+        hidden = self._trunk(self.model, seq, seq_mask, positions, None)  # (K, S, H)
+        step_f = valid_f.nonzero().squeeze(1)  # (n,) flat b*T + t of each valid step
+        t_f, b_f, k_f = step_f % T, step_f // T, seg_of[step_f]
+        col = ends[t_f, b_f] - 1 + (S - last_end[k_f])  # (n,) column in the segment's sequence
         critic_hidden = None
         if self.critic_model is not None:
             critic_hidden = self._trunk(self.critic_model, seq, seq_mask, positions, None)
-            critic_hidden = critic_hidden[:, S - 1 :]
-        logits, value = self._heads(hidden, critic_hidden)  # (K, R, V), (K, R)
-        r = torch.arange(R, device=device)
-        targets = actions[(seg_t0.unsqueeze(1) + r).clamp(max=T - 1), seg_b.unsqueeze(1)]
+            critic_hidden = critic_hidden[k_f, col]
+        logits, value = self._heads(hidden[k_f, col], critic_hidden)  # (n, V), (n,)
         log_prob, entropy = masked_logprobs_and_entropy(
-            logits, targets, self.temperature, self.top_k, self.top_p
+            logits, actions[t_f, b_f], self.temperature, self.top_k, self.top_p
         )
 
         # 4. scatter back to (T, B); invalid steps stay 0
-        def to_steps(x: torch.Tensor) -> torch.Tensor:  # (K, R) -> (T, B)
+        def to_steps(x: torch.Tensor) -> torch.Tensor:  # (n,) -> (T, B)
             out = torch.zeros(B * T, dtype=x.dtype, device=device)
-            out[valid_f] = x[seg_of[valid_f], offset_f[valid_f]]
+            out[step_f] = x
             return out.view(B, T).T
 
         return to_steps(log_prob), to_steps(entropy), to_steps(value)

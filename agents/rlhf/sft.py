@@ -53,6 +53,8 @@ class EvalConfig(Section):
     split: str = "test"
     n: PositiveInt = 256
     temperature: PositiveFloat = 1.0
+    reward_fn: str = "edit_distance"
+    env_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. {tools: [calc]}
 
 
 class SFTConfig(StageConfig):
@@ -67,6 +69,10 @@ class SFTConfig(StageConfig):
     # prompt repeated up to max_new_tokens - 1 characters (a deliberately repetitive LM, the
     # starting point of configs/text_repetition.yaml)
     open_ended_target: Literal["repeat_prompt"] | None = None
+    # the `calc` task's examples: this fraction is demonstrated with the calc tool
+    # (`<calc>EXPR</calc>=RESULT RESULT`, no loss on the env-written `=RESULT`), the rest answer
+    # directly (which a tiny model cannot learn to do right: PPO's room to improve)
+    tool_fraction: float = Field(1.0, ge=0.0, le=1.0)
     max_prompt_tokens: PositiveInt = 32
     max_new_tokens: PositiveInt = 32
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -118,12 +124,16 @@ def build_sft_data(
     """Every train prompt of `cfg.tasks` as (n, P+N) ids, attention mask and loss mask.
 
     Prompt ids come from textenv's PromptDataset (exactly what the env puts in the observation);
-    the response is reference + EOS, right-padded.
+    the response is reference + EOS, right-padded. `calc` examples are tool-use demonstrations
+    (a `tool_fraction` of them; `textenv.tools.calc_demonstration`) whose env-written tokens are
+    in the sequence but not in the loss.
     """
     from textenv import PromptDataset
     from textenv.tokenizer import encode_text
+    from textenv.tools import calc_demonstration
 
     P, N = cfg.max_prompt_tokens, cfg.max_new_tokens
+    rng = np.random.default_rng([cfg.seed, 15])
     ids_rows, mask_rows, loss_rows = [], [], []
     for task in cfg.tasks:
         n = None if task == "continuation" else cfg.n_per_task  # continuation: every prompt
@@ -138,7 +148,16 @@ def build_sft_data(
                 )
             if reference is None:  # "repeat_prompt"
                 reference = (prompt * N)[: N - 1]
-            response = encode_text(tokenizer, reference) + [tokenizer.eos_token_id]
+            segments = [(reference, False)]
+            if task == "calc":
+                segments = calc_demonstration(prompt, reference, rng.random() < cfg.tool_fraction)
+            response, trained = [], []
+            for text, by_env in segments:
+                tokens = encode_text(tokenizer, text)
+                response += tokens
+                trained += [not by_env] * len(tokens)
+            response.append(tokenizer.eos_token_id)
+            trained.append(True)
             if len(response) > N:
                 raise ValueError(
                     f"reference of {task}[{i}] has {len(response)} tokens with EOS, more than "
@@ -151,7 +170,7 @@ def build_sft_data(
             ids_rows.append(ids)
             mask_rows.append(mask)
             loss = np.zeros(P + N, dtype=bool)
-            loss[P : P + len(response)] = True
+            loss[P : P + len(response)] = trained
             loss_rows.append(loss)
     return (
         torch.from_numpy(np.stack(ids_rows)),
@@ -186,14 +205,16 @@ def score_on_task(
     max_prompt_tokens: int = 32,
     max_new_tokens: int = 32,
     reward_fn: Any = "edit_distance",
+    env_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Roll the policy out on the first `n` prompts of a built-in task split (the lockstep vector
-    env, one episode per prompt). Returns mean score, mean response length and a few samples."""
+    env, one episode per prompt; `env_kwargs`: more env arguments, e.g. tools). Returns mean
+    score, mean response length, the fraction of episodes that used a tool and a few samples."""
     from textenv import TextRLHFVectorEnv
 
     env = TextRLHFVectorEnv(
         num_envs=n, prompts=task, split=split, reward_fn=reward_fn,
-        max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens,
+        max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens, **(env_kwargs or {}),
     )  # fmt: skip
     if n > len(env.dataset):
         raise ValueError(f"n={n} exceeds the {len(env.dataset)} prompts of {task}/{split}")
@@ -201,6 +222,7 @@ def score_on_task(
     obs, _ = env.reset(seed=seed, options={"prompts": list(range(n))})
     state = policy.initial_state(n)
     scores, lengths, samples = np.zeros(n), np.zeros(n), [None] * n
+    used_tool = np.zeros(n)
     done = np.zeros(n, dtype=bool)
     while not done.all():
         tensors = {k: torch.as_tensor(v) for k, v in obs.items()}
@@ -209,6 +231,7 @@ def score_on_task(
         for i in np.flatnonzero(info.get("_score", np.zeros(n, dtype=bool))):
             scores[i] = info["score"][i]
             lengths[i] = len(info["response"][i])
+            used_tool[i] = bool(info["used_tool"][i]) if "used_tool" in info else 0.0
             samples[i] = {
                 "prompt": info["prompt"][i],
                 "response": info["response"][i],
@@ -219,6 +242,7 @@ def score_on_task(
     return {
         "mean_score": float(scores.mean()),
         "mean_response_chars": float(lengths.mean()),
+        "tool_use": float(used_tool.mean()),
         "samples": samples[:8],
     }
 
@@ -262,12 +286,14 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
     )  # fmt: skip
     ev = cfg.eval
     kwargs = dict(task=ev.task, split=ev.split, n=ev.n, seed=cfg.seed,
-                  max_prompt_tokens=cfg.max_prompt_tokens, max_new_tokens=cfg.max_new_tokens)  # fmt: skip
+                  max_prompt_tokens=cfg.max_prompt_tokens, max_new_tokens=cfg.max_new_tokens,
+                  reward_fn=ev.reward_fn, env_kwargs=ev.env_kwargs)  # fmt: skip
     sampled = score_on_task(policy, deterministic=False, **kwargs)
     greedy = score_on_task(policy, deterministic=True, **kwargs)
     print(
-        f"held-out {ev.task}/{ev.split} edit-distance reward: sampled {sampled['mean_score']:.3f}"
-        f", greedy {greedy['mean_score']:.3f}"
+        f"held-out {ev.task}/{ev.split} {ev.reward_fn} reward: sampled "
+        f"{sampled['mean_score']:.3f}, greedy {greedy['mean_score']:.3f}"
+        + (f" (tool use: sampled {sampled['tool_use']:.2f})" if ev.env_kwargs.get("tools") else "")
     )
     for s in sampled["samples"][:4]:
         print(f"  {s['prompt']!r} -> {s['response']!r} (ref {s['reference']!r}, {s['score']:.2f})")
@@ -281,6 +307,11 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
         "train_seconds": round(train_seconds, 1),
         f"heldout_{ev.task}_{ev.split}_reward_sampled": round(sampled["mean_score"], 4),
         f"heldout_{ev.task}_{ev.split}_reward_greedy": round(greedy["mean_score"], 4),
+        **(
+            {f"heldout_{ev.task}_{ev.split}_tool_use_sampled": round(sampled["tool_use"], 4)}
+            if ev.env_kwargs.get("tools")
+            else {}
+        ),
     }
 
 

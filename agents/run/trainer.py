@@ -258,7 +258,11 @@ class Trainer:
         return run_evaluation(self.policy, self.cfg, env, episodes, device=self.device)
 
     def _eval_return(self) -> float:
-        value = float(np.mean(self.evaluate().returns))
+        """Mean held-out return; the means of the episodes' numeric infos (e.g. a tool-use
+        fraction, per-turn scores) are kept in `eval_metrics` as `eval/<key>`."""
+        log = self.evaluate()
+        value = float(np.mean(log.returns))
+        self.eval_metrics = {f"eval/{k}": float(np.mean(v)) for k, v in log.metrics.items()}
         self._best(value)
         return value
 
@@ -274,6 +278,7 @@ class Trainer:
             return json.loads(summary_file.read_text())  # a finished run: nothing to do
         if not self.dist.is_main:  # rank 0 holds the lock for the whole job
             return self._learn(stop_at, log=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # a folder given to Trainer directly
         with RunLock(self.run_dir):
             return self._learn(stop_at, log=True)
 
@@ -295,12 +300,18 @@ class Trainer:
         last_eval: float | None = None
         last_eval_step = -1
         initial_eval: float | None = None
+        initial_eval_metrics: dict[str, float] = {}
         try:
             periodic_eval = cfg.eval.every > 0 and cfg.eval.episodes > 0
             if logger is not None and self.global_step == 0 and periodic_eval:
                 initial_eval = last_eval = self._eval_return()  # the start, e.g. the SFT level
                 last_eval_step = 0
-                logger.log(0, {"eval/return": initial_eval, "time/elapsed": self._elapsed()})
+                initial_eval_metrics = dict(self.eval_metrics)
+                logger.log(
+                    0,
+                    {"eval/return": initial_eval, **initial_eval_metrics,
+                     "time/elapsed": self._elapsed()},
+                )  # fmt: skip
             while self.iteration < self.num_iterations:
                 if stop_at is not None and self.global_step >= stop_at:
                     break
@@ -308,6 +319,7 @@ class Trainer:
                 if logger is not None:
                     if self.global_step >= next_eval and cfg.eval.episodes > 0:
                         last_eval = metrics["eval/return"] = self._eval_return()
+                        metrics.update(self.eval_metrics)
                         last_eval_step = self.global_step
                         next_eval = _next_multiple(self.global_step, cfg.eval.every)
                     metrics["time/elapsed"] = self._elapsed()  # training + evaluation seconds
@@ -338,14 +350,17 @@ class Trainer:
                     last_eval = self._eval_return()
                     logger.log(
                         self.global_step,
-                        {"eval/return": last_eval, "time/elapsed": self._elapsed()},
-                    )
+                        {"eval/return": last_eval, **self.eval_metrics,
+                         "time/elapsed": self._elapsed()},
+                    )  # fmt: skip
                 summary.update(
                     final_return=last_eval
                     if last_eval is not None
                     else summary["train_return_last100"],
                     best_return=self.best_return,
                     initial_return=initial_eval,
+                    initial_eval_metrics=initial_eval_metrics,
+                    final_eval_metrics=getattr(self, "eval_metrics", {}),
                     finished=done,
                     run_dir=str(self.run_dir),
                 )
