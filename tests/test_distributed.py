@@ -72,6 +72,19 @@ def _text_case(model_path: str, root: str) -> dict:
     return cfg
 
 
+def _grpo_case(root: str) -> dict:
+    """Critic-free: GRPO over groups of 4 rows (one group per rank), the KL in the loss, the loss
+    averaged per sequence (global per-episode weights)."""
+    # the default tiny SFT model: its responses end at EOS and score differently (a random model
+    # scores 0 everywhere, which would make every advantage 0)
+    cfg = text_config(None, root, n_steps=16, batch_size=32, loss_aggregation="sequence")
+    cfg["env"]["kwargs"].update(max_prompt_tokens=32, max_new_tokens=16)
+    cfg["advantage"] = {"estimator": "grpo", "group_size": 4}
+    cfg["kl"].update(placement="loss", estimator="k3")
+    cfg["eval"]["episodes"] = 0
+    return cfg
+
+
 def test_world_size_1_is_a_no_op():
     dist = init_distributed()
     assert dist is LOCAL and dist.world_size == 1 and dist.is_main and not dist.active
@@ -91,7 +104,11 @@ def test_num_envs_and_batch_size_must_divide_the_world_size():
 
 
 def test_two_ranks_equal_one_rank_after_one_iteration(gpt2_ctx64_path, tmp_path):
-    cases = {"cartpole": _cartpole_case(), "text": _text_case(gpt2_ctx64_path, str(tmp_path))}
+    cases = {
+        "cartpole": _cartpole_case(),
+        "text": _text_case(gpt2_ctx64_path, str(tmp_path)),
+        "grpo": _grpo_case(str(tmp_path)),
+    }
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     result = _torchrun(
         "--standalone", "--nproc_per_node=2", str(TESTS / "dist_worker.py"),
@@ -111,9 +128,15 @@ def test_two_ranks_equal_one_rank_after_one_iteration(gpt2_ctx64_path, tmp_path)
         # the run moved (not a trivial equality of initial weights) and used every minibatch
         assert metrics["train/n_minibatch_steps"] == two_metrics["train/n_minibatch_steps"] > 2
         for key in ("train/policy_loss", "train/value_loss", "train/approx_kl", "kl_beta_after",
-                    "train/explained_variance", "score/raw_mean", "score/running_std"):  # fmt: skip
-            assert two_metrics[key] == pytest.approx(metrics[key], rel=1e-4, abs=1e-6), key
-        assert metrics["kl_beta_after"] != cfg["kl"]["beta"]  # the adaptive controller moved
+                    "train/explained_variance", "score/raw_mean", "score/running_std",
+                    "advantage/episode_return_mean", "train/kl_loss"):  # fmt: skip
+            assert (key in metrics) == (key in two_metrics), key
+            if key in metrics:
+                assert two_metrics[key] == pytest.approx(metrics[key], rel=1e-4, abs=1e-6), key
+        if cfg["kl"].get("adaptive"):
+            assert metrics["kl_beta_after"] != cfg["kl"]["beta"]  # the adaptive controller moved
+    grpo = one_iteration(cases["grpo"], LOCAL)[1]
+    assert "train/value_loss" not in grpo and grpo["advantage/zero_variance_groups"] < 1
 
 
 def _cartpole_yaml(tmp_path: Path, **env: object) -> Path:
