@@ -468,7 +468,14 @@ def config_changes(
     saved: dict[str, Any], current: dict[str, Any], keys: Callable[[str], bool]
 ) -> list[str]:
     """'key: <saved> in the checkpoint, <current> in the config' for every flat key selected by
-    `keys` whose value differs between a checkpoint's recorded config and the current one."""
+    `keys` whose value differs between a checkpoint's recorded config and the current one.
+
+    The saved config is first read through today's schema, so that keys added since it was
+    written (with their defaults, which reproduce the old behaviour) do not count as changes."""
+    try:
+        saved = to_dict(load_config(saved))
+    except (ValueError, TypeError):  # not a PPO config (or no longer valid): compare as written
+        pass
     saved, current = flat_config(saved), flat_config(current)
     return [
         f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} in the config"
