@@ -107,8 +107,8 @@ def test_tool_demonstrations_leave_the_env_tokens_out_of_the_loss():
             prompt = tok.decode(ids[i, :P][mask[i, :P].bool()].tolist())
             expr = prompt[len("What is ") : -2]
             answer = make_task("calc", "train", n=8, seed=cfg.seed)[i]["reference"]
-            seen = tok.decode(ids[i, P:][mask[i, P:].bool()].tolist())
-            trained = tok.decode(ids[i, P:][loss_mask[i, P:]].tolist())
+            seen = tok.decode(ids[i, P:][mask[i, P:].bool()].tolist(), skip_special_tokens=True)
+            trained = tok.decode(ids[i, P:][loss_mask[i, P:]].tolist(), skip_special_tokens=True)
             if with_tool:
                 assert seen == f"<calc>{expr}</calc>={answer} {answer}"
                 assert trained == f"<calc>{expr}</calc> {answer}"  # no loss on '=RESULT'
