@@ -11,6 +11,7 @@ the RLHF stages (`cls=SFTConfig`, `cls=RMConfig`).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 import typing
@@ -472,10 +473,9 @@ def config_changes(
 
     The saved config is first read through today's schema, so that keys added since it was
     written (with their defaults, which reproduce the old behaviour) do not count as changes."""
-    try:
+    # not a PPO config (or no longer valid): compare it as written
+    with contextlib.suppress(ValueError, TypeError):
         saved = to_dict(load_config(saved))
-    except (ValueError, TypeError):  # not a PPO config (or no longer valid): compare as written
-        pass
     saved, current = flat_config(saved), flat_config(current)
     return [
         f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} in the config"
