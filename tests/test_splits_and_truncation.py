@@ -77,7 +77,7 @@ OLD_TRAIN = {
 }
 
 
-@pytest.mark.parametrize("name", TASK_NAMES)
+@pytest.mark.parametrize("name", sorted(OLD_TRAIN))  # tasks added later have no "before"
 def test_train_prompts_are_the_same_as_before(name):
     data = make_task(name, "train", seed=0)
     first, digest = OLD_TRAIN[name]
@@ -93,7 +93,11 @@ def test_splits_disjoint_and_validation_test_non_empty(name):
         assert prompts[split], (name, split)
     for a, b in itertools.combinations(THREE, 2):
         assert not prompts[a] & prompts[b], (name, a, b)
-    if name != "continuation":
+    if name == "calc":  # the split is a property of the expression
+        for split in THREE:
+            expressions = {p.removeprefix("What is ").removesuffix("?\n") for p in prompts[split]}
+            assert all(split_of(e) == split for e in expressions)
+    elif name != "continuation":
         for split in THREE:  # the split is a property of the word
             words = {p.split(": ", 1)[1][:-1] for p in prompts[split]}
             assert all(split_of(w) == split for w in words)

@@ -167,7 +167,7 @@ def check_tools(tools: Any) -> tuple[str, ...]:
 def calc_demonstration(prompt: str, reference: str, use_tool: bool) -> list[tuple[str, bool]]:
     """A demonstration for the ``calc`` task as (text, written_by_env) segments: with the tool
     ``<calc>EXPR</calc>``, the env's ``=RESULT``, then `` RESULT``; without it, just the answer.
-    (SFT trains on the agent's segments only; ``agents.rlhf.sft``.)"""
+    (SFT trains on the agent's segments only.)"""
     if not use_tool:
         return [(reference, False)]
     expression = prompt.removeprefix("What is ").removesuffix("?\n")

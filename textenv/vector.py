@@ -65,7 +65,8 @@ class TextRLHFVectorEnv(VectorEnv):
     ```
     ``env_arguments``: the keyword arguments of ``TextRLHFEnv`` (``tokenizer``, ``prompts``,
     ``split``, ``reward_fn``, ``max_new_tokens``, ``max_prompt_tokens``, ``render_mode``,
-    ``missing_eos_penalty``, ``prompt_format``; see its Arguments section), with the same defaults
+    ``missing_eos_penalty``, ``prompt_format``, ``tools``, ``max_tool_calls``, ``max_turns``,
+    ``feedback``; see its Arguments section), with the same defaults
     and checks (``TextEnvArgs``). An unknown name raises ``TypeError`` listing the allowed ones.
 
     - ``num_envs``: number of rows N, an int >= 1.
