@@ -350,45 +350,25 @@ class Dialogues:
         """The extra infos of the rows that finished: {key: (values, has)}."""
         out: dict[str, tuple] = {}
 
-        def put(key: str, values: list, has: np.ndarray) -> None:
-            out[key] = (values, has)
+        def put(key: str, of_row: Any, default: Any) -> None:
+            """`of_row(r)` for each finished row, `default` for the others."""
+            values = [of_row(int(r)) if f else default for r, f in zip(rows, finished)]
+            out[key] = (values, finished.copy())
 
-        done = [int(r) for r, f in zip(rows, finished) if f]
-        if not done:
+        if not finished.any():
             return out
-        turn_scores = [list(self.scores[r]) if f else None for r, f in zip(rows, finished)]
-        put("turn_scores", turn_scores, finished.copy())
-        put(
-            "responses",
-            [list(self.responses[r]) if f else None for r, f in zip(rows, finished)],
-            finished.copy(),
-        )
-        put(
-            "n_turns",
-            [len(self.scores[r]) if f else 0 for r, f in zip(rows, finished)],
-            finished.copy(),
-        )
+        put("turn_scores", lambda r: list(self.scores[r]), None)
+        put("responses", lambda r: list(self.responses[r]), None)
+        put("n_turns", lambda r: len(self.scores[r]), 0)
         for t in range(1, self.max_turns + 1):
             has = np.array([f and len(self.scores[r]) >= t for r, f in zip(rows, finished)])
             values = [self.scores[r][t - 1] if h else 0.0 for r, h in zip(rows, has)]
             if self.max_turns > 1:
-                put(f"score_turn{t}", values, has)
+                out[f"score_turn{t}"] = (values, has)
         if self.tools:
-            put(
-                "tool_calls",
-                [list(self.calls[r]) if f else None for r, f in zip(rows, finished)],
-                finished.copy(),
-            )
-            put(
-                "n_tool_calls",
-                [int(self.n_calls[r]) if f else 0 for r, f in zip(rows, finished)],
-                finished.copy(),
-            )
-            put(
-                "used_tool",
-                [bool(self.n_calls[r] > 0 and f) for r, f in zip(rows, finished)],
-                finished.copy(),
-            )
+            put("tool_calls", lambda r: list(self.calls[r]), None)
+            put("n_tool_calls", lambda r: int(self.n_calls[r]), 0)
+            put("used_tool", lambda r: bool(self.n_calls[r] > 0), False)
         return out
 
 
