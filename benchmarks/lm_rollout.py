@@ -45,15 +45,17 @@ from textenv import TextRLHFVectorEnv
 PROMPT_TOKENS = 32
 
 
-def no_eos_policy(path: Path, critic: str = "shared") -> LMPolicy:
-    """The model at `path` with an EOS-suppressing bias on its LM head (see module docstring)."""
-    policy = LMPolicy.from_pretrained(path, critic=critic)
+def no_eos_policy(path: Path, critic: str = "shared", lora: object | None = None) -> LMPolicy:
+    """The model at `path` with an EOS-suppressing bias on its LM head (see module docstring).
+    With `lora` (a LoRAConfig) the head stays part of the frozen base."""
+    policy = LMPolicy.from_pretrained(path, critic=critic, lora=lora)
     head = policy.model.get_output_embeddings()
     biased = nn.Linear(head.in_features, head.out_features, bias=True)
     with torch.no_grad():
         biased.weight.copy_(head.weight)
         biased.bias.zero_()
         biased.bias[policy.eos_id] = -1e9
+    biased.requires_grad_(lora is None)
     policy.model.set_output_embeddings(biased)
     return policy
 

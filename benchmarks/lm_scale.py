@@ -110,21 +110,11 @@ def measure_memory(model: Path, iterations: int) -> dict[str, dict]:
 
 def policy_without_eos(model: Path, lora: bool):
     """lm_rollout.no_eos_policy, optionally with LoRA adapters (r 8) on the same base."""
-    import torch.nn as nn
+    import lm_rollout
 
-    from agents.policies.lm import LMPolicy
     from agents.policies.lora import LoRAConfig
 
-    policy = LMPolicy.from_pretrained(model, lora=LoRAConfig() if lora else None)
-    head = policy.model.get_output_embeddings()
-    biased = nn.Linear(head.in_features, head.out_features, bias=True)
-    with torch.no_grad():
-        biased.weight.copy_(head.weight)
-        biased.bias.zero_()
-        biased.bias[policy.eos_id] = -1e9
-    biased.requires_grad_(not lora)  # LoRA: the head is part of the frozen base
-    policy.model.set_output_embeddings(biased)
-    return policy
+    return lm_rollout.no_eos_policy(model, lora=LoRAConfig() if lora else None)
 
 
 def measure_speed(model: Path, repeats: int, batch: int = 16, new_tokens: int = 32) -> dict:
