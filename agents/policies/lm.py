@@ -142,6 +142,14 @@ def prefix_lengths(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long() * positions).amax(-1)
 
 
+def attended_width(mask: torch.Tensor, ends: torch.Tensor) -> int:
+    """Columns that hold every row's attended span: max over rows of end - first attended
+    column (B, L) -> int, at least 1. Right-aligning to this width drops the left padding that
+    all rows share (a short prompt in a wide prompt slot) instead of running the model over it."""
+    firsts = (mask.long().cumsum(-1) == 0).sum(-1)  # (...) index of the first attended token
+    return max(int((ends - firsts).max()), 1)
+
+
 def right_align(
     ids: torch.Tensor, mask: torch.Tensor, ends: torch.Tensor, width: int, pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -665,7 +673,7 @@ class LMPolicy(nn.Module):
         """Encode each row's whole observed prefix; fills fresh caches in `state`."""
         ids, mask = obs["input_ids"].long(), obs["attention_mask"].long()  # (B, L)
         ends = prefix_lengths(mask)  # (B,)
-        width = int(ends.max())
+        width = attended_width(mask, ends)
         ids, mask = right_align(ids, mask, ends, width, self.pad_id)  # (B, S)
         positions = position_ids_from_mask(mask)
         state.cache = new_cache(self.model)
@@ -920,10 +928,9 @@ class LMPolicy(nn.Module):
 
         # 2. sequences: each segment's last observation prefix, right-aligned to width S
         last_end = ends[seg_t1, seg_b]  # (K,)
-        S = int(last_end.max())
-        seq, seq_mask = right_align(
-            ids[seg_t1, seg_b], mask[seg_t1, seg_b], last_end, S, self.pad_id
-        )
+        last_mask = mask[seg_t1, seg_b]  # (K, L)
+        S = attended_width(last_mask, last_end)
+        seq, seq_mask = right_align(ids[seg_t1, seg_b], last_mask, last_end, S, self.pad_id)
         positions = position_ids_from_mask(seq_mask)
 
         # 3. one forward; step t's action is predicted at observation t's last token

@@ -178,7 +178,16 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.tight_layout()
+    # fixed margins instead of tight_layout(), which measured every tick label of ~30 panels
+    # (2 s of the 3.4 s this function took at the end of every run)
+    fig.subplots_adjust(
+        left=0.06,
+        right=0.98,
+        bottom=0.5 / fig.get_figheight(),
+        top=1 - 0.35 / fig.get_figheight(),
+        wspace=0.28,
+        hspace=0.75,
+    )
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
     plt.close(fig)
