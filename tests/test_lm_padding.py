@@ -85,3 +85,33 @@ def test_pad_token_equal_to_eos_is_refused(tmp_path):
     cfg = lm_policy_config(path)
     with pytest.raises(ValueError, match="distinct pad and EOS"):
         LMPolicy.from_config(cfg, *spaces_for(8, 8))
+
+
+def test_shared_left_padding_is_not_run_through_the_model(policy, monkeypatch):
+    """Short prompts in a wide prompt slot: the forwards see only the attended span (the widest
+    row's prompt + response), and the numbers equal those of the tight layout."""
+    from agents.policies import lm
+
+    assert lm.attended_width(torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]]),
+                             torch.tensor([5, 3])) == 3  # fmt: skip
+    ids, mask = make_prompts([3, 5], P, N, seed=7)  # both rows leave >= 7 pad columns of P = 12
+    wide, logp_wide, value_wide = lm_rollout(policy, ids, mask, P, N, deterministic=True)
+    tight, logp_tight, _ = lm_rollout(policy, ids[:, P - 5 :], mask[:, P - 5 :], 5, N,
+                                      deterministic=True)  # fmt: skip
+    assert torch.equal(wide.actions, tight.actions)
+    widths = []
+    trunk = LMPolicy._trunk
+
+    def spy(self, model, input_ids, *args):
+        widths.append(input_ids.shape[1])
+        return trunk(self, model, input_ids, *args)
+
+    monkeypatch.setattr(LMPolicy, "_trunk", spy)
+    with torch.no_grad():
+        ev_wide, _, val_wide = policy.evaluate(wide)
+        ev_tight, _, _ = policy.evaluate(tight)
+    assert max(widths) <= 5 + N  # not P + N
+    torch.testing.assert_close(ev_wide, logp_wide, atol=1e-5, rtol=0)
+    torch.testing.assert_close(val_wide, value_wide, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ev_wide, ev_tight, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logp_wide, logp_tight, atol=1e-5, rtol=0)
