@@ -117,3 +117,30 @@ def test_compare_our_configs_writes_seed_table_and_curves(gpt2_ctx64_path, tmp_p
         assert len(r["curve"]) == 3  # step 0, 64 and the end (128)
         assert r["curve"][-1][1] == r["transitions"] > 0
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_config_report_lists_reward_components(tmp_path):
+    """A run whose evaluations log several reward components (a learned proxy next to a weight-0
+    gold reward) gets them read back from metrics.csv and tabulated, mean ± std over seeds."""
+    from agents.run.compare import read_run, write_config_report
+
+    runs = []
+    for seed, (proxy, gold) in enumerate([(1.0, 0.5), (3.0, 0.7)]):
+        run_dir = tmp_path / f"r{seed}"
+        run_dir.mkdir()
+        (run_dir / "summary.json").write_text(json.dumps(
+            {"initial_return": 0.1, "final_return": proxy, "wall_time_s": 1.0, "transitions": 8}
+        ))  # fmt: skip
+        (run_dir / "metrics.csv").write_text(
+            "step,eval/return,eval/reward_components/reward_model,eval/reward_components/gold,"
+            "time/elapsed,rollout/transitions\n"
+            "0,0.1,0.1,0.2,0.0,\n"
+            "8,,,,,8\n"
+            f"8,{proxy},{proxy},{gold},1.0,\n"
+        )
+        runs.append(read_run(run_dir, "rm_ppo", seed))
+    assert runs[1].components == {"reward_model": 3.0, "gold": 0.7}
+    write_config_report(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "compare.md").read_text()
+    assert "| config | gold | reward_model |" in md
+    assert "| rm_ppo | 0.600 ± 0.100 | 2.000 ± 1.000 |" in md

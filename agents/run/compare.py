@@ -327,6 +327,8 @@ class ConfigRun:
     kl_to_ref: float | None  # at the last iteration
     # periodic evaluations: (seconds since the start, tokens generated so far, eval return)
     curve: list[tuple[float, float, float]] = field(default_factory=list)
+    # the last evaluation's reward components (e.g. a learned proxy and a weight-0 gold reward)
+    components: dict[str, float] = field(default_factory=dict)
 
 
 def _number(text: str | None) -> float | None:
@@ -340,6 +342,8 @@ def read_run(run_dir: Path, label: str, seed: int) -> ConfigRun:
     summary = json.loads((run_dir / "summary.json").read_text())
     curve: list[tuple[float, float, float]] = []
     transitions, kl = 0.0, None
+    components: dict[str, float] = {}
+    prefix = "eval/reward_components/"
     with open(run_dir / "metrics.csv", newline="") as f:
         for row in csv.DictReader(f):
             transitions = _number(row.get("rollout/transitions")) or transitions
@@ -347,9 +351,14 @@ def read_run(run_dir: Path, label: str, seed: int) -> ConfigRun:
             ret, elapsed = _number(row.get("eval/return")), _number(row.get("time/elapsed"))
             if ret is not None and elapsed is not None:
                 curve.append((elapsed, transitions, ret))
+                components = {
+                    k.removeprefix(prefix): float(v)
+                    for k, v in row.items()
+                    if k.startswith(prefix) and v not in (None, "")
+                }
     return ConfigRun(
         label, seed, str(run_dir), summary.get("initial_return"), summary["final_return"],
-        summary["wall_time_s"], int(summary["transitions"]), kl, curve,
+        summary["wall_time_s"], int(summary["transitions"]), kl, curve, components,
     )  # fmt: skip
 
 
@@ -463,6 +472,17 @@ def write_config_report(runs: list[ConfigRun], out: Path, command: str | None = 
             f"| {r.label} | {r.seed} | {fmt(r.initial_return)} | {r.final_return:.3f} | "
             f"{r.wall_time:.0f} | {fmt(r.kl_to_ref, 2)} | {r.transitions:,} |"
         )
+    names = sorted({k for r in runs for k in r.components})
+    if len(names) > 1:  # e.g. the reward model's score next to a weight-0 gold reward
+        lines += ["", "Reward components at the final evaluation, mean ± std over seeds:", ""]
+        lines += ["| config | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for label in labels:
+            cells = []
+            for name in names:
+                xs = np.array([r.components[name] for r in runs
+                               if r.label == label and name in r.components])  # fmt: skip
+                cells.append(f"{xs.mean():.3f} ± {xs.std():.3f}" if len(xs) else "n/a")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     raw = [r.__dict__ for r in runs]
     (out / "compare.json").write_text(json.dumps(raw, indent=1) + "\n")
