@@ -65,10 +65,10 @@ def test_checkpoint_round_trip_restores_the_lm_policy(gpt2_ctx64_path, tmp_path)
 
 @pytest.mark.slow
 def test_ppo_improves_heldout_edit_distance_reward():
-    """configs/text_edit_distance.yaml as shipped (~5-6 min) with seed 2, the seed that was slow
-    before the score normalization (0.737 on the test split then; 0.797 in the 5-seed table of
-    docs/lm.md now): the held-out reward of the default SFT model rises at least halfway to 1.0,
-    with the KL bounded."""
+    """configs/text_edit_distance.yaml as shipped (~5 min) with seed 2, the seed that was slow
+    before (0.737 on the test split with raw scores, 0.797 with score normalization at 64 envs x
+    4 epochs): the held-out reward of the default SFT model reaches the 0.85 of issue 16 (0.894
+    in the run's own evaluation, docs/lm.md "Every seed"), with the KL bounded."""
     cfg = load_config(REPO / "configs" / "text_edit_distance.yaml", ["seed=2"])
     trainer = Trainer(cfg)  # no run folder: nothing written
     before = score_on_task(trainer.policy, n=256, seed=0)["mean_score"]
@@ -77,5 +77,5 @@ def test_ppo_improves_heldout_edit_distance_reward():
         kls.append(trainer.iterate()["kl/kl_to_ref"])
     after = score_on_task(trainer.policy, n=256, seed=0)["mean_score"]
     print(f"held-out reward: SFT {before:.3f} -> PPO {after:.3f}; final KL {kls[-1]:.2f}")
-    assert after >= before + 0.5 * (1.0 - before)
-    assert max(kls[-20:]) < 15.0  # measured: 8.5 nats per episode at the end (5 seeds: 5.7-10.2)
+    assert after >= 0.85
+    assert max(kls[-20:]) < 15.0  # measured: 5-8 nats per episode at the end over 5 seeds
