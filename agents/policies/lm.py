@@ -142,12 +142,16 @@ def prefix_lengths(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long() * positions).amax(-1)
 
 
+def first_attended(mask: torch.Tensor) -> torch.Tensor:
+    """(..., L) attention mask -> (...) index of the first attended token (L if none)."""
+    return (mask.long().cumsum(-1) == 0).sum(-1)
+
+
 def attended_width(mask: torch.Tensor, ends: torch.Tensor) -> int:
     """Columns that hold every row's attended span: max over rows of end - first attended
     column (B, L) -> int, at least 1. Right-aligning to this width drops the left padding that
     all rows share (a short prompt in a wide prompt slot) instead of running the model over it."""
-    firsts = (mask.long().cumsum(-1) == 0).sum(-1)  # (...) index of the first attended token
-    return max(int((ends - firsts).max()), 1)
+    return max(int((ends - first_attended(mask)).max()), 1)
 
 
 def right_align(
@@ -708,7 +712,7 @@ class LMPolicy(nn.Module):
             return False
         row_mask = mask[rows].long()  # (R, L)
         ends = prefix_lengths(row_mask)  # (R,)
-        firsts = (row_mask.cumsum(1) == 0).sum(1)  # (R,) index of the first attended token
+        firsts = first_attended(row_mask)  # (R,)
         span = int((ends - 1 - firsts).max())  # columns to encode: w
         if int(ends.min()) < 1 or span > width:
             return False
