@@ -156,14 +156,14 @@ def test_group_estimators_need_a_lockstep_env(cartpole_yaml):
 
 @pytest.mark.parametrize("placement", ["reward", "loss"])
 def test_kl_placement(gpt2_ctx64_path, tmp_path, placement):
-    """Before the first update the policy equals the reference: the KL term is exactly 0 either
-    way; with `loss`, the rewards are untouched and the loss carries beta * k3."""
+    """Before the first update the policy equals the reference: the KL term is 0 (to float
+    rounding) either way; with `loss`, the rewards are untouched and the loss carries beta * k3."""
     data = text_config(gpt2_ctx64_path, str(tmp_path))
     data["advantage"] = {"estimator": "grpo", "group_size": 4}
     data["kl"]["placement"] = placement
     trainer = Trainer(load_config(data))
     metrics = trainer.iterate()
-    assert metrics["kl/kl_to_ref"] == 0.0
+    assert abs(metrics["kl/kl_to_ref"]) < 1e-5
     if placement == "loss":
         assert trainer.ppo.kl_coef == 0.1
         assert torch.equal(

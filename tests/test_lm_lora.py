@@ -39,9 +39,9 @@ def test_reference_is_the_base_with_adapters_off_and_kl_starts_at_zero(gpt2_ctx6
     base = {n: p.detach().clone() for n, p in policy.named_parameters() if not p.requires_grad}
     trainer.collector.collect()
     stats = apply_kl_penalty(trainer.buffer, policy, trainer.reference, 0.1, "k1")
-    assert stats["kl_to_ref"] == 0.0 and stats["kl_per_step"] == 0.0
+    assert abs(stats["kl_to_ref"]) < 1e-5 and abs(stats["kl_per_step"]) < 1e-6
     metrics = trainer.iterate()
-    assert metrics["kl/kl_to_ref"] == 0.0  # the first rollout: policy == reference
+    assert abs(metrics["kl/kl_to_ref"]) < 1e-5  # the first rollout: policy == reference
     # the update moved the adapters, not the base; now the policy differs from the reference
     assert all(torch.equal(p, base[n]) for n, p in policy.named_parameters() if n in base)
     lora_b = [p for n, p in policy.named_parameters() if "lora_B" in n]

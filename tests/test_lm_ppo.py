@@ -20,7 +20,7 @@ def test_at_init_kl_is_zero_and_ratio_is_one(gpt2_ctx64_path, tmp_path):
     buffer = trainer.buffer
     assert buffer.valid.any()
     stats = apply_kl_penalty(buffer, trainer.policy, trainer.reference, 0.1, "k1")
-    assert stats["kl_to_ref"] == 0.0
+    assert abs(stats["kl_to_ref"]) < 1e-5  # the rollout's cached log-probs vs teacher-forced
     mb = next(iter(buffer.minibatches(trainer.cfg.ppo.batch_size, sequence=True)))
     log_prob, _, value = trainer.policy.evaluate(mb)
     valid = mb.valid
@@ -40,7 +40,7 @@ def test_one_update_changes_policy_and_value_head(gpt2_ctx64_path, tmp_path):
     assert any(k.startswith("model.transformer.h.") for k in changed)
     assert "model.lm_head.weight" in changed
     # the first rollout is scored by the policy that is still equal to the reference
-    assert metrics["kl/beta"] == 0.1 and metrics["kl/kl_to_ref"] == 0.0
+    assert metrics["kl/beta"] == 0.1 and abs(metrics["kl/kl_to_ref"]) < 1e-5
     # the reference stays frozen
     ref = trainer.reference.state_dict()
     assert all(torch.equal(before[k], ref[k]) for k in before)

@@ -67,7 +67,7 @@ def test_sampled_tokens_stay_in_the_cut_set(gpt2_path):
 
 def test_kl_to_the_reference_under_truncation_is_the_cut_mass(gpt2_ctx64_path, tmp_path):
     """The reference scores the sampled tokens under its full distribution: before any update,
-    the per-step k1 KL is log(1 / kept mass) >= 0, and exactly 0 with no cut."""
+    the per-step k1 KL is log(1 / kept mass) >= 0, and 0 with no cut (to float rounding)."""
     for options, positive in (({}, False), ({"top_p": 0.8}, True)):
         cfg = text_config(gpt2_ctx64_path, str(tmp_path))
         cfg["policy"].update(options)
@@ -82,7 +82,7 @@ def test_kl_to_the_reference_under_truncation_is_the_cut_mass(gpt2_ctx64_path, t
         stats = apply_kl_penalty(buffer, trainer.policy, trainer.reference, 0.1, "k1")
         expected = float(((logp - full) * buffer.valid).sum()) / stats["kl_segments"]
         assert stats["kl_to_ref"] == pytest.approx(expected, abs=1e-5)
-        assert (stats["kl_to_ref"] > 0.1) == positive and stats["kl_to_ref"] >= 0.0
+        assert (stats["kl_to_ref"] > 0.1) == positive and stats["kl_to_ref"] >= -1e-5
         trainer.close()
 
 

@@ -81,16 +81,19 @@ def apply_kl_penalty(
 
     placement "reward": add `-beta * kl_t` to the rewards of valid steps (before the advantages);
     "loss": store the reference's log-probs in `buffer.ref_log_probs` for the PPO loss's KL term
-    and leave the rewards alone. Both log-probs come from `evaluate` on the same data (the policy
-    has not changed since the rollout), so a reference equal to the policy measures exactly 0.
+    and leave the rewards alone. The policy's log-probs are the rollout's own (`buffer.log_probs`:
+    the policy has not changed since it sampled), so only the reference runs a forward here; a
+    reference equal to the policy measures 0 up to float rounding (cached vs teacher-forced
+    forwards, about 1e-7 per step).
     `kl_to_ref` is the KL summed over each episode segment, averaged over segments (over the
     segments of every rank in a data-parallel run, `dist`).
     """
     if placement not in KL_PLACEMENTS:
         raise ValueError(f"kl.placement must be one of {list(KL_PLACEMENTS)}, got {placement!r}")
     batch = buffer.full_batch(policy.is_sequence_policy)
-    log_prob = policy.evaluate(batch)[0]
-    ref_log_prob = reference.evaluate(batch)[0]
+    ref_log_prob = reference.evaluate(batch)[0]  # (T, N), or (T*N,) for transition policies
+    # invalid steps: the reference's log-prob (0 there), so their estimate is finite and masked
+    log_prob = torch.where(batch.valid, batch.log_probs, ref_log_prob)
     T, N = buffer.n_steps, buffer.num_envs
     kl = kl_estimate(log_prob, ref_log_prob, estimator).reshape(T, N) * buffer.valid
     if placement == "reward":

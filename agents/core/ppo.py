@@ -20,6 +20,7 @@ import torch
 
 from agents.core.buffer import RolloutBuffer
 from agents.core.distributed import LOCAL, Distributed
+from agents.core.optim import make_adam
 from agents.policies.base import Minibatch
 
 LOSS_AGGREGATIONS = ("token", "sequence")
@@ -107,10 +108,8 @@ class PPO:
         params = [p for p in policy.parameters() if p.requires_grad]
         flat = flatten_parameters(params)
         self.params = [flat] if flat is not None else params
-        fused = all(p.device.type in ("cpu", "cuda") for p in self.params)
-        self.optimizer = torch.optim.Adam(
-            self.params, lr=cfg.learning_rate, eps=cfg.adam_eps, fused=fused
-        )
+        # one flat tensor: torch's fused Adam kernel without torch.optim's per-step overhead
+        self.optimizer = make_adam(self.params, cfg.learning_rate, cfg.adam_eps)
 
     def zero_grad(self) -> None:
         """Zero the grads in place (the flat grad's views must stay attached to the params)."""

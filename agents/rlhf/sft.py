@@ -114,9 +114,10 @@ def build_model(cfg: ModelConfig, tokenizer: Any) -> GPT2LMHeadModel:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,  # no shared tensors: plain safetensors checkpoints work
-        # GPT-2's tanh GELU as one fused torch kernel; "gelu_new" computes the same function in
-        # six elementwise ops, about 15% of the PPO update at this size (torch.profiler)
-        activation_function="gelu_pytorch_tanh",
+        # exact GELU: on this project's AVX-512 CPU torch's tanh-approximation kernel is ~3x
+        # slower forward + backward, and "gelu_new" (six elementwise ops) slower still; the
+        # functions differ by < 5e-4 (benchmarks/gelu.py, docs/lm.md)
+        activation_function="gelu",
     )
     return GPT2LMHeadModel(config)
 

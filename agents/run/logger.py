@@ -143,10 +143,9 @@ def _num(value: str) -> int | float | str:
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     """training_curves.png: one panel per logged quantity, against env steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # a bare Figure (no pyplot: its import and backend set-up are a second of every run's end);
+    # savefig renders the PNG with Agg
+    from matplotlib.figure import Figure
 
     keys = {k for row in rows for k in row}
     panels = [(title, [k for k in ks if k in keys]) for title, ks in CURVES]
@@ -160,7 +159,8 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         return
     cols = 3
     n_rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 2.8 * n_rows), squeeze=False)
+    fig = Figure(figsize=(4.2 * cols, 2.8 * n_rows))
+    axes = fig.subplots(n_rows, cols, squeeze=False)
     for ax, (title, ks) in zip(axes.flat, panels):
         for key in ks:
             points = [
@@ -190,5 +190,4 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     )
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     os.replace(tmp, path)
