@@ -1,6 +1,6 @@
 """Data-parallel speed: one LM PPO iteration at 2 ranks vs 1 rank (and 1 process x 2 threads).
 
-    python benchmarks/distributed.py [--iterations 4] [--nproc 2] [--dtype float32]
+    python benchmarks/distributed.py [--iterations 4] [--nproc 2] [--dtype float32] [--repeats 1]
 
 The iteration: a 4-layer, 256-wide GPT-2 with the byte vocabulary (random init, saved to a temp
 folder), 16 prompts of the reverse task, 32 new tokens (lockstep, edit-distance reward), a
@@ -124,6 +124,11 @@ def main() -> None:
         "--modes", default="1x1,1x2,Nx1",
         help="which runs: 1x1 (1 rank, 1 thread), 1x2 (1 rank, 2 threads), Nx1 (N ranks)",
     )  # fmt: skip
+    parser.add_argument(
+        "--repeats", type=int, default=1,
+        help="run the modes this many times, alternately, and report each mode's median: this "
+        "VM's speed drifts by up to 1.5x within minutes, which biases one-after-the-other runs",
+    )  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -138,24 +143,37 @@ def main() -> None:
         script = [str(Path(__file__).resolve()), "--worker", "--model", model]
         common = [f"--iterations={args.iterations}", f"--dtype={args.dtype}"]
         py = sys.executable
-        results = {}
+        runs: dict[str, list[dict]] = {}
         modes = args.modes.split(",")
-        for mode, label, threads, launcher in (
-            ("1x1", "1 rank x 1 thread", 1, [py]),
-            ("1x2", "1 rank x 2 threads", 2, [py]),
-            (
-                "Nx1", f"{args.nproc} ranks x 1 thread", 1,
-                [py, "-m", "torch.distributed.run", "--standalone",
-                 f"--nproc_per_node={args.nproc}"],
-            ),
-        ):  # fmt: skip
-            if mode not in modes:
-                continue
-            out = tmp / f"{len(results)}.json"
-            cmd = [*launcher, *script, *common, f"--threads={threads}", f"--out={out}"]
-            results[label] = run(label, cmd, out)
+        for repeat in range(args.repeats):
+            for mode, label, threads, launcher in (
+                ("1x1", "1 rank x 1 thread", 1, [py]),
+                ("1x2", "1 rank x 2 threads", 2, [py]),
+                (
+                    "Nx1", f"{args.nproc} ranks x 1 thread", 1,
+                    [py, "-m", "torch.distributed.run", "--standalone",
+                     f"--nproc_per_node={args.nproc}"],
+                ),
+            ):  # fmt: skip
+                if mode not in modes:
+                    continue
+                out = tmp / f"{repeat}_{mode}.json"
+                cmd = [*launcher, *script, *common, f"--threads={threads}", f"--out={out}"]
+                runs.setdefault(label, []).append(run(label, cmd, out))
+    # each mode's median over repeats (each repeat: the median of --iterations iterations)
+    results = {
+        label: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for label, rs in runs.items()
+    }
     base = next(iter(results.values()))["iteration_s"]
-    print(f"\nLM PPO iteration ({args.dtype}; median of {args.iterations}), ratio to the first row")
+    if args.repeats > 1:
+        first = next(iter(runs.values()))
+        for label, rs in list(runs.items())[1:]:
+            ratios = [r["iteration_s"] / f["iteration_s"] for r, f in zip(rs, first)]
+            print(f"{label}: ratio per repeat " + ", ".join(f"{x:.2f}x" for x in ratios))
+    print(
+        f"\nLM PPO iteration ({args.dtype}; medians of {args.iterations} iterations, over "
+        f"{args.repeats} alternating repeat(s)), ratio to the first row"
+    )
     print(
         f"{'':22s} {'iteration':>10s} {'rollout':>8s} {'update':>8s} {'allreduce':>10s} {'ratio':>6s}"
     )
