@@ -143,8 +143,8 @@ def _num(value: str) -> int | float | str:
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     """training_curves.png: one panel per logged quantity, against env steps."""
-    # a bare Figure (no pyplot: its import and backend set-up are a second of every run's end);
-    # savefig renders the PNG with Agg
+    # a bare Figure: no pyplot state (backend selection, a figure registry to close); savefig
+    # renders the PNG with Agg
     from matplotlib.figure import Figure
 
     keys = {k for row in rows for k in row}
