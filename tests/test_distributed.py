@@ -104,10 +104,19 @@ def test_num_envs_and_batch_size_must_divide_the_world_size():
 
 
 def test_two_ranks_equal_one_rank_after_one_iteration(gpt2_ctx64_path, tmp_path):
+    # the gradient sum overlapped with the backward in many small buckets (the LM: hundreds),
+    # and without overlap (one bucket) on the target_kl path (stats summed before the backward)
+    text_buckets = _text_case(gpt2_ctx64_path, str(tmp_path))
+    text_buckets["run"]["allreduce_bucket_mb"] = 0.002
+    cartpole_one_bucket = _cartpole_case()
+    cartpole_one_bucket["run"]["allreduce_bucket_mb"] = 0
+    cartpole_one_bucket["ppo"]["target_kl"] = 0.5
     cases = {
         "cartpole": _cartpole_case(),
         "text": _text_case(gpt2_ctx64_path, str(tmp_path)),
         "grpo": _grpo_case(str(tmp_path)),
+        "text_buckets": text_buckets,
+        "cartpole_one_bucket": cartpole_one_bucket,
     }
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     result = _torchrun(

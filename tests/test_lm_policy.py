@@ -97,6 +97,31 @@ def test_separate_critic_matches_between_act_and_evaluate(gpt2_path, llama_path)
     torch.testing.assert_close(value, value_act, atol=1e-5, rtol=0)
 
 
+def test_reference_of_a_separate_critic_policy_is_the_actor_alone(gpt2_path, llama_path):
+    """The KL reference only scores actions: it holds no copy of the critic, runs no critic
+    forward, and its log-probs are the policy's; evaluate(with_values=False) skips the critic."""
+    P, N = 8, 6
+    policy = LMPolicy.from_pretrained(gpt2_path, critic="separate", critic_path=llama_path)
+    reference = policy.reference()
+    assert reference.critic_model is None and reference.value_head is None
+    assert policy.critic_model is not None and policy.value_head is not None  # untouched
+    assert [n for n, _ in reference.named_parameters()] == [
+        n for n, _ in policy.named_parameters() if n.startswith("model.")
+    ]
+    ids, mask = make_prompts([3, 8], P, N)
+    batch, logp_act, _ = lm_rollout(policy, ids, mask, P, N)
+    calls = []
+    hook = policy.critic_model.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        ref_logp, _, ref_value = reference.evaluate(batch)
+        logp, _, value = policy.evaluate(batch, with_values=False)
+    hook.remove()
+    assert not calls  # neither ran the critic
+    torch.testing.assert_close(ref_logp, logp_act, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logp, logp_act, atol=1e-5, rtol=0)
+    assert not ref_value.any() and not value.any()
+
+
 def test_act_after_an_update_re_encodes_the_prefix_with_the_new_weights(gpt2_path):
     """evaluate() with grad announces an update: the next act() must not extend the KV cache
     built with the old weights, but score the observation afresh with the new ones."""

@@ -25,7 +25,7 @@ import json
 import os
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -39,6 +39,21 @@ class RowShard(NamedTuple):
     start: int
     total: int
     generator: torch.Generator
+
+
+class Pending:
+    """An all-reduce in flight (`Distributed.sum_async`): `wait()` returns the summed tensor."""
+
+    def __init__(self, tensor: torch.Tensor, work: Any = None, moved: torch.Tensor | None = None):
+        self.tensor, self.work, self.moved = tensor, work, moved
+
+    def wait(self) -> torch.Tensor:
+        if self.work is not None:
+            self.work.wait()
+            if self.moved is not None:  # a CPU tensor reduced on the NCCL device
+                self.tensor.copy_(self.moved)
+            self.work = None
+        return self.tensor
 
 
 class Distributed:
@@ -68,6 +83,16 @@ class Distributed:
             else:
                 torch.distributed.all_reduce(tensor)
         return tensor
+
+    def sum_async(self, tensor: torch.Tensor) -> Pending:
+        """Start an in-place all-reduce (sum) of `tensor` and return at once; `.wait()` on the
+        result blocks until `tensor` holds the sum (at world size 1: already done)."""
+        if not self.active:
+            return Pending(tensor)
+        if tensor.device != self.device:
+            moved = tensor.to(self.device)
+            return Pending(tensor, torch.distributed.all_reduce(moved, async_op=True), moved)
+        return Pending(tensor, torch.distributed.all_reduce(tensor, async_op=True))
 
     def sum_floats(self, *values: float) -> list[float]:
         """Sum Python numbers across ranks (one all-reduce, float64)."""

@@ -20,6 +20,7 @@ import torch
 
 from agents.core.buffer import RolloutBuffer
 from agents.core.distributed import LOCAL, Distributed
+from agents.core.gradsync import BucketedGradSum
 from agents.core.optim import make_adam
 from agents.policies.base import Minibatch
 
@@ -67,7 +68,9 @@ def global_explained_variance(
     return 1.0 - m2_error / m2_returns
 
 
-def flatten_parameters(params: list[torch.nn.Parameter]) -> torch.nn.Parameter | None:
+def flatten_parameters(
+    params: list[torch.nn.Parameter], spare: int = 0
+) -> torch.nn.Parameter | None:
     """Re-home `params` (and their grads) as views into one flat tensor (and one flat grad).
 
     The optimizer then steps ONE tensor and gradient clipping takes ONE norm: at 64x64 the
@@ -75,12 +78,18 @@ def flatten_parameters(params: list[torch.nn.Parameter]) -> torch.nn.Parameter |
     step. The module keeps its own Parameter objects (now views), so forward, state_dict and
     load_state_dict work unchanged; autograd accumulates into the existing `.grad` views in
     place. Returns None (nothing changed) when the params differ in dtype or device.
+
+    `spare` > 0 allocates that many extra elements after the flat grad, in the same storage
+    (`flat.grad._base`): a data-parallel run sums its loss statistics there with the gradient.
     """
     if not params or len({(p.dtype, p.device) for p in params}) > 1:
         return None
     total = sum(p.numel() for p in params)
     flat = torch.empty(total, dtype=params[0].dtype, device=params[0].device)
-    flat_grad = torch.zeros_like(flat)
+    if spare:
+        flat_grad = torch.zeros(total + spare, dtype=flat.dtype, device=flat.device)[:total]
+    else:
+        flat_grad = torch.zeros_like(flat)
     offset = 0
     for p in params:
         n = p.numel()
@@ -96,20 +105,43 @@ def flatten_parameters(params: list[torch.nn.Parameter]) -> torch.nn.Parameter |
 class PPO:
     """Holds the optimizer and the schedules; `update(buffer, iteration)` runs the epochs."""
 
-    def __init__(self, policy: Any, cfg: Any, num_iterations: int, dist: Distributed = LOCAL):
+    def __init__(
+        self,
+        policy: Any,
+        cfg: Any,
+        num_iterations: int,
+        dist: Distributed = LOCAL,
+        bucket_numel: int = 1 << 20,
+    ):
         self.policy, self.cfg = policy, cfg
         # data-parallel: the loss is normalized by GLOBAL valid counts and the gradient summed
         # over ranks once per minibatch; at world size 1 every `dist` call is a no-op
         self.dist = dist
-        self.allreduce_seconds = 0.0  # time in the gradient all-reduce (benchmarks)
+        self._allreduce_seconds = 0.0  # blocking all-reduce time without a BucketedGradSum
         self.num_iterations = max(int(num_iterations), 1)
         self.has_critic = getattr(policy, "has_critic", True)
         self.kl_coef = 0.0  # beta of a KL term in the loss; set per iteration by the trainer
         params = [p for p in policy.parameters() if p.requires_grad]
-        flat = flatten_parameters(params)
+        flat = flatten_parameters(params, spare=len(STATS) if dist.active else 0)
         self.params = [flat] if flat is not None else params
+        # data-parallel, one flat grad: summed in buckets during the backward, with the loss
+        # statistics in its spare slots (agents/core/gradsync.py); bucket_numel 0: one bucket
+        self.grad_sync: BucketedGradSum | None = None
+        if dist.active and flat is not None:
+            names = {id(p): n for n, p in policy.named_parameters()}
+            self.grad_sync = BucketedGradSum(
+                params, flat.grad._base, dist, bucket_numel, extra=len(STATS), names=names
+            )
         # one flat tensor: torch's fused Adam kernel without torch.optim's per-step overhead
         self.optimizer = make_adam(self.params, cfg.learning_rate, cfg.adam_eps)
+
+    @property
+    def allreduce_seconds(self) -> float:
+        """Seconds spent waiting for the gradient all-reduce (benchmarks): with bucketing, only
+        the part the backward did not hide."""
+        if self.grad_sync is not None:
+            return self.grad_sync.wait_seconds
+        return self._allreduce_seconds
 
     def zero_grad(self) -> None:
         """Zero the grads in place (the flat grad's views must stay attached to the params)."""
@@ -128,6 +160,8 @@ class PPO:
     def prepare(self, mb: Minibatch, clip: float) -> LossInputs:
         """Everything in the loss that needs no grad, computed outside the autograd graph (once
         per minibatch; once per update when a minibatch is the whole rollout)."""
+        if self.dist.active:  # one collective for the global counts and moments
+            return self._inputs(mb, self.dist.sum(self._local_moments(mb)), clip)
         dist = self.dist
         valid = _flat(mb.valid).float()  # (B,) or (T*B,)
         count = dist.sum(valid.sum()).clamp(min=1.0)  # global over ranks
@@ -149,6 +183,37 @@ class PPO:
         ratio_high = torch.where(advantages > 0, 1.0 + clip, inf)
         return LossInputs(weights, advantages, ratio_low, ratio_high, -advantages * weights)
 
+    @torch.no_grad()
+    def _local_moments(self, mb: Minibatch) -> torch.Tensor:
+        """This rank's (4,) float64 sums for `_inputs`: valid steps, advantage sum and sum of
+        squares over them, and the episode weights' sum (sequence aggregation)."""
+        valid = _flat(mb.valid).double()
+        advantages = _flat(mb.advantages).double()
+        episode = _flat(mb.episode_weights).double() if mb.episode_weights is not None else valid
+        return torch.stack(
+            [valid.sum(), advantages @ valid, advantages.square() @ valid, episode @ valid]
+        )
+
+    @torch.no_grad()
+    def _inputs(self, mb: Minibatch, moments: torch.Tensor, clip: float) -> LossInputs:
+        """`prepare`'s loss inputs from the GLOBAL sums of `_local_moments` (data-parallel)."""
+        n, total, squares, episode_total = moments.tolist()
+        valid = _flat(mb.valid).float()  # (B,) or (T*B,)
+        count = max(n, 1.0)
+        weights = valid / count
+        if self.cfg.loss_aggregation == "sequence":  # each episode's steps weigh 1 in total
+            weights = valid * _flat(mb.episode_weights) / max(episode_total, 1e-12)
+        advantages = _flat(mb.advantages)
+        if self.cfg.normalize_advantage:
+            mean = total / count
+            var = max(squares / count - mean * mean, 0.0)  # float64: no cancellation here
+            std = math.sqrt(var * count / max(count - 1.0, 1.0))  # unbiased, like torch.std
+            advantages = (advantages - mean) / (std + 1e-8) * valid
+        inf = torch.full_like(advantages, math.inf)
+        ratio_low = torch.where(advantages < 0, 1.0 - clip, -inf)
+        ratio_high = torch.where(advantages > 0, 1.0 + clip, inf)
+        return LossInputs(weights, advantages, ratio_low, ratio_high, -advantages * weights)
+
     def loss(
         self, mb: Minibatch, inputs: LossInputs, clip: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,9 +221,19 @@ class PPO:
 
         `inputs.weights` (valid / n_valid) turn sums into masked means: `dot(x, weights)`.
         """
+        return self.loss_terms(mb, self.policy.evaluate(mb), inputs, clip)
+
+    def loss_terms(
+        self,
+        mb: Minibatch,
+        outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        inputs: LossInputs,
+        clip: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`loss` from the policy's `evaluate(mb)` outputs (log_prob, entropy, value)."""
         cfg = self.cfg
         weights = inputs.weights
-        log_prob, entropy, value = self.policy.evaluate(mb)  # (B,) or (T, B)
+        log_prob, entropy, value = outputs  # (B,) or (T, B)
         log_prob, entropy, value = _flat(log_prob), _flat(entropy), _flat(value)
         old_log_prob, returns = _flat(mb.log_probs), _flat(mb.returns)
         # invalid steps carry weight 0; make their ratio exactly 1 so that no inf * 0 = nan
@@ -201,17 +276,53 @@ class PPO:
             ).detach()
         return loss, stats
 
-    def _distributed_loss(
-        self, mb: Minibatch, inputs: LossInputs, clip: float
-    ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """This rank's share of the loss and the stats summed over ranks: the weights hold the
-        GLOBAL valid count, so the sums are the global minibatch means (what 1 rank computes).
-        The loss is None when this rank owns no step of the minibatch."""
-        if inputs.weights.numel() == 0:
+    def _distributed_step(
+        self, mb: Minibatch, prepared: LossInputs | None, clip: float, iteration: int
+    ) -> torch.Tensor | None:
+        """One minibatch step of a data-parallel run. Returns the stats summed over ranks (the
+        global minibatch means, as 1 rank computes them: the weights hold the GLOBAL counts), or
+        None for the target_kl early stop, decided on those global stats by every rank alike.
+
+        The collectives hide behind compute: the minibatch's global moments are summed while
+        the forward runs, the gradient in buckets while the backward runs, and the stats ride
+        in the gradient's spare slots (unless target_kl must read them before the backward).
+        """
+        cfg, dist, sync = self.cfg, self.dist, self.grad_sync
+        pending = None if prepared is not None else dist.sum_async(self._local_moments(mb))
+        empty = _flat(mb.valid).numel() == 0  # this rank owns no step of the minibatch
+        outputs = None if empty else self.policy.evaluate(mb)
+        inputs = prepared if pending is None else self._inputs(mb, pending.wait(), clip)
+        if empty:
             loss, stats = None, torch.zeros(len(STATS), device=inputs.weights.device)
         else:
-            loss, stats = self.loss(mb, inputs, clip)
-        return loss, self.dist.sum(stats.detach().clone())
+            loss, stats = self.loss_terms(mb, outputs, inputs, clip)
+        early_stop = cfg.target_kl is not None
+        if early_stop:  # SB3's rule needs the global stats before the step
+            stats = dist.sum(stats.detach().clone())
+            if float(stats[3]) > 1.5 * cfg.target_kl:
+                return None
+        self.zero_grad()
+        if sync is not None:
+            sync.extra_slots.copy_(torch.zeros_like(stats) if early_stop else stats)
+            sync.begin()
+            if loss is not None:
+                loss.backward()
+            sync.finish(backward_ran=loss is not None)
+            if not early_stop:
+                stats = sync.extra_slots.clone()
+        else:  # several parameter tensors: one blocking all-reduce each
+            if loss is not None:
+                loss.backward()
+            self._allreduce_grads()
+            if not early_stop:
+                stats = dist.sum(stats.detach().clone())
+        grad_norm = None
+        if cfg.max_grad_norm is not None and cfg.max_grad_norm > 0:
+            grad_norm = self.clip_grad_norm(cfg.max_grad_norm)
+        # the reduced stats and norm (identical on every rank) decide: all ranks stop together
+        self._check_finite(stats.sum(), grad_norm, stats, iteration)
+        self.optimizer.step()
+        return stats
 
     def _allreduce_grads(self) -> None:
         """Sum the gradient over ranks: one all-reduce of the flat gradient buffer."""
@@ -220,7 +331,7 @@ class PPO:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             self.dist.sum(p.grad)
-        self.allreduce_seconds += time.perf_counter() - start
+        self._allreduce_seconds += time.perf_counter() - start
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         """Scale the grads so that their global L2 norm is at most `max_norm` (the same rule as
@@ -264,25 +375,24 @@ class PPO:
         prepared = self.prepare(whole, clip) if single else None
         for _epoch in range(cfg.n_epochs):
             for mb in [whole] if single else buffer.minibatches(cfg.batch_size, sequence):
-                inputs = prepared if single else self.prepare(mb, clip)
                 if self.dist.active:
-                    loss, step_stats = self._distributed_loss(mb, inputs, clip)
-                else:
-                    loss, step_stats = self.loss(mb, inputs, clip)
+                    step_stats = self._distributed_step(mb, prepared, clip, iteration)
+                    if step_stats is None:
+                        stopped_early = True
+                        break
+                    stats.append(step_stats)
+                    continue
+                inputs = prepared if single else self.prepare(mb, clip)
+                loss, step_stats = self.loss(mb, inputs, clip)
                 if cfg.target_kl is not None and float(step_stats[3]) > 1.5 * cfg.target_kl:
                     stopped_early = True  # SB3's rule: stop before a step that moves too far
                     break
                 self.zero_grad()
-                if loss is not None:  # None: this rank holds no part of the minibatch
-                    loss.backward()
-                if self.dist.active:
-                    self._allreduce_grads()
+                loss.backward()
                 grad_norm = None
                 if cfg.max_grad_norm is not None and cfg.max_grad_norm > 0:
                     grad_norm = self.clip_grad_norm(cfg.max_grad_norm)
-                # the reduced stats (identical on every rank) decide, so all ranks stop together
-                check = step_stats.sum() if self.dist.active else loss
-                self._check_finite(check, grad_norm, step_stats, iteration)
+                self._check_finite(loss, grad_norm, step_stats, iteration)
                 self.optimizer.step()
                 stats.append(step_stats)
             if stopped_early:

@@ -653,16 +653,19 @@ class LMPolicy(nn.Module):
             )
         return out.last_hidden_state
 
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (..., H) -> float32 logits (..., V), without the value head."""
+        if self.compute_dtype is not None:
+            with self._autocast():
+                return self.model.get_output_embeddings()(hidden).float()
+        return self.model.get_output_embeddings()(hidden)
+
     def _heads(
         self, hidden: torch.Tensor, critic_hidden: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """hidden (..., H) -> logits (..., V) and value (...)."""
         if self.value_head is None:  # critic-free: every value is 0
-            if self.compute_dtype is not None:
-                with self._autocast():
-                    logits = self.model.get_output_embeddings()(hidden)
-                return logits.float(), hidden.new_zeros(hidden.shape[:-1], dtype=torch.float32)
-            return self.model.get_output_embeddings()(hidden), hidden.new_zeros(hidden.shape[:-1])
+            return self._logits(hidden), hidden.new_zeros(hidden.shape[:-1], dtype=torch.float32)
         if self.compute_dtype is not None:  # bfloat16 matmuls; float32 logits and values
             with self._autocast():
                 logits = self.model.get_output_embeddings()(hidden)
@@ -887,7 +890,9 @@ class LMPolicy(nn.Module):
         (which may be None)."""
         return self._prefill(obs, LMState(num_envs=obs["input_ids"].shape[0]))[1]
 
-    def evaluate(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(
+        self, batch: Any, with_values: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Re-score `(T, B)` whole-episode columns with one teacher-forced forward.
 
         Each column is cut into segments: maximal runs of valid steps whose observation is the
@@ -897,6 +902,7 @@ class LMPolicy(nn.Module):
         observation's prefix scores them all: the action of step t is predicted at the last
         token of observation t (column `ends_t - 1`). Env-written tokens are inputs there, never
         targets. Returns (T, B) log_prob, entropy, value, zero on invalid steps.
+        `with_values=False` skips the critic (a separate critic's whole forward): values are 0.
         """
         if torch.is_grad_enabled():
             self._version += 1  # parameters are about to change: cached keys/values go stale
@@ -943,10 +949,14 @@ class LMPolicy(nn.Module):
         t_f, b_f, k_f = step_f % T, step_f // T, seg_of[step_f]
         col = ends[t_f, b_f] - 1 + (S - last_end[k_f])  # (n,) column in the segment's sequence
         critic_hidden = None
-        if self.critic_model is not None:
+        if self.critic_model is not None and with_values:
             critic_hidden = self._trunk(self.critic_model, seq, seq_mask, positions, None)
             critic_hidden = critic_hidden[k_f, col]
-        logits, value = self._heads(hidden[k_f, col], critic_hidden)  # (n, V), (n,)
+        if with_values:
+            logits, value = self._heads(hidden[k_f, col], critic_hidden)  # (n, V), (n,)
+        else:
+            logits = self._logits(hidden[k_f, col])
+            value = torch.zeros(logits.shape[0], device=device)
         log_prob, entropy = masked_logprobs_and_entropy(
             logits, actions[t_f, b_f], self.temperature, self.top_k, self.top_p
         )
@@ -990,7 +1000,14 @@ class LMPolicy(nn.Module):
             from agents.policies.lora import LoRAReference
 
             return LoRAReference(self)
-        reference = copy.deepcopy(self)
+        # the reference only scores actions: no copy of a separate critic, no value head (it
+        # would cost a forward of the critic in every KL pass, and its memory)
+        critic, head = self.critic_model, self.value_head
+        self.critic_model, self.value_head = None, None
+        try:
+            reference = copy.deepcopy(self)
+        finally:
+            self.critic_model, self.value_head = critic, head
         reference.top_k, reference.top_p = 0, 1.0
         reference.requires_grad_(False)
         reference.eval()

@@ -203,7 +203,7 @@ class LoRAReference(nn.Module):
         model = policy.model
         scope = use_adapter(model, REFERENCE_ADAPTER) if self.from_adapter else adapters_off(model)
         with scope, policy.sampling(top_k=0, top_p=1.0):
-            return policy.evaluate(batch)
+            return policy.evaluate(batch, with_values=False)  # actions only, no critic
 
 
 def export(policy: nn.Module, folder: str | Path, merge: bool) -> Path:

@@ -167,6 +167,9 @@ class RunConfig(Section):
     # LM policies: "bfloat16" runs the forward passes under autocast (the loss, the log-prob
     # ratio and the optimizer state stay float32)
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # data-parallel runs: the gradient is summed over ranks in buckets of this many MB, each
+    # started as soon as the backward has filled it (overlap); 0: one sum after the backward
+    allreduce_bucket_mb: NonNegFloat = 4.0
 
     @field_validator("device")
     @classmethod

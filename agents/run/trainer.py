@@ -117,7 +117,9 @@ class Trainer:
         )  # fmt: skip
         self.steps_per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
         self.num_iterations = step_budget(cfg) // self.steps_per_iteration
-        self.ppo = PPO(self.policy, cfg.ppo, self.num_iterations, dist)
+        bucket_mb = cfg.run.allreduce_bucket_mb  # float32 elements; 0: one bucket, no overlap
+        bucket_numel = max(int(bucket_mb * 2**20) // 4, 1) if bucket_mb > 0 else 0
+        self.ppo = PPO(self.policy, cfg.ppo, self.num_iterations, dist, bucket_numel)
         self.iteration = 0
         self.global_step = 0  # n_steps * num_envs per iteration (the budget, the x-axis)
         self.transitions = 0  # valid steps: fewer when lockstep rollouts end early (text)
@@ -220,6 +222,10 @@ class Trainer:
             ref = {
                 k[len("reference/") :]: v for k, v in tensors.items() if k.startswith("reference/")
             }
+            # checkpoints before 2026-11-30 hold the LM reference's unused critic and value head
+            own = self.reference.state_dict()
+            legacy = ("value_head.", "critic_model.")
+            ref = {k: v for k, v in ref.items() if k in own or not k.startswith(legacy)}
             self.reference.load_state_dict(ref)
         self.iteration, self.global_step = meta["iteration"], meta["global_step"]
         self.transitions = meta["transitions"]
