@@ -78,6 +78,7 @@ def worker(args: argparse.Namespace) -> None:
 
     cfg = Config.model_validate(config(args.model, args.dtype))
     cfg.run.torch_threads = args.threads
+    cfg.run.allreduce_bucket_mb = args.bucket_mb
     dist = init_distributed("cpu")
     trainer = Trainer(cfg, dist=dist)
     torch.set_num_threads(args.threads)
@@ -129,6 +130,10 @@ def main() -> None:
         help="run the modes this many times, alternately, and report each mode's median: this "
         "VM's speed drifts by up to 1.5x within minutes, which biases one-after-the-other runs",
     )  # fmt: skip
+    parser.add_argument(
+        "--bucket-mb", type=float, default=4.0,
+        help="run.allreduce_bucket_mb of the N-rank run (0: one all-reduce after the backward)",
+    )  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
@@ -141,7 +146,10 @@ def main() -> None:
         tmp = Path(tmp)
         model = build_model(tmp / "model")
         script = [str(Path(__file__).resolve()), "--worker", "--model", model]
-        common = [f"--iterations={args.iterations}", f"--dtype={args.dtype}"]
+        common = [
+            f"--iterations={args.iterations}", f"--dtype={args.dtype}",
+            f"--bucket-mb={args.bucket_mb}",
+        ]  # fmt: skip
         py = sys.executable
         runs: dict[str, list[dict]] = {}
         modes = args.modes.split(",")

@@ -3,6 +3,8 @@
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/dist_worker.py \
         equivalence OUT_DIR CASES.json
 
+`collectives`: `Distributed`'s collectives on rank-dependent inputs (CASES.json unused).
+
 `equivalence`: for each case (a config dict), every rank collects the SAME 1-rank rollout of all
 `env.num_envs` rows (same seed, same initial weights), keeps the rows it owns, and runs one
 training iteration through a Trainer of this world size (score normalization, KL penalty and
@@ -105,6 +107,24 @@ def resume(cfg_dict: dict, out: Path, dist: Any) -> None:
     Trainer(cfg, out / "part", resume=True, dist=dist).learn()
 
 
+def collectives(out: Path, dist: Any) -> None:
+    """Rank-dependent inputs to `Distributed`'s collectives; rank 0 writes what it got back."""
+    r = dist.rank
+    lists = {"a": [r, r + 0.5], "only_rank_0": [3.25] * (r == 0), "empty": []}
+    if r == 1:
+        lists["only_rank_1"] = [7.0, -1.0, 1e300]
+    gathered = dist.gather_lists(lists)
+    pending = dist.sum_async(torch.tensor([1.0, r]))
+    result = {
+        "gather_lists": gathered,
+        "gather_lists_list": list(gathered),  # key order
+        "sum_async": pending.wait().tolist(),
+        "gather_floats": dist.gather_floats([r] * (r + 1)),
+    }
+    if dist.is_main:
+        (out / "collectives.json").write_text(json.dumps(result))
+
+
 def main(argv: list[str]) -> None:
     from safetensors.torch import save_file
 
@@ -113,8 +133,12 @@ def main(argv: list[str]) -> None:
     mode, out, cases_file = argv
     torch.set_num_threads(1)
     dist = init_distributed("cpu", timeout_s=120)
-    if mode not in ("equivalence", "resume"):
-        raise ValueError(f"mode must be 'equivalence' or 'resume', got {mode!r}")
+    if mode not in ("equivalence", "resume", "collectives"):
+        raise ValueError(f"mode must be 'equivalence', 'resume' or 'collectives', got {mode!r}")
+    if mode == "collectives":
+        collectives(Path(out), dist)
+        dist.close()
+        return
     cases = json.loads(Path(cases_file).read_text())
     if mode == "resume":
         resume(cases, Path(out), dist)

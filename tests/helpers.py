@@ -123,7 +123,8 @@ def lm_rollout(
     deterministic: bool = False,
 ) -> tuple[SimpleNamespace, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Act `steps` times, writing actions into the observation as the env does; returns a
-    (T, B, ...) batch in the buffer's layout plus the act() log-probs and values."""
+    (T, B, ...) batch in the buffer's layout plus the act() log-probs and the rollout's values
+    (`rollout_values` for a policy with `values_after_rollout`, as the collector does)."""
     ids, mask = ids.clone(), mask.clone()
     state = policy.initial_state(ids.shape[0])
     obs_ids, obs_mask, acts, logps, values = [], [], [], [], []
@@ -141,7 +142,11 @@ def lm_rollout(
         actions=torch.stack(acts),
         valid=torch.ones(steps, ids.shape[0], dtype=torch.bool),
     )
-    return batch, torch.stack(logps), torch.stack(values)
+    values = torch.stack(values)
+    if getattr(policy, "values_after_rollout", False):  # as the rollout collector does
+        assert not values.any()  # act() left them out
+        values = policy.rollout_values(batch)
+    return batch, torch.stack(logps), values
 
 
 def text_config(model_path: str, run_root: str, **ppo: Any) -> dict:

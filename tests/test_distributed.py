@@ -92,8 +92,26 @@ def test_world_size_1_is_a_no_op():
     assert dist.sum(t) is t and t.tolist() == [1.5, 2.0]
     assert dist.sum_floats(1.0, 2) == [1.0, 2]
     assert dist.gather_floats([3, 4]) == [3.0, 4.0]
-    assert dist.union_keys(["b", "a", "b"]) == ["a", "b"]
+    assert dist.gather_lists({"b": [1], "a": []}) == {"b": [1.0], "a": []}
     assert dist.moments(torch.tensor([1.0, 3.0])) == (2, 2.0, 2.0)
+
+
+def test_collectives_combine_rank_dependent_inputs(tmp_path):
+    result = _torchrun(
+        "--standalone", "--nproc_per_node=2", str(TESTS / "dist_worker.py"),
+        "collectives", str(tmp_path), "-",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = json.loads((tmp_path / "collectives.json").read_text())
+    assert got["gather_lists"] == {
+        "a": [0.0, 0.5, 1.0, 1.5],  # rank order
+        "empty": [],
+        "only_rank_0": [3.25],
+        "only_rank_1": [7.0, -1.0, 1e300],  # float64, exactly
+    }
+    assert got["gather_lists_list"] == ["a", "empty", "only_rank_0", "only_rank_1"]
+    assert got["sum_async"] == [2.0, 1.0]
+    assert got["gather_floats"] == [0.0, 1.0, 1.0]
 
 
 def test_num_envs_and_batch_size_must_divide_the_world_size():

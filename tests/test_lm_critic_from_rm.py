@@ -25,7 +25,7 @@ def test_value_head_and_trunk_start_from_the_reward_model(gpt2_path, rm_path):
     assert policy.value_head.bias.item() == 0.0  # GPT-2's score head has no bias
     # the value of a prompt (before the first action) is the reward model's score of that text
     ids, mask = make_prompts([8, 8, 8], P, N, seed=3)  # full-width prompts: no padding
-    _, _, value, _ = policy.act({"input_ids": ids, "attention_mask": mask}, policy.initial_state(3))
+    value = policy.predict_value({"input_ids": ids, "attention_mask": mask}, None)
     with torch.no_grad():
         score = rm(input_ids=ids[:, :P], attention_mask=mask[:, :P]).logits.squeeze(-1)
     torch.testing.assert_close(value, score, atol=1e-5, rtol=0)

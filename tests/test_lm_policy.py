@@ -94,7 +94,14 @@ def test_separate_critic_matches_between_act_and_evaluate(gpt2_path, llama_path)
     with torch.no_grad():
         logp, _, value = policy.evaluate(batch)
     torch.testing.assert_close(logp, logp_act, atol=1e-5, rtol=0)
+    # the values come after the rollout (one batched critic forward), as evaluate's
+    assert policy.values_after_rollout
     torch.testing.assert_close(value, value_act, atol=1e-5, rtol=0)
+    assert value.abs().min() > 0  # real values, not the 0 act() returns
+    # bootstrapping: predict_value of an observation is the value at that step
+    for t in (0, N - 1):
+        obs = {k: v[t] for k, v in batch.obs.items()}
+        torch.testing.assert_close(policy.predict_value(obs, None), value[t], atol=1e-5, rtol=0)
 
 
 def test_reference_of_a_separate_critic_policy_is_the_actor_alone(gpt2_path, llama_path):

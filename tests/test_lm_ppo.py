@@ -14,8 +14,13 @@ from agents.run.config import load_config
 from agents.run.trainer import Trainer
 
 
-def test_at_init_kl_is_zero_and_ratio_is_one(gpt2_ctx64_path, tmp_path):
-    trainer = Trainer(load_config(text_config(gpt2_ctx64_path, str(tmp_path))))
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_at_init_kl_is_zero_and_ratio_is_one(gpt2_ctx64_path, tmp_path, critic):
+    """...and the rollout's values are evaluate's: from the cached steps (shared critic), or
+    from the one batched forward after the rollout (separate critic, `rollout_values`)."""
+    cfg = text_config(gpt2_ctx64_path, str(tmp_path))
+    cfg["policy"]["critic"] = critic
+    trainer = Trainer(load_config(cfg))
     trainer.collector.collect()
     buffer = trainer.buffer
     assert buffer.valid.any()

@@ -128,21 +128,35 @@ class Distributed:
         parts = self._all_gather(padded)
         return [v for part, c in zip(parts, counts) for v in part[: int(c)].tolist()]
 
-    def union_keys(self, keys: Iterable[str]) -> list[str]:
-        """The sorted union of every rank's keys (as JSON bytes in a tensor, not pickle)."""
-        keys = sorted(set(keys))
+    def gather_lists(self, lists: dict[str, list[float]]) -> dict[str, list[float]]:
+        """For every key any rank has, the concatenation in rank order of every rank's list
+        (a rank without the key adds nothing): two all-gathers in all, of the byte lengths and
+        of the padded bytes (a JSON header of the keys and lengths, then the float64 values)."""
         if not self.active:
-            return keys
-        data = torch.tensor(list(json.dumps(keys).encode()), dtype=torch.uint8)
+            return {k: [float(v) for v in values] for k, values in lists.items()}
+        header = json.dumps({k: len(v) for k, v in lists.items()}).encode()
+        values = torch.tensor([float(v) for vs in lists.values() for v in vs], dtype=torch.float64)
+        data = torch.cat(
+            [
+                torch.tensor([len(header)], dtype=torch.int64).view(torch.uint8),
+                torch.tensor(list(header), dtype=torch.uint8),
+                values.view(torch.uint8),
+            ]
+        )
         counts = self._all_gather(torch.tensor([data.numel()], dtype=torch.int64))
-        width = max(int(c) for c in counts)
-        padded = torch.zeros(width, dtype=torch.uint8)
+        padded = torch.zeros(max(int(c) for c in counts), dtype=torch.uint8)
         padded[: data.numel()] = data
-        parts = self._all_gather(padded)
-        union: set[str] = set()
-        for part, c in zip(parts, counts):
-            union.update(json.loads(bytes(part[: int(c)].tolist()).decode()))
-        return sorted(union)
+        out: dict[str, list[float]] = {}
+        for part, count in zip(self._all_gather(padded), counts):
+            part = part[: int(count)]
+            n = int(part[:8].view(torch.int64))
+            sizes = json.loads(bytes(part[8 : 8 + n].tolist()).decode())
+            flat = part[8 + n :].clone().view(torch.float64).tolist()
+            offset = 0
+            for key, size in sizes.items():
+                out.setdefault(key, []).extend(flat[offset : offset + size])
+                offset += size
+        return {k: out[k] for k in sorted(out)}
 
     def broadcast_str(self, text: str | None) -> str:
         """Rank 0's string on every rank (e.g. the run folder it created)."""

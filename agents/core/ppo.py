@@ -59,13 +59,19 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, valid: torch
 def global_explained_variance(
     values: torch.Tensor, returns: torch.Tensor, valid: torch.Tensor, dist: Distributed
 ) -> float:
-    """`explained_variance` over the valid steps of all ranks (float64 moments)."""
+    """`explained_variance` over the valid steps of all ranks, from float64 sums (one
+    collective)."""
     v, r = values[valid].double(), returns[valid].double()
-    _, _, m2_returns = dist.moments(r)
-    _, _, m2_error = dist.moments(r - v)
-    if m2_returns == 0:
+    e = r - v
+    n, r_sum, r_sq, e_sum, e_sq = dist.sum_floats(
+        r.numel(), float(r.sum()), float(r @ r), float(e.sum()), float(e @ e)
+    )
+    if n == 0:
         return float("nan")
-    return 1.0 - m2_error / m2_returns
+    var_returns = r_sq / n - (r_sum / n) ** 2
+    if var_returns <= 1e-12 * r_sq / n:  # constant returns (up to the sums' rounding)
+        return float("nan")
+    return 1.0 - (e_sq / n - (e_sum / n) ** 2) / var_returns
 
 
 def flatten_parameters(

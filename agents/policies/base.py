@@ -52,6 +52,11 @@ class ActorCritic(Protocol):
     `from_config(policy_cfg, observation_space, action_space)`. Optionally, a classmethod
     `check_env_kwargs(policy_cfg, env_kwargs)` that refuses env sizes its model cannot take,
     called before any env is built (the LM policy checks prompt + response against the context).
+
+    Optionally, a sequence policy whose critic does not shape the sampling may leave the values
+    out of `act` (returning 0) and set `values_after_rollout = True`: the collector then fills
+    the rollout's values with `rollout_values(batch)`, (T, B) from the whole `(T, B, ...)`
+    rollout at once (the LM with a separate critic: one batched forward, not one per token).
     """
 
     is_sequence_policy: bool

@@ -358,7 +358,6 @@ class LMState:
 
     num_envs: int
     cache: DynamicCache | None = None
-    critic_cache: DynamicCache | None = None
     mask: torch.Tensor | None = None  # (B, S) attention mask of everything cached so far
     next_pos: torch.Tensor | None = None  # (B,) position id of the next fed token
     last_action: torch.Tensor | None = None  # (B,) token sampled at the previous step
@@ -375,6 +374,29 @@ class LMState:
     write_col: torch.Tensor | None = None  # (B, 1)
     advance: torch.Tensor | None = None  # (B, 1): 1, or 0 for a stale row
     live_end: int = -1  # the largest prefix length of a row that is not stale
+
+
+@dataclass
+class EvalPlan:
+    """How `evaluate` scores `(T, B)` columns: K sequences (one per segment, right-aligned to
+    width S) and, for each of the n valid steps, the sequence and column that predict its
+    action."""
+
+    seq: torch.Tensor  # (K, S) token ids
+    seq_mask: torch.Tensor  # (K, S)
+    positions: torch.Tensor  # (K, S)
+    k_f: torch.Tensor  # (n,) sequence of each valid step
+    col: torch.Tensor  # (n,) column of each valid step
+    actions: torch.Tensor  # (n,) each valid step's action
+    step_f: torch.Tensor  # (n,) flat b * T + t of each valid step
+    T: int
+    B: int
+
+    def to_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """(n,) per valid step -> (T, B), 0 on invalid steps."""
+        out = torch.zeros(self.B * self.T, dtype=x.dtype, device=x.device)
+        out[self.step_f] = x
+        return out.view(self.B, self.T).T
 
 
 # ----------------------------------------------------------------------------- policy
@@ -660,6 +682,15 @@ class LMPolicy(nn.Module):
                 return self.model.get_output_embeddings()(hidden).float()
         return self.model.get_output_embeddings()(hidden)
 
+    def _value(self, critic_hidden: torch.Tensor) -> torch.Tensor:
+        """The critic's hidden state (..., H) -> float32 value (...)."""
+        if self.value_head is None:
+            return critic_hidden.new_zeros(critic_hidden.shape[:-1], dtype=torch.float32)
+        if self.compute_dtype is not None:
+            with self._autocast():
+                return self.value_head(critic_hidden).squeeze(-1).float()
+        return self.value_head(critic_hidden).squeeze(-1)
+
     def _heads(
         self, hidden: torch.Tensor, critic_hidden: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -676,6 +707,14 @@ class LMPolicy(nn.Module):
         value_input = hidden if critic_hidden is None else critic_hidden
         return logits, self.value_head(value_input).squeeze(-1)
 
+    def _act_heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and value from the actor's hidden state during a rollout. A separate critic's
+        values are not computed here (0): `rollout_values` scores every step after the rollout
+        in one batched forward, so a token step costs one cached forward of the actor alone."""
+        if self.critic_model is None:
+            return self._heads(hidden, None)
+        return self._logits(hidden), hidden.new_zeros(hidden.shape[:-1], dtype=torch.float32)
+
     def _prefill(self, obs: dict[str, torch.Tensor], state: LMState) -> tuple[torch.Tensor, ...]:
         """Encode each row's whole observed prefix; fills fresh caches in `state`."""
         ids, mask = obs["input_ids"].long(), obs["attention_mask"].long()  # (B, L)
@@ -685,17 +724,11 @@ class LMPolicy(nn.Module):
         positions = position_ids_from_mask(mask)
         state.cache = new_cache(self.model)
         hidden = self._trunk(self.model, ids, mask, positions, state.cache)[:, -1]  # (B, H)
-        critic_hidden = None
-        if self.critic_model is not None:
-            state.critic_cache = new_cache(self.critic_model)
-            critic_hidden = self._trunk(
-                self.critic_model, ids, mask, positions, state.critic_cache
-            )[:, -1]
         state.mask = mask
         state.next_pos = mask.sum(1)
         state.version = self._version
         state.stale = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        return self._heads(hidden, critic_hidden)
+        return self._act_heads(hidden)
 
     def _splice(
         self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, state: LMState
@@ -708,10 +741,7 @@ class LMPolicy(nn.Module):
         token like any other row's. Returns False, changing nothing, when the cache's layers cannot
         be written in place or a prefix is wider than S: the caller then re-encodes every row."""
         width = state.mask.shape[1]
-        caches = [(self.model, state.cache)]
-        if self.critic_model is not None:
-            caches.append((self.critic_model, state.critic_cache))
-        if not all(spliceable(cache, width) for _, cache in caches):
+        if not spliceable(state.cache, width):
             return False
         row_mask = mask[rows].long()  # (R, L)
         ends = prefix_lengths(row_mask)  # (R,)
@@ -723,12 +753,11 @@ class LMPolicy(nn.Module):
         if span > 0:
             pre_ids, pre_mask = right_align(ids[rows], row_mask, ends - 1, span, self.pad_id)
             positions = position_ids_from_mask(pre_mask)
-            for model, cache in caches:
-                part = DynamicCache(config=model.config)
-                self._trunk(model, pre_ids, pre_mask, positions, part)
-                for layer, new in zip(cache.layers, part.layers, strict=True):
-                    layer._k[rows, :, width - span : width] = new.keys
-                    layer._v[rows, :, width - span : width] = new.values
+            part = DynamicCache(config=self.model.config)
+            self._trunk(self.model, pre_ids, pre_mask, positions, part)
+            for layer, new in zip(state.cache.layers, part.layers, strict=True):
+                layer._k[rows, :, width - span : width] = new.keys
+                layer._v[rows, :, width - span : width] = new.values
             new_mask[:, width - span :] = pre_mask
         state.mask[rows] = new_mask
         state.next_pos[rows] = new_mask.sum(1)
@@ -828,13 +857,8 @@ class LMPolicy(nn.Module):
         state.mask = torch.cat([state.mask, torch.ones_like(ids)], dim=1)  # (B, S+1)
         positions = state.next_pos.unsqueeze(1)  # (B, 1)
         hidden = self._trunk(self.model, ids, state.mask, positions, state.cache)[:, -1]
-        critic_hidden = None
-        if self.critic_model is not None:
-            critic_hidden = self._trunk(
-                self.critic_model, ids, state.mask, positions, state.critic_cache
-            )[:, -1]
         state.next_pos = state.next_pos + 1
-        return self._heads(hidden, critic_hidden)
+        return self._act_heads(hidden)
 
     def _feed(
         self, state: LMState, ids: torch.Tensor, mask: torch.Tensor
@@ -845,13 +869,8 @@ class LMPolicy(nn.Module):
         state.mask = torch.cat([state.mask, mask], dim=1)  # (B, S+W)
         positions = state.next_pos.unsqueeze(1) + (mask.cumsum(1) - 1).clamp(min=0)  # (B, W)
         hidden = self._trunk(self.model, ids, state.mask, positions, state.cache)[:, -1]
-        critic_hidden = None
-        if self.critic_model is not None:
-            critic_hidden = self._trunk(
-                self.critic_model, ids, state.mask, positions, state.critic_cache
-            )[:, -1]
         state.next_pos = state.next_pos + mask.sum(1)
-        return self._heads(hidden, critic_hidden)
+        return self._act_heads(hidden)
 
     # -- policy protocol --------------------------------------------------------------------
 
@@ -867,7 +886,8 @@ class LMPolicy(nn.Module):
     def act(
         self, obs: dict[str, torch.Tensor], state: LMState, deterministic: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, LMState]:
-        """Sample one token per row. Returns action (B,), log_prob (B,), value (B,), state."""
+        """Sample one token per row. Returns action (B,), log_prob (B,), value (B,), state.
+        With a separate critic the values are 0 here: see `values_after_rollout`."""
         ids, mask = obs["input_ids"].long(), obs["attention_mask"]  # (B, L)
         if state.cache is None or state.version != self._version:
             logits, value = self._prefill(obs, state)
@@ -888,7 +908,33 @@ class LMPolicy(nn.Module):
     def predict_value(self, obs: dict[str, torch.Tensor], state: LMState) -> torch.Tensor:
         """Value of `obs` (B,), computed from the observation alone; leaves `state` untouched
         (which may be None)."""
-        return self._prefill(obs, LMState(num_envs=obs["input_ids"].shape[0]))[1]
+        if self.critic_model is None:
+            return self._prefill(obs, LMState(num_envs=obs["input_ids"].shape[0]))[1]
+        ids, mask = obs["input_ids"].long(), obs["attention_mask"].long()  # (B, L)
+        ends = prefix_lengths(mask)
+        ids, mask = right_align(ids, mask, ends, attended_width(mask, ends), self.pad_id)
+        hidden = self._trunk(self.critic_model, ids, mask, position_ids_from_mask(mask), None)
+        return self._value(hidden[:, -1])
+
+    @property
+    def values_after_rollout(self) -> bool:
+        """True with a separate critic: `act` returns values of 0 and the rollout collector
+        asks `rollout_values` for them once the rollout is done. The critic never shapes the
+        sampling, so its values come from ONE batched forward over the finished sequences
+        (compute-bound) instead of a cached forward per token (bound by streaming the critic's
+        weights at every step): the rollout streams the actor alone."""
+        return self.critic_model is not None
+
+    @torch.no_grad()
+    def rollout_values(self, batch: Any) -> torch.Tensor:
+        """(T, B) values of every valid step of the `(T, B)` columns `batch` (0 elsewhere): the
+        critic's part of `evaluate`, the same numbers `evaluate` gives."""
+        plan = self._plan(batch)
+        if plan is None:
+            return torch.zeros(batch.valid.shape, device=batch.actions.device)
+        critic = self.critic_model if self.critic_model is not None else self.model
+        hidden = self._trunk(critic, plan.seq, plan.seq_mask, plan.positions, None)
+        return plan.to_steps(self._value(hidden[plan.k_f, plan.col]))
 
     def evaluate(
         self, batch: Any, with_values: bool = True
@@ -906,11 +952,36 @@ class LMPolicy(nn.Module):
         """
         if torch.is_grad_enabled():
             self._version += 1  # parameters are about to change: cached keys/values go stale
+        plan = self._plan(batch)
+        if plan is None:
+            zeros = torch.zeros(batch.valid.shape, device=batch.actions.device)
+            return zeros, zeros.clone(), zeros.clone()
+
+        # 3. one forward; step t's action is predicted at observation t's last token
+        hidden = self._trunk(self.model, plan.seq, plan.seq_mask, plan.positions, None)
+        hidden = hidden[plan.k_f, plan.col]  # (n, H)
+        if with_values:
+            critic_hidden = None
+            if self.critic_model is not None:
+                critic_hidden = self._trunk(
+                    self.critic_model, plan.seq, plan.seq_mask, plan.positions, None
+                )[plan.k_f, plan.col]
+            logits, value = self._heads(hidden, critic_hidden)  # (n, V), (n,)
+        else:
+            logits = self._logits(hidden)
+            value = torch.zeros(logits.shape[0], device=logits.device)
+        log_prob, entropy = masked_logprobs_and_entropy(
+            logits, plan.actions, self.temperature, self.top_k, self.top_p
+        )
+        return plan.to_steps(log_prob), plan.to_steps(entropy), plan.to_steps(value)
+
+    def _plan(self, batch: Any) -> EvalPlan | None:
+        """Steps 1-2 of `evaluate`: the segments of the `(T, B)` columns and the sequences that
+        score them (None when no step is valid)."""
         ids, mask = batch.obs["input_ids"].long(), batch.obs["attention_mask"].long()  # (T,B,L)
         from_env = batch.obs.get("from_env") if isinstance(batch.obs, Mapping) else None
         actions, valid = batch.actions.long(), batch.valid.bool()  # (T, B)
         T, B, L = ids.shape
-        device = ids.device
 
         # 1. segments, enumerated column by column: (B, T) layout, flattened
         ends = prefix_lengths(mask)  # (T, B)
@@ -930,8 +1001,7 @@ class LMPolicy(nn.Module):
         start_idx = starts_f.nonzero().squeeze(1)  # (K,) flat (b*T + t) index of each start
         K = start_idx.numel()
         if K == 0:
-            zeros = torch.zeros(T, B, device=device)
-            return zeros, zeros.clone(), zeros.clone()
+            return None
         seg_b, seg_t0 = start_idx // T, start_idx % T  # (K,)
         lengths = torch.bincount(seg_of[valid_f], minlength=K)  # (K,)
         seg_t1 = seg_t0 + lengths - 1  # (K,) the segment's last step
@@ -943,31 +1013,11 @@ class LMPolicy(nn.Module):
         seq, seq_mask = right_align(ids[seg_t1, seg_b], last_mask, last_end, S, self.pad_id)
         positions = position_ids_from_mask(seq_mask)
 
-        # 3. one forward; step t's action is predicted at observation t's last token
-        hidden = self._trunk(self.model, seq, seq_mask, positions, None)  # (K, S, H)
+        # the valid steps: step t's action is predicted at observation t's last token
         step_f = valid_f.nonzero().squeeze(1)  # (n,) flat b*T + t of each valid step
         t_f, b_f, k_f = step_f % T, step_f // T, seg_of[step_f]
         col = ends[t_f, b_f] - 1 + (S - last_end[k_f])  # (n,) column in the segment's sequence
-        critic_hidden = None
-        if self.critic_model is not None and with_values:
-            critic_hidden = self._trunk(self.critic_model, seq, seq_mask, positions, None)
-            critic_hidden = critic_hidden[k_f, col]
-        if with_values:
-            logits, value = self._heads(hidden[k_f, col], critic_hidden)  # (n, V), (n,)
-        else:
-            logits = self._logits(hidden[k_f, col])
-            value = torch.zeros(logits.shape[0], device=device)
-        log_prob, entropy = masked_logprobs_and_entropy(
-            logits, actions[t_f, b_f], self.temperature, self.top_k, self.top_p
-        )
-
-        # 4. scatter back to (T, B); invalid steps stay 0
-        def to_steps(x: torch.Tensor) -> torch.Tensor:  # (n,) -> (T, B)
-            out = torch.zeros(B * T, dtype=x.dtype, device=device)
-            out[step_f] = x
-            return out.view(B, T).T
-
-        return to_steps(log_prob), to_steps(entropy), to_steps(value)
+        return EvalPlan(seq, seq_mask, positions, k_f, col, actions[t_f, b_f], step_f, T, B)
 
     # -- sampling settings and the reference ------------------------------------------------
 

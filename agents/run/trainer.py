@@ -455,14 +455,17 @@ class Trainer:
     def _all_episodes(self, episodes: EpisodeLog) -> EpisodeLog:
         """The episodes of every rank (returns, lengths, numeric infos; text samples stay this
         rank's own), so that logged means and counts are the whole run's."""
-        dist = self.dist
+        lists = {f"info/{k}": v for k, v in episodes.metrics.items()}
+        lists.update(returns=episodes.returns, lengths=episodes.lengths)
+        everything = self.dist.gather_lists(lists)  # two collectives for all of it
         combined = EpisodeLog(
-            returns=dist.gather_floats(episodes.returns),
-            lengths=[int(v) for v in dist.gather_floats(episodes.lengths)],
+            returns=everything.get("returns", []),
+            lengths=[int(v) for v in everything.get("lengths", [])],
             samples=episodes.samples,
         )
-        for key in dist.union_keys(episodes.metrics):
-            combined.metrics[key] = dist.gather_floats(episodes.metrics.get(key, []))
+        for key, values in everything.items():
+            if key.startswith("info/"):
+                combined.metrics[key[len("info/") :]] = values
         return combined
 
 
