@@ -48,8 +48,10 @@ class BucketedGradSum:
         base, size = storage.data_ptr(), storage.element_size()
         # (offset, param) from the end of the buffer backwards
         located = sorted(
-            ((p.grad.data_ptr() - base) // size, p) for p in params if p.grad is not None
-        )[::-1]
+            (((p.grad.data_ptr() - base) // size, p) for p in params if p.grad is not None),
+            key=lambda item: item[0],
+            reverse=True,
+        )
         total = storage.numel()
         self.ranges: list[tuple[int, int]] = []  # bucket k covers storage[lo:hi]
         self.bucket_of: dict[int, int] = {}  # id(param) -> bucket index
