@@ -3,7 +3,9 @@
 #   1. the default test suite (the CUDA-only tests run instead of being skipped);
 #   2. a short text PPO training (configs/text_edit_distance.yaml, 40 iterations, no periodic
 #      eval) on 1 GPU in float32 and in bfloat16, and on all N GPUs (torchrun, NCCL) when N > 1;
-#   3. the ratios: N GPUs / 1 GPU and bfloat16 / float32, from each run's summary.json.
+#      (N > 1: also with run.allreduce_bucket_mb=0, the gradient summed after the backward);
+#   3. the ratios: N GPUs / 1 GPU, bfloat16 / float32 and overlap / no overlap, from each run's
+#      summary.json.
 #
 #   bash benchmarks/gpu_check.sh [OUT_DIR]      (default docs/results/gpu_check)
 #
@@ -36,6 +38,9 @@ python -m agents.cli train "${COMMON[@]}" run.dtype=bfloat16 --name gpu1_bfloat1
 if [ "$NGPU" -gt 1 ]; then
   python -m torch.distributed.run --standalone --nproc_per_node="$NGPU" -m agents.cli train \
     "${COMMON[@]}" --name "gpu${NGPU}_float32" --overwrite
+  # the same without overlapping the gradient sum with the backward (one bucket after it)
+  python -m torch.distributed.run --standalone --nproc_per_node="$NGPU" -m agents.cli train \
+    "${COMMON[@]}" run.allreduce_bucket_mb=0 --name "gpu${NGPU}_float32_nooverlap" --overwrite
 else
   echo "only 1 GPU: the N-GPU run is skipped (NCCL needs one GPU per rank)"
 fi
@@ -54,4 +59,7 @@ base = runs["gpu1_float32"]["wall_time_s"]
 print(f"bfloat16 / float32 on 1 GPU: {runs['gpu1_bfloat16']['wall_time_s'] / base:.2f}x")
 if f"gpu{n}_float32" in runs and n > 1:
     print(f"{n} GPUs / 1 GPU: {runs[f'gpu{n}_float32']['wall_time_s'] / base:.2f}x")
+    overlap = runs[f"gpu{n}_float32"]["wall_time_s"]
+    print(f"{n} GPUs, bucketed overlap / one sum after the backward: "
+          f"{overlap / runs[f'gpu{n}_float32_nooverlap']['wall_time_s']:.2f}x")
 PY
