@@ -13,7 +13,9 @@ minibatches. The same config runs three ways, one after the other (never concurr
 
 Each reports the median seconds of an iteration (rollout + update) over `--iterations` after one
 warm-up iteration, the rollout / update split, and (N ranks) the gradient all-reduce's share of
-the update time. Ratios are printed against the baseline; the target for 2 ranks is <= 0.6.
+the update time: the time spent waiting for it after the backward (with `--bucket-mb` > 0 the
+rest hides in the backward; `--bucket-mb 0` shows the whole sum). Ratios are printed against the
+baseline; the target for 2 ranks is <= 0.6.
 Measure on a quiet machine: other processes on the same cores distort every number.
 """
 
