@@ -38,6 +38,18 @@ class LossInputs(NamedTuple):
     coef: torch.Tensor  # -advantages * weights
 
 
+def _loss_inputs(weights: torch.Tensor, advantages: torch.Tensor, clip: float) -> LossInputs:
+    """The clip bounds and coefficients of the loss from the weights and (final) advantages.
+
+    PPO's clipped surrogate max(-A r, -A clip(r, 1-eps, 1+eps)) equals -A clamp(r, lo, hi) with
+    hi = 1+eps where A > 0 and lo = 1-eps where A < 0, unbounded otherwise (the simplified form
+    from OpenAI Spinning Up): one clamp and one dot in the graph."""
+    inf = torch.full_like(advantages, math.inf)
+    ratio_low = torch.where(advantages < 0, 1.0 - clip, -inf)
+    ratio_high = torch.where(advantages > 0, 1.0 + clip, inf)
+    return LossInputs(weights, advantages, ratio_low, ratio_high, -advantages * weights)
+
+
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """(T, B) -> (T*B,); (B,) unchanged (no view node in the autograd graph)."""
     return x if x.dim() == 1 else x.reshape(-1)
@@ -168,26 +180,19 @@ class PPO:
         per minibatch; once per update when a minibatch is the whole rollout)."""
         if self.dist.active:  # one collective for the global counts and moments
             return self._inputs(mb, self.dist.sum(self._local_moments(mb)), clip)
-        dist = self.dist
         valid = _flat(mb.valid).float()  # (B,) or (T*B,)
-        count = dist.sum(valid.sum()).clamp(min=1.0)  # global over ranks
+        count = valid.sum().clamp(min=1.0)
         weights = token_weights = valid / count
         if self.cfg.loss_aggregation == "sequence":  # each episode's steps weigh 1 in total
             per_episode = valid * _flat(mb.episode_weights)
-            weights = per_episode / dist.sum(per_episode.sum()).clamp(min=1e-12)
+            weights = per_episode / per_episode.sum().clamp(min=1e-12)
         advantages = _flat(mb.advantages)
         if self.cfg.normalize_advantage:
-            mean = dist.sum(torch.dot(advantages, token_weights))
-            var = dist.sum(torch.dot((advantages - mean).square(), token_weights))
+            mean = torch.dot(advantages, token_weights)
+            var = torch.dot((advantages - mean).square(), token_weights)
             std = (var * count / (count - 1).clamp(min=1.0)).sqrt()  # unbiased, like torch.std
             advantages = (advantages - mean) / (std + 1e-8) * valid
-        # PPO's clipped surrogate max(-A r, -A clip(r, 1-eps, 1+eps)) equals -A clamp(r, lo, hi)
-        # with hi = 1+eps where A > 0 and lo = 1-eps where A < 0, unbounded otherwise (the
-        # simplified form from OpenAI Spinning Up): one clamp and one dot in the graph.
-        inf = torch.full_like(advantages, math.inf)
-        ratio_low = torch.where(advantages < 0, 1.0 - clip, -inf)
-        ratio_high = torch.where(advantages > 0, 1.0 + clip, inf)
-        return LossInputs(weights, advantages, ratio_low, ratio_high, -advantages * weights)
+        return _loss_inputs(weights, advantages, clip)
 
     @torch.no_grad()
     def _local_moments(self, mb: Minibatch) -> torch.Tensor:
@@ -215,10 +220,7 @@ class PPO:
             var = max(squares / count - mean * mean, 0.0)  # float64: no cancellation here
             std = math.sqrt(var * count / max(count - 1.0, 1.0))  # unbiased, like torch.std
             advantages = (advantages - mean) / (std + 1e-8) * valid
-        inf = torch.full_like(advantages, math.inf)
-        ratio_low = torch.where(advantages < 0, 1.0 - clip, -inf)
-        ratio_high = torch.where(advantages > 0, 1.0 + clip, inf)
-        return LossInputs(weights, advantages, ratio_low, ratio_high, -advantages * weights)
+        return _loss_inputs(weights, advantages, clip)
 
     def loss(
         self, mb: Minibatch, inputs: LossInputs, clip: float
