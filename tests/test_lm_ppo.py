@@ -69,6 +69,22 @@ def test_checkpoint_round_trip_restores_the_lm_policy(gpt2_ctx64_path, tmp_path)
             torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+def test_a_checkpoint_whose_reference_has_a_value_head_still_loads(gpt2_ctx64_path, tmp_path):
+    """Checkpoints before 2026-11-30 saved the LM reference with its (unused) value head and
+    separate critic; the reference now holds the actor alone. Such keys are skipped on load."""
+    cfg = load_config(text_config(gpt2_ctx64_path, str(tmp_path)))
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.iterate()
+    own = trainer.reference.state_dict
+    legacy = {"value_head.weight": torch.ones(1, 8), "value_head.bias": torch.zeros(1)}
+    trainer.reference.state_dict = lambda: {**own(), **legacy}  # as the old reference wrote
+    path = trainer.save()
+    assert "reference/value_head.weight" in ckpt.read_checkpoint(path)[1]
+    resumed = Trainer(cfg, tmp_path / "run", resume=True)
+    for key, value in own().items():
+        assert torch.equal(resumed.reference.state_dict()[key], value), key
+
+
 @pytest.mark.slow
 def test_ppo_improves_heldout_edit_distance_reward():
     """configs/text_edit_distance.yaml as shipped (~5 min) with seed 2, the seed that was slow

@@ -222,10 +222,8 @@ class Trainer:
             ref = {
                 k[len("reference/") :]: v for k, v in tensors.items() if k.startswith("reference/")
             }
-            # checkpoints before 2026-11-30 hold the LM reference's unused critic and value head
-            own = self.reference.state_dict()
-            legacy = ("value_head.", "critic_model.")
-            ref = {k: v for k, v in ref.items() if k in own or not k.startswith(legacy)}
+            # checkpoints before 2026-11-30 also hold the LM reference's unused critic and value
+            # head: its `critic_model` and `value_head` are None now, and torch skips their keys
             self.reference.load_state_dict(ref)
         self.iteration, self.global_step = meta["iteration"], meta["global_step"]
         self.transitions = meta["transitions"]
