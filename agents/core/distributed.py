@@ -75,21 +75,14 @@ class Distributed:
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """All-reduce (sum) `tensor` in place across ranks; returns it (itself at world size 1)."""
-        if self.active:
-            if tensor.device != self.device:  # e.g. a CPU statistic under NCCL
-                moved = tensor.to(self.device)
-                torch.distributed.all_reduce(moved)
-                tensor.copy_(moved)
-            else:
-                torch.distributed.all_reduce(tensor)
-        return tensor
+        return self.sum_async(tensor).wait()
 
     def sum_async(self, tensor: torch.Tensor) -> Pending:
         """Start an in-place all-reduce (sum) of `tensor` and return at once; `.wait()` on the
         result blocks until `tensor` holds the sum (at world size 1: already done)."""
         if not self.active:
             return Pending(tensor)
-        if tensor.device != self.device:
+        if tensor.device != self.device:  # e.g. a CPU statistic under NCCL
             moved = tensor.to(self.device)
             return Pending(tensor, torch.distributed.all_reduce(moved, async_op=True), moved)
         return Pending(tensor, torch.distributed.all_reduce(tensor, async_op=True))
@@ -117,16 +110,8 @@ class Distributed:
 
     def gather_floats(self, values: Iterable[float]) -> list[float]:
         """The concatenation, in rank order, of every rank's list of numbers (lengths may
-        differ): one all-gather of the lengths, one of the padded values."""
-        values = [float(v) for v in values]
-        if not self.active:
-            return values
-        counts = self._all_gather(torch.tensor([len(values)], dtype=torch.int64))
-        width = max(int(c) for c in counts) or 1
-        padded = torch.zeros(width, dtype=torch.float64)
-        padded[: len(values)] = torch.tensor(values, dtype=torch.float64)
-        parts = self._all_gather(padded)
-        return [v for part, c in zip(parts, counts) for v in part[: int(c)].tolist()]
+        differ)."""
+        return self.gather_lists({"values": list(values)})["values"]
 
     def gather_lists(self, lists: dict[str, list[float]]) -> dict[str, list[float]]:
         """For every key any rank has, the concatenation in rank order of every rank's list

@@ -694,18 +694,9 @@ class LMPolicy(nn.Module):
     def _heads(
         self, hidden: torch.Tensor, critic_hidden: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden (..., H) -> logits (..., V) and value (...)."""
-        if self.value_head is None:  # critic-free: every value is 0
-            return self._logits(hidden), hidden.new_zeros(hidden.shape[:-1], dtype=torch.float32)
-        if self.compute_dtype is not None:  # bfloat16 matmuls; float32 logits and values
-            with self._autocast():
-                logits = self.model.get_output_embeddings()(hidden)
-                value_input = hidden if critic_hidden is None else critic_hidden
-                value = self.value_head(value_input).squeeze(-1)
-            return logits.float(), value.float()
-        logits = self.model.get_output_embeddings()(hidden)
-        value_input = hidden if critic_hidden is None else critic_hidden
-        return logits, self.value_head(value_input).squeeze(-1)
+        """hidden (..., H) -> logits (..., V) and value (...) from `critic_hidden`, or from
+        `hidden` when the value head reads the actor's trunk (0 without a value head)."""
+        return self._logits(hidden), self._value(hidden if critic_hidden is None else critic_hidden)
 
     def _act_heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and value from the actor's hidden state during a rollout. A separate critic's
