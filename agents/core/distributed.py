@@ -21,6 +21,7 @@ the job instead of blocking it forever.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 from collections.abc import Iterable
@@ -177,7 +178,11 @@ class Distributed:
         return value // self.world_size
 
     def close(self) -> None:
+        """Leave the process group together: a barrier first, so that no rank tears down its
+        connections (and exits) while a peer is still inside a collective or writing the run
+        folder, then `destroy_process_group` (without it, gloo's threads outlive the group)."""
         if self.active and torch.distributed.is_initialized():
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -214,6 +219,8 @@ def init_distributed(device: str = "cpu", timeout_s: float = 600.0) -> Distribut
     """
     if not launched_by_torchrun():
         return LOCAL
+    if not faulthandler.is_enabled():  # a rank killed by a native crash prints its Python stack
+        faulthandler.enable()
     missing = [k for k in ENV_VARS if k not in os.environ]
     if missing:
         raise ValueError(
