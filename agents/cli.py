@@ -16,6 +16,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gymnasium as gym
 import numpy as np
@@ -23,6 +24,9 @@ import numpy as np
 from agents.core.ppo import NonFiniteLossError
 from agents.run.checkpoint import CheckpointError
 from agents.run.rundir import RunFolderError
+
+if TYPE_CHECKING:
+    from agents.run.config import Config
 
 EXPECTED_ERRORS = (
     ValueError, TypeError, FileExistsError, FileNotFoundError, CheckpointError,
@@ -57,15 +61,31 @@ def launch_nproc(argv: list[str], nproc: int) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def load_train_config(args: argparse.Namespace) -> Config:
+    """The config of `textrlhf train` (YAML + --set), after the flag checks."""
     from agents.run.config import load_config
-    from agents.run.trainer import train
 
-    cfg = load_config(args.config, args.set)
     if args.resume and (args.overwrite or args.name):
         raise ValueError(
             "--resume continues an existing run; it cannot be combined with --overwrite or --name"
         )
+    return load_config(args.config, args.set)
+
+
+def check_before_launch(args: argparse.Namespace, nproc: int) -> None:
+    """Fail fast, in this process: what every rank would reject (the config, the flags, a
+    num_envs or batch_size that does not split over `nproc` ranks), before torchrun starts them."""
+    from agents.core.distributed import check_divides
+
+    cfg = load_train_config(args)
+    check_divides("env.num_envs", cfg.env.num_envs, nproc)
+    check_divides("ppo.batch_size", cfg.ppo.batch_size, nproc)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from agents.run.trainer import train
+
+    cfg = load_train_config(args)
     run_dir = train(cfg, name=args.name, overwrite=args.overwrite, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # rank 0 reports for the job
@@ -304,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             return 1
         if args.nproc > 1:
+            try:
+                check_before_launch(args, args.nproc)
+            except EXPECTED_ERRORS as err:
+                print(f"textrlhf train: error: {err}", file=sys.stderr)
+                return 1
             return launch_nproc(argv, args.nproc)
     try:
         args.func(args)

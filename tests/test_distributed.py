@@ -121,6 +121,25 @@ def test_num_envs_and_batch_size_must_divide_the_world_size():
         dist.check_divides("env.num_envs", 8)
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("run.dir=x", "unknown config key 'run.dir'"),
+        ("env.num_envs=3 ppo.batch_size=8", "env.num_envs=3 must be divisible by the world size 2"),
+    ],
+)
+def test_nproc_checks_the_config_before_starting_ranks(tmp_path, override, message):
+    # what every rank would reject is rejected once, by the launcher, before torchrun starts
+    config = _cartpole_yaml(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "train", str(config), "--nproc", "2", "--set", *override.split()],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count(message) == 1, result.stderr
+    assert "torch.distributed" not in result.stderr and "OMP_NUM_THREADS" not in result.stderr
+
+
 def test_two_ranks_equal_one_rank_after_one_iteration(gpt2_ctx64_path, tmp_path):
     # the gradient sum overlapped with the backward in many small buckets (the LM: hundreds),
     # and without overlap (one bucket) on the target_kl path (stats summed before the backward)

@@ -169,13 +169,7 @@ class Distributed:
 
     def check_divides(self, name: str, value: int) -> int:
         """value / world_size, or a ValueError naming the setting and the allowed values."""
-        if value % self.world_size:
-            allowed = [m for m in range(self.world_size, 4 * value + 1, self.world_size)][:8]
-            raise ValueError(
-                f"{name}={value} must be divisible by the world size {self.world_size} (each of "
-                f"the {self.world_size} ranks owns an equal share); allowed e.g. {allowed}"
-            )
-        return value // self.world_size
+        return check_divides(name, value, self.world_size)
 
     def close(self) -> None:
         """Leave the process group together: a barrier first, so that no rank tears down its
@@ -203,6 +197,18 @@ class Distributed:
 
 
 LOCAL = Distributed()  # the single-process run: every reduction is a no-op
+
+
+def check_divides(name: str, value: int, world_size: int) -> int:
+    """value / world_size, or a ValueError naming the setting and the allowed values. Also used
+    by `textrlhf train --nproc N` before it starts any rank (no process group needed)."""
+    if value % world_size:
+        allowed = [m for m in range(world_size, 4 * value + 1, world_size)][:8]
+        raise ValueError(
+            f"{name}={value} must be divisible by the world size {world_size} (each of "
+            f"the {world_size} ranks owns an equal share); allowed e.g. {allowed}"
+        )
+    return value // world_size
 
 
 def launched_by_torchrun() -> bool:
