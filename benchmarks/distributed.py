@@ -10,6 +10,10 @@ minibatches. The same config runs three ways, one after the other (never concurr
     1 rank,  1 torch thread        the baseline
     1 rank,  2 torch threads       intra-op parallelism, for comparison
     N ranks, 1 torch thread each   torchrun --standalone (gloo): the data-parallel run
+    N solo, 1/N of the work each   (mode Nsolo) N processes under torchrun, each training ALONE
+                                   on one rank's share (num_envs / N rows, batch_size / N), no
+                                   collective but a barrier around each timed iteration: a rank's
+                                   work with free communication, the ceiling of any N-rank run
 
 Each reports the median seconds of an iteration (rollout + update) over `--iterations` after one
 warm-up iteration, the rollout / update split, and (N ranks) the gradient all-reduce's share of
@@ -78,11 +82,16 @@ def worker(args: argparse.Namespace) -> None:
     from agents.run.config import Config
     from agents.run.trainer import Trainer
 
-    cfg = Config.model_validate(config(args.model, args.dtype))
+    data = config(args.model, args.dtype)
+    dist = init_distributed("cpu")
+    solo = args.solo and dist.active  # Nsolo: this rank's share, trained without collectives
+    if solo:
+        data["env"]["num_envs"] //= dist.world_size
+        data["ppo"]["batch_size"] //= dist.world_size
+    cfg = Config.model_validate(data)
     cfg.run.torch_threads = args.threads
     cfg.run.allreduce_bucket_mb = args.bucket_mb
-    dist = init_distributed("cpu")
-    trainer = Trainer(cfg, dist=dist)
+    trainer = Trainer(cfg) if solo else Trainer(cfg, dist=dist)
     torch.set_num_threads(args.threads)
     trainer.iterate()  # warm-up
     times, rollout, update, allreduce = [], [], [], []
@@ -91,6 +100,8 @@ def worker(args: argparse.Namespace) -> None:
         reduce_before = trainer.ppo.allreduce_seconds
         start = time.perf_counter()
         metrics = trainer.iterate()
+        if solo:
+            dist.barrier()  # the slowest rank's time, as a synchronous N-rank job would wait
         times.append(time.perf_counter() - start)
         rollout.append(metrics["time/rollout_time"])
         update.append(metrics["time/update_time"])
@@ -124,8 +135,9 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument(
-        "--modes", default="1x1,1x2,Nx1",
-        help="which runs: 1x1 (1 rank, 1 thread), 1x2 (1 rank, 2 threads), Nx1 (N ranks)",
+        "--modes", default="1x1,1x2,Nx1,Nsolo",
+        help="which runs: 1x1 (1 rank, 1 thread), 1x2 (1 rank, 2 threads), Nx1 (N ranks), "
+        "Nsolo (N processes, each alone on 1/N of the work: the ceiling)",
     )  # fmt: skip
     parser.add_argument(
         "--repeats", type=int, default=1,
@@ -139,6 +151,7 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--solo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -156,19 +169,19 @@ def main() -> None:
         runs: dict[str, list[dict]] = {}
         modes = args.modes.split(",")
         for repeat in range(args.repeats):
-            for mode, label, threads, launcher in (
-                ("1x1", "1 rank x 1 thread", 1, [py]),
-                ("1x2", "1 rank x 2 threads", 2, [py]),
-                (
-                    "Nx1", f"{args.nproc} ranks x 1 thread", 1,
-                    [py, "-m", "torch.distributed.run", "--standalone",
-                     f"--nproc_per_node={args.nproc}"],
-                ),
-            ):  # fmt: skip
+            torchrun = [
+                py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"
+            ]  # fmt: skip
+            for mode, label, threads, launcher, extra in (
+                ("1x1", "1 rank x 1 thread", 1, [py], []),
+                ("1x2", "1 rank x 2 threads", 2, [py], []),
+                ("Nx1", f"{args.nproc} ranks x 1 thread", 1, torchrun, []),
+                ("Nsolo", f"{args.nproc} solo x 1/{args.nproc} work", 1, torchrun, ["--solo"]),
+            ):
                 if mode not in modes:
                     continue
                 out = tmp / f"{repeat}_{mode}.json"
-                cmd = [*launcher, *script, *common, f"--threads={threads}", f"--out={out}"]
+                cmd = [*launcher, *script, *common, *extra, f"--threads={threads}", f"--out={out}"]
                 runs.setdefault(label, []).append(run(label, cmd, out))
     # each mode's median over repeats (each repeat: the median of --iterations iterations)
     results = {
