@@ -5,7 +5,7 @@
 The iteration: a 4-layer, 256-wide GPT-2 with the byte vocabulary (random init, saved to a temp
 folder), 16 prompts of the reverse task, 32 new tokens (lockstep, edit-distance reward), a
 separate critic (a copy of the actor), a frozen reference (KL penalty), 4 epochs of 2
-minibatches. The same config runs three ways, one after the other (never concurrently):
+minibatches. The same config runs four ways, one after the other (never concurrently):
 
     1 rank,  1 torch thread        the baseline
     1 rank,  2 torch threads       intra-op parallelism, for comparison
@@ -168,10 +168,10 @@ def main() -> None:
         py = sys.executable
         runs: dict[str, list[dict]] = {}
         modes = args.modes.split(",")
+        torchrun = [
+            py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"
+        ]  # fmt: skip
         for repeat in range(args.repeats):
-            torchrun = [
-                py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"
-            ]  # fmt: skip
             for mode, label, threads, launcher, extra in (
                 ("1x1", "1 rank x 1 thread", 1, [py], []),
                 ("1x2", "1 rank x 2 threads", 2, [py], []),
