@@ -39,7 +39,9 @@ import torch.nn.functional as F
 
 from agents.core.buffer import RolloutBuffer
 from agents.core.rollout import RolloutCollector
-from agents.policies.lm import DEFAULT_MODEL_PATH, LMPolicy, position_ids_from_mask
+from agents.policies.hf import DEFAULT_MODEL_PATH
+from agents.policies.lm import LMPolicy
+from agents.policies.sequences import position_ids_from_mask
 from textenv import TextRLHFVectorEnv
 
 PROMPT_TOKENS = 32

@@ -33,7 +33,8 @@ import torch
 
 import agents.rlhf.reward_model
 import agents.rlhf.sft
-from agents.policies.lm import LMPolicy, load_causal_lm, without_dropout
+from agents.policies.hf import load_causal_lm, without_dropout
+from agents.policies.lm import LMPolicy
 from agents.rlhf.preferences import env_lengths, evaluate_gold_proxy, generate_preferences
 from agents.run.config import check_output_dir, load_config
 from agents.run.trainer import Trainer

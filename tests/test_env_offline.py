@@ -68,7 +68,8 @@ result = {"env": {
 
 LM_CODE = """
 import torch
-from agents.policies.lm import DEFAULT_MODEL_PATH, LMPolicy
+from agents.policies.hf import DEFAULT_MODEL_PATH
+from agents.policies.lm import LMPolicy
 
 torch.manual_seed(0)  # the value head is freshly initialized
 policy = LMPolicy.from_config(LMPolicy.Config(), venv.single_observation_space, venv.single_action_space)

@@ -15,7 +15,8 @@ import torch
 from helpers import byte_ids, text_config
 
 import textenv.tools
-from agents.policies.lm import LMPolicy, position_ids_from_mask
+from agents.policies.lm import LMPolicy
+from agents.policies.sequences import position_ids_from_mask
 from agents.run.config import load_config
 from agents.run.trainer import Trainer
 

@@ -90,9 +90,9 @@ def test_pad_token_equal_to_eos_is_refused(tmp_path):
 def test_shared_left_padding_is_not_run_through_the_model(policy, monkeypatch):
     """Short prompts in a wide prompt slot: the forwards see only the attended span (the widest
     row's prompt + response), and the numbers equal those of the tight layout."""
-    from agents.policies import lm
+    from agents.policies.sequences import attended_width
 
-    assert lm.attended_width(torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]]),
+    assert attended_width(torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]]),
                              torch.tensor([5, 3])) == 3  # fmt: skip
     ids, mask = make_prompts([3, 5], P, N, seed=7)  # both rows leave >= 7 pad columns of P = 12
     wide, logp_wide, value_wide = lm_rollout(policy, ids, mask, P, N, deterministic=True)

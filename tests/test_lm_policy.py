@@ -8,7 +8,8 @@ import pytest
 import torch
 from helpers import V, lm_policy_config, lm_rollout, make_prompts, save_tiny_model, spaces_for
 
-from agents.policies.lm import DEFAULT_MODEL_PATH, LMPolicy
+from agents.policies.hf import DEFAULT_MODEL_PATH
+from agents.policies.lm import LMPolicy
 
 
 def test_cached_act_matches_teacher_forced_evaluate(gpt2_path):

@@ -25,7 +25,8 @@ import textenv  # noqa: F401  (registers TextRLHF-v0)
 from agents.core.buffer import RolloutBuffer
 from agents.core.ppo import PPO
 from agents.core.rollout import RolloutCollector
-from agents.policies.lm import LMPolicy, cache_keyword
+from agents.policies.hf import cache_keyword
+from agents.policies.lm import LMPolicy
 from agents.run.config import load_config
 from agents.run.evaluation import evaluate_policy
 from textenv import TextRLHFVectorEnv

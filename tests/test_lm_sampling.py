@@ -10,7 +10,7 @@ from helpers import lm_policy_config, make_prompts, spaces_for, text_config
 
 from agents.core.kl import apply_kl_penalty
 from agents.policies import make_policy
-from agents.policies.lm import masked_logprobs_and_entropy, truncate
+from agents.policies.sequences import masked_logprobs_and_entropy, truncate
 from agents.run.config import load_config
 from agents.run.evaluation import run_evaluation
 from agents.run.trainer import Trainer

@@ -11,7 +11,8 @@ import torch
 from helpers import edit_similarity
 from safetensors.torch import load_file
 
-from agents.policies.lm import DEFAULT_MODEL_PATH, LMPolicy
+from agents.policies.hf import DEFAULT_MODEL_PATH
+from agents.policies.lm import LMPolicy
 from agents.rlhf.sft import build_sft_data, load_config, main, score_on_task
 from textenv import default_tokenizer, make_task
 

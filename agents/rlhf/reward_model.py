@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 import agents.run.config
-from agents.policies.lm import DEFAULT_MODEL_PATH
+from agents.policies.hf import DEFAULT_MODEL_PATH
 from agents.rlhf.preferences import PreferencePair, read_preferences
 from agents.rlhf.stage import REPO_ROOT, StageConfig, optimizer_step, run_stage
 from agents.run.config import (

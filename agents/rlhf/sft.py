@@ -25,7 +25,8 @@ from pydantic import Field, model_validator
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import agents.run.config
-from agents.policies.lm import LMPolicy, position_ids_from_mask
+from agents.policies.lm import LMPolicy
+from agents.policies.sequences import position_ids_from_mask
 from agents.rlhf.stage import REPO_ROOT, StageConfig, optimizer_step, run_stage
 from agents.run.config import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Section
 

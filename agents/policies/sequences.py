@@ -1,0 +1,165 @@
+"""Token-level math for the LM policy: the sampling distribution and the observation layout.
+
+- The distribution `act` samples from and `evaluate` scores: temperature-scaled logits cut to
+  top-k / top-p (`truncate`), one draw per row (`sample`), and the log-prob and entropy of a
+  token under it (`masked_logprobs_and_entropy`).
+- Masked sequences in the TextRLHF-v0 layout (docs/ARCHITECTURE.md): prefix lengths, position
+  ids that skip padding, right alignment, and how one observation follows another (`step_kinds`).
+
+Pure functions of tensors: no model, no state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def check_sampling(temperature: Any, top_k: Any, top_p: Any) -> tuple[float, int, float]:
+    """The sampling settings as (float, int, float); ValueError naming a bad one."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"policy.temperature must be a float > 0, got {temperature!r}")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"policy.temperature must be a float > 0, got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise ValueError(f"policy.top_k must be an int >= 0 (0: off), got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"policy.top_p must be a float in (0, 1] (1: off), got {top_p!r}")
+    return float(temperature), int(top_k), float(top_p)
+
+
+def truncate(
+    scaled: torch.Tensor, top_k: int, top_p: float, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Temperature-scaled logits (..., V) with every token outside the top-k / top-p set at -inf,
+    so that softmax gives the truncated, renormalized distribution the rollout samples from.
+
+    top_k keeps the k largest logits (ties at the k-th value are kept); top_p keeps the smallest
+    set of most likely tokens whose mass reaches top_p (at least one). `keep` (..., V) bool marks
+    tokens kept whatever the cut: `evaluate` passes the taken action, so that a float-level
+    difference between the cached and the teacher-forced forward at the edge of the set can never
+    give a taken token probability 0. Unchanged (no copy) when neither cut is on."""
+    if top_k <= 0 and top_p >= 1.0:
+        return scaled
+    drop = torch.zeros_like(scaled, dtype=torch.bool)
+    if 0 < top_k < scaled.shape[-1]:
+        kth = scaled.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
+        drop |= scaled < kth
+    if top_p < 1.0:
+        sorted_logits, order = scaled.masked_fill(drop, -torch.inf).sort(-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)  # (..., V), descending
+        mass_before = probs.cumsum(-1) - probs  # mass of the more likely tokens
+        drop |= torch.zeros_like(drop).scatter(-1, order, mass_before >= top_p)
+    if keep is not None:
+        drop &= ~keep
+    return scaled.masked_fill(drop, -torch.inf)
+
+
+def masked_logprobs_and_entropy(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of `tokens` and entropy of the temperature-scaled (and top-k / top-p truncated,
+    renormalized) softmax: the distribution `act` samples from. The log-prob gathers the token
+    logit and subtracts the logsumexp instead of building a (…, V) log-softmax tensor; the
+    entropy needs one (…, V) softmax."""
+    logits = logits.float() / temperature  # (..., V)
+    if top_k > 0 or top_p < 1.0:
+        taken = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, tokens.unsqueeze(-1), True)
+        logits = truncate(logits, top_k, top_p, keep=taken)
+    lse = torch.logsumexp(logits, dim=-1)  # (...)
+    token_logit = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (...)
+    probs = torch.softmax(logits, dim=-1)  # (..., V), 0 on cut tokens
+    entropy = lse - (probs * logits.clamp(min=torch.finfo(logits.dtype).min)).sum(-1)  # (...)
+    return token_logit - lse, entropy
+
+
+def prefix_lengths(mask: torch.Tensor) -> torch.Tensor:
+    """(..., L) attention mask -> (...) index of the last attended token + 1 (0 if none)."""
+    positions = torch.arange(1, mask.shape[-1] + 1, device=mask.device)
+    return (mask.long() * positions).amax(-1)
+
+
+def first_attended(mask: torch.Tensor) -> torch.Tensor:
+    """(..., L) attention mask -> (...) index of the first attended token (L if none)."""
+    return (mask.long().cumsum(-1) == 0).sum(-1)
+
+
+def attended_width(mask: torch.Tensor, ends: torch.Tensor) -> int:
+    """Columns that hold every row's attended span: max over rows of end - first attended
+    column (B, L) -> int, at least 1. Right-aligning to this width drops the left padding that
+    all rows share (a short prompt in a wide prompt slot) instead of running the model over it."""
+    return max(int((ends - first_attended(mask)).max()), 1)
+
+
+def right_align(
+    ids: torch.Tensor, mask: torch.Tensor, ends: torch.Tensor, width: int, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift each row so that its prefix `[:end]` ends at column `width` (left padding).
+
+    ids, mask: (B, L); ends: (B,). Returns (B, width) ids and mask.
+    """
+    src = torch.arange(width, device=ids.device) - (width - ends).unsqueeze(1)  # (B, width)
+    inside = src >= 0
+    src = src.clamp(min=0)
+    out_ids = torch.where(inside, ids.gather(1, src), torch.full_like(src, pad_id))
+    out_mask = torch.where(inside, mask.long().gather(1, src), torch.zeros_like(src))
+    return out_ids, out_mask
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Left-padding-aware positions: the first real token is position 0."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def masked_ids(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The observation as one tensor: attended token ids, -1 where the mask is 0."""
+    return ids.masked_fill(~mask.bool(), -1)
+
+
+def step_kinds(
+    prev: torch.Tensor,
+    prev_action: torch.Tensor,
+    obs: torch.Tensor,
+    ends: torch.Tensor,
+    from_env: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """How the observation `obs` (..., L) (`masked_ids`, prefix lengths `ends` (...)) follows the
+    observation `prev` on which `prev_action` (...) was taken. Returns two (...) bools:
+
+    - continues: `obs` is `prev` plus `prev_action` written after its prefix (the same episode
+      one step later): every column attended in `prev` is unchanged, and the first newly attended
+      column, after `prev`'s prefix, holds `prev_action`. Without `from_env` that is the only new
+      column; with `from_env` (..., L) (tools / turns: docs/multiturn.md) the new columns after it
+      must all be env-written (from_env 1) and the action's column not. (A prompt with padding
+      between it and the response, as in tests/test_lm_padding.py, continues too: the action's
+      column need not be adjacent.)
+    - unchanged: `obs` equals `prev` (a finished lockstep row, whose actions the env ignores).
+    Anything else is a new episode.
+    """
+    before = prev >= 0  # (..., L) attended in prev
+    new = (obs >= 0) & ~before  # (..., L) newly attended
+    kept = ((obs == prev) | ~before).all(-1)
+    n_new = new.sum(-1)
+    first = new.long().argmax(-1, keepdim=True)  # (..., 1) the first new column
+    added = obs.gather(-1, first).squeeze(-1) == prev_action
+    after = first.squeeze(-1) >= prefix_lengths(before)
+    if from_env is None:
+        env_ok = n_new == 1
+    else:
+        written = from_env.bool()
+        env_ok = ((written & new).sum(-1) == n_new - 1) & ~written.gather(-1, first).squeeze(-1)
+    del ends  # the new prefix end is implied by the new columns
+    return kept & (n_new >= 1) & added & after & env_ok, (obs == prev).all(-1)
+
+
+def sample(logits: torch.Tensor) -> torch.Tensor:
+    """One draw per row from softmax(logits): argmax of p / Exp(1) noise (the exponential race),
+    cheaper than torch.multinomial for a (B, V) batch."""
+    probs = torch.softmax(logits, dim=-1)
+    return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
