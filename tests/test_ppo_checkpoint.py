@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import json
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 from agents.core.ppo import NonFiniteLossError
+from agents.core.rollout import EnvRunner, EpisodeLog
 from agents.policies import make_policy
 from agents.run import checkpoint as ckpt
 from agents.run.config import load_config
@@ -134,3 +136,36 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(cartpole_yam
     meta, tensors = ckpt.read_checkpoint(path)
     assert meta["global_step"] == 512  # the last checkpoint before the NaN (every 512 steps)
     assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("policy/"))
+
+
+def test_the_policy_sees_one_observation_layout_before_and_after_a_resume(cartpole_yaml):
+    """CartPoleVectorEnv returns the transpose of its (4, N) state, while a checkpoint stores
+    the observation C-contiguous. A matmul over a transposed input can round differently: resumed
+    runs drifted from uninterrupted ones in the last bits (seen at 2 ranks, step 43,520 of
+    configs/cartpole.yaml). The runner hands the policy C-contiguous observations either way."""
+    cfg = load_config(cartpole_yaml)
+    env = gym.make_vec("CartPole-v1", num_envs=8, vectorization_mode="vector_entry_point")
+    policy = make_policy(cfg.policy, env.single_observation_space, env.single_action_space)
+    seen = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(policy, name)
+
+        def act(self, obs, state, deterministic=False):
+            seen.append((obs.clone(), obs.stride(), policy.act(obs, state, True)))
+            return seen[-1][2]
+
+    runner = EnvRunner(env, Spy())
+    runner.reset(seed=3)
+    assert not runner.obs.flags.c_contiguous  # the env's own layout: the case that matters
+    # what a checkpoint keeps and gives back (agents.run.trainer: _rank_state / load)
+    saved = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in runner.state_arrays().items()}
+    runner.step(EpisodeLog())  # from the env's array
+    runner.load_state_arrays({k: v.numpy() for k, v in saved.items()})
+    runner.step(EpisodeLog())  # the same observation, from the checkpoint's array
+    (obs_a, stride_a, out_a), (obs_b, stride_b, out_b) = seen
+    assert torch.equal(obs_a, obs_b) and stride_a == stride_b == (4, 1)
+    for a, b in zip(out_a[:3], out_b[:3]):
+        assert torch.equal(a, b)
+    env.close()

@@ -47,13 +47,22 @@ def autoreset_mode(env: gym.vector.VectorEnv) -> str:
 
 
 def obs_to_tensor(obs: Any, device: torch.device | str = "cpu") -> Any:
-    """numpy observation(s) -> torch tensor(s) without copying on CPU, in the space's structure
-    (dicts stay dicts, tuples stay tuples; nested as the space is). float64 becomes float32."""
+    """numpy observation(s) -> C-contiguous torch tensor(s), in the space's structure (dicts stay
+    dicts, tuples stay tuples; nested as the space is). float64 becomes float32.
+
+    No copy on CPU unless the env's array is laid out otherwise (CartPoleVectorEnv returns the
+    transpose of its (4, N) state): the policy always sees one memory layout, because a matmul
+    over a transposed input can round differently, and an observation restored from a
+    checkpoint is C-contiguous, so without this a resumed run would drift from the
+    uninterrupted one in the last bits."""
     if isinstance(obs, dict):
         return {k: obs_to_tensor(v, device) for k, v in obs.items()}
     if isinstance(obs, tuple):
         return tuple(obs_to_tensor(v, device) for v in obs)
-    tensor = torch.from_numpy(np.asarray(obs))
+    array = np.asarray(obs)
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    tensor = torch.from_numpy(array)
     if tensor.dtype == torch.float64:
         tensor = tensor.float()
     return tensor.to(device) if tensor.device != torch.device(device) else tensor
