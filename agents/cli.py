@@ -51,6 +51,7 @@ def launch_nproc(argv: list[str], nproc: int) -> int:
     torchrun_args = get_args_parser().parse_args(
         ["--standalone", f"--nproc_per_node={nproc}", "--module", "agents.cli", *rest]
     )
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     try:
@@ -58,6 +59,8 @@ def launch_nproc(argv: list[str], nproc: int) -> int:
     except ChildFailedError as err:
         print(f"textrlhf train: a rank failed:\n{err}", file=sys.stderr)
         return 1
+    except SignalException as err:  # Ctrl-C: torchrun passed it on and waited for the ranks,
+        return 128 + int(err.sigval)  # and rank 0 said how the run ended
     return 0
 
 
@@ -82,20 +85,37 @@ def check_before_launch(args: argparse.Namespace, nproc: int) -> None:
     check_divides("ppo.batch_size", cfg.ppo.batch_size, nproc)
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int:
     from agents.run.trainer import train
 
     cfg = load_train_config(args)
-    run_dir = train(cfg, name=args.name, overwrite=args.overwrite, resume=args.resume)
+    run_dir = train(
+        cfg, name=args.name, overwrite=args.overwrite, resume=args.resume, stop_on_interrupt=True
+    )
     if int(os.environ.get("RANK", "0")) != 0:
-        return  # rank 0 reports for the job
+        return 0  # rank 0 reports for the job
     summary = json.loads((run_dir / "summary.json").read_text())
     print(f"run folder: {run_dir}")
+    if summary.get("interrupted"):
+        again = ["textrlhf", "train", args.config, *(["--set", *args.set] if args.set else [])]
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:  # resume at the same world size (bit-exact); several nodes: torchrun
+            again += ["--nproc", str(world)]
+        print(
+            f"stopped by Ctrl-C at step {summary['steps']:,}, with a checkpoint; continue with:\n"
+            f"  {shlex.join([*again, '--resume', str(run_dir)])}"
+        )
+        print(
+            f"steps {summary['steps']:,}  return (last 100 episodes) "
+            f"{summary['train_return_last100']}  wall {summary['wall_time_s']:.1f}s"
+        )
+        return 130  # not finished: `textrlhf train ... && next` stops here
     print(
         f"steps {summary['steps']:,}  final return {summary['final_return']}  "
         f"best return {summary['best_return']}  wall {summary['wall_time_s']:.1f}s  "
         f"sps {summary['sps']:,.0f}"
     )
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -331,10 +351,14 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             return launch_nproc(argv, args.nproc)
     try:
-        args.func(args)
+        rc = args.func(args)  # None: success
     except EXPECTED_ERRORS as err:
         print(f"textrlhf {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C in `train`, or any in the other commands
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"\ntextrlhf {args.command}: stopped by Ctrl-C", file=sys.stderr)
+        return 130
     except OSError as err:  # a read-only folder, a full disk: name the file, no traceback
         print(
             f"textrlhf {args.command}: error: cannot write {err.filename or 'a file'}: "
@@ -342,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -210,6 +211,36 @@ def test_a_rank_that_raises_ends_the_job(tmp_path):
     assert result.returncode != 0
     assert "rank 1 fails on purpose at PPO iteration 3" in result.stderr
     assert elapsed < 60, f"the job took {elapsed:.0f} s to end"
+
+
+def test_ctrl_c_stops_every_rank_after_the_same_iteration(tmp_path):
+    """Ctrl-C at the terminal reaches `--nproc 2`'s launcher, which passes SIGINT on to the
+    ranks: they agree to stop after one iteration, each saves its state at that step, rank 0
+    prints the command that resumes the run at the same world size, and the job exits 130."""
+    config = _cartpole_yaml(tmp_path)
+    cmd = [sys.executable, "-m", "agents.cli", "train", str(config), "--nproc", "2",
+           "--name", "stopped", "--set", "total_timesteps=100000000"]  # fmt: skip
+    job = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # a terminal's Ctrl-C signals the launcher's process group
+    )  # fmt: skip
+    metrics = tmp_path / "runs" / "stopped" / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 2):
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[1][-3000:]
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGINT)
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 130, err[-3000:]
+    assert err.count("Ctrl-C: stopping after this iteration") == 1  # rank 0 says it, once
+    run = tmp_path / "runs" / "stopped"
+    summary = json.loads((run / "summary.json").read_text())
+    step = summary["steps"]
+    assert summary["interrupted"] is True and summary["finished"] is False and step > 0
+    assert f"stopped by Ctrl-C at step {step:,}" in out
+    assert f"--nproc 2 --resume {run}" in out
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == step
+    assert (run / "checkpoints" / f"{step}.rank1.json").is_file()  # rank 1 stopped there too
 
 
 @pytest.mark.slow  # ~40 s under load: 4 processes start

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import shlex
+import signal
 
 import pytest
 import yaml
@@ -119,6 +122,61 @@ def test_cli_resume_continues_an_interrupted_run(cartpole_yaml, tmp_path, eval_e
                 "finished"):  # fmt: skip
         assert a[key] == b[key], key
     assert b["steps"] == 1024 and b["finished"] is True
+
+
+def interrupt_during_iteration(monkeypatch, iteration: int, presses: int) -> None:
+    """Press Ctrl-C `presses` times (a real SIGINT to this process) during `iteration`."""
+    iterate = Trainer.iterate
+
+    def iterate_and_press(self):
+        metrics = iterate(self)
+        if self.iteration == iteration:
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+        return metrics
+
+    monkeypatch.setattr(Trainer, "iterate", iterate_and_press)
+
+
+def test_ctrl_c_stops_after_the_iteration_with_a_checkpoint(
+    cartpole_yaml, tmp_path, capsys, monkeypatch
+):
+    """The first Ctrl-C ends `textrlhf train` at the end of its iteration: a checkpoint of that
+    step, `interrupted` in the summary, exit 130 and the command that resumes it; resuming then
+    ends exactly like a run that was never stopped."""
+    args = train_args(cartpole_yaml, tmp_path)
+    assert main([*args, "--name", "full"]) == 0
+    with monkeypatch.context() as patch:
+        interrupt_during_iteration(patch, iteration=2, presses=1)
+        assert main([*args, "--name", "half"]) == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    half = tmp_path / "half"
+    out, err = capsys.readouterr()
+    assert "Ctrl-C: stopping after this iteration" in err and "Traceback" not in err
+    assert "stopped by Ctrl-C at step 512" in out
+    resume = re.search(r"continue with:\n  (.*)\n", out)[1]
+    assert resume.endswith(f"--resume {half}") and " run.progress=false " in resume
+    summary = json.loads((half / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["finished"] is False
+    assert summary["steps"] == 512 and latest_step(half) == 512
+
+    assert main(shlex.split(resume)[1:]) == 0  # the printed command, as typed
+    assert metrics_rows(half) == metrics_rows(tmp_path / "full")
+    a, b = (json.loads((run / "summary.json").read_text()) for run in (tmp_path / "full", half))
+    for key in ("steps", "transitions", "episodes", "final_return", "finished", "interrupted"):
+        assert a[key] == b[key], key
+    assert b["finished"] is True and b["interrupted"] is False
+
+
+def test_a_second_ctrl_c_stops_at_once(cartpole_yaml, tmp_path, capsys, monkeypatch):
+    interrupt_during_iteration(monkeypatch, iteration=2, presses=2)
+    assert main([*train_args(cartpole_yaml, tmp_path), "--name", "hard"]) == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    err = capsys.readouterr().err
+    assert "textrlhf train: stopped by Ctrl-C" in err and "Traceback" not in err
+    run = tmp_path / "hard"
+    assert not (run / "summary.json").exists() and checkpoint_steps(run) == []
+    assert [int(r["step"]) for r in metrics_rows(run)] == [256]  # logged before the stop
 
 
 def test_cli_resuming_a_finished_run_changes_nothing(cartpole_yaml, tmp_path):

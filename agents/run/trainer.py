@@ -30,6 +30,7 @@ from agents.run import checkpoint as ckpt
 from agents.run.config import Config, config_changes, save_config, step_budget, to_dict
 from agents.run.envs import make_eval_env, make_train_env
 from agents.run.evaluation import run_evaluation
+from agents.run.interrupt import stop_on_first_interrupt
 from agents.run.logger import RunLogger
 from agents.run.rundir import RunLock, new_run_dir
 
@@ -270,23 +271,27 @@ class Trainer:
         self._best(value)
         return value
 
-    def learn(self, stop_at: int | None = None, log: bool = True) -> dict[str, Any]:
+    def learn(
+        self, stop_at: int | None = None, log: bool = True, stop_on_interrupt: bool = False
+    ) -> dict[str, Any]:
         """Train until total_timesteps (or `stop_at` env steps, then checkpoint and return).
 
         The run folder is locked while this process writes it. With `log=False` no run folder is
-        touched (benchmarks)."""
+        touched (benchmarks). `stop_on_interrupt`: the first Ctrl-C (under torchrun: the SIGINT
+        the launcher passes on to every rank) stops at the end of the iteration, with a
+        checkpoint and `interrupted: true` in the summary (agents.run.interrupt)."""
         if self.run_dir is None or not log:
-            return self._learn(stop_at, log=False)
+            return self._learn(stop_at, False, stop_on_interrupt)
         summary_file = self.run_dir / "summary.json"
         if self.iteration >= self.num_iterations and summary_file.is_file():
             return json.loads(summary_file.read_text())  # a finished run: nothing to do
         if not self.dist.is_main:  # rank 0 holds the lock for the whole job
-            return self._learn(stop_at, log=True)
+            return self._learn(stop_at, True, stop_on_interrupt)
         self.run_dir.mkdir(parents=True, exist_ok=True)  # a folder given to Trainer directly
         with RunLock(self.run_dir):
-            return self._learn(stop_at, log=True)
+            return self._learn(stop_at, True, stop_on_interrupt)
 
-    def _learn(self, stop_at: int | None, log: bool) -> dict[str, Any]:
+    def _learn(self, stop_at: int | None, log: bool, stop_on_interrupt: bool) -> dict[str, Any]:
         cfg = self.cfg
         save = log  # every rank saves (its own state); rank 0 alone logs and evaluates
         log = log and self.dist.is_main
@@ -316,24 +321,31 @@ class Trainer:
                     {"eval/return": initial_eval, **initial_eval_metrics,
                      "time/elapsed": self._elapsed()},
                 )  # fmt: skip
-            while self.iteration < self.num_iterations:
-                if stop_at is not None and self.global_step >= stop_at:
-                    break
-                metrics = self.iterate()
-                if logger is not None:
-                    if self.global_step >= next_eval and cfg.eval.episodes > 0:
-                        last_eval = metrics["eval/return"] = self._eval_return()
-                        metrics.update(self.eval_metrics)
-                        last_eval_step = self.global_step
-                        next_eval = _next_multiple(self.global_step, cfg.eval.every)
-                    metrics["time/elapsed"] = self._elapsed()  # training + evaluation seconds
-                    logger.log(self.global_step, metrics)
-                    logger.samples(self.global_step, self.last_episodes.samples)
-                    recent = float(np.mean(self.recent_returns)) if self.recent_returns else None
-                    logger.progress(self.global_step, recent, metrics["time/sps"])
-                if save and self.global_step >= next_ckpt:
-                    self.save()
-                    next_ckpt = _next_multiple(self.global_step, cfg.run.checkpoint_every)
+            # async vector envs: Ctrl-C also reaches their worker processes, which then end
+            graceful = stop_on_interrupt and cfg.env.vectorization != "async"
+            stopping = False
+            with stop_on_first_interrupt(graceful, announce=self.dist.is_main) as stop:
+                while self.iteration < self.num_iterations:
+                    stopping = self.dist.any(bool(stop)) if graceful else False  # all ranks stop
+                    if stopping or (stop_at is not None and self.global_step >= stop_at):
+                        break
+                    metrics = self.iterate()
+                    if logger is not None:
+                        if self.global_step >= next_eval and cfg.eval.episodes > 0:
+                            last_eval = metrics["eval/return"] = self._eval_return()
+                            metrics.update(self.eval_metrics)
+                            last_eval_step = self.global_step
+                            next_eval = _next_multiple(self.global_step, cfg.eval.every)
+                        metrics["time/elapsed"] = self._elapsed()  # training + evaluation seconds
+                        logger.log(self.global_step, metrics)
+                        logger.samples(self.global_step, self.last_episodes.samples)
+                        recent = (
+                            float(np.mean(self.recent_returns)) if self.recent_returns else None
+                        )
+                        logger.progress(self.global_step, recent, metrics["time/sps"])
+                    if save and self.global_step >= next_ckpt:
+                        self.save()
+                        next_ckpt = _next_multiple(self.global_step, cfg.run.checkpoint_every)
             elapsed = time.perf_counter() - self._start
             summary: dict[str, Any] = {
                 "steps": self.global_step,
@@ -342,6 +354,8 @@ class Trainer:
                 "episodes": self.episodes,
                 "wall_time_s": self.wall_time + elapsed,
                 "sps": (self.transitions - start_transitions) / max(elapsed, 1e-9),
+                # stopped early by Ctrl-C; `--resume` continues
+                "interrupted": stopping and self.iteration < self.num_iterations,
                 "train_return_last100": float(np.mean(self.recent_returns))
                 if self.recent_returns
                 else None,
@@ -546,14 +560,18 @@ def train(
     name: str | None = None,
     overwrite: bool = False,
     resume: str | Path | None = None,
+    stop_on_interrupt: bool = False,
 ) -> Path:
-    """Create (or resume) a run folder and train. Returns the run folder."""
+    """Create (or resume) a run folder and train. Returns the run folder.
+
+    `stop_on_interrupt` (the `textrlhf train` command): the first Ctrl-C ends the run at the end
+    of its iteration, with a checkpoint, instead of at once (`Trainer.learn`)."""
     dist = init_distributed(resolve_device(cfg.run.device).type)  # LOCAL outside torchrun
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "checkpoints" / "latest.json").is_file():
             raise FileNotFoundError(f"cannot resume {run_dir}: no checkpoints/latest.json in it")
-        Trainer(cfg, run_dir, resume=True, dist=dist).learn()
+        Trainer(cfg, run_dir, resume=True, dist=dist).learn(stop_on_interrupt=stop_on_interrupt)
         dist.close()
         return run_dir
     # rank 0 creates the run folder (atomically, under its own name) and tells the others
@@ -565,6 +583,6 @@ def train(
         if dist.is_main:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing was written to it yet
         raise
-    trainer.learn()
+    trainer.learn(stop_on_interrupt=stop_on_interrupt)
     dist.close()
     return run_dir
