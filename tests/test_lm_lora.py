@@ -115,7 +115,10 @@ def test_export_merged_and_adapter_folders_load_and_match(gpt2_ctx64_path, tmp_p
     assert not any("reference" in n for n in trainable(second.policy))
     second.collector.collect()
     stats = apply_kl_penalty(second.buffer, second.policy, second.reference, 0.1, "k1")
-    assert stats["kl_to_ref"] == 0.0
+    # the KL pass re-scores the rollout's tokens in one teacher-forced forward: equal to the
+    # rollout's log-probs up to float32 rounding, which differs between CPUs and BLAS builds
+    # (1.2e-7 seen); KL to the bare base instead of the adapter would be orders larger
+    assert abs(stats["kl_to_ref"]) < 1e-5
     with second.policy.model.disable_adapter():  # the bare base is a different policy here
         assert not torch.allclose(actor_logits(second.policy.model, ids, mask), expected)
     second.close()

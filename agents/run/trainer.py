@@ -30,7 +30,7 @@ from agents.run import checkpoint as ckpt
 from agents.run.config import Config, config_changes, save_config, step_budget, to_dict
 from agents.run.envs import make_eval_env, make_train_env
 from agents.run.evaluation import run_evaluation
-from agents.run.interrupt import stop_on_first_interrupt
+from agents.run.interrupt import signal_label, stop_on_first_interrupt
 from agents.run.logger import RunLogger
 from agents.run.rundir import RunLock, new_run_dir
 
@@ -310,21 +310,23 @@ class Trainer:
         last_eval_step = -1
         initial_eval: float | None = None
         initial_eval_metrics: dict[str, float] = {}
+        # async vector envs: Ctrl-C also reaches their worker processes, which then end
+        graceful = stop_on_interrupt and cfg.env.vectorization != "async"
+        stopping = False
         try:
-            periodic_eval = cfg.eval.every > 0 and cfg.eval.episodes > 0
-            if logger is not None and self.global_step == 0 and periodic_eval:
-                initial_eval = last_eval = self._eval_return()  # the start, e.g. the SFT level
-                last_eval_step = 0
-                initial_eval_metrics = dict(self.eval_metrics)
-                logger.log(
-                    0,
-                    {"eval/return": initial_eval, **initial_eval_metrics,
-                     "time/elapsed": self._elapsed()},
-                )  # fmt: skip
-            # async vector envs: Ctrl-C also reaches their worker processes, which then end
-            graceful = stop_on_interrupt and cfg.env.vectorization != "async"
-            stopping = False
+            # from here on, the first Ctrl-C/SIGTERM ends the run at an iteration boundary with
+            # a checkpoint (also during the initial evaluation: then at step 0)
             with stop_on_first_interrupt(graceful, announce=self.dist.is_main) as stop:
+                periodic_eval = cfg.eval.every > 0 and cfg.eval.episodes > 0
+                if logger is not None and self.global_step == 0 and periodic_eval:
+                    initial_eval = last_eval = self._eval_return()  # the start, e.g. the SFT level
+                    last_eval_step = 0
+                    initial_eval_metrics = dict(self.eval_metrics)
+                    logger.log(
+                        0,
+                        {"eval/return": initial_eval, **initial_eval_metrics,
+                         "time/elapsed": self._elapsed()},
+                    )  # fmt: skip
                 while self.iteration < self.num_iterations:
                     stopping = self.dist.any(bool(stop)) if graceful else False  # all ranks stop
                     if stopping or (stop_at is not None and self.global_step >= stop_at):
@@ -354,12 +356,15 @@ class Trainer:
                 "episodes": self.episodes,
                 "wall_time_s": self.wall_time + elapsed,
                 "sps": (self.transitions - start_transitions) / max(elapsed, 1e-9),
-                # stopped early by Ctrl-C; `--resume` continues
+                # stopped early by Ctrl-C or SIGTERM; `--resume` continues
                 "interrupted": stopping and self.iteration < self.num_iterations,
+                "stop_signal": None,
                 "train_return_last100": float(np.mean(self.recent_returns))
                 if self.recent_returns
                 else None,
             }
+            if summary["interrupted"]:  # this rank may not have been signalled itself
+                summary["stop_signal"] = signal_label(stop.signum) if stop else "a stop signal"
             if save and self.saved_step != self.global_step:  # never rewrite one in place
                 self.save()
             if logger is not None:
