@@ -91,6 +91,13 @@ class LMPolicyConfig(PolicyConfig):
     lora: LoRAConfig | None = None  # LoRA adapters on a frozen base (peft); null: full fine-tuning
 
 
+def embedding_rows(module: nn.Module) -> int:
+    """Rows of an input embedding, also when LoRA wraps it (`policy.lora.target_modules` with
+    the embedding, e.g. GPT-2's `wte`: peft's layer keeps the nn.Embedding as `base_layer`)."""
+    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    return int(base.weight.shape[0])
+
+
 # ----------------------------------------------------------------------------- state
 
 
@@ -341,7 +348,7 @@ class LMPolicy(nn.Module):
         vocab = len(self.tokenizer)
         models = [self.model] + ([self.critic_model] if self.critic_model is not None else [])
         for model in models:
-            embeddings = model.get_input_embeddings().num_embeddings
+            embeddings = embedding_rows(model.get_input_embeddings())
             if vocab != embeddings or (num_actions is not None and num_actions != vocab):
                 raise ValueError(
                     "vocabulary sizes do not match: tokenizer has "
