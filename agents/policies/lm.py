@@ -811,6 +811,19 @@ class LMPolicy(nn.Module):
 
     # -- saving -----------------------------------------------------------------------------
 
+    @classmethod
+    def pinned_folders(cls, policy_cfg: LMPolicyConfig) -> dict[str, Path]:
+        """The model folders a checkpoint of this policy needs but does not hold, by config key:
+        under LoRA, the base (`policy.model_path`) and a starting adapter
+        (`policy.lora.adapter_path`, the reference); none for full fine-tuning, whose checkpoints
+        hold every weight. The harness records their hashes in each checkpoint."""
+        if policy_cfg.lora is None:
+            return {}
+        folders = {"policy.model_path": Path(policy_cfg.model_path or DEFAULT_MODEL_PATH)}
+        if policy_cfg.lora.adapter_path is not None:
+            folders["policy.lora.adapter_path"] = Path(policy_cfg.lora.adapter_path)
+        return folders
+
     def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint holds (agents.run.checkpoint): everything for a plain model;
         under LoRA only the trainable ones (adapters, value head), not the frozen base."""
