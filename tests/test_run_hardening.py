@@ -94,7 +94,7 @@ def _rewrite_weights(meta_path: Path, keep) -> None:
     weights = meta_path.parent / meta["weights_file"]
     tensors = {k: v for k, v in load_file(str(weights)).items() if keep(k)}
     save_file(tensors, str(weights))
-    meta["weights_sha256"] = ckpt.hashlib.sha256(weights.read_bytes()).hexdigest()
+    meta["weights_sha256"] = ckpt.sha256_of(weights)
     meta_path.write_text(json.dumps(meta))
 
 

@@ -7,12 +7,13 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+from agents.run.files import atomic_file
 
 # panels of training_curves.png, in order; any logged `episode/*` metric gets its own panel too
 CURVES = (
@@ -30,13 +31,10 @@ CURVES = (
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file, fsync, os.replace: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write via a temp file, fsync, os.replace: readers never see a half-written file, and no
+    temp file stays behind on any exception (`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 class RunLogger:
@@ -188,6 +186,5 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         wspace=0.28,
         hspace=0.75,
     )
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    with atomic_file(path, suffix=".tmp.png") as tmp:  # savefig picks the format by suffix
+        fig.savefig(tmp, dpi=90)

@@ -29,7 +29,7 @@ from agents.policies import make_policy, make_reference, policy_class
 from agents.run import checkpoint as ckpt
 from agents.run.config import Config, config_changes, save_config, step_budget, to_dict
 from agents.run.envs import make_eval_env, make_train_env
-from agents.run.evaluation import run_evaluation
+from agents.run.evaluation import check_pinned, pinned_folders, run_evaluation
 from agents.run.interrupt import signal_label, stop_on_first_interrupt
 from agents.run.logger import RunLogger
 from agents.run.rundir import RunLock, new_run_dir
@@ -88,6 +88,8 @@ class Trainer:
         self.eval_env = make_eval_env(cfg) if cfg.eval.episodes > 0 and dist.is_main else None
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.policy = make_policy(cfg.policy, obs_space, act_space).to(self.device)
+        # the model folders the checkpoints need but do not hold (a LoRA base), hashed once
+        self.pinned = ckpt.pin_folders(pinned_folders(cfg))
         set_dtype = getattr(self.policy, "set_compute_dtype", None)
         if set_dtype is not None:
             set_dtype(cfg.run.dtype)
@@ -192,6 +194,8 @@ class Trainer:
             "score_normalizer": self.score_normalizer.state_dict(),
             "config": to_dict(self.cfg),
         }
+        if self.pinned:
+            meta["pinned_folders"] = self.pinned
         rank_meta, rank_tensors = self._rank_state()
         meta.update(rank_meta)
         tensors.update(rank_tensors)
@@ -217,6 +221,7 @@ class Trainer:
             raise ckpt.CheckpointError(
                 f"checkpoint {path} does not match the config: " + "; ".join(changed)
             )
+        check_pinned(self.cfg, meta, path)  # a LoRA run's base model is still the same
         ckpt.load_policy_weights(self.policy, tensors, path)
         ckpt.load_optimizer(self.ppo.optimizer, meta["optimizer"], tensors, path)
         if self.reference is not None:
