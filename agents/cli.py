@@ -362,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a read-only folder, a full disk: name the file, no traceback
         print(
             f"textrlhf {args.command}: error: cannot write {err.filename or 'a file'}: "
-            f"{err.strerror or err}; files written before (e.g. the last checkpoint) are intact",
+            f"{err.strerror or err}; its previous contents and the files written before (e.g. "
+            "the last checkpoint) are intact",
             file=sys.stderr,
         )
         return 1
