@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from agents.run.atomic import atomic_write_text
 from agents.run.config import PositiveInt, Section, Seed, check_output_dir, load_config
 from agents.run.rundir import RunLock
 
@@ -33,13 +33,9 @@ class StageConfig(Section):
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file, fsync, os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON atomically (temp file, fsync, os.replace; a failed write leaves no temp file
+    and names `path`)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def run_stage(
