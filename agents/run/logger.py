@@ -164,11 +164,11 @@ def read_metrics(path: Path, start_step: int) -> tuple[list[dict[str, Any]], Log
     lines, problem = _log_lines(path)
     if not lines:
         return [], problem
-    header = next(csv.reader([lines[0]]))
+    header = _cells(lines[0], ",")
     delimiter = ","
     for other in (";", "\t", "|"):  # a spreadsheet's choice (';' where ',' is the decimal mark)
-        if "step" not in header and "step" in next(csv.reader([lines[0]], delimiter=other)):
-            delimiter, header = other, next(csv.reader([lines[0]], delimiter=other))
+        if "step" not in header and "step" in _cells(lines[0], other):
+            delimiter, header = other, _cells(lines[0], other)
             what = f"has {other!r} between cells, not ','"
             what = f"{problem.what} and {what}" if problem else what
             problem = LogProblem(1, what, lost=False)
@@ -177,7 +177,10 @@ def read_metrics(path: Path, start_step: int) -> tuple[list[dict[str, Any]], Log
         return [], LogProblem(1, f"has no 'step' column in its header {shown[:60]!r}")
     rows: list[dict[str, Any]] = []
     for number, line in enumerate(lines[1:], 2):
-        cells = next(csv.reader([line], delimiter=delimiter), [])
+        try:
+            cells = next(csv.reader([line], delimiter=delimiter), [])
+        except csv.Error as err:  # e.g. a cell over the csv module's size limit
+            return rows, LogProblem(number, f"is not a CSV row ({err})")
         bad = _bad_row(header, cells)
         if bad:
             return rows, LogProblem(number, bad)
@@ -185,6 +188,15 @@ def read_metrics(path: Path, start_step: int) -> tuple[list[dict[str, Any]], Log
         if row["step"] <= start_step:
             rows.append(row)
     return rows, problem
+
+
+def _cells(line: str, delimiter: str) -> list[str]:
+    """The cells of a header line; [] for one the csv module refuses (a cell over its size
+    limit): a header without a 'step' column."""
+    try:
+        return next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error:
+        return []
 
 
 def _bad_row(header: list[str], cells: list[str]) -> str | None:
