@@ -270,8 +270,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {what}: {done['out']}")
 
 
-def cmd_compare(args: argparse.Namespace) -> None:
-    from agents.run.compare import compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    from agents.run.compare import CompareFailed, compare
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
@@ -291,11 +291,18 @@ def cmd_compare(args: argparse.Namespace) -> None:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     agents = ("ours",) if args.no_sb3 else ("ours", "sb3")
     command = "textrlhf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = compare(
-        args.targets, args.seeds, args.out, args.set, thresholds, agents, args.jobs, command
-    )
+    try:
+        out = compare(
+            args.targets, args.seeds, args.out, args.set, thresholds, agents, args.jobs, command
+        )
+    except CompareFailed as err:  # the report holds the runs that finished
+        print((err.out / "compare.md").read_text())
+        print(f"wrote {err.out / 'compare.md'} and {err.out / 'compare.png'}")
+        print(f"textrlhf compare: error: {err}", file=sys.stderr)
+        return 1
     print((out / "compare.md").read_text())
     print(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")
+    return 0
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
@@ -436,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a read-only folder, a full disk: name the file, no traceback
         report_error(
             f"textrlhf {args.command}: error: cannot write {err.filename or 'a file'}: "
-            f"{err.strerror or err}; files written before (e.g. the last checkpoint) are intact"
+            f"{err.strerror or err}; its previous contents and the files written before (e.g. "
+            "the last checkpoint) are intact"
         )
         return 1
     except RuntimeError as err:

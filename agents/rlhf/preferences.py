@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.run.files import atomic_file
+from agents.run.files import atomic_write_text
 from textenv.gold import gold_score, vowel_share
 from textenv.tasks import STRING_OPS
 
@@ -95,9 +95,8 @@ def write_jsonl(path: str | os.PathLike, records: list[dict]) -> Path:
     """Write records as JSONL atomically (temp file, fsync, os.replace; the umask's mode)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    atomic_write_text(path, text)
     return path
 
 

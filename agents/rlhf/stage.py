@@ -12,7 +12,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from agents.run.config import PositiveInt, Section, Seed, check_output_dir, load_config
-from agents.run.files import atomic_file, replace_folder
+from agents.run.files import atomic_write_text, replace_folder
 from agents.run.rundir import RunLock
 
 S = TypeVar("S", bound="StageConfig")
@@ -33,9 +33,9 @@ class StageConfig(Section):
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file, fsync, os.replace; the umask's mode)."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    """Write JSON atomically (temp file, fsync, os.replace; a failed write leaves no temp file
+    and names `path`)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def run_stage(

@@ -39,6 +39,7 @@ from agents.core.ppo import LOSS_AGGREGATIONS
 from agents.core.scores import SCORE_NORMS
 from agents.policies import PolicyConfig, policy_class
 from agents.run.envs import VECTORIZATION_MODES, env_module
+from agents.run.files import atomic_write_text
 from agents.run.rundir import check_run_name
 
 M = TypeVar("M", bound=BaseModel)
@@ -406,8 +407,14 @@ def to_dict(cfg: BaseModel) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
 
 
+def config_text(cfg: BaseModel) -> str:
+    """The YAML a run folder's config.yaml holds for `cfg`."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: BaseModel, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write `cfg` as YAML, atomically (a failed write leaves the previous file whole)."""
+    atomic_write_text(path, config_text(cfg))
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -1,5 +1,9 @@
 """Files and folders the project writes: atomic replacement with the umask's modes, file hashes.
 
+Every file the project rewrites goes through here (run folders, checkpoints, summaries, reports),
+so a reader never sees a half-written file and a failed write (a full disk, a file-size limit, a
+crash, Ctrl-C) leaves the old file whole.
+
 - `atomic_file(path)`: a temp name next to `path` to write; after the block the temp file gets the
   mode a plain `open(path, "w")` would give (0o666 minus the umask: safetensors and `mkstemp`
   create 0o600 files, which others sharing a run folder cannot read), is fsynced and replaces
@@ -48,22 +52,56 @@ def folder_mode() -> int:
     return 0o777 & ~current_umask()
 
 
+def temp_name(path: Path, suffix: str = ".tmp") -> Path:
+    """The temp file for `path`: hidden, in the same folder (so `os.replace` is a rename on one
+    file system), with the pid (two processes writing one report do not share it)."""
+    return path.with_name(f".{path.name}.{os.getpid()}{suffix}")
+
+
 @contextlib.contextmanager
-def atomic_file(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield the temp path `.<name><suffix>` next to `path` for the block to write; then give it
-    the umask's mode, fsync it and `os.replace` it onto `path`. Any exception (KeyboardInterrupt
-    included) removes the temp file and propagates; `path` is then unchanged."""
+def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temp path next to `path` for the block to write (by any writer: text, bytes,
+    safetensors, `savefig`); then give it the umask's mode, fsync it and `os.replace` it onto
+    `path`. Any exception (KeyboardInterrupt included) removes the temp file and propagates; `path`
+    is then unchanged, and an `OSError` is re-raised with `path` as its filename (the temp name
+    would mean nothing to the user)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}{suffix}")
+    tmp = temp_name(path, suffix)
     try:
         yield tmp
         os.chmod(tmp, file_mode())
-        with open(tmp, "rb+") as f:
+        with open(tmp, "rb+") as f:  # the writer closed its own handle; fsync needs one
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:  # a failed write, or Ctrl-C in the middle of one
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename != str(path):
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8, newlines as given) to `path` atomically (`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically (`atomic_file`)."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def naming_the_file(path: str | os.PathLike) -> Iterator[None]:
+    """Appends cannot be atomic; an `OSError` raised while appending to `path` (a buffered
+    write's ENOSPC names no file) is re-raised with `path` as its filename."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
 
 
 def _settle(folder: Path) -> None:

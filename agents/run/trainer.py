@@ -27,9 +27,10 @@ from agents.core.rollout import LOCKSTEP, EpisodeLog, RolloutCollector, autorese
 from agents.core.scores import ScoreNormalizer
 from agents.policies import make_policy, make_reference, policy_class
 from agents.run import checkpoint as ckpt
-from agents.run.config import Config, config_changes, save_config, step_budget, to_dict
+from agents.run.config import Config, config_changes, config_text, step_budget, to_dict
 from agents.run.envs import make_eval_env, make_train_env
 from agents.run.evaluation import check_pinned, pinned_folders, run_evaluation
+from agents.run.files import atomic_write_bytes, atomic_write_text
 from agents.run.interrupt import signal_label, stop_on_first_interrupt
 from agents.run.logger import RunLogger
 from agents.run.rundir import RunLock, new_run_dir
@@ -305,8 +306,8 @@ class Trainer:
                       self.global_step, cfg.run.progress)
             if log else None
         )  # fmt: skip
-        if log and self.global_step == 0:
-            save_config(cfg, self.run_dir / "config.yaml")
+        if log:
+            write_run_config(cfg, self.run_dir, self.global_step)
         self._start = time.perf_counter()
         start_transitions = self.transitions
         next_eval = _next_multiple(self.global_step, cfg.eval.every)
@@ -375,12 +376,16 @@ class Trainer:
             if logger is not None:
                 done = self.iteration >= self.num_iterations
                 if done and cfg.eval.episodes > 0 and last_eval_step != self.global_step:
-                    last_eval = self._eval_return()
+                    last_eval, last_eval_step = self._eval_return(), self.global_step
                     logger.log(
                         self.global_step,
                         {"eval/return": last_eval, **self.eval_metrics,
                          "time/elapsed": self._elapsed()},
                     )  # fmt: skip
+                if last_eval is not None:  # `textrlhf eval RUN` reproduces it with these
+                    summary["final_eval"] = {
+                        "step": last_eval_step, "seed": 10_000 + cfg.seed, **to_dict(cfg)["eval"]
+                    }  # fmt: skip
                 summary.update(
                     final_return=last_eval
                     if last_eval is not None
@@ -558,6 +563,24 @@ def check_rollout_memory(cfg: Config, obs_space: Any, act_space: Any) -> None:
             f"transitions, more than this machine's {total / 2**30:,.1f} GiB of memory; lower "
             "env.num_envs or ppo.n_steps"
         )
+
+
+def write_run_config(cfg: Config, run_dir: Path, step: int) -> None:
+    """config.yaml is the config of the process that writes the run, so the evaluations it logs
+    (and `textrlhf eval RUN`) use its `eval.*` settings. A resume at `step` whose settings differ
+    (only run.*, eval.* and name may) first keeps the previous file as `config.<step>.yaml`: the
+    settings of the evaluations logged up to `step`. An existing `config.<step>.yaml` is kept: the
+    process that wrote config.yaml since then logged nothing that a resume at `step` keeps."""
+    path = run_dir / "config.yaml"
+    text = config_text(cfg)
+    if step > 0 and path.is_file():
+        previous = path.read_bytes()  # kept as it is, whatever it holds
+        if previous == text.encode():
+            return
+        before = run_dir / f"config.{step}.yaml"
+        if not before.exists():
+            atomic_write_bytes(before, previous)
+    atomic_write_text(path, text)
 
 
 def _next_multiple(step: int, every: int) -> float:
