@@ -93,3 +93,26 @@ def test_prompt_format_raw_chat_and_auto(chat_tokenizer):
         gym.make("TextRLHF-v0", prompts=[record], prompt_format="jinja")
     for env in (raw, chat, auto):
         env.close()
+
+
+def test_the_turn_terminator_ends_a_turn_with_turns_and_tools_too(chat_tokenizer):
+    # one step path: the tokens that end an episode without turns end a turn with them
+    kwargs = dict(tokenizer=chat_tokenizer, prompts=RECORDS, max_prompt_tokens=64,
+                  max_new_tokens=40, max_turns=2)  # fmt: skip
+    env = gym.make("TextRLHF-v0", **kwargs)
+    env.reset(seed=0, options={"prompt": 0})
+    for token in byte_ids("cb"):
+        env.step(token)
+    obs, reward, terminated, _, _ = env.step(IM_END)
+    assert not terminated and reward == 0.0 and obs["from_env"][64 + 3 :].any()  # feedback
+    for token in [*byte_ids("cba"), IM_END]:
+        _, reward, terminated, _, info = env.step(token)
+    assert terminated and info["eos"] and info["responses"] == ["cb", "cba"]
+    assert info["turn_scores"] == [pytest.approx(2 / 3), 1.0] and reward == 1.0
+    venv = gym.make_vec("TextRLHF-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                        tools=["calc"], **{**kwargs, "max_turns": 1})  # fmt: skip
+    venv.reset(seed=0, options={"prompts": [0, 0]})
+    _, _, term, _, info = venv.step(np.array([IM_END, byte_ids("c")[0]]))
+    assert term.tolist() == [True, False] and info["eos"][0] and info["response"][0] == ""
+    venv.close()
+    env.close()

@@ -1,4 +1,9 @@
-"""TextRLHFVectorEnv: N text episodes stepped together in numpy, finished rows scored in one call."""
+"""TextRLHFVectorEnv: N text episodes stepped together in numpy, finished rows scored in one call.
+
+The rows are a ``TextBatch`` (``textenv.batch``), the implementation ``TextRLHFEnv`` is a view
+over: this module adds the vector API (lockstep or next-step autoreset, reset options, batched
+action checks, Gymnasium-style vectorized infos).
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.env import (
-    RENDER_MODES,
-    TextEnvArgs,
-    check_references,
-    env_signature,
-    episode_stop_ids,
-    make_observation_space,
-    resolve_prompt,
-)
-from textenv.tokenizer import make_batch_decoder, make_decoder
+from textenv.args import RENDER_MODES, TextEnvArgs, env_signature
+from textenv.batch import Finished, TextBatch
 
 NEXT_STEP_NAMES = ("next_step", AutoresetMode.NEXT_STEP.value)  # "next_step", "NextStep"
 VECTOR_RESET_OPTIONS = ("prompts", "references", "repeat")
@@ -111,7 +108,12 @@ class TextRLHFVectorEnv(VectorEnv):
                 f"autoreset_mode {autoreset_mode!r} not supported; allowed: {list(AUTORESET_MODES)}"
             )
         self.args = args = TextEnvArgs.from_kwargs(type(self).__name__, kwargs, OWN_ARGUMENTS)
-        self.tokenizer, self.dataset, self.reward_fn = args.build()
+        self._batch = batch = TextBatch(int(num_envs), args)
+        self.tokenizer, self.dataset, self.reward_fn = (
+            batch.tokenizer,
+            batch.dataset,
+            batch.reward_fn,
+        )
         self.num_envs, self.render_mode = int(num_envs), args.render_mode
         self.missing_eos_penalty = args.missing_eos_penalty
         self.lockstep = mode == LOCKSTEP  # else one of NEXT_STEP_NAMES
@@ -130,29 +132,22 @@ class TextRLHFVectorEnv(VectorEnv):
             "reset_options": list(VECTOR_RESET_OPTIONS),
         }
         self.max_prompt_tokens, self.max_new_tokens = args.max_prompt_tokens, args.max_new_tokens
-        self.vocab_size = len(self.tokenizer)
-        self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        self.stop_ids = np.array(episode_stop_ids(self.tokenizer, self.dataset), dtype=np.int64)
-        self._decode = make_decoder(self.tokenizer)
-        self._decode_batch = make_batch_decoder(self.tokenizer)
-        N, L = self.num_envs, self.max_prompt_tokens + self.max_new_tokens
+        self.vocab_size = batch.vocab_size
+        self.eos_id, self.pad_id = batch.eos_id, batch.pad_id
+        self.stop_ids = np.array(batch.stop_ids, dtype=np.int64)
         self.single_action_space = spaces.Discrete(self.vocab_size)
-        self._dialogues = args.dialogues(N, self.tokenizer)  # None: no tools, one turn
-        self.single_observation_space = make_observation_space(
-            self.vocab_size, L, from_env=self._dialogues is not None
-        )
-        self.action_space = batch_space(self.single_action_space, N)
-        self.observation_space = batch_space(self.single_observation_space, N)
-
-        self._ids = np.full((N, L), self.pad_id, dtype=np.int64)  # (N, L)
-        self._mask = np.zeros((N, L), dtype=np.int8)  # (N, L)
-        self._from_env = np.zeros((N, L), dtype=np.int8)  # (N, L) used with tools/turns only
-        self._n_generated = np.zeros(N, dtype=np.int64)  # (N,)
-        self._done = np.ones(N, dtype=bool)  # (N,) finished (lockstep) / to reset (next_step)
-        self._rows = np.arange(N)
-        self._prompts: list[str] = [""] * N
-        self._references: list[str | None] = [None] * N
+        self.single_observation_space = batch.observation_space
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self._done = np.ones(
+            self.num_envs, dtype=bool
+        )  # finished (lockstep) / to reset (next_step)
         self._needs_reset = True
+
+    @property
+    def _prompts(self) -> list[str]:
+        """The prompt text of each row."""
+        return self._batch.prompts
 
     # ---------------------------------------------------------------- reset
     def _load_rows(
@@ -162,30 +157,9 @@ class TextRLHFVectorEnv(VectorEnv):
         refs: list | None = None,
         repeat: int = 1,
     ) -> None:
-        """Put new prompts into ``rows``: drawn with ``np_random`` (each draw given to ``repeat``
-        consecutive rows) or forced (texts / indices)."""
-        P, ds = self.max_prompt_tokens, self.dataset
-        if forced is None:
-            idx = self.np_random.integers(len(ds), size=len(rows) // repeat)
-            if repeat > 1:
-                idx = np.repeat(idx, repeat)
-            self._ids[rows, :P] = ds.input_ids[idx]
-            self._mask[rows, :P] = ds.attention_mask[idx]
-            for r, i in zip(rows.tolist(), idx.tolist()):
-                self._prompts[r], self._references[r] = ds.prompts[i], ds.references[i]
-        else:  # resolve every forced prompt before writing, so a bad one changes nothing
-            resolved = [resolve_prompt(ds, prompt, ref) for prompt, ref in zip(forced, refs)]
-            check_references(self.reward_fn, [(text, ref) for _, _, text, ref in resolved])
-            for r, (ids, mask, text, ref) in zip(rows.tolist(), resolved):
-                self._ids[r, :P], self._mask[r, :P] = ids, mask
-                self._prompts[r], self._references[r] = text, ref
-        self._ids[rows, P:] = self.pad_id
-        self._mask[rows, P:] = 0
-        self._n_generated[rows] = 0
+        """New episodes in ``rows``, drawn with ``np_random`` (one generator for all rows)."""
+        self._batch.load_rows(rows, self.np_random, forced, refs, repeat)
         self._done[rows] = False
-        if self._dialogues is not None:
-            self._from_env[rows] = self._mask[rows]
-            self._dialogues.reset_rows(rows)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -224,15 +198,12 @@ class TextRLHFVectorEnv(VectorEnv):
                 )
             if forced is not None:
                 raise ValueError("options['repeat'] draws the prompts; it cannot take 'prompts'")
-        self._load_rows(self._rows, forced, refs, int(repeat))
+        self._load_rows(None, forced, refs, int(repeat))
         self._needs_reset = False
         return self._obs(), {}
 
     def _obs(self) -> dict[str, np.ndarray]:
-        obs = {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
-        if self._dialogues is not None:
-            obs["from_env"] = self._from_env.copy()
-        return obs
+        return self._batch.obs()
 
     # ---------------------------------------------------------------- step
     def _check_actions(self, actions: Any, active: np.ndarray) -> np.ndarray:
@@ -244,9 +215,8 @@ class TextRLHFVectorEnv(VectorEnv):
         if a.shape != (self.num_envs,):
             raise ValueError(f"actions must have shape ({self.num_envs},), got {a.shape}")
         if a.min() < 0 or a.max() >= self.vocab_size:  # fast path: every row valid
-            live = a[
-                active
-            ]  # actions of finished rows are ignored, so only live rows must be valid
+            # the actions of finished rows are ignored, so only the live rows must be valid
+            live = a[active]
             bad = live[(live < 0) | (live >= self.vocab_size)]
             if bad.size:
                 raise ValueError(
@@ -259,125 +229,29 @@ class TextRLHFVectorEnv(VectorEnv):
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
-        N, P = self.num_envs, self.max_prompt_tokens
+        N = self.num_envs
         was_done = self._done.copy()  # (N,) finished rows (lockstep) / rows to reset (next_step)
+        any_done = was_done.any()
         active = ~was_done  # (N,) rows that take this action
         a = self._check_actions(actions, active)
-        if self._dialogues is not None:
-            return self._step_dialogues(a, was_done, active)
-        n_gen = self._n_generated
-        eos = (np.isin(a, self.stop_ids) if len(self.stop_ids) > 1 else a == self.eos_id) & active
-        finished = (eos | (n_gen + 1 == self.max_new_tokens)) & active  # (N,)
-
-        # score first: a reward function that raises leaves the env as it was
+        done = self._batch.step(a, active if any_done else None)
         rewards = np.zeros(N, dtype=np.float64)
+        finished = np.zeros(N, dtype=bool)
         info: dict[str, Any] = {}
-        if finished.any():
-            info = self._score(np.flatnonzero(finished), a, eos, finished, rewards)
-
-        any_done = was_done.any()
+        if done is not None:
+            rewards[done.rows], finished[done.rows] = done.rewards, True
+            info = self._vector_info(done, finished)
         if any_done and not self.lockstep:  # NEXT_STEP: reset the rows that finished last step
             self._load_rows(np.flatnonzero(was_done))
-        rows = self._rows if not any_done else np.flatnonzero(active)
-        cols = P + n_gen[rows]
-        self._ids[rows, cols] = a[rows]
-        self._mask[rows, cols] = 1
-        n_gen[rows] += 1
         self._done |= finished
         terminated = self._done.copy() if self.lockstep else finished
         return self._obs(), rewards, terminated, np.zeros(N, dtype=bool), info
 
-    def _step_dialogues(
-        self, a: np.ndarray, was_done: np.ndarray, active: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """``step`` with tools or turns: ``textenv.tools.Dialogues`` writes each active row's
-        token and its env tokens (rows may get different numbers at the same step) and scores
-        every row whose turn ends in one reward call."""
-        N = self.num_envs
-        rows = np.flatnonzero(active)
-
-        def score(idx: np.ndarray, responses: list[str], ended: np.ndarray) -> tuple:
-            kwargs = {"ended": ended.tolist()} if self.reward_fn.wants_ended else {}
-            prompts = [self._prompts[r] for r in idx.tolist()]
-            references = [self._references[r] for r in idx.tolist()]
-            return self.reward_fn.score(prompts, responses, references, **kwargs)
-
-        out = self._dialogues.step(
-            self._ids,
-            self._mask,
-            self._from_env,
-            self._n_generated,
-            rows,
-            a,
-            self._prompts,
-            score,
-        )
-        finished = np.zeros(N, dtype=bool)
-        finished[rows] = out["finished"]
-        rewards = np.zeros(N, dtype=np.float64)
-        info: dict[str, Any] = {}
-        if finished.any():
-            done = out["finished"]
-            done_rows = rows[done]
-            eos = out["eos"][done]
-            total = out["score"][done]
-            rewards[done_rows] = total - self.missing_eos_penalty * ~eos
-            parts = {k: v[done] for k, v in out["parts"].items()}
-            responses = [r for r, d in zip(out["response"], done) if d]
-            info = self._vector_info(done_rows, finished, responses, total, eos, parts)
-            for key, (values, has) in out["info"].items():
-                column = np.zeros(N, dtype=object)
-                mask = np.zeros(N, dtype=bool)
-                for r, value, h in zip(rows.tolist(), values, has):
-                    if h:
-                        column[r], mask[r] = value, True
-                if all(isinstance(v, (bool, np.bool_)) for v in values):
-                    column = column.astype(bool)
-                elif all(isinstance(v, (int, float, np.number)) for v in values):
-                    column = column.astype(np.float64)
-                info[key], info[f"_{key}"] = column, mask
-        if was_done.any() and not self.lockstep:  # NEXT_STEP: reset the rows that finished
-            self._load_rows(np.flatnonzero(was_done))
-        self._done |= finished
-        terminated = self._done.copy() if self.lockstep else finished
-        return self._obs(), rewards, terminated, np.zeros(N, dtype=bool), info
-
-    def _score(
-        self,
-        rows: np.ndarray,
-        actions: np.ndarray,
-        eos: np.ndarray,
-        finished: np.ndarray,
-        rewards: np.ndarray,
-    ) -> dict[str, Any]:
-        """Decode the ``rows`` that this step's ``actions`` finish (not yet written to the state),
-        score them in one reward call, fill ``rewards`` and return the vectorized infos."""
-        P = self.max_prompt_tokens
-        n_gen = self._n_generated[rows]  # tokens before this step
-        tokens = self._ids[rows, P:].copy()  # (k, max_new_tokens)
-        tokens[np.arange(len(rows)), n_gen] = actions[rows]
-        lengths = n_gen + 1 - eos[rows]  # the EOS is not part of the response
-        prompts = [self._prompts[r] for r in rows.tolist()]
-        references = [self._references[r] for r in rows.tolist()]
-        responses = self._decode_batch(tokens, lengths)
-        ended = {"ended": eos[rows].tolist()} if self.reward_fn.wants_ended else {}
-        total, parts = self.reward_fn.score(prompts, responses, references, **ended)
-        rewards[rows] = total - self.missing_eos_penalty * ~eos[rows]
-        return self._vector_info(rows, finished, responses, total, eos[rows], parts)
-
-    def _vector_info(
-        self,
-        rows: np.ndarray,
-        finished: np.ndarray,
-        responses: list[str],
-        total: np.ndarray,
-        eos: np.ndarray,
-        parts: dict[str, np.ndarray],
-    ) -> dict[str, Any]:
-        """Gymnasium-style vectorized final infos of the finished ``rows`` (k,)."""
-        N = self.num_envs
-        prompts = [self._prompts[r] for r in rows.tolist()]
-        references = [self._references[r] for r in rows.tolist()]
+    def _vector_info(self, done: Finished, finished: np.ndarray) -> dict[str, Any]:
+        """Gymnasium-style vectorized final infos: a column per key, ``_key`` its (N,) mask."""
+        N, rows = self.num_envs, done.rows
+        prompts = [self._batch.prompts[r] for r in rows.tolist()]
+        references = [self._batch.references[r] for r in rows.tolist()]
 
         def column(values: Any, dtype: Any) -> np.ndarray:
             out = np.empty(N, dtype=object) if dtype is object else np.zeros(N, dtype=dtype)
@@ -388,25 +262,40 @@ class TextRLHFVectorEnv(VectorEnv):
         info: dict[str, Any] = {}
         for key, values, dtype in (
             ("prompt", prompts, object),
-            ("response", responses, object),
+            ("response", done.responses, object),
             ("reference", references, object),
-            ("score", total, np.float64),
-            ("eos", eos, bool),
-            ("hit_length_limit", ~eos, bool),
+            ("score", done.score, np.float64),
+            ("eos", done.eos, bool),
+            ("hit_length_limit", ~done.eos, bool),
         ):
             info[key], info[f"_{key}"] = column(values, dtype), mask
         components: dict[str, Any] = {}
-        for name, values in parts.items():
+        for name, values in done.parts.items():
             components[name], components[f"_{name}"] = column(values, np.float64), mask
         info["reward_components"], info["_reward_components"] = components, mask
+        for key, (values, has) in done.turns.items():
+            info[key], info[f"_{key}"] = turn_column(N, rows, values, has)
         return info
 
     # ---------------------------------------------------------------- misc
     def render(self) -> tuple[str, ...] | None:
         if self.render_mode != "ansi":
             return None
-        P = self.max_prompt_tokens
-        return tuple(
-            self._prompts[r] + self._decode(self._ids[r, P : P + self._n_generated[r]])
-            for r in range(self.num_envs)
-        )
+        return tuple(self._batch.text(r) for r in range(self.num_envs))
+
+
+def turn_column(
+    N: int, rows: np.ndarray, values: list, has: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A turn info (``textenv.turns.final_infos``) of the finished ``rows`` as an (N,) column and
+    its mask: bool or float64 when every value is, else an object column (0 where absent)."""
+    column = np.zeros(N, dtype=object)
+    mask = np.zeros(N, dtype=bool)
+    for r, value, h in zip(rows.tolist(), values, has):
+        if h:
+            column[r], mask[r] = value, True
+    if all(isinstance(v, (bool, np.bool_)) for v in values):
+        column = column.astype(bool)
+    elif all(isinstance(v, (int, float, np.number)) for v in values):
+        column = column.astype(np.float64)
+    return column, mask

@@ -1,0 +1,163 @@
+"""The arguments both TextRLHF envs take: ``TextEnvArgs``, their one definition, with the checks.
+
+``TextRLHFEnv`` takes exactly these; ``TextRLHFVectorEnv`` adds ``num_envs`` and ``autoreset_mode``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from textenv.data import PromptDataset, make_dataset
+from textenv.rewards import Reward, make_reward_fn, rewards_without_reference
+from textenv.tokenizer import PROMPT_FORMATS, load_tokenizer
+from textenv.tools import check_tools
+from textenv.turns import check_feedback
+
+RENDER_MODES = ("ansi",)  # besides None
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """``value`` as an int >= 1, or TypeError/ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value}")
+    return int(value)
+
+
+def check_missing_eos_penalty(value: Any) -> float:
+    """The penalty for a response that hits ``max_new_tokens`` without EOS, as a float >= 0."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"missing_eos_penalty must be None or a number >= 0, got {value!r}")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(
+            f"missing_eos_penalty must be None or a finite number >= 0, got {value!r} "
+            "(it is subtracted from the score)"
+        )
+    return float(value)
+
+
+def check_render_mode(render_mode: Any) -> str | None:
+    if render_mode is not None and render_mode not in RENDER_MODES:
+        raise ValueError(
+            f"render_mode {render_mode!r} not supported; allowed: {[None, *RENDER_MODES]} (SB3's "
+            "make_vec_env defaults to 'rgb_array': pass env_kwargs={'render_mode': None})"
+        )
+    return render_mode
+
+
+def unknown_arguments_error(owner: str, unknown: list[str], allowed: Sequence[str]) -> TypeError:
+    """The TypeError for keyword arguments ``owner`` does not take, naming them and the allowed."""
+    hints = [
+        f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
+        for name in unknown
+        for close in [difflib.get_close_matches(name, allowed, n=1)]
+    ]
+    plural = "s" if len(unknown) > 1 else ""
+    return TypeError(
+        f"{owner} got unknown keyword argument{plural} {', '.join(hints)}; allowed: {list(allowed)}"
+    )
+
+
+@dataclass
+class TextEnvArgs:
+    """The arguments of ``TextRLHFEnv``, which ``TextRLHFVectorEnv`` shares (it adds ``num_envs`` and
+    ``autoreset_mode``): their one definition, with the defaults and the checks.
+
+    The fields are documented in ``TextRLHFEnv``'s Arguments section. Construction checks the plain
+    values (``max_new_tokens``/``max_prompt_tokens`` ints >= 1, ``render_mode``,
+    ``missing_eos_penalty``, which becomes a float, 0.0 for None); ``build()`` loads the tokenizer,
+    the prompt set and the reward function. ``from_kwargs`` rejects unknown names.
+    """
+
+    tokenizer: Any = None
+    prompts: Any = "reverse"
+    split: str = "train"
+    reward_fn: Any = "edit_distance"
+    max_new_tokens: int = 32
+    max_prompt_tokens: int = 32
+    render_mode: str | None = None
+    missing_eos_penalty: float | None = None
+    prompt_format: str = "auto"
+    tools: Any = ()  # tool names, e.g. ["calc"] (textenv.tools)
+    max_tool_calls: int = 4
+    max_turns: int = 1
+    feedback: Any = "score"  # "score" or a callable (prompt, responses, scores) -> str
+
+    def __post_init__(self) -> None:
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ValueError(
+                f"prompt_format must be one of {list(PROMPT_FORMATS)}, got {self.prompt_format!r}"
+            )
+        self.tools = check_tools(self.tools)
+        self.max_tool_calls = check_positive_int("max_tool_calls", self.max_tool_calls)
+        self.max_turns = check_positive_int("max_turns", self.max_turns)
+        self.feedback = check_feedback(self.feedback)
+        self.max_new_tokens = check_positive_int("max_new_tokens", self.max_new_tokens)
+        self.max_prompt_tokens = check_positive_int("max_prompt_tokens", self.max_prompt_tokens)
+        self.render_mode = check_render_mode(self.render_mode)
+        self.missing_eos_penalty = check_missing_eos_penalty(self.missing_eos_penalty)
+
+    @classmethod
+    def from_kwargs(
+        cls, owner: str, kwargs: dict[str, Any], extra: Sequence[str] = ()
+    ) -> TextEnvArgs:
+        """Check ``kwargs`` against the field names (``extra``: the owner's own arguments, listed
+        in the error) and build the arguments."""
+        unknown = [name for name in kwargs if name not in ENV_ARGUMENTS]
+        if unknown:
+            raise unknown_arguments_error(owner, unknown, [*extra, *ENV_ARGUMENTS])
+        return cls(**kwargs)
+
+    def build(self) -> tuple[Any, PromptDataset, Reward]:
+        """Resolve the arguments into (tokenizer, dataset, reward)."""
+        tokenizer, prompts = self.tokenizer, self.prompts
+        if tokenizer is None and isinstance(prompts, PromptDataset):
+            tokenizer = prompts.tokenizer
+        else:
+            tokenizer = load_tokenizer(tokenizer)
+        dataset = make_dataset(
+            prompts, tokenizer, self.max_prompt_tokens, self.split, self.prompt_format
+        )
+        reward = make_reward_fn(self.reward_fn)
+        if reward.needs_reference and None in dataset.references:
+            i = dataset.references.index(None)
+            raise ValueError(
+                f"reward {reward.name!r} needs references, but {dataset.locations[i]} (prompt "
+                f"{dataset.prompts[i]!r}) has none; use prompts with references or a reward that "
+                f"needs none ({rewards_without_reference()} or a callable)"
+            )
+        return tokenizer, dataset, reward
+
+    @property
+    def writes_tokens(self) -> bool:
+        """Whether the env writes tokens of its own (tool results, feedback): then the
+        observation has ``from_env`` and the final infos describe the turns and tool calls."""
+        return bool(self.tools) or self.max_turns > 1
+
+
+ENV_ARGUMENTS = tuple(f.name for f in fields(TextEnvArgs))
+
+
+def env_signature(*own: inspect.Parameter) -> Callable[[type], type]:
+    """Class decorator: ``__init__(self, *own, **kwargs)`` shows the ``TextEnvArgs`` fields as its
+    keyword arguments in ``help()`` and ``inspect.signature`` (the code takes them as ``**kwargs``)."""
+
+    def decorate(cls: type) -> type:
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        shared = [
+            inspect.Parameter(f.name, keyword, default=f.default) for f in fields(TextEnvArgs)
+        ]
+        self = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        cls.__init__.__signature__ = inspect.Signature([self, *own, *shared])
+        return cls
+
+    return decorate
