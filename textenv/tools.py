@@ -37,6 +37,15 @@ def calc(expression: str) -> int:
         raise CalcError(f"calc needs a str, got {type(expression).__name__}")
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise CalcError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
+    parser = _Parser(expression, _lex(expression))
+    value = parser.expr(0)
+    if parser.i != len(parser.tokens):
+        raise CalcError(f"unexpected {parser.tokens[parser.i]!r} in {expression!r}")
+    return value
+
+
+def _lex(expression: str) -> list[str | int]:
+    """The tokens of ``expression``: ints and the symbols ``+ - * ( )``."""
     tokens: list[str | int] = []
     pos = 0
     for match in _TOKEN.finditer(expression):
@@ -54,58 +63,58 @@ def calc(expression: str) -> int:
         raise CalcError(f"cannot read {expression!r}")
     if not tokens:
         raise CalcError("empty expression")
-    i = 0
+    return tokens
 
-    def peek() -> str | int | None:
-        return tokens[i] if i < len(tokens) else None
 
-    def checked(value: int) -> int:
+class _Parser:
+    """expr := term (("+" | "-") term)*; term := factor ("*" factor)*;
+    factor := "-" factor | "(" expr ")" | int."""
+
+    def __init__(self, expression: str, tokens: list[str | int]) -> None:
+        self.expression, self.tokens, self.i = expression, tokens, 0
+
+    def peek(self) -> str | int | None:
+        return self.tokens[self.i] if self.i < len(self.tokens) else None
+
+    def checked(self, value: int) -> int:
         if abs(value) > MAX_RESULT:
-            raise CalcError(f"result beyond {MAX_RESULT:.0e} in {expression!r}")
+            raise CalcError(f"result beyond {MAX_RESULT:.0e} in {self.expression!r}")
         return value
 
-    def expr(depth: int) -> int:
-        nonlocal i
-        value = term(depth)
-        while peek() in ("+", "-"):
-            op = tokens[i]
-            i += 1
-            right = term(depth)
-            value = checked(value + right if op == "+" else value - right)
+    def expr(self, depth: int) -> int:
+        value = self.term(depth)
+        while self.peek() in ("+", "-"):
+            op = self.tokens[self.i]
+            self.i += 1
+            right = self.term(depth)
+            value = self.checked(value + right if op == "+" else value - right)
         return value
 
-    def term(depth: int) -> int:
-        nonlocal i
-        value = factor(depth)
-        while peek() == "*":
-            i += 1
-            value = checked(value * factor(depth))
+    def term(self, depth: int) -> int:
+        value = self.factor(depth)
+        while self.peek() == "*":
+            self.i += 1
+            value = self.checked(value * self.factor(depth))
         return value
 
-    def factor(depth: int) -> int:
-        nonlocal i
-        token = peek()
+    def factor(self, depth: int) -> int:
+        token = self.peek()
         if token == "-":
-            i += 1
-            return -factor(depth)
+            self.i += 1
+            return -self.factor(depth)
         if token == "(":
             if depth >= MAX_DEPTH:
                 raise CalcError(f"parentheses nested deeper than {MAX_DEPTH}")
-            i += 1
-            value = expr(depth + 1)
-            if peek() != ")":
-                raise CalcError(f"missing ')' in {expression!r}")
-            i += 1
+            self.i += 1
+            value = self.expr(depth + 1)
+            if self.peek() != ")":
+                raise CalcError(f"missing ')' in {self.expression!r}")
+            self.i += 1
             return value
         if isinstance(token, int):
-            i += 1
-            return checked(token)
-        raise CalcError(f"expected a number or '(' in {expression!r}, got {token!r}")
-
-    value = expr(0)
-    if i != len(tokens):
-        raise CalcError(f"unexpected {tokens[i]!r} in {expression!r}")
-    return value
+            self.i += 1
+            return self.checked(token)
+        raise CalcError(f"expected a number or '(' in {self.expression!r}, got {token!r}")
 
 
 class CalcTool:
