@@ -1,7 +1,7 @@
 """TextRLHFEnv: text generation as an ordinary Gymnasium RL problem.
 
-The env is a view over a one-row ``TextBatch`` (``textenv.batch``), the batched implementation
-that ``TextRLHFVectorEnv`` steps too: this module adds the single-env API (a scalar action, Python
+The env is a one-row ``TextBatch`` (``textenv.batch``), the batched implementation that
+``TextRLHFVectorEnv`` is too: this module adds the single-env API (a scalar action, a Python
 float reward and bools, a plain info dict).
 """
 
@@ -36,7 +36,7 @@ def check_action(action: Any, vocab_size: int) -> int:
 
 
 @env_signature()
-class TextRLHFEnv(gym.Env):
+class TextRLHFEnv(TextBatch, gym.Env):
     """
     ## Description
     Text generation as a sequential decision problem, the RL view of RLHF. The state is a prompt
@@ -127,31 +127,16 @@ class TextRLHFEnv(gym.Env):
 
     def __init__(self, **kwargs: Any) -> None:
         self.args = args = TextEnvArgs.from_kwargs(type(self).__name__, kwargs)
-        self._batch = batch = TextBatch(1, args)
-        self.tokenizer, self.dataset, self.reward_fn = (
-            batch.tokenizer,
-            batch.dataset,
-            batch.reward_fn,
-        )
-        self.render_mode, self.missing_eos_penalty = args.render_mode, args.missing_eos_penalty
-        self.max_prompt_tokens, self.max_new_tokens = args.max_prompt_tokens, args.max_new_tokens
-        self.vocab_size, self.stop_ids = batch.vocab_size, batch.stop_ids
-        self.eos_id, self.pad_id = batch.eos_id, batch.pad_id
+        TextBatch.__init__(self, 1, args)
+        self.render_mode = args.render_mode
         self.action_space = spaces.Discrete(self.vocab_size)
-        self.observation_space = batch.observation_space
-        self._views = (
-            batch.ids[0],
-            batch.mask[0],
-            batch.from_env[0] if batch.writes_tokens else None,
-        )
-        self._action = np.zeros(1, dtype=np.int64)  # (1,) the step's action
+        self.observation_space = self._row_observation_space()
         self._needs_reset = True
 
     def _obs(self) -> dict[str, np.ndarray]:
-        ids, mask, from_env = self._views
-        obs = {"input_ids": ids.copy(), "attention_mask": mask.copy()}
-        if from_env is not None:
-            obs["from_env"] = from_env.copy()
+        obs = {"input_ids": self._ids[0].copy(), "attention_mask": self._mask[0].copy()}
+        if self._writes_tokens:
+            obs["from_env"] = self._from_env[0].copy()
         return obs
 
     def reset(
@@ -166,17 +151,17 @@ class TextRLHFEnv(gym.Env):
             )
         if "prompt" in options:
             forced = ([options["prompt"]], [options.get("reference")])
-            self._batch.load_rows(None, self.np_random, *forced)
+            self._start_rows(None, self.np_random, *forced)
         else:
-            self._batch.load_rows(None, self.np_random)
+            self._start_rows(None, self.np_random)
         self._needs_reset = False
         return self._obs(), {}
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._needs_reset:
             raise RuntimeError("call reset() before step(): the episode is over or never started")
-        self._action[0] = check_action(action, self.vocab_size)  # raises before any change
-        done = self._batch.step(self._action)
+        token = check_action(action, self.vocab_size)  # raises before any change
+        done = self._advance(np.array((token,)))
         if done is None:
             return self._obs(), 0.0, False, False, {}
         self._needs_reset = True
@@ -186,9 +171,9 @@ class TextRLHFEnv(gym.Env):
         """The info of the episode's last step, from the batch's one finished row."""
         eos = bool(done.eos[0])
         info = {
-            "prompt": self._batch.prompts[0],
+            "prompt": self._prompts[0],
             "response": done.responses[0],
-            "reference": self._batch.references[0],
+            "reference": self._references[0],
             "score": float(done.score[0]),
             "reward_components": {k: float(v[0]) for k, v in done.parts.items()},
             "eos": eos,
@@ -202,4 +187,4 @@ class TextRLHFEnv(gym.Env):
     def render(self) -> str | None:
         if self.render_mode != "ansi":
             return None
-        return self._batch.text(0)
+        return self._row_text(0)

@@ -15,8 +15,8 @@ tokens a trainer scores are exactly the tokens the agent sampled: nothing is re-
 Env-written tokens count toward ``max_new_tokens``. When they would leave no room for one more
 agent token, the episode ends at that step instead, scored as it is (``hit_length_limit``).
 
-``TurnRules`` is this logic; ``TextBatch.step`` (``textenv.batch``) asks it, batched over the rows
-of one step, and writes the tokens. ``History`` is one row's episode so far, which the batch keeps.
+``TurnRules`` is this logic; ``TextBatch._advance`` (``textenv.batch``) asks it, batched over the
+rows of one step, and writes the tokens. ``TurnState`` holds each row's turns so far (``History``).
 """
 
 from __future__ import annotations
@@ -62,11 +62,27 @@ class History:
     calls: list[tuple[str, str]] = field(default_factory=list)  # (expression, env text)
 
 
+class TurnState:
+    """Each row's turns so far (kept by the env, used when it writes tokens): where the current
+    turn begins and where the env last wrote, as positions after the prompt, and the History."""
+
+    def __init__(self, num_rows: int) -> None:
+        self.turn_start = np.zeros(num_rows, dtype=np.int64)  # (N,)
+        self.env_end = np.zeros(num_rows, dtype=np.int64)  # (N,)
+        self.history = [History() for _ in range(num_rows)]
+
+    def reset_rows(self, at: slice | np.ndarray, rows: Sequence[int]) -> None:
+        """New episodes in ``rows`` (``at`` indexes the same rows: a slice or an index array)."""
+        self.turn_start[at], self.env_end[at] = 0, 0
+        for r in rows:
+            self.history[r] = History()
+
+
 class TurnRules:
     """The built-in turn logic: the reward function scores each turn, ``feedback`` answers a turn
     that ended with EOS before ``max_turns``, the ``tools`` answer calls inside a turn.
 
-    ``TextBatch.step`` calls exactly two methods, before it writes anything (so an exception
+    ``TextBatch._advance`` calls exactly two methods, before it writes anything (so an exception
     leaves the env as it was):
 
     - ``tool(text)``, only when ``has_tools``: the agent's text since the env's last token, after

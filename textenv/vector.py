@@ -51,7 +51,7 @@ AUTORESET_MODES = (LOCKSTEP, *NEXT_STEP_NAMES)
     inspect.Parameter("num_envs", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1),
     inspect.Parameter("autoreset_mode", inspect.Parameter.KEYWORD_ONLY, default=LOCKSTEP),
 )
-class TextRLHFVectorEnv(VectorEnv):
+class TextRLHFVectorEnv(TextBatch, VectorEnv):
     """A natively batched TextRLHF env: ``TextRLHFEnv``'s arguments plus ``num_envs`` and
     ``autoreset_mode``.
 
@@ -108,14 +108,8 @@ class TextRLHFVectorEnv(VectorEnv):
                 f"autoreset_mode {autoreset_mode!r} not supported; allowed: {list(AUTORESET_MODES)}"
             )
         self.args = args = TextEnvArgs.from_kwargs(type(self).__name__, kwargs, OWN_ARGUMENTS)
-        self._batch = batch = TextBatch(int(num_envs), args)
-        self.tokenizer, self.dataset, self.reward_fn = (
-            batch.tokenizer,
-            batch.dataset,
-            batch.reward_fn,
-        )
+        TextBatch.__init__(self, int(num_envs), args)
         self.num_envs, self.render_mode = int(num_envs), args.render_mode
-        self.missing_eos_penalty = args.missing_eos_penalty
         self.lockstep = mode == LOCKSTEP  # else one of NEXT_STEP_NAMES
         if self.lockstep:
             # "lockstep" is not a Gymnasium AutoresetMode member (the contract in
@@ -131,35 +125,27 @@ class TextRLHFVectorEnv(VectorEnv):
             "autoreset_mode": LOCKSTEP if self.lockstep else AutoresetMode.NEXT_STEP,
             "reset_options": list(VECTOR_RESET_OPTIONS),
         }
-        self.max_prompt_tokens, self.max_new_tokens = args.max_prompt_tokens, args.max_new_tokens
-        self.vocab_size = batch.vocab_size
-        self.eos_id, self.pad_id = batch.eos_id, batch.pad_id
-        self.stop_ids = np.array(batch.stop_ids, dtype=np.int64)
+        self.stop_ids = np.array(self.stop_ids, dtype=np.int64)
         self.single_action_space = spaces.Discrete(self.vocab_size)
-        self.single_observation_space = batch.observation_space
+        self.single_observation_space = self._row_observation_space()
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self._done = np.ones(
-            self.num_envs, dtype=bool
-        )  # finished (lockstep) / to reset (next_step)
+        self._done = np.ones(self.num_envs, dtype=bool)  # finished (lockstep) / to reset (next)
+        self._rows = np.arange(self.num_envs)
         self._needs_reset = True
-
-    @property
-    def _prompts(self) -> list[str]:
-        """The prompt text of each row."""
-        return self._batch.prompts
 
     # ---------------------------------------------------------------- reset
     def _load_rows(
         self,
-        rows: np.ndarray,
+        rows: np.ndarray | None,
         forced: list | None = None,
         refs: list | None = None,
         repeat: int = 1,
     ) -> None:
-        """New episodes in ``rows``, drawn with ``np_random`` (one generator for all rows)."""
-        self._batch.load_rows(rows, self.np_random, forced, refs, repeat)
-        self._done[rows] = False
+        """New episodes in ``rows`` (None: all), drawn with ``np_random`` (one generator for all
+        rows)."""
+        self._start_rows(rows, self.np_random, forced, refs, repeat)
+        self._done[slice(None) if rows is None else rows] = False
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -203,7 +189,10 @@ class TextRLHFVectorEnv(VectorEnv):
         return self._obs(), {}
 
     def _obs(self) -> dict[str, np.ndarray]:
-        return self._batch.obs()
+        obs = {"input_ids": self._ids.copy(), "attention_mask": self._mask.copy()}
+        if self._writes_tokens:
+            obs["from_env"] = self._from_env.copy()
+        return obs
 
     # ---------------------------------------------------------------- step
     def _check_actions(self, actions: Any, active: np.ndarray) -> np.ndarray:
@@ -234,7 +223,7 @@ class TextRLHFVectorEnv(VectorEnv):
         any_done = was_done.any()
         active = ~was_done  # (N,) rows that take this action
         a = self._check_actions(actions, active)
-        done = self._batch.step(a, active if any_done else None)
+        done = self._advance(a, active if any_done else None)
         rewards = np.zeros(N, dtype=np.float64)
         finished = np.zeros(N, dtype=bool)
         info: dict[str, Any] = {}
@@ -250,8 +239,8 @@ class TextRLHFVectorEnv(VectorEnv):
     def _vector_info(self, done: Finished, finished: np.ndarray) -> dict[str, Any]:
         """Gymnasium-style vectorized final infos: a column per key, ``_key`` its (N,) mask."""
         N, rows = self.num_envs, done.rows
-        prompts = [self._batch.prompts[r] for r in rows.tolist()]
-        references = [self._batch.references[r] for r in rows.tolist()]
+        prompts = [self._prompts[r] for r in rows.tolist()]
+        references = [self._references[r] for r in rows.tolist()]
 
         def column(values: Any, dtype: Any) -> np.ndarray:
             out = np.empty(N, dtype=object) if dtype is object else np.zeros(N, dtype=dtype)
@@ -281,7 +270,7 @@ class TextRLHFVectorEnv(VectorEnv):
     def render(self) -> tuple[str, ...] | None:
         if self.render_mode != "ansi":
             return None
-        return tuple(self._batch.text(r) for r in range(self.num_envs))
+        return tuple(self._row_text(r) for r in range(self.num_envs))
 
 
 def turn_column(
