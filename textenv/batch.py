@@ -229,11 +229,11 @@ class TextBatch:
         ended (``Finished``, with their rewards), or None.
         """
         lay, n = self._layout, self._n_generated
-        if (  # TextRLHFEnv's usual step: the token is written and nothing else happens
-            lay.one_row_fast and live is None and not (lay.is_stop[actions[0]] or lay.is_last[n[0]])
-        ):
-            self._write(actions, live, {}, {})
-            return None
+        if lay.one_row_fast and live is None:  # TextRLHFEnv: see Layout.one_row_fast
+            token, n0 = int(actions[0]), int(n[0])
+            if not (lay.is_stop[token] or lay.is_last[n0]):  # the turn goes on, no tool asked
+                self._append_one(token, n0)
+                return None
         # table lookups: indexing a small array costs less than a ufunc call
         if live is None:
             eos = lay.is_stop[actions]  # (N,) EOS (or the chat end-of-turn token)
@@ -331,14 +331,14 @@ class TextBatch:
         """Write each live row's action, then the env tokens of ``replies`` after it."""
         n, lay = self._n_generated, self._layout
         if live is None and lay.N == 1:  # (scalars: see Layout.one_row_fast)
-            col = lay.P + int(n[0])
-            self._ids[0, col], self._mask[0, col] = actions[0], 1
-            n[0] += 1
+            self._append_one(int(actions[0]), int(n[0]))
         else:
             rows = lay.rows if live is None else np.flatnonzero(live)
             cols = lay.P + n[rows]
             self._ids[rows, cols], self._mask[rows, cols] = actions[rows], 1
             n[rows] += 1
+        if not replies:
+            return
         for r, tokens in replies.items():
             col, m = lay.P + n[r], len(tokens)
             self._ids[r, col : col + m] = tokens
@@ -348,15 +348,16 @@ class TextBatch:
         for r, call in calls.items():
             self._turns.history[r].calls.append(call)
 
+    def _append_one(self, token: int, n: int) -> None:
+        """Write ``token`` after the ``n`` tokens of the one row (Python scalars)."""
+        col = self._layout.P + n
+        self._ids[0, col], self._mask[0, col] = token, 1
+        self._n_generated[0] = n + 1
+
     def _finish(self, turns: EndedTurns) -> Finished | None:
         """Record the ended turns; describe the rows whose episode finished, with their rewards."""
-        rows, eos, texts, scores, parts = (
-            turns.rows,
-            turns.eos,
-            turns.texts,
-            turns.scores,
-            turns.parts,
-        )
+        rows, eos, texts, scores = turns.rows, turns.eos, turns.texts, turns.scores
+        parts = turns.parts
         if self._writes_tokens:
             for r, text, score in zip(rows.tolist(), texts, scores.tolist()):
                 self._turns.history[r].texts.append(text)
