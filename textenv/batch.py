@@ -113,7 +113,7 @@ class Finished:
     turns: dict[str, tuple[list, np.ndarray]]  # turn/tool infos (textenv.turns.final_infos)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Layout:
     """What the step derives from the arguments once: sizes and lookup tables (not episode
     state: kept out of the env's own numpy attributes, which a checkpoint snapshots)."""
