@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
@@ -33,6 +34,20 @@ class Minibatch(NamedTuple):
     valid: torch.Tensor  # (B,) or (T, B) bool, False for steps that are not real transitions
     ref_log_probs: torch.Tensor | None = None  # (B,) or (T, B): the reference's (KL in the loss)
     episode_weights: torch.Tensor | None = None  # (B,) or (T, B): 1 / length of the step's episode
+
+
+@dataclass(frozen=True)
+class ReadsFiles:
+    """Config field marker, `Annotated[str | None, INPUT_PATH]`: the field names a file or
+    folder the run reads; `Annotated[dict, ENV_KWARGS]`: the field holds an env's keyword
+    arguments, some of which do (`agents.run.config.resolve_input_paths` has the rule). A
+    relative path in a config file then means relative to that file's folder, not to wherever
+    the command happens to run."""
+
+    kind: str
+
+
+INPUT_PATH, ENV_KWARGS = ReadsFiles("path"), ReadsFiles("env_kwargs")
 
 
 class PolicyConfig(BaseModel):

@@ -37,15 +37,14 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import Field
 from transformers import DynamicCache, PreTrainedModel
 
-from agents.policies.base import PolicyConfig
+from agents.policies.base import INPUT_PATH, PolicyConfig
 from agents.policies.hf import (
     DEFAULT_MODEL_PATH,
     cache_keyword,
@@ -59,6 +58,9 @@ from agents.policies.hf import (
 )
 from agents.policies.lora import AdapterView, LoRAConfig, model_scope, transformer_of
 from agents.policies.sequences import (
+    Temperature,
+    TopK,
+    TopP,
     attended_width,
     check_sampling,
     first_attended,
@@ -79,15 +81,16 @@ class LMPolicyConfig(PolicyConfig):
     """`policy:` section of `type: lm`."""
 
     type: Literal["lm"] = "lm"
-    model_path: str | None = None  # a local transformers folder; null: the default tiny model
-    temperature: float = Field(1.0, gt=0)
-    top_k: int = Field(0, ge=0)  # sample from the k most likely tokens; 0: no top-k cut
-    top_p: float = Field(1.0, gt=0, le=1)  # nucleus: the smallest set with mass >= top_p; 1: off
+    # a local transformers folder; null: the default tiny model
+    model_path: Annotated[str | None, INPUT_PATH] = None
+    temperature: Temperature = 1.0  # in float32's range for logits / temperature (sequences.py)
+    top_k: TopK = 0  # sample from the k most likely tokens; 0: no top-k cut
+    top_p: TopP = 1.0  # nucleus: the smallest set with mass >= top_p; 1: off
     critic: Literal[CRITICS] = "shared"  # type: ignore[valid-type]
     # critic: separate only. A causal LM folder (its trunk), or a reward-model folder (a one-label
     # sequence classifier, as `textrlhf rm` writes): its trunk, and the value head starts from its
     # score head. null: a copy of the actor
-    critic_path: str | None = None
+    critic_path: Annotated[str | None, INPUT_PATH] = None
     lora: LoRAConfig | None = None  # LoRA adapters on a frozen base (peft); null: full fine-tuning
 
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agents.policies.base import INPUT_PATH
 
 POLICY_ADAPTER, CRITIC_ADAPTER, REFERENCE_ADAPTER = "default", "critic", "reference"
 
@@ -36,7 +38,8 @@ class LoRAConfig(BaseModel):
     alpha: float = Field(16.0, gt=0)  # scaling alpha / r
     dropout: float = 0.0  # must be 0: act() and evaluate() must be the same function
     target_modules: list[str] | None = None  # null: peft's default for the architecture
-    adapter_path: str | None = None  # start from a trained peft adapter folder (its own r/alpha)
+    # start from a trained peft adapter folder (its own r/alpha)
+    adapter_path: Annotated[str | None, INPUT_PATH] = None
 
     @field_validator("dropout")
     @classmethod

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -25,8 +25,9 @@ from pydantic import Field, model_validator
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import agents.run.config
+from agents.policies.base import ENV_KWARGS
 from agents.policies.lm import LMPolicy
-from agents.policies.sequences import position_ids_from_mask
+from agents.policies.sequences import Temperature, position_ids_from_mask
 from agents.rlhf.stage import REPO_ROOT, StageConfig, optimizer_step, run_stage
 from agents.run.config import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Section
 
@@ -53,9 +54,10 @@ class EvalConfig(Section):
     task: str = "reverse"
     split: str = "test"
     n: PositiveInt = 256
-    temperature: PositiveFloat = 1.0
+    temperature: Temperature = 1.0
     reward_fn: str = "edit_distance"
-    env_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. {tools: [calc]}
+    # e.g. {tools: [calc]}
+    env_kwargs: Annotated[dict[str, Any], ENV_KWARGS] = Field(default_factory=dict)
 
 
 class SFTConfig(StageConfig):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 import re
 import typing
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from agents.core.kl import ESTIMATORS, KL_PLACEMENTS
 from agents.core.ppo import LOSS_AGGREGATIONS
 from agents.core.scores import SCORE_NORMS
 from agents.policies import PolicyConfig, policy_class
+from agents.policies.base import ENV_KWARGS, INPUT_PATH, ReadsFiles
+from agents.policies.sequences import Temperature, TopK, TopP
 from agents.run.envs import VECTORIZATION_MODES, env_module
 from agents.run.rundir import check_run_name
 
@@ -76,7 +79,7 @@ class EnvConfig(Section):
     num_envs: PositiveInt = 8
     # "auto": the env's native vector_entry_point if it has one, else "sync"
     vectorization: Literal[VECTORIZATION_MODES] = "auto"  # type: ignore[valid-type]
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: typing.Annotated[dict[str, Any], ENV_KWARGS] = Field(default_factory=dict)
 
 
 class PPOConfig(Section):
@@ -133,16 +136,17 @@ class SamplingConfig(Section):
     """`eval.sampling`: sampling settings for evaluation only (LM policies); null keeps the
     policy's own. Greedy decoding is `eval.deterministic: true`."""
 
-    temperature: PositiveFloat | None = None
-    top_k: NonNegInt | None = None  # 0: no top-k cut
-    top_p: float | None = Field(None, gt=0, le=1)  # 1: no nucleus cut
+    temperature: typing.Annotated[Temperature, Number] | None = None
+    top_k: typing.Annotated[TopK, Number] | None = None  # 0: no top-k cut
+    top_p: typing.Annotated[TopP, Number] | None = None  # 1: no nucleus cut
 
 
 class EvalConfig(Section):
     episodes: NonNegInt = 10
     every: NonNegInt = 0  # env steps between evaluations during training (0: only at the end)
     deterministic: StrictBool = True
-    env_kwargs: dict[str, Any] = Field(default_factory=dict)  # override env.kwargs for eval
+    # override env.kwargs for eval
+    env_kwargs: typing.Annotated[dict[str, Any], ENV_KWARGS] = Field(default_factory=dict)
     sampling: SamplingConfig | None = None  # other sampling settings for eval (stochastic only)
 
     @model_validator(mode="after")
@@ -356,28 +360,227 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
-def _parse_yaml(text: str, where: str) -> Any:
-    """yaml.safe_load; a syntax error is a ValueError naming `where` (a file or an override)."""
+# A config is a few KB; a run folder's config.yaml holds at most a prompt list inline. Run folders
+# are shared (`textrlhf eval RUN` reads a file someone else wrote) and YAML aliases let a tiny
+# file stand for a huge structure (1.6 KB of anchors -> 10**9 values for every reader that walks
+# it), so the file size and the number of values after alias expansion are both bounded.
+MAX_YAML_BYTES = 4 * 2**20
+MAX_YAML_VALUES = 1_000_000
+# Deeper nesting is refused: a config needs ~5 levels, and every reader of the data (validation,
+# --set, the checkpoint's copy, the YAML and JSON writers) recurses once per level.
+MAX_NESTING = 100
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _yaml_error(problem: str, node: yaml.Node) -> yaml.constructor.ConstructorError:
+    return yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose values, with every alias expanded, number more than
+    MAX_YAML_VALUES or nest deeper than MAX_NESTING, or that holds an alias to its own ancestor.
+    Counted without expanding: each node once (an alias shares its anchor's node), iteratively."""
+    counted: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) with aliases expanded
+    open_nodes: set[int] = set()  # the ancestors of the node being visited
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, finished = stack.pop()
+        children = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else node.value
+            if isinstance(node, yaml.SequenceNode)
+            else []
+        )
+        if finished:
+            values = 1 + sum(counted[id(c)][0] for c in children)
+            depth = 1 + max((counted[id(c)][1] for c in children), default=0)
+            if values > MAX_YAML_VALUES:
+                raise _yaml_error(
+                    f"its aliases expand to more than {MAX_YAML_VALUES:,} values (an alias "
+                    "bomb?); write the values out, or use fewer anchors",
+                    node,
+                )
+            if depth > MAX_NESTING:
+                raise _yaml_error(f"values nested more than {MAX_NESTING} levels deep", node)
+            open_nodes.discard(id(node))
+            counted[id(node)] = values, depth
+        elif id(node) in open_nodes:
+            raise _yaml_error("a recursive alias (a value that contains itself)", node)
+        elif id(node) not in counted:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children)
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` for every YAML file the project reads, refusing what plain YAML would
+    accept silently or slowly: a duplicate key at any depth (YAML keeps the last one, so a
+    second `ppo:` section would reset the first), alias bombs and recursive aliases, nesting
+    deeper than MAX_NESTING, and strings with a lone surrogate (not Unicode text: they fail
+    later, when written to a file or a tokenizer)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:  # before the merge keys (<<) are flattened into it
+                if key_node.tag == _MERGE_TAG:
+                    continue  # an explicit key overrides a merged one: YAML's merge semantics
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, typing.Hashable):
+                    continue  # the base class reports an unhashable key
+                if key in first:
+                    raise _yaml_error(
+                        f"duplicate key {key!r}: first at line {first[key].start_mark.line + 1}, "
+                        f"again at line {key_node.start_mark.line + 1} (YAML would silently keep "
+                        "the last one); keep one",
+                        key_node,
+                    )
+                first[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_scalar(self, node: yaml.ScalarNode) -> Any:
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and not is_unicode_text(value):
+            raise _yaml_error(
+                f"the string {value!r:.60} holds a lone surrogate: not Unicode text", node
+            )
+        return value
+
+
+def is_unicode_text(text: str) -> bool:
+    """False for a str with a lone surrogate (e.g. from a "\\ud800" escape): it cannot be
+    encoded, so it would fail later in a file name, a log or a tokenizer."""
     try:
-        return yaml.safe_load(text)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """YAML through `ConfigLoader`; a syntax error, a duplicate key, an alias bomb or too deep a
+    nesting is a ValueError naming `where` (a file or an override) and the line."""
+    try:
+        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
         mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         reason = " ".join(str(problem or err).split())
         raise ValueError(f"{where} is not valid YAML ({at}{reason})") from None
+    except RecursionError:  # the YAML composer recurses once per level, before any check
+        raise ValueError(
+            f"{where} is not a usable config: values nested more than {MAX_NESTING} levels deep"
+        ) from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file. Refused, naming the file: a missing file, one larger
+    than MAX_YAML_BYTES, one that is not UTF-8 or not valid YAML (see `ConfigLoader`), and an
+    empty one (blanks and comments only: it would silently mean every default, i.e. CartPole)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    with path.open("rb") as f:
+        raw = f.read(MAX_YAML_BYTES + 1)  # never more, whatever the file claims to be
+    if len(raw) > MAX_YAML_BYTES:
+        raise ValueError(
+            f"config file {str(path)!r} is larger than {MAX_YAML_BYTES // 2**20} MB; a config is "
+            "a few KB (put long prompt lists in a .jsonl file and name it in env.kwargs.prompts)"
+        )
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"config file {str(path)!r} is not UTF-8 text ({err})") from None
-    data = _parse_yaml(text, f"config file {str(path)!r}") or {}
+    data = _parse_yaml(text, f"config file {str(path)!r}")
+    if data is None:
+        raise ValueError(
+            f"config file {str(path)!r} is empty (only blanks or comments); a config names at "
+            "least its env, e.g. configs/cartpole.yaml (write {} to mean every default)"
+        )
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return data
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def input_path(value: str, folder: Path | None) -> str:
+    """A path the run reads, made absolute: relative to `folder` (the config file's), except
+    where nothing exists there and something does in the working directory (configs written to
+    run from the repository root, run folders saved before their paths were made absolute).
+    `folder` None (--set overrides, dict configs): relative to the working directory."""
+    if os.path.isabs(value):
+        return value
+    if folder is not None:
+        beside = os.path.abspath(folder / value)
+        if os.path.exists(beside) or not os.path.exists(value):
+            return beside
+    return os.path.abspath(value)
+
+
+def _env_kwargs_paths(kwargs: dict[str, Any], folder: Path | None, top: bool = True) -> None:
+    """In place: the env arguments that name files (textenv's): `prompts` ending in a prompt
+    file extension, `tokenizer` unless a built-in name, and every `path` at any depth (the
+    reward_model spec, also inside weighted_sum)."""
+    for key, value in kwargs.items():
+        if isinstance(value, dict):
+            _env_kwargs_paths(value, folder, top=False)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, dict):
+                    _env_kwargs_paths(item, folder, top=False)
+        elif not isinstance(value, str) or not value:
+            continue
+        elif key == "path":
+            kwargs[key] = input_path(value, folder)
+        elif top and key == "prompts":
+            from textenv.data import PROMPT_FILE_EXTENSIONS
+
+            if value.endswith(PROMPT_FILE_EXTENSIONS):
+                kwargs[key] = input_path(value, folder)
+        elif top and key == "tokenizer":
+            from textenv.tokenizer import DEFAULT_TOKENIZER_NAMES
+
+            if value.lower() not in DEFAULT_TOKENIZER_NAMES:
+                kwargs[key] = input_path(value, folder)
+
+
+def _section_model(annotation: Any, value: dict[str, Any]) -> type[BaseModel] | None:
+    """The config model of a section (`X`, `X | None`), the policy section's by its type."""
+    for arg in typing.get_args(annotation) or (annotation,):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            if arg is PolicyConfig:
+                try:
+                    return policy_class(value.get("type", "mlp")).Config
+                except ValueError:
+                    return None  # validation names the unknown type
+            return arg
+    return None
+
+
+def resolve_input_paths(
+    data: dict[str, Any], model: type[BaseModel], folder: Path | None
+) -> dict[str, Any]:
+    """In place (and returned): every path that `data` (a `model` as raw YAML data) names to read
+    made absolute with `input_path`: the fields marked INPUT_PATH and the path-valued env
+    arguments of ENV_KWARGS fields. A loaded config, and so a run folder's config.yaml, holds
+    absolute paths only (output folders, run.root and output_dir, stay relative to the working
+    directory, as for any command)."""
+    for name, field in model.model_fields.items():
+        value = data.get(name)
+        mark = next((m for m in field.metadata if isinstance(m, ReadsFiles)), None)
+        if mark == INPUT_PATH and isinstance(value, str) and value:
+            data[name] = input_path(value, folder)
+        elif mark == ENV_KWARGS and isinstance(value, dict):
+            _env_kwargs_paths(value, folder)
+        elif isinstance(value, dict) and (section := _section_model(field.annotation, value)):
+            resolve_input_paths(value, section, folder)
     return data
 
 
@@ -393,7 +596,9 @@ def load_config(
         data = yaml.safe_load(yaml.safe_dump(source))  # a deep copy of plain data
     else:
         data = read_yaml(source)
+        resolve_input_paths(data, cls, Path(source).parent)  # the file's own: its folder's
     data = apply_overrides(data, overrides)
+    resolve_input_paths(data, cls, None)  # --set values and dict configs: the working directory
     if cls is Config:
         data = _policy_section(data)
     try:
