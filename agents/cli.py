@@ -123,7 +123,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     from agents.policies import make_policy
     from agents.run import checkpoint as ckpt
-    from agents.run.config import check_code_references, load_config
+    from agents.run.config import MAX_EPISODES, check_code_references, load_config
     from agents.run.envs import make_eval_env
     from agents.run.evaluation import check_checkpoint_config, run_evaluation
     from agents.run.trainer import check_sizes, resolve_device
@@ -140,11 +140,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.samples < 0:
         raise ValueError(f"--samples must be >= 0 (text samples to print), got {args.samples}")
     episodes = args.episodes if args.episodes is not None else cfg.eval.episodes
+    source = "--episodes" if args.episodes is not None else "eval.episodes in the config"
     if episodes < 1:
-        source = "--episodes" if args.episodes is not None else "eval.episodes in the config"
         raise ValueError(
             f"evaluation needs at least 1 episode, got {episodes} ({source}); pass --episodes N "
             "with N >= 1"
+        )
+    if episodes > MAX_EPISODES:  # each episode's return (and text sample) is kept in memory
+        raise ValueError(
+            f"evaluation takes at most {MAX_EPISODES} episodes, got {episodes} ({source})"
         )
     path = (
         Path(args.checkpoint)

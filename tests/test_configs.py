@@ -3,6 +3,8 @@ configs/ would otherwise surface only when a user runs it)."""
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from pathlib import Path
 
@@ -174,3 +176,60 @@ def test_a_path_found_only_in_the_working_directory_is_taken_from_there(tmp_path
     (tmp_path / "sub").mkdir()
     path = write(tmp_path / "sub", "env:\n  kwargs: {prompts: prompts.jsonl}\n")
     assert load_config(path).env.kwargs["prompts"] == str(tmp_path / "prompts.jsonl")
+
+
+# ----------------------------------------------------------------------------- numeric bounds
+
+BIG = "1" + "0" * 30
+
+
+@pytest.mark.parametrize(
+    "config, override",
+    [
+        ("cartpole", "run.allreduce_bucket_mb=1.0e308"),  # was an OverflowError
+        ("cartpole", "run.torch_threads=1000000"),  # was a segfault
+        ("cartpole", f"env.num_envs={BIG}"),
+        ("cartpole", f"ppo.n_steps={BIG}"),
+        ("cartpole", f"total_timesteps={BIG}"),
+        ("cartpole", f"eval.episodes={BIG}"),
+        ("cartpole", f"eval.every={BIG}"),
+        ("cartpole", f"run.checkpoint_every={BIG}"),
+        ("cartpole", f"kl.horizon={BIG}"),
+        ("cartpole", f"policy.hidden_sizes=[{BIG}]"),
+        ("cartpole", "policy.log_std_init=1.0e300"),  # exp() of it is inf in float32
+        ("text_edit_distance_lora", "policy.lora.r=1000000000"),
+        ("text_edit_distance_lora", "policy.lora.alpha=1.0e300"),
+    ],
+)
+def test_every_number_that_sizes_a_resource_has_an_upper_bound(config, override):
+    key, value = override.split("=")
+    with pytest.raises(ValueError, match=rf"{re.escape(key)}.*(less than or equal|\[)"):
+        load_config(CONFIGS / f"{config}.yaml", [override])
+
+
+@pytest.mark.parametrize(
+    "loader, override",
+    [
+        ("sft_", "torch_threads=1000000"),
+        ("sft_", f"n_per_task={BIG}"),
+        ("sft_", f"model.n_embd={BIG}"),
+        ("sft_", f"model.n_positions={BIG}"),
+        ("sft_", f"train.batch_size={BIG}"),
+        ("sft_", f"eval.n={BIG}"),
+        ("rm_", "torch_threads=1000000"),
+        ("rm_", f"train.batch_size={BIG}"),
+        ("rm_", f"train.steps={BIG}"),
+        ("rm_", f"cut_at_tokens={BIG}"),
+    ],
+)
+def test_the_stage_configs_bound_their_sizes_too(loader, override):
+    key = override.split("=")[0]
+    with pytest.raises(ValueError, match=rf"{re.escape(key)}.*(less than or equal|\[)"):
+        LOADERS[loader](CONFIGS / f"{loader}tiny.yaml", [override])
+
+
+def test_torch_threads_is_bounded_by_the_machine(cartpole_yaml):
+    most = 4 * (os.cpu_count() or 1)
+    with pytest.raises(ValueError, match=rf"run.torch_threads' = 1000000: .*\[1, {most}\]"):
+        load_config(cartpole_yaml, ["run.torch_threads=1000000"])
+    assert load_config(cartpole_yaml, [f"run.torch_threads={most}"]).run.torch_threads == most

@@ -171,6 +171,15 @@ def test_a_device_this_machine_lacks_is_a_config_error(cartpole_yaml):
         load_config(cartpole_yaml, ["run.device=gpu0"])
 
 
+@pytest.mark.parametrize("device", ["mps", "meta", "xla", "cpu:0", "cuda:x", "cuda:-1", "CPU"])
+def test_a_device_kind_the_project_does_not_run_on_is_a_config_error(cartpole_yaml, device):
+    with pytest.raises(
+        ValueError, match=rf"run.device' = '{re.escape(device)}'.*allowed: 'auto', 'cpu', 'cuda'"
+    ):
+        load_config(cartpole_yaml, [f"run.device={device}"])
+    assert load_config(cartpole_yaml, ["run.device=cpu"]).run.device == "cpu"
+
+
 def test_the_rlhf_evaluation_uses_the_runs_lengths():
     from agents.rlhf.preferences import env_lengths, evaluate_gold_proxy
 

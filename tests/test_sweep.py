@@ -124,6 +124,8 @@ def test_eval_needs_at_least_one_episode(finished, tmp_path, capsys):
     edit_config(run, lambda c: c["eval"].update(episodes=0))  # a run without evaluations
     assert main(["eval", str(run)]) == 1
     assert "got 0 (eval.episodes in the config); pass --episodes N" in capsys.readouterr().err
+    assert main(["eval", str(run), "--episodes", str(2**40)]) == 1  # ran for ever
+    assert f"at most {2**24} episodes, got {2**40} (--episodes)" in capsys.readouterr().err
     assert main(["eval", str(run), "--episodes", "2", "--samples", "-1"]) == 1
     assert "--samples must be >= 0" in capsys.readouterr().err
     assert main(["compare", "CartPole-v1", "--seeds", "0"]) == 1

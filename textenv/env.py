@@ -22,12 +22,19 @@ RENDER_MODES = ("ansi",)  # besides None
 RESET_OPTIONS = ("prompt", "reference")
 
 
-def check_positive_int(name: str, value: Any) -> int:
-    """``value`` as an int >= 1, or TypeError/ValueError naming the argument."""
+# The most tokens (prompt, response), rows, tool calls or turns an argument may ask for: longer
+# than any model's context, and far from the sizes at which the (rows, tokens) arrays overflow
+# (numpy's "maximum allowed dimension exceeded", naming no argument). A tool call or a turn takes
+# at least one token, so those are bounded by max_new_tokens anyway.
+MAX_SIZE = 2**20
+
+
+def check_positive_int(name: str, value: Any, most: int = MAX_SIZE) -> int:
+    """``value`` as an int in [1, most], or TypeError/ValueError naming the argument."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value}")
+    if not 1 <= value <= most:
+        raise ValueError(f"{name} must be an int in [1, {most}], got {value}")
     return int(value)
 
 

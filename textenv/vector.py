@@ -14,6 +14,7 @@ from gymnasium.vector.utils import batch_space
 from textenv.env import (
     RENDER_MODES,
     TextEnvArgs,
+    check_positive_int,
     check_references,
     env_signature,
     episode_stop_ids,
@@ -99,12 +100,10 @@ class TextRLHFVectorEnv(VectorEnv):
     def __init__(
         self, num_envs: int = 1, *, autoreset_mode: str | AutoresetMode = LOCKSTEP, **kwargs: Any
     ) -> None:
-        if (
-            isinstance(num_envs, bool)
-            or not isinstance(num_envs, (int, np.integer))
-            or num_envs < 1
-        ):
-            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        try:
+            num_envs = check_positive_int("num_envs", num_envs)
+        except TypeError as err:
+            raise ValueError(str(err)) from None  # as before: a ValueError for any bad num_envs
         mode = autoreset_mode.value if isinstance(autoreset_mode, AutoresetMode) else autoreset_mode
         if not isinstance(mode, str) or mode not in AUTORESET_MODES:
             raise ValueError(

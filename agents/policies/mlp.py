@@ -20,14 +20,14 @@ overhead, which dominates at 64x64.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt
+from pydantic import Field
 
 from agents.policies.base import Minibatch, PolicyConfig
 from agents.policies.spaces import ObsEncoder
@@ -45,9 +45,14 @@ class MLPPolicyConfig(PolicyConfig):
     """`policy:` section of `type: mlp`."""
 
     type: Literal["mlp"] = "mlp"
-    hidden_sizes: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
+    # widths up to 2**16: one 2**16 x 2**16 float32 layer is already 16 GiB
+    hidden_sizes: list[Annotated[int, Field(gt=0, le=2**16)]] = Field(
+        default_factory=lambda: [64, 64]
+    )
     activation: Literal[tuple(ACTIVATIONS)] = "tanh"  # type: ignore[valid-type]
-    log_std_init: float = 0.0  # Box actions: initial state-independent log std
+    # Box actions: initial state-independent log std; its exp() must be a normal float32
+    # (exp overflows past 88.7 and underflows below -87.3)
+    log_std_init: float = Field(0.0, ge=-80, le=80)
     critic: Literal["separate", "none"] = "separate"  # none: no value MLP (critic-free)
 
 

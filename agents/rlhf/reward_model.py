@@ -37,23 +37,25 @@ from agents.rlhf.preferences import PreferencePair, read_preferences
 from agents.rlhf.stage import REPO_ROOT, StageConfig, optimizer_step, run_stage
 from agents.run.config import (
     NonNegFloat,
-    NonNegInt,
+    NonNegSteps,
     PositiveFloat,
-    PositiveInt,
+    Rows,
     Section,
+    Steps,
+    Tokens,
 )
 
 # ----------------------------------------------------------------------------- config
 
 
 class RMTrainConfig(Section):
-    steps: PositiveInt = 400
-    batch_size: PositiveInt = 64  # pairs per step (2x sequences)
+    steps: Steps = 400
+    batch_size: Rows = 64  # pairs per step (2x sequences)
     learning_rate: PositiveFloat = 2.0e-3
-    warmup_steps: NonNegInt = 30
+    warmup_steps: NonNegSteps = 30
     weight_decay: NonNegFloat = 0.0
     max_grad_norm: PositiveFloat = 1.0
-    eval_every: NonNegInt = 100  # 0: only at the end
+    eval_every: NonNegSteps = 100  # 0: only at the end
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> RMTrainConfig:
@@ -75,7 +77,7 @@ class RMConfig(StageConfig):
     # The length limit (max_new_tokens) the pairs' responses were sampled with: a response of that
     # many tokens was cut there without EOS, and is encoded without EOS, exactly as the env's
     # `reward_model` reward scores a cut response. null: every response ended with EOS.
-    cut_at_tokens: PositiveInt | None = None
+    cut_at_tokens: Tokens | None = None
     train: RMTrainConfig = Field(default_factory=RMTrainConfig)
 
 

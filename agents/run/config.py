@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -64,6 +65,41 @@ Fraction = typing.Annotated[float, Number, Field(ge=0, le=1)]
 # numpy's global seed takes 0 <= seed < 2**32; runs add offsets (eval: 10_000 + seed, env rows)
 Seed = typing.Annotated[int, Number, Field(ge=0, le=2**31 - 1)]
 
+# Upper bounds of the numbers that size something (arrays, threads, loops over steps). Below them
+# the run's own checks give the precise error (the rollout buffer against the machine's memory,
+# prompt + response against the model's context); the bounds keep every size far from int64 and
+# float overflow, which would otherwise end in an OverflowError, numpy's "maximum allowed
+# dimension exceeded" or a segfault, naming no config key.
+MAX_STEPS = 2**53  # step and episode counters: exact in metrics.csv's floats and JSON readers
+MAX_ROWS = 2**20  # env rows, rollout steps, batch sizes, examples: two multiplied stay < 2**40
+MAX_EPISODES = 2**24  # an evaluation keeps every episode's return (and a text run's sample)
+MAX_TOKENS = 2**20  # prompt and response lengths: longer than any model's context
+MAX_WIDTH = 2**16  # layer widths: one 2**16 x 2**16 float32 matrix is already 16 GiB
+Steps = typing.Annotated[int, Number, Field(gt=0, le=MAX_STEPS)]
+NonNegSteps = typing.Annotated[int, Number, Field(ge=0, le=MAX_STEPS)]
+Rows = typing.Annotated[int, Number, Field(gt=0, le=MAX_ROWS)]
+Tokens = typing.Annotated[int, Number, Field(gt=0, le=MAX_TOKENS)]
+Width = typing.Annotated[int, Number, Field(gt=0, le=MAX_WIDTH)]
+
+
+def max_torch_threads() -> int:
+    """The most torch threads a config may ask for: 4 per CPU of this machine. More than one per
+    core only slows torch down (they compete for the same cores), and a huge count makes torch
+    allocate per-thread state until it crashes (1,000,000 segfaults)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def _check_threads(value: int) -> int:
+    if not 1 <= value <= max_torch_threads():
+        raise ValueError(
+            f"must be in [1, {max_torch_threads()}] (4 per CPU of this machine, which has "
+            f"{os.cpu_count()}); more threads than cores only slow torch down"
+        )
+    return value
+
+
+Threads = typing.Annotated[int, Number, AfterValidator(_check_threads)]
+
 
 class Section(BaseModel):
     """A config section: unknown keys and non-finite numbers are errors."""
@@ -76,15 +112,16 @@ class Section(BaseModel):
 
 class EnvConfig(Section):
     id: str = "CartPole-v1"  # a registered id, or "module:EnvId" (e.g. textenv:TextRLHF-v0)
-    num_envs: PositiveInt = 8
+    num_envs: Rows = 8
     # "auto": the env's native vector_entry_point if it has one, else "sync"
     vectorization: Literal[VECTORIZATION_MODES] = "auto"  # type: ignore[valid-type]
     kwargs: typing.Annotated[dict[str, Any], ENV_KWARGS] = Field(default_factory=dict)
 
 
 class PPOConfig(Section):
-    n_steps: PositiveInt = 32  # rollout length T per env
-    batch_size: PositiveInt = 256  # transitions, or env columns x n_steps (sequence policies)
+    n_steps: Rows = 32  # rollout length T per env
+    # transitions, or env columns x n_steps (sequence policies); at most the rollout (checked below)
+    batch_size: PositiveInt = 256
     n_epochs: PositiveInt = 20
     gamma: Fraction = 0.98
     gae_lambda: Fraction = 0.8
@@ -109,7 +146,8 @@ class AdvantageConfig(Section):
     critic-free outcome estimator over groups of K episodes that start from the same state."""
 
     estimator: Literal[ADVANTAGE_ESTIMATORS] = "gae"  # type: ignore[valid-type]
-    group_size: PositiveInt = 1  # K: rows per group; each start state is repeated K times
+    # K: rows per group, each start state repeated K times; divides env.num_envs (checked below)
+    group_size: PositiveInt = 1
     scale_std: StrictBool = True  # grpo: divide by the group's std (false: Dr. GRPO)
 
 
@@ -119,7 +157,7 @@ class KLConfig(Section):
     estimator: Literal[ESTIMATORS] = "k1"  # type: ignore[valid-type]
     adaptive: StrictBool = False
     target: PositiveFloat = 6.0  # adaptive: target KL per episode (sum over its steps)
-    horizon: PositiveInt = 10000  # adaptive: episodes over which beta adapts (Ziegler et al.)
+    horizon: Steps = 10000  # adaptive: episodes over which beta adapts (Ziegler et al.)
     # "reward": -beta * kl_t added to each step's reward; "loss": beta * k3 KL added to the loss
     placement: Literal[KL_PLACEMENTS] = "reward"  # type: ignore[valid-type]
 
@@ -142,8 +180,8 @@ class SamplingConfig(Section):
 
 
 class EvalConfig(Section):
-    episodes: NonNegInt = 10
-    every: NonNegInt = 0  # env steps between evaluations during training (0: only at the end)
+    episodes: typing.Annotated[int, Number, Field(ge=0, le=MAX_EPISODES)] = 10
+    every: NonNegSteps = 0  # env steps between evaluations during training (0: only at the end)
     deterministic: StrictBool = True
     # override env.kwargs for eval
     env_kwargs: typing.Annotated[dict[str, Any], ENV_KWARGS] = Field(default_factory=dict)
@@ -160,42 +198,50 @@ class EvalConfig(Section):
         return self
 
 
+DEVICE_KINDS = ("auto", "cpu", "cuda", "cuda:N")
+
+
 class RunConfig(Section):
     root: str = "runs"
-    checkpoint_every: NonNegInt = 0  # env steps between checkpoints (0: only at the end)
-    torch_threads: PositiveInt = 1
+    checkpoint_every: NonNegSteps = 0  # env steps between checkpoints (0: only at the end)
+    torch_threads: Threads = 1
     progress: StrictBool = True
-    # "auto" (CUDA when present), "cpu", "cuda", "cuda:N", ... (checked against this machine);
+    # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N" (checked against this machine);
     # in a data-parallel run on CUDA each rank takes cuda:LOCAL_RANK
     device: str = "cpu"
     # LM policies: "bfloat16" runs the forward passes under autocast (the loss, the log-prob
     # ratio and the optimizer state stay float32)
     dtype: Literal["float32", "bfloat16"] = "float32"
     # data-parallel runs: the gradient is summed over ranks in buckets of this many MB, each
-    # started as soon as the backward has filled it (overlap); 0: one sum after the backward
-    allreduce_bucket_mb: NonNegFloat = 4.0
+    # started as soon as the backward has filled it (overlap); 0: one sum after the backward.
+    # At most 64 GiB: a bucket larger than the gradient is one bucket anyway, and the byte count
+    # (MB * 2**20) must stay an int (1e308 overflowed)
+    allreduce_bucket_mb: typing.Annotated[float, Number, Field(ge=0, le=2**16)] = 4.0
 
     @field_validator("device")
     @classmethod
     def _device_exists(cls, value: str) -> str:
+        # the kinds the trainer, the policies and data-parallel runs are written and tested
+        # for; torch knows more (mps, meta, xla, ...), which fail later with a traceback
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+            raise ValueError(
+                f"{value!r} is not a torch device kind this project runs on; allowed: "
+                f"{', '.join(map(repr, DEVICE_KINDS))} (N: a CUDA device of this machine)"
+            )
+        if value in ("auto", "cpu"):
+            return value
         import torch
 
-        if value == "auto":
-            return value
-
-        try:
-            device = torch.device(value)
-        except RuntimeError as err:
+        if not torch.cuda.is_available():
             raise ValueError(
-                f"{value!r} is not a torch device ({err}); e.g. 'auto', 'cpu' or 'cuda'"
-            ) from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"{value!r} needs CUDA, which this machine's torch does not have; use 'cpu'"
+                f"{value!r} needs CUDA, which this machine's torch does not have; allowed here: "
+                "'auto', 'cpu'"
             )
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        index, count = int(value.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
             raise ValueError(
-                f"{value!r}: this machine has {torch.cuda.device_count()} CUDA devices"
+                f"{value!r}: this machine has {count} CUDA devices; allowed: 'auto', 'cpu', "
+                f"'cuda', 'cuda:0' ... 'cuda:{count - 1}'"
             )
         return value
 
@@ -207,7 +253,7 @@ def _default_policy() -> PolicyConfig:
 class Config(Section):
     name: str = "run"
     seed: Seed = 1
-    total_timesteps: PositiveInt = 100_000
+    total_timesteps: Steps = 100_000
     env: EnvConfig = Field(default_factory=EnvConfig)
     # validated by the registered policy type's own Config (see `_policy_section`)
     policy: SerializeAsAny[PolicyConfig] = Field(default_factory=_default_policy)
