@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -271,3 +272,64 @@ def test_a_seed_numpy_cannot_take_names_the_setting(finished, cartpole_yaml, tmp
     run = copy_run(finished, tmp_path)
     assert main(["eval", str(run), "--seed", "-5"]) == 1  # was a gymnasium.error.Error traceback
     assert "--seed must be in [0, 2**32 - 1], got -5" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- run-folder parsers
+
+DEEP = "[" * 100_000 + "]" * 100_000  # past Python's recursion limit in json and yaml
+NESTED = "[" * 101 + "]" * 101  # parses, but deeper than any file of a run holds
+
+
+def test_eval_of_a_run_folder_with_a_yaml_alias_bomb_fails_fast(finished, tmp_path, capsys):
+    """A 1.6 KB config.yaml took 52 s and 2 GB (10**9 values once the aliases expand)."""
+    run = copy_run(finished, tmp_path)
+    text = (run / "config.yaml").read_text()
+    bomb = ['    a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    bomb += [f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    assert "  kwargs: {}\n" in text
+    (run / "config.yaml").write_text(
+        text.replace("  kwargs: {}\n", "  kwargs:\n" + "\n".join(bomb) + "\n", 1)
+    )
+    start = time.perf_counter()
+    assert main(["eval", str(run)]) == 1
+    assert time.perf_counter() - start < 2
+    err = capsys.readouterr().err
+    assert f"{run / 'config.yaml'}" in err and "aliases expand to more than" in err
+
+
+@pytest.mark.parametrize(
+    "target, text",
+    [
+        ("config.yaml", "env:\n  kwargs:\n    x: " + DEEP + "\n"),
+        ("config.yaml", "env:\n  kwargs:\n    x: " + NESTED + "\n"),
+        ("config.yaml", "# emptied\n"),
+        ("config.yaml", "seed: 1\nseed: 2\n"),
+        ("checkpoints/latest.json", DEEP),
+        ("step", '{"format_version": ' + DEEP + "}"),
+        ("step", "400 levels in its config"),
+    ],
+    ids=["config-deep", "config-nested", "config-empty", "config-dup", "latest-deep",
+         "step-deep", "step-config-nested"],
+)  # fmt: skip
+def test_a_damaged_run_folder_file_is_an_error_naming_it(finished, tmp_path, capsys, target, text):
+    """Was a RecursionError traceback (deep; a checkpoint whose recorded config nests 400 levels:
+    json reads it, the config comparison recursed), or read silently (empty, duplicate keys)."""
+    run = copy_run(finished, tmp_path)
+    path = ckpt.latest_checkpoint(run / "checkpoints") if target == "step" else run / target
+    if text == "400 levels in its config":
+        meta = json.loads(path.read_text())
+        meta["config"]["env"]["kwargs"] = {"x": json.loads("[" * 400 + "]" * 400)}
+        text = json.dumps(meta)
+    path.write_text(text)
+    assert main(["eval", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert str(path) in err and ("nested" in err or "empty" in err or "duplicate" in err), err
+
+
+def test_resuming_a_finished_run_with_a_damaged_summary_names_it(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path)
+    (run / "summary.json").write_text(DEEP)
+    args = ["train", str(run / "config.yaml"), "--resume", str(run)]
+    assert main(args) == 1  # was a RecursionError traceback
+    err = capsys.readouterr().err
+    assert str(run / "summary.json") in err and "nested" in err

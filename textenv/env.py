@@ -15,7 +15,13 @@ from gymnasium import spaces
 from textenv.data import PromptDataset, make_dataset
 from textenv.rewards import Reward, make_reward_fn, rewards_without_reference
 from textenv.tasks import reference_for
-from textenv.tokenizer import PROMPT_FORMATS, end_of_turn_ids, load_tokenizer, make_decoder
+from textenv.tokenizer import (
+    PROMPT_FORMATS,
+    check_text,
+    end_of_turn_ids,
+    load_tokenizer,
+    make_decoder,
+)
 from textenv.tools import Dialogues, check_feedback, check_tools, make_dialogues
 
 RENDER_MODES = ("ansi",)  # besides None
@@ -205,6 +211,8 @@ def resolve_prompt(
         )
     if reference is not None and not isinstance(reference, str):
         raise TypeError(f"a forced reference must be a str or None, got {type(reference).__name__}")
+    if reference is not None:
+        check_text(reference, "options reference", "the reference")
     i = dataset.index_of(prompt)
     if i is not None:  # a prompt of the dataset: its pre-tokenized ids and its reference
         ref = dataset.references[i] if reference is None else reference

@@ -27,14 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from textenv.tokenizer import encode_text, make_decoder
+from textenv.tokenizer import check_text, encode_text, make_decoder
 
 CALC_OPEN, CALC_CLOSE = "<calc>", "</calc>"
 MAX_EXPRESSION_CHARS = 64
 MAX_RESULT = 10**15  # larger intermediate results are an error, not a 10**60-digit number
 MAX_DEPTH = 16  # parenthesis nesting
 
-_TOKEN = re.compile(r"\s*(?:(\d+)|(\S))")
+# ASCII digits only: `\d` and int() also read Arabic-Indic, fullwidth and other Unicode digits
+_TOKEN = re.compile(r"\s*(?:([0-9]+)|(\S))")
 
 
 class CalcError(ValueError):
@@ -147,7 +148,9 @@ class CalcTool:
 TOOLS: dict[str, Callable[[], Any]] = {"calc": CalcTool}
 
 # the text of tool calls and results inside a response: what `exact_answer` looks past
-TOOL_SPAN = re.compile(re.escape(CALC_OPEN) + r".*?" + re.escape(CALC_CLOSE) + r"(=-?\d+|=error)?")
+TOOL_SPAN = re.compile(
+    re.escape(CALC_OPEN) + r".*?" + re.escape(CALC_CLOSE) + r"(=-?[0-9]+|=error)?"
+)
 
 
 def check_tools(tools: Any) -> tuple[str, ...]:
@@ -310,6 +313,7 @@ class Dialogues:
                 )
                 if not isinstance(text, str):
                     raise TypeError(f"feedback must return a str, got {type(text).__name__}")
+                check_text(text, f"feedback for {prompts[r]!r:.60}", "the feedback text")
                 tokens = self._encode(text)
                 if n[i] + 1 + len(tokens) < M:
                     env_tokens[i], finished[i] = tokens, False

@@ -24,6 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from agents.run.jsonio import read_json
+
 FORMAT_VERSION = 3  # 3: optimizer state keys recorded; rollout carry-over 'skip'
 
 
@@ -294,8 +296,8 @@ def latest_checkpoint(folder: Path) -> Path:
     if not pointer.is_file():
         raise CheckpointError(f"no checkpoint in {pointer.parent}: {pointer.name} does not exist")
     try:
-        data = json.loads(pointer.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        data = read_json(pointer)
+    except ValueError as err:
         raise CheckpointError(f"checkpoint pointer {pointer} is corrupted: {err}") from None
     name = data.get("checkpoint") if isinstance(data, dict) else None
     # the pointer names a file of its own folder (as save_checkpoint writes it), never a path
@@ -317,8 +319,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     if not path.is_file():
         raise CheckpointError(f"checkpoint metadata {path} does not exist")
     try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        meta = read_json(path)
+    except ValueError as err:
         raise CheckpointError(
             f"checkpoint metadata {path} is truncated or corrupted: {err}"
         ) from None

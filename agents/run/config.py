@@ -43,6 +43,7 @@ from agents.policies import PolicyConfig, policy_class
 from agents.policies.base import ENV_KWARGS, INPUT_PATH, ReadsFiles
 from agents.policies.sequences import Temperature, TopK, TopP
 from agents.run.envs import VECTORIZATION_MODES, env_module
+from agents.run.jsonio import MAX_NESTING, is_unicode_text
 from agents.run.rundir import check_run_name
 
 M = TypeVar("M", bound=BaseModel)
@@ -412,9 +413,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
 # it), so the file size and the number of values after alias expansion are both bounded.
 MAX_YAML_BYTES = 4 * 2**20
 MAX_YAML_VALUES = 1_000_000
-# Deeper nesting is refused: a config needs ~5 levels, and every reader of the data (validation,
-# --set, the checkpoint's copy, the YAML and JSON writers) recurses once per level.
-MAX_NESTING = 100
+# MAX_NESTING (agents.run.jsonio): deeper nesting is refused; a config needs ~5 levels, and every
+# reader of the data (validation, --set, the checkpoint's copy, the writers) recurses once per level
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
@@ -496,16 +496,6 @@ class ConfigLoader(yaml.SafeLoader):
                 f"the string {value!r:.60} holds a lone surrogate: not Unicode text", node
             )
         return value
-
-
-def is_unicode_text(text: str) -> bool:
-    """False for a str with a lone surrogate (e.g. from a "\\ud800" escape): it cannot be
-    encoded, so it would fail later in a file name, a log or a tokenizer."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _parse_yaml(text: str, where: str) -> Any:

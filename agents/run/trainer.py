@@ -6,7 +6,6 @@ summary = trainer.learn()
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -31,6 +30,7 @@ from agents.run.config import Config, config_changes, save_config, step_budget, 
 from agents.run.envs import make_eval_env, make_train_env
 from agents.run.evaluation import run_evaluation
 from agents.run.interrupt import stop_on_first_interrupt
+from agents.run.jsonio import read_json
 from agents.run.logger import RunLogger
 from agents.run.rundir import RunLock, new_run_dir
 
@@ -284,7 +284,10 @@ class Trainer:
             return self._learn(stop_at, False, stop_on_interrupt)
         summary_file = self.run_dir / "summary.json"
         if self.iteration >= self.num_iterations and summary_file.is_file():
-            return json.loads(summary_file.read_text())  # a finished run: nothing to do
+            try:  # a finished run: nothing to do
+                return read_json(summary_file)
+            except ValueError as err:
+                raise ValueError(f"run summary {summary_file} cannot be read: {err}") from None
         if not self.dist.is_main:  # rank 0 holds the lock for the whole job
             return self._learn(stop_at, True, stop_on_interrupt)
         self.run_dir.mkdir(parents=True, exist_ok=True)  # a folder given to Trainer directly
