@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import text_config
 from safetensors.torch import load_file, save_file
 
 from agents.cli import main
@@ -200,3 +201,24 @@ def test_env_sizes_are_checked_against_the_model_before_any_env_exists():
     with pytest.raises(ValueError, match=r"1000000032 tokens exceeds the model's context of 320"):
         Trainer(cfg)  # the env would allocate (64, 1e9) int64 buffers first
     assert time.perf_counter() - start < 5
+
+
+def test_resume_refuses_a_switch_of_run_dtype(gpt2_ctx64_path, tmp_path):
+    """bfloat16 forward passes are other numbers, not a rounding difference: a resume that
+    switched run.dtype went on silently as another experiment."""
+    raw = text_config(gpt2_ctx64_path, str(tmp_path))
+    raw["total_timesteps"] = 64  # one iteration of 8 envs x 8 steps
+    raw["eval"]["episodes"] = 2
+    cfg = load_config(raw)
+    trainer = Trainer(cfg, new_run_dir(cfg, "dtype"))
+    trainer.learn()
+    switched = {**raw, "run": {**raw["run"], "dtype": "bfloat16"}}
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"run.dtype: 'float32' in the checkpoint, 'bfloat16' in the"
+    ):
+        Trainer(load_config(switched), trainer.run_dir, resume=True)
+    # where and how the run computes and reports may change (same numbers up to rounding)
+    moved = {"torch_threads": 2, "checkpoint_every": 64, "progress": True, "device": "auto",
+             "allreduce_bucket_mb": 0.0, "root": str(tmp_path / "elsewhere")}  # fmt: skip
+    other = {**raw, "name": "renamed", "run": {**raw["run"], **moved}}
+    assert Trainer(load_config(other), trainer.run_dir, resume=True).global_step == 64

@@ -41,8 +41,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# config keys a resumed run may change (everything else shapes the training run)
-RESUME_MAY_CHANGE = ("run.", "eval.", "name")
+# Config keys a resumed run may change: how it evaluates and reports (eval.*, name, run.root,
+# run.checkpoint_every, run.progress) and where it computes (run.device, run.torch_threads,
+# run.allreduce_bucket_mb: the same numbers up to float rounding, as on another machine; the
+# gradient sums per element are the same whatever the buckets). Everything else shapes the
+# training run, run.dtype included: bfloat16 forward passes are other numbers, not a rounding
+# difference. A key ending in "." stands for its whole section.
+RESUME_MAY_CHANGE = (
+    "eval.", "name", "run.root", "run.checkpoint_every", "run.progress", "run.device",
+    "run.torch_threads", "run.allreduce_bucket_mb",
+)  # fmt: skip
+
+
+def may_change_on_resume(key: str) -> bool:
+    """True for a flat config key (`flat_config`) that a resume may change."""
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
 
 
 def check_sizes(cfg: Config) -> None:
@@ -209,9 +222,9 @@ class Trainer:
     def load(self, path: Path) -> None:
         meta, tensors = ckpt.read_checkpoint(path)
         ckpt.require(meta, CHECKPOINT_KEYS, path)
-        # everything that shapes the training run must match; run.* and eval.* may change
+        # everything that shapes the training run must match (RESUME_MAY_CHANGE may change)
         changed = config_changes(
-            meta["config"], to_dict(self.cfg), lambda key: not key.startswith(RESUME_MAY_CHANGE)
+            meta["config"], to_dict(self.cfg), lambda key: not may_change_on_resume(key)
         )
         if changed:
             raise ckpt.CheckpointError(
