@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ import numpy as np
 
 from agents.core.ppo import NonFiniteLossError
 from agents.run.checkpoint import CheckpointError
+from agents.run.interrupt import StopNow, signal_label, signal_number, stop_at_once_on_signals
 from agents.run.rundir import RunFolderError
 
 if TYPE_CHECKING:
@@ -34,10 +36,18 @@ EXPECTED_ERRORS = (
 )  # fmt: skip
 
 
+# under `--nproc`, the ranks leave their error lines in this folder for the launcher, which prints
+# each distinct one once (instead of N copies, each followed by the other ranks' gloo tracebacks)
+ERROR_DIR_VAR = "TEXTRLHF_ERROR_DIR"
+
+
 def launch_nproc(argv: list[str], nproc: int) -> int:
     """`textrlhf train ... --nproc N`: run the same command under torchrun's launcher on this
     machine (`torchrun --standalone --nproc_per_node=N -m agents.cli train ...`). torchrun's
     agent watches the N processes: one that fails ends the others and the job (exit != 0)."""
+    import logging
+    import tempfile
+
     from torch.distributed.run import get_args_parser, run
 
     rest, skip = [], False
@@ -54,14 +64,74 @@ def launch_nproc(argv: list[str], nproc: int) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    try:
-        run(torchrun_args)
-    except ChildFailedError as err:
-        print(f"textrlhf train: a rank failed:\n{err}", file=sys.stderr)
-        return 1
-    except SignalException as err:  # Ctrl-C: torchrun passed it on and waited for the ranks,
-        return 128 + int(err.sigval)  # and rank 0 said how the run ended
+    # torchrun catches these (by default the first four) and passes them on to the ranks; one
+    # that this process ignores (SIGINT under nohup) stays ignored, here and in the ranks
+    handled = [
+        name for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1")
+        if signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN
+    ]  # fmt: skip
+    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", ",".join(handled))
+    # the ranks set their torch threads from run.torch_threads; torchrun would set this 1 too,
+    # after a four-line warning
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # the agent's own log lines (closing signals, exit codes) repeat what the report below says
+    elastic_log = logging.getLogger("torch.distributed.elastic")
+    level = elastic_log.level
+    elastic_log.setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="textrlhf-errors-") as errors:
+        os.environ[ERROR_DIR_VAR] = errors
+        try:
+            run(torchrun_args)
+        except ChildFailedError as err:
+            reported = rank_errors(Path(errors))
+            if reported:  # what the ranks said, each distinct line once
+                for line in reported:
+                    print(line, file=sys.stderr)
+                return 1
+            print(f"textrlhf train: a rank failed:\n{err}", file=sys.stderr)
+            return 1
+        except SignalException as err:  # Ctrl-C/SIGTERM: torchrun passed it on and waited for
+            return 128 + int(err.sigval)  # the ranks, and rank 0 said how the run ended
+        finally:
+            del os.environ[ERROR_DIR_VAR]
+            elastic_log.setLevel(level)
     return 0
+
+
+def rank_errors(folder: Path) -> list[str]:
+    """The error lines the ranks left in `folder` (rank order, duplicates dropped). A rank that
+    only lost contact with a failed peer is mentioned only when no rank said why."""
+    said: dict[str, None] = {}
+    lost = []
+    for path in sorted(folder.glob("rank*.txt"), key=lambda p: int(p.stem[4:])):
+        text = path.read_text(encoding="utf-8").rstrip("\n")
+        if text.startswith("lost:"):
+            lost.append(f"rank {path.stem[4:]} lost contact with the other ranks: {text[5:]}")
+        else:
+            said[text] = None
+    return list(said) if said else [f"textrlhf train: {line}" for line in lost]
+
+
+def report_error(text: str, lost_peer: bool = False) -> None:
+    """Print one error line; a rank under `--nproc` leaves it to the launcher instead."""
+    folder, rank = os.environ.get(ERROR_DIR_VAR), os.environ.get("RANK")
+    if folder and rank is not None and Path(folder).is_dir():
+        Path(folder, f"rank{int(rank)}.txt").write_text(
+            ("lost:" if lost_peer else "") + text + "\n", encoding="utf-8"
+        )
+    else:
+        print(text, file=sys.stderr)
+
+
+def lost_peer(err: BaseException) -> bool:
+    """A collective that failed because another rank ended (gloo: "Connection closed by peer"):
+    the error raised inside torch.distributed, in a rank under the `--nproc` launcher."""
+    if ERROR_DIR_VAR not in os.environ or not isinstance(err, RuntimeError):
+        return False
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and f"torch{os.sep}distributed{os.sep}" in frames[-1].filename
 
 
 def load_train_config(args: argparse.Namespace) -> Config:
@@ -102,14 +172,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         if world > 1:  # resume at the same world size (bit-exact); several nodes: torchrun
             again += ["--nproc", str(world)]
         print(
-            f"stopped by Ctrl-C at step {summary['steps']:,}, with a checkpoint; continue with:\n"
+            f"stopped by {summary.get('stop_signal') or 'Ctrl-C'} at step {summary['steps']:,}, "
+            f"with a checkpoint; continue with:\n"
             f"  {shlex.join([*again, '--resume', str(run_dir)])}"
         )
         print(
             f"steps {summary['steps']:,}  return (last 100 episodes) "
             f"{summary['train_return_last100']}  wall {summary['wall_time_s']:.1f}s"
         )
-        return 130  # not finished: `textrlhf train ... && next` stops here
+        # not finished: `textrlhf train ... && next` stops here; 128 + the signal, as a shell says
+        return 128 + int(signal_number(summary.get("stop_signal") or "Ctrl-C"))
     print(
         f"steps {summary['steps']:,}  final return {summary['final_return']}  "
         f"best return {summary['best_return']}  wall {summary['wall_time_s']:.1f}s  "
@@ -202,8 +274,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {what}: {done['out']}")
 
 
-def cmd_compare(args: argparse.Namespace) -> None:
-    from agents.run.compare import compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    from agents.run.compare import CompareFailed, compare
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
@@ -223,11 +295,18 @@ def cmd_compare(args: argparse.Namespace) -> None:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     agents = ("ours",) if args.no_sb3 else ("ours", "sb3")
     command = "textrlhf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    out = compare(
-        args.targets, args.seeds, args.out, args.set, thresholds, agents, args.jobs, command
-    )
+    try:
+        out = compare(
+            args.targets, args.seeds, args.out, args.set, thresholds, agents, args.jobs, command
+        )
+    except CompareFailed as err:  # the report holds the runs that finished
+        print((err.out / "compare.md").read_text())
+        print(f"wrote {err.out / 'compare.md'} and {err.out / 'compare.png'}")
+        print(f"textrlhf compare: error: {err}", file=sys.stderr)
+        return 1
     print((out / "compare.md").read_text())
     print(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")
+    return 0
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
@@ -355,20 +434,27 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             return launch_nproc(argv, args.nproc)
     try:
-        rc = args.func(args)  # None: success
+        with stop_at_once_on_signals():  # SIGTERM unwinds like Ctrl-C: locks and temp files go
+            rc = args.func(args)  # None: success
     except EXPECTED_ERRORS as err:
-        print(f"textrlhf {args.command}: error: {err}", file=sys.stderr)
+        report_error(f"textrlhf {args.command}: error: {err}")
         return 1
-    except KeyboardInterrupt:  # a second Ctrl-C in `train`, or any in the other commands
+    except KeyboardInterrupt as err:  # a second Ctrl-C/SIGTERM in `train`, any in other commands
+        signum = err.signum if isinstance(err, StopNow) else signal.SIGINT
         if int(os.environ.get("RANK", "0")) == 0:
-            print(f"\ntextrlhf {args.command}: stopped by Ctrl-C", file=sys.stderr)
-        return 130
+            print(f"\ntextrlhf {args.command}: stopped by {signal_label(signum)}", file=sys.stderr)
+        return 128 + int(signum)
     except OSError as err:  # a read-only folder, a full disk: name the file, no traceback
-        print(
+        report_error(
             f"textrlhf {args.command}: error: cannot write {err.filename or 'a file'}: "
-            f"{err.strerror or err}; files written before (e.g. the last checkpoint) are intact",
-            file=sys.stderr,
+            f"{err.strerror or err}; its previous contents and the files written before (e.g. "
+            "the last checkpoint) are intact"
         )
+        return 1
+    except RuntimeError as err:
+        if not lost_peer(err):
+            raise
+        report_error(str(err).splitlines()[0], lost_peer=True)
         return 1
     return rc or 0
 

@@ -80,6 +80,7 @@ def worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO))
     from agents.core.distributed import init_distributed
     from agents.run.config import Config
+    from agents.run.files import atomic_write_text
     from agents.run.trainer import Trainer
 
     data = config(args.model, args.dtype)
@@ -115,7 +116,7 @@ def worker(args: argparse.Namespace) -> None:
             "world_size": dist.world_size,
             "threads": args.threads,
         }
-        Path(args.out).write_text(json.dumps(result))
+        atomic_write_text(args.out, json.dumps(result))  # the parent never reads half of it
     trainer.close()
     dist.close()
 

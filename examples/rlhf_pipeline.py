@@ -37,6 +37,7 @@ from agents.policies.hf import load_causal_lm, without_dropout
 from agents.policies.lm import LMPolicy
 from agents.rlhf.preferences import env_lengths, evaluate_gold_proxy, generate_preferences
 from agents.run.config import check_output_dir, load_config
+from agents.run.files import atomic_file, atomic_write_text
 from agents.run.trainer import Trainer
 from textenv import make_task
 
@@ -86,7 +87,8 @@ def plot_proxy_vs_gold(runs: dict[str, Path], path: Path, sft_gold: float | None
         ax.set_xlabel("env steps")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
 
 
@@ -186,7 +188,7 @@ def main() -> None:
         "policies": rows,
         "seconds": timings,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(summary, indent=2) + "\n")
     print(f"wrote {out / 'results.json'}")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import pytest
 
 from agents.run.compare import SB3Adapter, compare, sb3_model
 from agents.run.config import load_config
@@ -144,3 +145,134 @@ def test_config_report_lists_reward_components(tmp_path):
     md = (tmp_path / "out" / "compare.md").read_text()
     assert "| config | gold | reward_model |" in md
     assert "| rm_ppo | 0.600 ± 0.100 | 2.000 ± 1.000 |" in md
+
+
+# ----------------------------------------------------------------------------- failures, re-runs
+
+
+def write_config(path: Path, cartpole_yaml: Path, **changes) -> str:
+    """configs/cartpole.yaml with top-level sections or keys replaced, saved as `path`."""
+    import yaml
+
+    data = yaml.safe_load(Path(cartpole_yaml).read_text())
+    for key, value in changes.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_compare_goes_on_after_a_failed_run_and_a_rerun_reuses_the_finished_ones(
+    cartpole_yaml, tmp_path, capsys
+):
+    """A config that fails (its env rejects a keyword) stopped the comparison: with --jobs 1
+    the configs after it never ran and no report was written; a re-run retrained (and deleted)
+    every finished run. Now the others run, the report marks the failed run with its error,
+    the exit code is 1 and names it, and the same command again reuses the finished run."""
+    from agents.cli import main
+
+    good = write_config(tmp_path / "good.yaml", cartpole_yaml, name="good")
+    bad = write_config(tmp_path / "bad.yaml", cartpole_yaml, name="bad", env={"kwargs": {"x": 1}})
+    out = tmp_path / "cmp"
+    args = ["compare", bad, good, "--no-sb3", "--seeds", "1", "--out", str(out), "--set", *TINY]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "textrlhf compare: error: 1 of 2 runs failed: bad ours seed 1 (TypeError: " in err
+    md = (out / "compare.md").read_text()
+    assert "**1 of 2 runs failed**" in md
+    assert re.search(r"^\| good \| 1 \| -?[\d.]+ ± 0\.000 \|", md, flags=re.MULTILINE), md
+    assert re.search(r"^\| bad \| 0 \(1 failed\) \| failed \| n/a \|", md, flags=re.MULTILINE)
+    assert re.search(r"^\| bad \| 1 \| n/a \| failed: TypeError: .*'x'.* \|", md, re.MULTILINE)
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert [r["label"] for r in json.loads((out / "compare.json").read_text())] == ["good"]
+    finished = out / "runs" / "good_s1"
+    summary = (finished / "summary.json").read_text()
+    (finished / "notes.txt").write_text("a file the user put there")
+
+    write_config(tmp_path / "bad.yaml", cartpole_yaml, name="bad")  # fixed
+    assert main(args) == 0
+    assert "good seed 1: reusing the finished run" in capsys.readouterr().out
+    assert (finished / "summary.json").read_text() == summary  # not trained again
+    assert (finished / "notes.txt").is_file()  # nor deleted
+    md = (out / "compare.md").read_text()
+    assert "runs failed" not in md and re.search(r"^\| bad \| 1 \| ", md, flags=re.MULTILINE)
+
+
+def test_a_compare_rerun_resumes_an_unfinished_run_and_keeps_a_finished_one_of_another_config(
+    cartpole_yaml, tmp_path
+):
+    """An unfinished run (stopped with a checkpoint) is resumed, not started again; a finished
+    run of another config is refused and left as it is (a re-run deleted both)."""
+    from agents.run.compare import CompareFailed, compare_configs
+    from agents.run.rundir import new_run_dir
+
+    source = write_config(tmp_path / "pole.yaml", cartpole_yaml, name="pole")
+    out = tmp_path / "cmp"
+    cfg = load_config(source, [*TINY, "seed=1", f"run.root={out / 'runs'}"])
+    Trainer(cfg, new_run_dir(cfg, "pole_s1")).learn(stop_at=256)
+    run = out / "runs" / "pole_s1"
+    (run / "notes.txt").write_text("a file the user put there")
+    compare_configs([source], 1, out, TINY)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["steps"] == 512
+    assert (run / "notes.txt").is_file() and (run / "checkpoints" / "256.json").is_file()
+
+    with pytest.raises(CompareFailed) as caught:
+        compare_configs([source], 1, out, [*TINY, "ppo.n_epochs=2"])
+    assert f"{run} holds a finished run of another config (ppo.n_epochs: 1 there, 2 now)" in str(
+        caught.value
+    )
+    assert json.loads((run / "summary.json").read_text()) == summary
+    assert (run / "notes.txt").is_file()
+
+
+def test_compare_with_sb3_keeps_the_finished_results_when_one_fails(cartpole_yaml, tmp_path):
+    """Ours vs SB3: a failed run lost every finished result (nothing was written). Now the
+    report has them and the failed ones; each finished result is kept, and reused by a re-run
+    with the same --out."""
+    from agents.run.compare import CompareFailed
+
+    bad = write_config(
+        tmp_path / "bad.yaml", cartpole_yaml, env={"id": "Acrobot-v1", "kwargs": {"x": 1}}
+    )
+    out = tmp_path / "cmp"
+    with pytest.raises(CompareFailed) as caught:
+        compare([bad, str(cartpole_yaml)], 1, out, TINY)
+    assert [(f.label, f.agent) for f in caught.value.failed] == [
+        ("Acrobot-v1", "ours"), ("Acrobot-v1", "sb3")
+    ]  # fmt: skip
+    assert "2 of 4 runs failed: Acrobot-v1 ours seed 1 (TypeError: " in str(caught.value)
+    md = (out / "compare.md").read_text()
+    assert re.search(r"^\| Acrobot-v1 \| sb3 \| 0 \(1 failed\) \| failed: TypeError", md, re.M)
+    assert re.search(r"^\| CartPole-v1 \| sb3 \| 1 \| ", md, flags=re.MULTILINE), md
+    assert "- Acrobot-v1 ours seed 1: TypeError: " in md
+    raw = json.loads((out / "compare.json").read_text())
+    assert [(r["agent"], r["env_id"]) for r in raw] == [
+        ("ours", "CartPole-v1"),
+        ("sb3", "CartPole-v1"),
+    ]
+    assert len(list((out / "results").glob("CartPole-v1_*.json"))) == 2
+
+    compare([str(cartpole_yaml)], 1, out, TINY)  # every result reused: the same numbers
+    again = json.loads((out / "compare.json").read_text())
+    assert [(r["agent"], r["final_return"], r["wall_time"]) for r in again] == [
+        (r["agent"], r["final_return"], r["wall_time"]) for r in raw
+    ]
+
+
+def test_a_run_whose_process_dies_fails_alone(cartpole_yaml, tmp_path):
+    """With --jobs 2, a run whose worker process dies (here at its env's first reset) broke the
+    process pool and so failed every run in it; each of those runs gets a process of its own."""
+    from agents.run.compare import CompareFailed, compare_configs
+
+    crash = write_config(
+        tmp_path / "crash.yaml", cartpole_yaml, name="crash",
+        env={"id": "crashing_env:CrashOnReset-v0", "vectorization": "sync"},
+    )  # fmt: skip
+    good = write_config(tmp_path / "good.yaml", cartpole_yaml, name="good")
+    with pytest.raises(CompareFailed) as caught:
+        compare_configs([crash, good], 1, tmp_path / "cmp", TINY, jobs=2)
+    assert [(f.label, f.error.split(":")[0]) for f in caught.value.failed] == [
+        ("crash", "BrokenProcessPool")
+    ]
+    raw = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["label"] for r in raw] == ["good"]

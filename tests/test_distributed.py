@@ -213,31 +213,66 @@ def test_a_rank_that_raises_ends_the_job(tmp_path):
     assert elapsed < 60, f"the job took {elapsed:.0f} s to end"
 
 
-def test_ctrl_c_stops_every_rank_after_the_same_iteration(tmp_path):
-    """Ctrl-C at the terminal reaches `--nproc 2`'s launcher, which passes SIGINT on to the
-    ranks: they agree to stop after one iteration, each saves its state at that step, rank 0
-    prints the command that resumes the run at the same world size, and the job exits 130."""
+@pytest.mark.parametrize("case", ["taken name", "wrong --nproc on resume"])
+def test_an_error_under_nproc_is_said_once_without_tracebacks(tmp_path, case):
+    """An error that every rank (or rank 0 alone) runs into is printed once, as one line: no
+    copy per rank, no gloo traceback from the ranks that lost their peer, no torchrun report."""
+    config = _cartpole_yaml(tmp_path)
+    train = [sys.executable, "-m", "agents.cli", "train", str(config)]
+    first = subprocess.run([*train, "--name", "done"], cwd=REPO, env=_env(), capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = (
+        ["--name", "done"] if case == "taken name"
+        else ["--resume", str(tmp_path / "runs" / "done")]
+    )  # fmt: skip
+    result = subprocess.run([*train, *again, "--nproc", "2"], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("textrlhf train: error: "), result.stderr
+    expected = "already exists" if case == "taken name" else "written by 1 ranks"
+    assert expected in lines[0]
+
+
+def _terminal_dispositions() -> None:
+    """In the child, before exec: SIGINT and SIGTERM as in a job started from an interactive
+    shell (the test process may have inherited SIGINT ignored: nohup, background jobs, CI)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize(
+    ("sig", "label", "code"), [(signal.SIGINT, "Ctrl-C", 130), (signal.SIGTERM, "SIGTERM", 143)]
+)
+def test_a_stop_signal_stops_every_rank_after_the_same_iteration(tmp_path, sig, label, code):
+    """Ctrl-C at the terminal (SIGINT to the launcher's process group) or SIGTERM (a scheduler,
+    `timeout`) reaches `--nproc 2`'s launcher, which passes it on to the ranks: they agree to
+    stop after one iteration, each saves its state at that step, rank 0 prints the command that
+    resumes the run at the same world size, and the job exits 128 + signal."""
     config = _cartpole_yaml(tmp_path)
     cmd = [sys.executable, "-m", "agents.cli", "train", str(config), "--nproc", "2",
            "--name", "stopped", "--set", "total_timesteps=100000000"]  # fmt: skip
     job = subprocess.Popen(
         cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # a terminal's Ctrl-C signals the launcher's process group
+        preexec_fn=_terminal_dispositions,
     )  # fmt: skip
     metrics = tmp_path / "runs" / "stopped" / "metrics.csv"
     deadline = time.monotonic() + 120
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 2):
         assert job.poll() is None and time.monotonic() < deadline, job.communicate()[1][-3000:]
         time.sleep(0.2)
-    os.killpg(job.pid, signal.SIGINT)
+    os.killpg(job.pid, sig)
     out, err = job.communicate(timeout=60)
-    assert job.returncode == 130, err[-3000:]
-    assert err.count("Ctrl-C: stopping after this iteration") == 1  # rank 0 says it, once
+    assert job.returncode == code, err[-3000:]
+    assert err.count(f"{label}: stopping after this iteration") == 1  # rank 0 says it, once
+    assert "Traceback" not in err, err[-3000:]
     run = tmp_path / "runs" / "stopped"
     summary = json.loads((run / "summary.json").read_text())
     step = summary["steps"]
     assert summary["interrupted"] is True and summary["finished"] is False and step > 0
-    assert f"stopped by Ctrl-C at step {step:,}" in out
+    assert f"stopped by {label} at step {step:,}" in out
     assert f"--nproc 2 --resume {run}" in out
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == step
     assert (run / "checkpoints" / f"{step}.rank1.json").is_file()  # rank 1 stopped there too

@@ -124,40 +124,62 @@ def test_cli_resume_continues_an_interrupted_run(cartpole_yaml, tmp_path, eval_e
     assert b["steps"] == 1024 and b["finished"] is True
 
 
-def interrupt_during_iteration(monkeypatch, iteration: int, presses: int) -> None:
-    """Press Ctrl-C `presses` times (a real SIGINT to this process) during `iteration`."""
+@pytest.fixture
+def terminal_signals():
+    """The signal dispositions of a process started from an interactive shell: SIGINT raises
+    KeyboardInterrupt, SIGTERM ends the process. pytest may have inherited others (SIGINT is
+    ignored under nohup, in a background job or in some CI runners); restored afterwards."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def signal_during_iteration(monkeypatch, iteration: int, presses: int, sig=signal.SIGINT) -> None:
+    """Send `sig` to this process `presses` times (Ctrl-C: SIGINT) during `iteration`."""
     iterate = Trainer.iterate
 
     def iterate_and_press(self):
         metrics = iterate(self)
         if self.iteration == iteration:
             for _ in range(presses):
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), sig)
         return metrics
 
     monkeypatch.setattr(Trainer, "iterate", iterate_and_press)
 
 
-def test_ctrl_c_stops_after_the_iteration_with_a_checkpoint(
-    cartpole_yaml, tmp_path, capsys, monkeypatch
+@pytest.mark.parametrize(
+    ("sig", "label", "code"),
+    [(signal.SIGINT, "Ctrl-C", 130), (signal.SIGTERM, "SIGTERM", 143),
+     (signal.SIGUSR1, "SIGUSR1", 138)],
+)  # fmt: skip
+def test_a_stop_signal_stops_after_the_iteration_with_a_checkpoint(
+    cartpole_yaml, tmp_path, capsys, monkeypatch, terminal_signals, sig, label, code
 ):
-    """The first Ctrl-C ends `textrlhf train` at the end of its iteration: a checkpoint of that
-    step, `interrupted` in the summary, exit 130 and the command that resumes it; resuming then
-    ends exactly like a run that was never stopped."""
+    """The first Ctrl-C or SIGTERM (what `timeout`, `kill` and schedulers send) ends `textrlhf
+    train` at the end of its iteration: a checkpoint of that step, `interrupted` in the summary,
+    exit 128 + signal and the command that resumes it (SIGUSR1: SLURM's `--signal` warning); resuming then ends exactly like a run that
+    was never stopped. The handlers found before are restored."""
     args = train_args(cartpole_yaml, tmp_path)
     assert main([*args, "--name", "full"]) == 0
     with monkeypatch.context() as patch:
-        interrupt_during_iteration(patch, iteration=2, presses=1)
-        assert main([*args, "--name", "half"]) == 130
+        signal_during_iteration(patch, iteration=2, presses=1, sig=sig)
+        assert main([*args, "--name", "half"]) == code
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
     half = tmp_path / "half"
     out, err = capsys.readouterr()
-    assert "Ctrl-C: stopping after this iteration" in err and "Traceback" not in err
-    assert "stopped by Ctrl-C at step 512" in out
+    assert f"{label}: stopping after this iteration" in err and "Traceback" not in err
+    assert f"stopped by {label} at step 512" in out
     resume = re.search(r"continue with:\n  (.*)\n", out)[1]
     assert resume.endswith(f"--resume {half}") and " run.progress=false " in resume
     summary = json.loads((half / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["finished"] is False
+    assert summary["stop_signal"] == label
     assert summary["steps"] == 512 and latest_step(half) == 512
 
     assert main(shlex.split(resume)[1:]) == 0  # the printed command, as typed
@@ -168,15 +190,62 @@ def test_ctrl_c_stops_after_the_iteration_with_a_checkpoint(
     assert b["finished"] is True and b["interrupted"] is False
 
 
-def test_a_second_ctrl_c_stops_at_once(cartpole_yaml, tmp_path, capsys, monkeypatch):
-    interrupt_during_iteration(monkeypatch, iteration=2, presses=2)
-    assert main([*train_args(cartpole_yaml, tmp_path), "--name", "hard"]) == 130
+@pytest.mark.parametrize(("sig", "label", "code"), [(signal.SIGINT, "Ctrl-C", 130),
+                                                     (signal.SIGTERM, "SIGTERM", 143)])  # fmt: skip
+def test_a_second_stop_signal_stops_at_once(
+    cartpole_yaml, tmp_path, capsys, monkeypatch, terminal_signals, sig, label, code
+):
+    signal_during_iteration(monkeypatch, iteration=2, presses=2, sig=sig)
+    assert main([*train_args(cartpole_yaml, tmp_path), "--name", "hard"]) == code
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
     err = capsys.readouterr().err
-    assert "textrlhf train: stopped by Ctrl-C" in err and "Traceback" not in err
+    assert f"textrlhf train: stopped by {label}" in err and "Traceback" not in err
     run = tmp_path / "hard"
     assert not (run / "summary.json").exists() and checkpoint_steps(run) == []
     assert [int(r["step"]) for r in metrics_rows(run)] == [256]  # logged before the stop
+    assert not list(run.rglob("*.tmp*"))  # no temp file left behind
+
+
+def test_a_run_started_with_sigint_ignored_stays_deaf_to_it(
+    cartpole_yaml, tmp_path, capsys, monkeypatch, terminal_signals
+):
+    """Under `nohup` or in a background job SIGINT is ignored from the start: a Ctrl-C meant for
+    the terminal's foreground job neither stops the run nor makes it Ctrl-C-able, and the
+    disposition is still SIG_IGN afterwards."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal_during_iteration(monkeypatch, iteration=2, presses=2)
+    assert main([*train_args(cartpole_yaml, tmp_path), "--name", "nohup"]) == 0
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    summary = json.loads((tmp_path / "nohup" / "summary.json").read_text())
+    assert summary["finished"] is True and summary["interrupted"] is False
+    assert "Ctrl-C" not in capsys.readouterr().err
+
+
+def test_ctrl_c_during_the_initial_evaluation_saves_step_0(
+    cartpole_yaml, tmp_path, capsys, monkeypatch, terminal_signals
+):
+    """A Ctrl-C while the run evaluates its starting policy (before the first iteration) ends
+    with a checkpoint at step 0, so the folder can be resumed; the resumed run equals a run that
+    was never stopped."""
+    args = [*train_args(cartpole_yaml, tmp_path), "--set", "eval.every=512"]
+    assert main([*args, "--name", "full"]) == 0
+    evaluate = Trainer._eval_return
+    with monkeypatch.context() as patch:
+
+        def press_during_first_eval(self):
+            if self.global_step == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+            return evaluate(self)
+
+        patch.setattr(Trainer, "_eval_return", press_during_first_eval)
+        assert main([*args, "--name", "early"]) == 130
+    out = capsys.readouterr().out
+    early = tmp_path / "early"
+    assert "stopped by Ctrl-C at step 0" in out and latest_step(early) == 0
+    assert json.loads((early / "summary.json").read_text())["interrupted"] is True
+    assert main(shlex.split(re.search(r"continue with:\n  (.*)\n", out)[1])[1:]) == 0
+    assert metrics_rows(early) == metrics_rows(tmp_path / "full")
 
 
 def test_cli_resuming_a_finished_run_changes_nothing(cartpole_yaml, tmp_path):

@@ -77,11 +77,13 @@ def test_first_minibatch_has_ratio_one_and_zero_approx_kl(cartpole_yaml):
 def test_kl_penalty_is_zero_when_reference_equals_policy(cartpole_yaml):
     cfg = load_config(cartpole_yaml, [*SMALL, "kl.enabled=true", "kl.beta=0.5", "kl.estimator=k1"])
     trainer = Trainer(cfg)
-    first = trainer.iterate()  # reference == policy: the penalty is exactly 0
-    assert first["kl/kl_to_ref"] == 0.0
+    first = trainer.iterate()  # reference == policy: the penalty is 0
+    # 0 up to float32 rounding: the KL pass evaluates the whole rollout in one batch, the rollout
+    # row by row, and the BLAS kernels for the two shapes may round differently on another CPU
+    assert abs(first["kl/kl_to_ref"]) < 1e-6
     assert first["kl/beta"] == 0.5
     second = trainer.iterate()  # the policy has been updated once: now it differs
-    assert second["kl/kl_to_ref"] != 0.0
+    assert abs(second["kl/kl_to_ref"]) > 1e-4, second["kl/kl_to_ref"]
     trainer.env.close()
 
 

@@ -95,7 +95,7 @@ def _rewrite_weights(meta_path: Path, keep) -> None:
     weights = meta_path.parent / meta["weights_file"]
     tensors = {k: v for k, v in load_file(str(weights)).items() if keep(k)}
     save_file(tensors, str(weights))
-    meta["weights_sha256"] = ckpt.hashlib.sha256(weights.read_bytes()).hexdigest()
+    meta["weights_sha256"] = ckpt.sha256_of(weights)
     meta_path.write_text(json.dumps(meta))
 
 
@@ -151,17 +151,29 @@ def test_eval_reproduces_the_logged_final_eval_with_the_runs_settings(
     cartpole_yaml, tmp_path, capsys
 ):
     """Sampled actions (eval.deterministic false): `textrlhf eval RUN` with no flags uses the run's
-    eval mode, seed and episodes, seeds torch, and prints the logged final eval."""
+    eval mode, seed and episodes, seeds torch, and prints the logged final eval. The run was
+    resumed with these eval settings (it started with 2 deterministic episodes): config.yaml was
+    written at step 0 only, so eval used the old settings and disagreed with the logged result."""
+    run, _ = _half_run(cartpole_yaml, tmp_path)
+    first = (run / "config.yaml").read_text()
     more = ["eval.deterministic=false", "eval.episodes=4"]
-    assert main([*train_args(cartpole_yaml, tmp_path), *more, "--name", "s"]) == 0
-    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert main([*train_args(cartpole_yaml, tmp_path), *more, "--resume", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
     capsys.readouterr()
     means = []
     for _ in range(2):
-        assert main(["eval", str(tmp_path / "s")]) == 0
+        assert main(["eval", str(run)]) == 0
         out = capsys.readouterr().out
         means.append(float(re.search(r"over 4 episodes \(sampled\): (-?[\d.]+)", out)[1]))
     assert means[0] == means[1] == pytest.approx(summary["final_return"], abs=1e-4)
+    # the settings of each logged evaluation: config.256.yaml up to step 256, then config.yaml
+    assert (run / "config.256.yaml").read_text() == first
+    assert yaml.safe_load(first)["eval"]["episodes"] == 2
+    seed = 10_000 + load_config(cartpole_yaml).seed
+    expected = {"step": 512, "episodes": 4, "deterministic": False, "seed": seed}
+    assert {key: summary["final_eval"][key] for key in expected} == expected
+    meta = json.loads(ckpt.latest_checkpoint(run / "checkpoints").read_text())
+    assert meta["config"]["eval"] == yaml.safe_load((run / "config.yaml").read_text())["eval"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

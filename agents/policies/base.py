@@ -67,6 +67,9 @@ class ActorCritic(Protocol):
     `from_config(policy_cfg, observation_space, action_space)`. Optionally, a classmethod
     `check_env_kwargs(policy_cfg, env_kwargs)` that refuses env sizes its model cannot take,
     called before any env is built (the LM policy checks prompt + response against the context).
+    Optionally, a classmethod `pinned_folders(policy_cfg) -> {config key: folder}` naming the
+    model folders its checkpoints need but do not hold (a LoRA policy's frozen base): each
+    checkpoint records their hashes, and a resume, eval or export refuses folders that changed.
 
     Optionally, a sequence policy whose critic does not shape the sampling may leave the values
     out of `act` (returning 0) and set `values_after_rollout = True`: the collector then fills

@@ -94,6 +94,13 @@ class LMPolicyConfig(PolicyConfig):
     lora: LoRAConfig | None = None  # LoRA adapters on a frozen base (peft); null: full fine-tuning
 
 
+def embedding_rows(module: nn.Module) -> int:
+    """Rows of an input embedding, also when LoRA wraps it (`policy.lora.target_modules` with
+    the embedding, e.g. GPT-2's `wte`: peft's layer keeps the nn.Embedding as `base_layer`)."""
+    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    return int(base.weight.shape[0])
+
+
 # ----------------------------------------------------------------------------- state
 
 
@@ -344,7 +351,7 @@ class LMPolicy(nn.Module):
         vocab = len(self.tokenizer)
         models = [self.model] + ([self.critic_model] if self.critic_model is not None else [])
         for model in models:
-            embeddings = model.get_input_embeddings().num_embeddings
+            embeddings = embedding_rows(model.get_input_embeddings())
             if vocab != embeddings or (num_actions is not None and num_actions != vocab):
                 raise ValueError(
                     "vocabulary sizes do not match: tokenizer has "
@@ -806,6 +813,19 @@ class LMPolicy(nn.Module):
         return reference
 
     # -- saving -----------------------------------------------------------------------------
+
+    @classmethod
+    def pinned_folders(cls, policy_cfg: LMPolicyConfig) -> dict[str, Path]:
+        """The model folders a checkpoint of this policy needs but does not hold, by config key:
+        under LoRA, the base (`policy.model_path`) and a starting adapter
+        (`policy.lora.adapter_path`, the reference); none for full fine-tuning, whose checkpoints
+        hold every weight. The harness records their hashes in each checkpoint."""
+        if policy_cfg.lora is None:
+            return {}
+        folders = {"policy.model_path": Path(policy_cfg.model_path or DEFAULT_MODEL_PATH)}
+        if policy_cfg.lora.adapter_path is not None:
+            folders["policy.lora.adapter_path"] = Path(policy_cfg.lora.adapter_path)
+        return folders
 
     def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint holds (agents.run.checkpoint): everything for a plain model;

@@ -118,9 +118,19 @@ def add_lora(model: nn.Module, cfg: LoRAConfig, critic: bool = False) -> nn.Modu
             f"{model.config.model_type!r}; name the modules to adapt, e.g. from {names[:12]}"
         ) from None
     for name, param in peft_model.named_parameters():
-        adapter = name.rsplit(".", 2)[-2] if ".lora_" in name else None
-        param.requires_grad_(adapter in (POLICY_ADAPTER, CRITIC_ADAPTER))
+        param.requires_grad_(adapter_of(name) in (POLICY_ADAPTER, CRITIC_ADAPTER))
     return peft_model
+
+
+def adapter_of(name: str) -> str | None:
+    """The adapter a peft parameter belongs to: the name component after its `lora_*` one
+    (`...c_attn.lora_A.default.weight` of a Linear layer, `...wte.lora_embedding_A.default` of
+    an Embedding layer); None for a base parameter."""
+    parts = name.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.startswith("lora_"):
+            return parts[i + 1]
+    return None
 
 
 @contextlib.contextmanager

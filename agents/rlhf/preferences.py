@@ -27,13 +27,13 @@ import argparse
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agents.run.files import atomic_write_text
 from agents.run.jsonio import is_unicode_text, parse_json
 from textenv.gold import gold_score, vowel_share
 from textenv.tasks import STRING_OPS
@@ -105,22 +105,11 @@ def _record_to_pair(record: Any, where: str) -> PreferencePair:
 
 
 def write_jsonl(path: str | os.PathLike, records: list[dict]) -> Path:
-    """Write records as JSONL atomically (temp file, fsync, os.replace)."""
+    """Write records as JSONL atomically (temp file, fsync, os.replace; the umask's mode)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    atomic_write_text(path, text)
     return path
 
 

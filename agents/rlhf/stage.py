@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -13,6 +12,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from agents.run.config import Section, Seed, Threads, check_output_dir, load_config
+from agents.run.files import atomic_write_text, replace_folder
 from agents.run.rundir import RunLock
 
 S = TypeVar("S", bound="StageConfig")
@@ -33,13 +33,9 @@ class StageConfig(Section):
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file, fsync, os.replace)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON atomically (temp file, fsync, os.replace; a failed write leaves no temp file
+    and names `path`)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def run_stage(
@@ -50,16 +46,25 @@ def run_stage(
     work: Callable[[S, Path], dict[str, Any]],
 ) -> Path:
     """Load `cls` from YAML + overrides, refuse an existing output folder unless `overwrite`
-    (before any work), set torch threads and seed, run `work(cfg, out)` (which writes the
-    model into `out`) and write its summary (with the config) to `out/cls.summary_file`."""
+    (before any work), set torch threads and seed, run `work(cfg, folder)` (which writes the
+    model into `folder`) and write its summary (with the config) to `folder/cls.summary_file`.
+
+    `folder` is a temp folder next to the output folder, swapped in when everything is written
+    (`replace_folder`): an existing model is replaced as a whole, never mixed with the new
+    files, and a failed or interrupted stage leaves it as it was."""
     cfg = load_config(config_path, overrides, cls=cls)
     out = check_output_dir(cfg.output_path(), overwrite)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):  # one process writes an output folder at a time
-        torch.set_num_threads(cfg.torch_threads)
-        torch.manual_seed(cfg.seed)
-        summary = work(cfg, out)
-        write_json(out / cls.summary_file, {"config": cfg.model_dump(mode="json"), **summary})
+
+        def write(folder: Path) -> None:
+            torch.set_num_threads(cfg.torch_threads)
+            torch.manual_seed(cfg.seed)
+            summary = work(cfg, folder)
+            summary = {"config": cfg.model_dump(mode="json"), **summary}
+            write_json(folder / cls.summary_file, summary)
+
+        replace_folder(out, write)
     print(f"saved {out}")
     return out
 

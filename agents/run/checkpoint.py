@@ -12,9 +12,7 @@ mismatch.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from agents.run.files import atomic_file, file_sha256, sha256_of
 from agents.run.jsonio import read_json
 
 FORMAT_VERSION = 3  # 3: optimizer state keys recorded; rollout carry-over 'skip'
@@ -36,32 +35,24 @@ class CheckpointError(RuntimeError):
 # ----------------------------------------------------------------------------- atomic files
 
 
-def _fsync_replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
-    """save_file to a temp name, fsync, os.replace; returns the file's SHA-256."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """save_file to a temp name, fsync, os.replace (`atomic_file`: the umask's mode, no temp file
+    left behind by any exception, Ctrl-C included); returns the file's SHA-256."""
     try:
-        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp))
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        _fsync_replace(tmp, path)
+        with atomic_file(path) as tmp:
+            save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp))
+            digest = sha256_of(tmp)
     except (OSError, SafetensorError) as err:
-        tmp.unlink(missing_ok=True)
         raise OSError(getattr(err, "errno", None), _reason(err), str(path)) from err
     return digest
 
 
 def atomic_save_json(data: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    """JSON to a temp name, fsync, os.replace (`atomic_file`)."""
     try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        _fsync_replace(tmp, path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=1) + "\n")
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise OSError(err.errno, _reason(err), str(path)) from err
 
 
@@ -74,6 +65,74 @@ def require(meta: dict[str, Any], keys: list[str], path: Path) -> None:
     missing = [k for k in keys if k not in meta]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: metadata keys {missing} missing")
+
+
+# ----------------------------------------------------------------------------- pinned folders
+
+# what a model folder's behaviour depends on, besides its *.safetensors weights (not READMEs,
+# training summaries or generation defaults, which may be rewritten without changing the model)
+PINNED_FILES = (
+    "config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model",
+)  # fmt: skip
+
+
+def folder_fingerprint(folder: Path) -> dict[str, str]:
+    """{file name: SHA-256} of a model folder's configs, tokenizer files (`PINNED_FILES`) and
+    *.safetensors weights; each file is read once per process (`file_sha256`)."""
+    folder = Path(folder)
+    names = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file() and (p.name in PINNED_FILES or p.suffix == ".safetensors")
+    )
+    return {name: file_sha256(folder / name) for name in names}
+
+
+def pin_folders(folders: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """The checkpoint record of the model folders it reads but does not hold (a LoRA run's
+    base): {config key: {"path", "sha256": folder_fingerprint}}."""
+    return {
+        key: {"path": str(folder), "sha256": folder_fingerprint(folder)}
+        for key, folder in folders.items()
+    }
+
+
+def check_pinned_folders(
+    saved: dict[str, Any] | None, folders: dict[str, Path], path: Path
+) -> bool:
+    """Refuse (CheckpointError naming the folder and each changed file) a checkpoint whose pinned
+    model folders (`pin_folders`, under metadata key "pinned_folders") differ from the folders
+    `folders` the config would load now: its LoRA adapters were trained on the old base, and
+    combined with another one they are silently another model. Returns False, checking
+    nothing, for a checkpoint written before folders were pinned (`saved` None)."""
+    if saved is None:
+        return False
+    for key, record in saved.items() if isinstance(saved, dict) else [(None, None)]:
+        if not isinstance(record, dict) or not isinstance(record.get("sha256"), dict):
+            raise CheckpointError(
+                f"checkpoint metadata {path} is corrupted: pinned_folders = {saved!r:.200}"
+            )
+        folder = Path(folders.get(key, record.get("path", "")))
+        recorded = record["sha256"]
+        now = folder_fingerprint(folder) if folder.is_dir() else {}
+        changes = [
+            f"{name} is missing now" if name not in now
+            else f"{name} is new" if name not in recorded
+            else f"{name} has SHA-256 {now[name][:12]}... now, {recorded[name][:12]}... then"
+            for name in sorted(set(recorded) | set(now))
+            if now.get(name) != recorded.get(name)
+        ]  # fmt: skip
+        if changes:
+            what = "; ".join(changes) if now else "the folder is missing or empty now"
+            raise CheckpointError(
+                f"checkpoint {path} was trained on the model folder {folder} ({key}), which has "
+                f"changed since: {what}. The checkpoint holds only what was trained on top of "
+                "that folder (LoRA adapters), so resuming, evaluating or exporting it with the "
+                "changed folder would give another model. Restore the folder's files, or start a "
+                "new run from the new model"
+            )
+    return True
 
 
 # ----------------------------------------------------------------------------- RNG and env state
@@ -285,7 +344,11 @@ def save_checkpoint(
         policy_shapes={k: list(v.shape) for k, v in own.items()},
     )
     path = folder / f"{step}.json"
-    atomic_save_json(meta, path)
+    try:
+        atomic_save_json(meta, path)
+    except BaseException:
+        weights.unlink(missing_ok=True)  # no metadata names it: half a checkpoint
+        raise
     atomic_save_json({"checkpoint": path.name, "step": step}, folder / "latest.json")
     return path
 
@@ -340,7 +403,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     weights = path.parent / Path(meta["weights_file"]).name
     if not weights.is_file():
         raise CheckpointError(f"checkpoint weights {weights} (named by {path}) do not exist")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    digest = sha256_of(weights)
     if digest != meta["weights_sha256"]:
         raise CheckpointError(
             f"checkpoint weights {weights} are truncated or corrupted: SHA-256 {digest[:12]}... "

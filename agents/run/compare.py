@@ -17,13 +17,24 @@ spaces its envs are wrapped in Gymnasium's `FlattenObservation`, and the table s
 configs) as mean ± std, median and min over seeds, the start, wall-clock, the KL to the reference
 and the tokens (valid env steps) generated, per config and per seed; `compare.png` plots the
 periodic eval return against wall-clock and against tokens generated.
+
+**Failures and re-runs.** A run that fails does not stop the others: the report has what finished,
+each failed run marked with its error (one line), and `compare` then raises `CompareFailed`
+naming the failed runs (`textrlhf compare` exits 1). The same command again reuses what finished:
+a run folder whose `summary.json` says `finished: true` and whose config.yaml is the same config
+is read back, an unfinished one with a checkpoint is resumed (`--resume`), and a finished run of
+another config is refused, never deleted. The SB3 comparison keeps each finished (config, agent,
+seed) result in `<out>/results/`, named with a hash of the whole config.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +43,54 @@ import numpy as np
 import torch
 
 from agents.core.buffer import map_structure
-from agents.run.config import Config, load_config, step_budget
+from agents.run.config import Config, flat_config, load_config, read_yaml, step_budget, to_dict
 from agents.run.envs import find_spec, make_eval_env
 from agents.run.evaluation import evaluate_policy
+from agents.run.files import atomic_file, atomic_write_text
+from agents.run.rundir import RunFolderError
 from agents.run.trainer import Trainer, train
 
 WINDOW = 20  # training episodes in the moving average used for curves and thresholds
+
+
+@dataclass
+class FailedRun:
+    """A compared run that did not finish, and why (its error on one line)."""
+
+    label: str  # the config (ours vs ours) or the env id (ours vs SB3)
+    seed: int
+    error: str
+    agent: str = "ours"
+
+
+class CompareFailed(RuntimeError):
+    """Some runs of a comparison failed; the report at `out` has the ones that finished."""
+
+    def __init__(self, out: Path, failed: list[FailedRun], total: int):
+        self.out, self.failed = out, failed
+        which = "; ".join(f"{f.label} {f.agent} seed {f.seed} ({f.error})" for f in failed)
+        super().__init__(
+            f"{len(failed)} of {total} runs failed: {which}. {out / 'compare.md'} reports the "
+            f"{total - len(failed)} that finished; the same command again retries the failed "
+            "runs and reuses the finished ones"
+        )
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An error as one line for a table cell: its type and message, whitespace collapsed."""
+    text = f"{type(err).__name__}: {' '.join(str(err).split())}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _cell(text: str) -> str:
+    """`text` inside a Markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def _legend(ax: Any) -> None:
+    """A legend, when the axis has labelled lines (every run of it may have failed)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 @dataclass
@@ -217,17 +270,26 @@ def curve(result: RunResult, grid: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_report(results: list[RunResult], out: Path, thresholds: dict[str, float | None]) -> None:
+def write_report(
+    results: list[RunResult],
+    out: Path,
+    thresholds: dict[str, float | None],
+    failed: list[FailedRun] | None = None,
+) -> None:
+    """compare.md, compare.json and compare.png (each written atomically) of the finished runs;
+    the `failed` ones are marked in the table with their error."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    env_ids = list(dict.fromkeys(r.env_id for r in results))
+    failed = failed or []
+    env_ids = list(dict.fromkeys([r.env_id for r in results] + [f.label for f in failed]))
     lines = [
         "# Our PPO vs Stable-Baselines3 PPO (same hyperparameters)",
         "",
+        *_failed_note(failed, len(results) + len(failed)),
         "Final return: deterministic eval, mean ± std and median over seeds. Steps to "
         f"threshold: first env step where the mean of the last {WINDOW} training episodes "
         "reached the threshold (median over the seeds that reached it, with the count). "
@@ -253,11 +315,18 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
         threshold = thresholds.get(env_id)
         finals_of: dict[str, np.ndarray] = {}  # agent -> final returns over seeds
         # returns of order 1 (Blackjack, FrozenLake) need more than one decimal
-        scale = max(abs(r.final_return) for r in results if r.env_id == env_id)
+        scale = max([abs(r.final_return) for r in results if r.env_id == env_id], default=0)
         d = 1 if scale >= 10 else 3
         for agent, color in (("ours", "C0"), ("sb3", "C1")):
             runs = [r for r in results if r.env_id == env_id and r.agent == agent]
+            fails = [f for f in failed if f.label == env_id and f.agent == agent]
+            seeds = f"{len(runs)}" + (f" ({len(fails)} failed)" if fails else "")
             if not runs:
+                if fails:  # every seed failed: the first error in the table, all of them below
+                    lines.append(
+                        f"| {env_id} | {agent} | {seeds} | failed: {_cell(fails[0].error)} "
+                        "| n/a | n/a | n/a | n/a |"
+                    )
                 continue
             finals = np.array([r.final_return for r in runs])
             reached = [s for s in (r.steps_to(threshold) for r in runs) if s is not None]
@@ -269,7 +338,7 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
             wall = np.mean([r.wall_time for r in runs])
             sps = np.mean([r.sps for r in runs])
             lines.append(
-                f"| {env_id} | {agent} | {len(runs)} | {finals.mean():.{d}f} ± "
+                f"| {env_id} | {agent} | {seeds} | {finals.mean():.{d}f} ± "
                 f"{finals.std():.{d}f} | {np.median(finals):.{d}f} | {to_thr} | {wall:.1f} "
                 f"| {sps:,.0f} |"
             )
@@ -295,19 +364,34 @@ def write_report(results: list[RunResult], out: Path, thresholds: dict[str, floa
         ax.set_title(env_id)
         ax.set_xlabel("env steps")
         ax.set_ylabel(f"return (last {WINDOW} episodes)")
-        ax.legend(fontsize=8)
+        _legend(ax)
     fig.tight_layout()
-    fig.savefig(out / "compare.png", dpi=90)
+    with atomic_file(out / "compare.png") as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     lines += ["", *verdicts] if verdicts else []
     lines += ["", "Thresholds: " + ", ".join(f"{k}: {v}" for k, v in thresholds.items()), ""]
-    (out / "compare.md").write_text("\n".join(lines))
+    if failed:
+        lines += ["Failed runs:", ""]
+        lines += [f"- {f.label} {f.agent} seed {f.seed}: {f.error}" for f in failed] + [""]
+    atomic_write_text(out / "compare.md", "\n".join(lines))
     raw = [
         {"agent": r.agent, "env_id": r.env_id, "seed": r.seed, "final_return": r.final_return,
          "wall_time": r.wall_time, "steps": r.steps, "steps_to_threshold": r.steps_to(thresholds.get(r.env_id))}
         for r in results
     ]  # fmt: skip
-    (out / "compare.json").write_text(json.dumps(raw, indent=1) + "\n")
+    atomic_write_text(out / "compare.json", json.dumps(raw, indent=1) + "\n")
+
+
+def _failed_note(failed: list[FailedRun], total: int) -> list[str]:
+    """The report's opening line about failed runs (none when every run finished)."""
+    if not failed:
+        return []
+    return [
+        f"**{len(failed)} of {total} runs failed** (marked 'failed', with their error); the same "
+        "command again retries them and reuses the finished runs.",
+        "",
+    ]
 
 
 # ----------------------------------------------------------------------------- our configs
@@ -363,13 +447,65 @@ def read_run(run_dir: Path, label: str, seed: int) -> ConfigRun:
 
 
 def train_one(source: str, overrides: list[str], seed: int, root: str, label: str) -> ConfigRun:
-    """Train `source` with `seed` into `<root>/<name>_s<seed>` and read the run back (a top-level
-    function, so that worker processes can run it)."""
+    """Train `source` with `seed` into `<root>/<label>_s<seed>` and read the run back; a run
+    folder there from an earlier compare is reused or resumed (`continue_run`). A top-level
+    function, so that worker processes can run it."""
     cfg = load_config(
         source, [*overrides, f"seed={seed}", "run.progress=false", f"run.root={root}"]
     )
-    run_dir = train(cfg, name=f"{label}_s{seed}", overwrite=True)
+    name = f"{label}_s{seed}"
+    run_dir = Path(root) / name
+    if run_dir.exists() or run_dir.is_symlink():
+        run_dir = continue_run(cfg, run_dir, label)
+    else:
+        run_dir = train(cfg, name=name)
     return read_run(run_dir, label, seed)
+
+
+# a finished run is reused when its config.yaml equals the config but for these keys
+REUSE_MAY_DIFFER = ("run.root", "run.progress")
+
+
+def continue_run(cfg: Config, run_dir: Path, label: str) -> Path:
+    """The run folder of a (config, seed) that an earlier compare with the same --out made:
+    reused when it finished with this config, resumed when it has a checkpoint (`--resume`:
+    it refuses a changed training setting), trained again only when it has neither (nothing
+    in it to keep). A finished run of another config is an error: it is never deleted."""
+    summary_file = run_dir / "summary.json"
+    summary = {}
+    if summary_file.is_file():
+        try:
+            summary = json.loads(summary_file.read_text())
+        except ValueError as err:
+            raise ValueError(f"{summary_file} is not JSON ({err}); remove it to resume") from None
+    if isinstance(summary, dict) and summary.get("finished") is True:
+        changed = _config_changes(run_dir, cfg)
+        if changed:
+            raise RunFolderError(
+                f"{run_dir} holds a finished run of another config ({'; '.join(changed)}); "
+                "pass another --out, or remove that folder to train this config there"
+            )
+        print(f"{label} seed {cfg.seed}: reusing the finished run {run_dir}", flush=True)
+        return run_dir
+    if (run_dir / "checkpoints" / "latest.json").is_file():
+        print(f"{label} seed {cfg.seed}: resuming the unfinished run {run_dir}", flush=True)
+        return train(cfg, resume=run_dir)
+    return train(cfg, name=run_dir.name, overwrite=True)  # no checkpoint, not finished
+
+
+def _config_changes(run_dir: Path, cfg: Config) -> list[str]:
+    """'key: <in the run folder> there, <now> now' for each setting (but REUSE_MAY_DIFFER) in
+    which the run folder's config.yaml differs from `cfg` (read through today's schema, so
+    that keys added since it was written count at their defaults)."""
+    saved = read_yaml(run_dir / "config.yaml")
+    with contextlib.suppress(ValueError, TypeError):  # no longer valid: compare it as written
+        saved = to_dict(load_config(saved))
+    old, new = flat_config(saved), flat_config(to_dict(cfg))
+    return [
+        f"{key}: {old.get(key)!r} there, {new.get(key)!r} now"
+        for key in sorted(set(old) | set(new))
+        if key not in REUSE_MAY_DIFFER and old.get(key) != new.get(key)
+    ]
 
 
 def _labels(configs: list[str], overrides: list[str] | None) -> list[str]:
@@ -393,8 +529,10 @@ def compare_configs(
     command: str | None = None,
 ) -> Path:
     """Train each config for `seeds` seeds (from its own `seed`), `jobs` runs at a time, and
-    write compare.md, compare.json and compare.png to `out`."""
-    from concurrent.futures import ProcessPoolExecutor
+    write compare.md, compare.json and compare.png to `out`. A run that fails does not stop
+    the others; the report has the ones that finished, and then `CompareFailed` names the
+    failed ones. A re-run with the same `out` reuses the finished runs (`train_one`)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     out = Path(out)
     root = str(out / "runs")
@@ -404,8 +542,14 @@ def compare_configs(
         first = load_config(source, overrides).seed
         tasks += [(source, overrides, seed, root, label) for seed in range(first, first + seeds)]
     results: list[ConfigRun] = []
+    failed: list[FailedRun] = []
 
-    def report(run: ConfigRun) -> None:
+    def report(task: tuple, run: ConfigRun | None, err: Exception | None) -> None:
+        label, seed = task[4], task[2]
+        if err is not None:
+            failed.append(FailedRun(label, seed, one_line(err)))
+            print(f"{label} seed {seed}: FAILED: {failed[-1].error}", file=sys.stderr, flush=True)
+            return
         results.append(run)
         print(
             f"{run.label} seed {run.seed}: eval {run.initial_return} -> {run.final_return:.4f}  "
@@ -415,18 +559,54 @@ def compare_configs(
 
     if jobs <= 1:
         for task in tasks:
-            report(train_one(*task))
+            try:
+                run = train_one(*task)
+            except Exception as err:  # recorded, reported and raised below; the others run
+                report(task, None, err)
+            else:
+                report(task, run, None)
     else:
         import multiprocessing
+        from concurrent.futures.process import BrokenProcessPool
 
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for run in pool.map(train_one, *zip(*tasks)):
-                report(run)
-    write_config_report(results, out, command)
+        spawn = multiprocessing.get_context("spawn")
+        broken = []  # a worker that dies (a crash, the OOM killer) breaks the whole pool
+        with ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
+            futures = {pool.submit(train_one, *task): task for task in tasks}
+            for future in as_completed(futures):
+                try:
+                    run = future.result()
+                except BrokenProcessPool:
+                    broken.append(futures[future])
+                except Exception as err:  # as above
+                    report(futures[future], None, err)
+                else:
+                    report(futures[future], run, None)
+        for task in broken:  # so each of its runs gets a process of its own, one at a time
+            with ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                try:
+                    run = pool.submit(train_one, *task).result()
+                except Exception as err:  # as above; BrokenProcessPool: this run's process died
+                    report(task, None, err)
+                else:
+                    report(task, run, None)
+    order = {(task[4], task[2]): k for k, task in enumerate(tasks)}  # the planned order
+    results.sort(key=lambda r: order[r.label, r.seed])
+    failed.sort(key=lambda f: order[f.label, f.seed])
+    write_config_report(results, out, command, failed)
+    if failed:
+        raise CompareFailed(out, failed, len(tasks))
     return out
 
 
-def write_config_report(runs: list[ConfigRun], out: Path, command: str | None = None) -> None:
+def write_config_report(
+    runs: list[ConfigRun],
+    out: Path,
+    command: str | None = None,
+    failed: list[FailedRun] | None = None,
+) -> None:
+    """compare.md, compare.json and compare.png (each written atomically) of the finished runs;
+    the `failed` ones are marked in the tables with their error."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -441,10 +621,12 @@ def write_config_report(runs: list[ConfigRun], out: Path, command: str | None = 
         xs = [x for x in xs if x is not None]
         return float(np.mean(xs)) if xs else None
 
-    labels = list(dict.fromkeys(r.label for r in runs))
+    failed = failed or []
+    labels = list(dict.fromkeys([r.label for r in runs] + [f.label for f in failed]))
     lines = ["# Config comparison", ""]
     if command:
         lines += ["Made with:", "", f"    {command}", ""]
+    lines += _failed_note(failed, len(runs) + len(failed))
     lines += [
         "Final: the config's own evaluation at the end of training (for the text configs: sampled "
         "responses to held-out prompts), mean ± std (population), median and min over seeds. "
@@ -457,9 +639,14 @@ def write_config_report(runs: list[ConfigRun], out: Path, command: str | None = 
     ]
     for label in labels:
         rs = [r for r in runs if r.label == label]
+        fails = [f for f in failed if f.label == label]
+        seeds = f"{len(rs)}" + (f" ({len(fails)} failed)" if fails else "")
+        if not rs:
+            lines.append(f"| {label} | {seeds} | failed | n/a | n/a | n/a | n/a | n/a | n/a |")
+            continue
         finals = np.array([r.final_return for r in rs])
         lines.append(
-            f"| {label} | {len(rs)} | {finals.mean():.3f} ± {finals.std():.3f} | "
+            f"| {label} | {seeds} | {finals.mean():.3f} ± {finals.std():.3f} | "
             f"{np.median(finals):.3f} | {finals.min():.3f} | "
             f"{fmt(mean([r.initial_return for r in rs]))} | "
             f"{np.mean([r.wall_time for r in rs]):.0f} | {fmt(mean([r.kl_to_ref for r in rs]), 2)} "
@@ -467,7 +654,12 @@ def write_config_report(runs: list[ConfigRun], out: Path, command: str | None = 
         )
     lines += ["", "| config | seed | start | final | wall-clock (s) | KL | tokens |"]
     lines += ["|---|---|---|---|---|---|---|"]
-    for r in sorted(runs, key=lambda r: (labels.index(r.label), r.seed)):
+    for r in sorted([*runs, *failed], key=lambda r: (labels.index(r.label), r.seed)):
+        if isinstance(r, FailedRun):
+            lines.append(
+                f"| {r.label} | {r.seed} | n/a | failed: {_cell(r.error)} | n/a | n/a | n/a |"
+            )
+            continue
         lines.append(
             f"| {r.label} | {r.seed} | {fmt(r.initial_return)} | {r.final_return:.3f} | "
             f"{r.wall_time:.0f} | {fmt(r.kl_to_ref, 2)} | {r.transitions:,} |"
@@ -483,9 +675,9 @@ def write_config_report(runs: list[ConfigRun], out: Path, command: str | None = 
                                if r.label == label and name in r.components])  # fmt: skip
                 cells.append(f"{xs.mean():.3f} ± {xs.std():.3f}" if len(xs) else "n/a")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
     raw = [r.__dict__ for r in runs]
-    (out / "compare.json").write_text(json.dumps(raw, indent=1) + "\n")
+    atomic_write_text(out / "compare.json", json.dumps(raw, indent=1) + "\n")
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for k, label in enumerate(labels):
@@ -500,11 +692,12 @@ def write_config_report(runs: list[ConfigRun], out: Path, command: str | None = 
     axes[1].set_xlabel("tokens generated (valid env steps)")
     for ax in axes:
         ax.set_ylabel("eval return")
-        ax.legend(fontsize=8)
+        _legend(ax)
         ax.grid(alpha=0.3)
     fig.suptitle("eval return during training (one line per seed)")
     fig.tight_layout()
-    fig.savefig(out / "compare.png", dpi=90)
+    with atomic_file(out / "compare.png") as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
 
 
@@ -520,13 +713,17 @@ def compare(
 ) -> Path:
     """Run every config (a YAML path or an env id with default settings) for `seeds` seeds:
     ours vs SB3 when `agents` includes "sb3" and every config has an MLP policy (SB3 runs
-    those); otherwise our configs against each other (`compare_configs`)."""
+    those); otherwise our configs against each other (`compare_configs`). Either way a failed
+    run does not stop the others: the report has what finished, and `CompareFailed` then names
+    the failed runs; a re-run with the same `out` reuses what finished."""
     sources = [s if s.endswith((".yaml", ".yml")) else {"env": {"id": s}} for s in configs]
     sb3_can_run = all(load_config(s, overrides).policy.type == "mlp" for s in sources)
     if "sb3" not in agents or not sb3_can_run:
         paths = [s if isinstance(s, str) else _env_config(s, out) for s in sources]
         return compare_configs(paths, seeds, out, overrides, jobs, command)
+    out = Path(out)
     results: list[RunResult] = []
+    failed: list[FailedRun] = []
     all_thresholds: dict[str, float | None] = {}
     for source in configs:
         base = load_config(
@@ -540,16 +737,56 @@ def compare(
                 [*(overrides or []), f"seed={seed}", "run.progress=false"],
             )
             for agent in agents:
-                result = run_ours(cfg) if agent == "ours" else run_sb3(cfg)
+                try:
+                    result, reused = run_or_reuse(cfg, agent, out)
+                except Exception as err:  # recorded, reported and raised below; the others run
+                    failed.append(FailedRun(cfg.env.id, seed, one_line(err), agent))
+                    print(
+                        f"{cfg.env.id} {agent:4s} seed {seed}: FAILED: {failed[-1].error}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    continue
                 print(
                     f"{cfg.env.id} {agent:4s} seed {seed}: final return {result.final_return:8.1f}  "
-                    f"wall {result.wall_time:6.1f}s  sps {result.sps:7.0f}",
+                    f"wall {result.wall_time:6.1f}s  sps {result.sps:7.0f}"
+                    + ("  (reused)" if reused else ""),
                     flush=True,
                 )
                 results.append(result)
-    out = Path(out)
-    write_report(results, out, all_thresholds)
+    write_report(results, out, all_thresholds, failed)
+    if failed:
+        raise CompareFailed(out, failed, len(results) + len(failed))
     return out
+
+
+def result_file(cfg: Config, agent: str, out: Path) -> Path:
+    """Where the SB3 comparison keeps a finished (config, agent, seed) result: named by the env,
+    agent, seed and a hash of the whole config, so that a re-run reuses the results of exactly
+    these settings and never replaces another config's."""
+    digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+    env = cfg.env.id.replace(":", "_").replace("/", "_")
+    return out / "results" / f"{env}_{agent}_s{cfg.seed}_{digest[:12]}.json"
+
+
+def run_or_reuse(cfg: Config, agent: str, out: Path) -> tuple[RunResult, bool]:
+    """(result, reused): the kept result of this config and agent from an earlier compare with
+    the same `out`, or a new run's, which is kept (atomically) for the next one."""
+    path = result_file(cfg, agent, out)
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())["result"]
+            data["episodes"] = [tuple(e) for e in data["episodes"]]
+            return RunResult(**data), True
+        except (ValueError, KeyError, TypeError) as err:  # not ours any more: run it again
+            print(
+                f"textrlhf: warning: {path} cannot be read ({one_line(err)}); running it again",
+                file=sys.stderr,
+            )
+    result = run_ours(cfg) if agent == "ours" else run_sb3(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"config": to_dict(cfg), "result": asdict(result)}) + "\n")
+    return result, False
 
 
 def _env_config(data: dict, out: str | Path) -> str:

@@ -43,6 +43,7 @@ from agents.policies import PolicyConfig, policy_class
 from agents.policies.base import ENV_KWARGS, INPUT_PATH, ReadsFiles
 from agents.policies.sequences import Temperature, TopK, TopP
 from agents.run.envs import VECTORIZATION_MODES, env_module
+from agents.run.files import atomic_write_text
 from agents.run.jsonio import MAX_NESTING, is_unicode_text
 from agents.run.rundir import check_run_name
 
@@ -647,8 +648,14 @@ def to_dict(cfg: BaseModel) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
 
 
+def config_text(cfg: BaseModel) -> str:
+    """The YAML a run folder's config.yaml holds for `cfg`."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: BaseModel, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write `cfg` as YAML, atomically (a failed write leaves the previous file whole)."""
+    atomic_write_text(path, config_text(cfg))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -735,14 +742,43 @@ def step_budget(cfg: Config) -> int:
     return cfg.total_timesteps // per_iteration * per_iteration
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def is_model_folder(folder: Path) -> bool:
+    """A folder `save_pretrained` wrote (a model, an adapter, an export): a real folder (not a
+    link) of plain files only, with at least one weights file (*.safetensors, *.bin)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    entries = list(folder.iterdir())
+    plain = all(p.is_file() and not p.is_symlink() for p in entries)
+    return plain and any(p.suffix in WEIGHT_SUFFIXES for p in entries)
+
+
 def check_output_dir(folder: str | Path, overwrite: bool) -> Path:
-    """Refuse to write into an existing, non-empty output folder unless `overwrite`."""
+    """Refuse an existing, non-empty output folder unless `overwrite`; with `overwrite`, refuse
+    one that is not a model folder (`is_model_folder`): the writer replaces the whole folder
+    (`agents.run.files.replace_folder`), and --overwrite replaces a model, never other files."""
     folder = Path(folder)
+    if folder.is_symlink():
+        raise ValueError(
+            f"output folder {folder} is a symbolic link; choose the folder it points to or "
+            "another one"
+        )
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"output_dir {str(folder)!r} is a file, not a folder; choose a folder")
-    if folder.is_dir() and any(p.name != ".lock" for p in folder.iterdir()) and not overwrite:
+    entries = (
+        sorted(p.name for p in folder.iterdir() if p.name != ".lock") if folder.is_dir() else []
+    )
+    if entries and not overwrite:
         raise FileExistsError(
             f"output folder {folder} already exists; pass --overwrite (overwrite=True) to "
             "replace it, or choose another output_dir"
+        )
+    if entries and not is_model_folder(folder):
+        raise FileExistsError(
+            f"--overwrite refuses to replace {folder}: it holds {entries[:6]}, not only the "
+            "files of a saved model (config, tokenizer, *.safetensors weights, no subfolders); "
+            "remove it yourself or choose another output folder"
         )
     return folder

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from agents.core.rollout import EnvRunner, EpisodeLog
-from agents.run.checkpoint import CheckpointError, require
+from agents.policies import policy_class
+from agents.run.checkpoint import CheckpointError, check_pinned_folders, require
 from agents.run.config import config_changes, to_dict
 from agents.run.envs import make_eval_env
 
@@ -32,6 +35,27 @@ def check_checkpoint_config(cfg: Any, meta: dict[str, Any], path: Any) -> None:
             + "; ".join(changed)
             + ". Evaluate a checkpoint with its own run's config; eval.* and run.* may change "
             "(eval.env_kwargs overrides env.kwargs for evaluation)"
+        )
+    check_pinned(cfg, meta, path)
+
+
+def pinned_folders(cfg: Any) -> dict[str, Path]:
+    """The model folders the run's checkpoints need but do not hold, by config key (the policy
+    type's optional `pinned_folders`, e.g. a LoRA run's base model)."""
+    own = getattr(policy_class(cfg.policy.type), "pinned_folders", None)
+    return own(cfg.policy) if own is not None else {}
+
+
+def check_pinned(cfg: Any, meta: dict[str, Any], path: Any) -> None:
+    """Refuse a checkpoint whose pinned model folders changed since it was written
+    (`checkpoint.check_pinned_folders`); a note on stderr when it predates the record."""
+    folders = pinned_folders(cfg)
+    if not check_pinned_folders(meta.get("pinned_folders"), folders, path) and folders:
+        print(
+            f"note: checkpoint {path} records no hashes of the model folders it was trained on "
+            f"({', '.join(f'{k} = {v}' for k, v in folders.items())}); a change to them since "
+            "cannot be detected",
+            file=sys.stderr,
         )
 
 

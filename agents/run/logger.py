@@ -3,16 +3,21 @@ and a tqdm progress bar with the current return and SPS."""
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import math
-import os
+import sys
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
+
+from agents.run.files import atomic_file, atomic_write_text, naming_the_file
 
 # panels of training_curves.png, in order; any logged `episode/*` metric gets its own panel too
 CURVES = (
@@ -29,16 +34,6 @@ CURVES = (
 )
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file, fsync, os.replace: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class RunLogger:
     """Writes every metric to TensorBoard and metrics.csv (one row per PPO iteration)."""
 
@@ -49,23 +44,21 @@ class RunLogger:
             str(self.run_dir), purge_step=start_step + 1 if start_step else None
         )
         self.csv_path = self.run_dir / "metrics.csv"
-        self.rows: list[dict[str, Any]] = []
-        if self.csv_path.exists() and start_step > 0:
-            self.rows = [
-                {k: _num(v) for k, v in row.items()}
-                for row in csv.DictReader(io.StringIO(_complete_lines(self.csv_path), newline=""))
-                if float(row["step"]) <= start_step
-            ]
-        self.header: list[str] = []
-        self._rewrite()
         self.samples_path = self.run_dir / "samples.jsonl"
-        if self.samples_path.exists() and start_step > 0:
-            kept = [
-                line
-                for line in _complete_lines(self.samples_path).splitlines(keepends=True)
-                if json.loads(line)["step"] <= start_step
-            ]
-            atomic_write_text(self.samples_path, "".join(kept))
+        self.rows: list[dict[str, Any]] = []
+        self.header: list[str] = []
+        try:
+            if self.csv_path.exists() and start_step > 0:
+                self.rows, problem = read_metrics(self.csv_path, start_step)
+                set_aside(self.csv_path, problem, len(self.rows))
+            self._rewrite()
+            if self.samples_path.exists() and start_step > 0:
+                kept, problem = read_samples(self.samples_path, start_step)
+                set_aside(self.samples_path, problem, len(kept))
+                atomic_write_text(self.samples_path, "".join(kept))
+        except BaseException:  # e.g. a full disk: no TensorBoard writer thread left behind
+            self.writer.close()
+            raise
         # no tqdm rate: the bar counts budget steps, the postfix shows real transitions per second
         self.bar = tqdm(
             total=total_steps, initial=start_step, disable=not progress, unit="step",
@@ -81,25 +74,29 @@ class RunLogger:
         self.rows.append(row)
         if any(k not in self.header for k in row):
             self._rewrite()
-        else:
-            with open(self.csv_path, "a", newline="") as f:
+        else:  # an append: a failure can only cut this row short (resume drops a torn line)
+            with naming_the_file(self.csv_path), open(self.csv_path, "a", newline="") as f:
                 csv.DictWriter(f, self.header).writerow(row)
 
     def _rewrite(self) -> None:
+        """The whole file again, with a header of every column so far (on resume, and when a
+        metric appears). Atomic: a failed write leaves the previous metrics.csv whole."""
         keys: dict[str, None] = {"step": None}
         for row in self.rows:
             keys.update(dict.fromkeys(row))
-        self.header = list(keys)
-        with open(self.csv_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, self.header)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        header = list(keys)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, header)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.csv_path, text.getvalue())
+        self.header = header  # only once the file has it
 
     def samples(self, step: int, samples: list[dict[str, Any]], max_text: int = 4) -> None:
         """Text samples of finished episodes -> samples.jsonl and TensorBoard text."""
         if not samples:
             return
-        with open(self.samples_path, "a") as f:
+        with naming_the_file(self.samples_path), open(self.samples_path, "a") as f:
             for sample in samples:
                 f.write(json.dumps({"step": step, **sample}) + "\n")
         lines = []
@@ -123,11 +120,139 @@ class RunLogger:
         plot_curves(self.rows, self.run_dir / "training_curves.png")
 
 
-def _complete_lines(path: Path) -> str:
-    """The text of a log that is appended line by line, without a last line cut short by a crash
-    (no final newline): that row was written after the checkpoint a resume starts from."""
-    text = path.read_text()
-    return text[: text.rfind("\n") + 1]
+# ----------------------------------------------------------------------------- reading logs back
+#
+# Logs are not checkpoints: a resumed run rereads metrics.csv and samples.jsonl only to keep the
+# rows up to its checkpoint. A log that someone re-saved (a spreadsheet: a byte-order mark, ';'
+# between cells) or that was damaged must not stop the run: it is set aside, with one warning line
+# naming the file and the line, and the log goes on from the rows that could be read.
+
+
+@dataclass
+class LogProblem:
+    """What is wrong with a log, from `line` (1-based) on. `lost`: the rows from that line on
+    were not kept; otherwise every row was read and only the file's format differed."""
+
+    line: int
+    what: str
+    lost: bool = True
+
+
+def _log_lines(path: Path) -> tuple[list[str], LogProblem | None]:
+    """The complete lines of a log that is appended line by line, decoded as UTF-8, up to the
+    first line that is not UTF-8. A last line cut short by a crash (no final newline) is left
+    out: it was written after the checkpoint a resume starts from. A UTF-8 byte-order mark is
+    skipped and reported (a format problem, nothing is lost)."""
+    data = path.read_bytes()
+    data = data[: data.rfind(b"\n") + 1]
+    problem = None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+        problem = LogProblem(1, "starts with a byte-order mark (re-saved by an editor?)", False)
+    lines = []
+    for number, raw in enumerate(data.splitlines(keepends=True), 1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            return lines, LogProblem(number, f"has byte {raw[err.start]:#04x}, not UTF-8 text")
+    return lines, problem
+
+
+def read_metrics(path: Path, start_step: int) -> tuple[list[dict[str, Any]], LogProblem | None]:
+    """The rows of metrics.csv up to `start_step` (numbers back as numbers), and the first
+    problem found: the rows stop before a line that is not a row of numbers under the header."""
+    lines, problem = _log_lines(path)
+    if not lines:
+        return [], problem
+    header = _cells(lines[0], ",")
+    delimiter = ","
+    for other in (";", "\t", "|"):  # a spreadsheet's choice (';' where ',' is the decimal mark)
+        if "step" not in header and "step" in _cells(lines[0], other):
+            delimiter, header = other, _cells(lines[0], other)
+            what = f"has {other!r} between cells, not ','"
+            what = f"{problem.what} and {what}" if problem else what
+            problem = LogProblem(1, what, lost=False)
+    if "step" not in header:
+        shown = lines[0].strip()
+        return [], LogProblem(1, f"has no 'step' column in its header {shown[:60]!r}")
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines[1:], 2):
+        try:
+            cells = next(csv.reader([line], delimiter=delimiter), [])
+        except csv.Error as err:  # e.g. a cell over the csv module's size limit
+            return rows, LogProblem(number, f"is not a CSV row ({err})")
+        bad = _bad_row(header, cells)
+        if bad:
+            return rows, LogProblem(number, bad)
+        row = {k: _num(v) for k, v in zip(header, cells)}
+        if row["step"] <= start_step:
+            rows.append(row)
+    return rows, problem
+
+
+def _cells(line: str, delimiter: str) -> list[str]:
+    """The cells of a header line; [] for one the csv module refuses (a cell over its size
+    limit): a header without a 'step' column."""
+    try:
+        return next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error:
+        return []
+
+
+def _bad_row(header: list[str], cells: list[str]) -> str | None:
+    """Why `cells` is not a metrics.csv row under `header` (None if it is one): as many cells
+    as columns, a whole-number step, and numbers or empty cells everywhere else."""
+    if len(cells) != len(header):
+        return f"has {len(cells)} cells, the header has {len(header)}"
+    for key, cell in zip(header, cells):
+        value = _num(cell)
+        if key == "step" and not isinstance(value, int):
+            return f"has step {cell[:40]!r}, not a whole number"
+        if isinstance(value, str) and value != "":
+            return f"has {key} = {cell[:40]!r}, not a number"
+    return None
+
+
+def read_samples(path: Path, start_step: int) -> tuple[list[str], LogProblem | None]:
+    """The lines of samples.jsonl up to `start_step`, and the first problem found: the lines
+    stop before one that is not a JSON object with a whole-number "step"."""
+    lines, problem = _log_lines(path)
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as err:
+            return kept, LogProblem(number, f"is not JSON ({str(err)[:80]})")
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            return kept, LogProblem(number, "is not a JSON object with a whole-number 'step'")
+        if step <= start_step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    return kept, problem
+
+
+def set_aside(path: Path, problem: LogProblem | None, kept: int) -> None:
+    """Rename a log with a problem to `<name>.damaged-<time>` (the file as it was stays there)
+    and say so in one line on stderr; the caller writes the log again from the `kept` rows."""
+    if problem is None:
+        return
+    stamp = f"{path.name}.damaged-{datetime.now():%Y%m%d-%H%M%S}"
+    aside, k = path.with_name(stamp), 2
+    while aside.exists():
+        aside, k = path.with_name(f"{stamp}-{k}"), k + 1
+    path.rename(aside)
+    rows = "row" if kept == 1 else "rows"
+    after = (
+        f"the log goes on from the {kept} {rows} before that line"
+        if problem.lost
+        else f"the log goes on from all its {kept} {rows} up to the checkpoint"
+    )
+    print(
+        f"textrlhf: warning: {path} line {problem.line} {problem.what}; set it aside as "
+        f"{aside.name}, {after}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _num(value: str) -> int | float | str:
@@ -188,6 +313,5 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         wspace=0.28,
         hspace=0.75,
     )
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    with atomic_file(path, suffix=".tmp.png") as tmp:  # savefig picks the format by suffix
+        fig.savefig(tmp, dpi=90)

@@ -26,10 +26,11 @@ from agents.core.rollout import LOCKSTEP, EpisodeLog, RolloutCollector, autorese
 from agents.core.scores import ScoreNormalizer
 from agents.policies import make_policy, make_reference, policy_class
 from agents.run import checkpoint as ckpt
-from agents.run.config import Config, config_changes, save_config, step_budget, to_dict
+from agents.run.config import Config, config_changes, config_text, step_budget, to_dict
 from agents.run.envs import make_eval_env, make_train_env
-from agents.run.evaluation import run_evaluation
-from agents.run.interrupt import stop_on_first_interrupt
+from agents.run.evaluation import check_pinned, pinned_folders, run_evaluation
+from agents.run.files import atomic_write_bytes, atomic_write_text
+from agents.run.interrupt import signal_label, stop_on_first_interrupt
 from agents.run.jsonio import read_json
 from agents.run.logger import RunLogger
 from agents.run.rundir import RunLock, new_run_dir
@@ -101,6 +102,8 @@ class Trainer:
         self.eval_env = make_eval_env(cfg) if cfg.eval.episodes > 0 and dist.is_main else None
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
         self.policy = make_policy(cfg.policy, obs_space, act_space).to(self.device)
+        # the model folders the checkpoints need but do not hold (a LoRA base), hashed once
+        self.pinned = ckpt.pin_folders(pinned_folders(cfg))
         set_dtype = getattr(self.policy, "set_compute_dtype", None)
         if set_dtype is not None:
             set_dtype(cfg.run.dtype)
@@ -205,6 +208,8 @@ class Trainer:
             "score_normalizer": self.score_normalizer.state_dict(),
             "config": to_dict(self.cfg),
         }
+        if self.pinned:
+            meta["pinned_folders"] = self.pinned
         rank_meta, rank_tensors = self._rank_state()
         meta.update(rank_meta)
         tensors.update(rank_tensors)
@@ -230,6 +235,7 @@ class Trainer:
             raise ckpt.CheckpointError(
                 f"checkpoint {path} does not match the config: " + "; ".join(changed)
             )
+        check_pinned(self.cfg, meta, path)  # a LoRA run's base model is still the same
         ckpt.load_policy_weights(self.policy, tensors, path)
         ckpt.load_optimizer(self.ppo.optimizer, meta["optimizer"], tensors, path)
         if self.reference is not None:
@@ -316,8 +322,8 @@ class Trainer:
                       self.global_step, cfg.run.progress)
             if log else None
         )  # fmt: skip
-        if log and self.global_step == 0:
-            save_config(cfg, self.run_dir / "config.yaml")
+        if log:
+            write_run_config(cfg, self.run_dir, self.global_step)
         self._start = time.perf_counter()
         start_transitions = self.transitions
         next_eval = _next_multiple(self.global_step, cfg.eval.every)
@@ -326,21 +332,23 @@ class Trainer:
         last_eval_step = -1
         initial_eval: float | None = None
         initial_eval_metrics: dict[str, float] = {}
+        # async vector envs: Ctrl-C also reaches their worker processes, which then end
+        graceful = stop_on_interrupt and cfg.env.vectorization != "async"
+        stopping = False
         try:
-            periodic_eval = cfg.eval.every > 0 and cfg.eval.episodes > 0
-            if logger is not None and self.global_step == 0 and periodic_eval:
-                initial_eval = last_eval = self._eval_return()  # the start, e.g. the SFT level
-                last_eval_step = 0
-                initial_eval_metrics = dict(self.eval_metrics)
-                logger.log(
-                    0,
-                    {"eval/return": initial_eval, **initial_eval_metrics,
-                     "time/elapsed": self._elapsed()},
-                )  # fmt: skip
-            # async vector envs: Ctrl-C also reaches their worker processes, which then end
-            graceful = stop_on_interrupt and cfg.env.vectorization != "async"
-            stopping = False
+            # from here on, the first Ctrl-C/SIGTERM ends the run at an iteration boundary with
+            # a checkpoint (also during the initial evaluation: then at step 0)
             with stop_on_first_interrupt(graceful, announce=self.dist.is_main) as stop:
+                periodic_eval = cfg.eval.every > 0 and cfg.eval.episodes > 0
+                if logger is not None and self.global_step == 0 and periodic_eval:
+                    initial_eval = last_eval = self._eval_return()  # the start, e.g. the SFT level
+                    last_eval_step = 0
+                    initial_eval_metrics = dict(self.eval_metrics)
+                    logger.log(
+                        0,
+                        {"eval/return": initial_eval, **initial_eval_metrics,
+                         "time/elapsed": self._elapsed()},
+                    )  # fmt: skip
                 while self.iteration < self.num_iterations:
                     stopping = self.dist.any(bool(stop)) if graceful else False  # all ranks stop
                     if stopping or (stop_at is not None and self.global_step >= stop_at):
@@ -370,23 +378,30 @@ class Trainer:
                 "episodes": self.episodes,
                 "wall_time_s": self.wall_time + elapsed,
                 "sps": (self.transitions - start_transitions) / max(elapsed, 1e-9),
-                # stopped early by Ctrl-C; `--resume` continues
+                # stopped early by Ctrl-C or SIGTERM; `--resume` continues
                 "interrupted": stopping and self.iteration < self.num_iterations,
+                "stop_signal": None,
                 "train_return_last100": float(np.mean(self.recent_returns))
                 if self.recent_returns
                 else None,
             }
+            if summary["interrupted"]:  # this rank may not have been signalled itself
+                summary["stop_signal"] = signal_label(stop.signum) if stop else "a stop signal"
             if save and self.saved_step != self.global_step:  # never rewrite one in place
                 self.save()
             if logger is not None:
                 done = self.iteration >= self.num_iterations
                 if done and cfg.eval.episodes > 0 and last_eval_step != self.global_step:
-                    last_eval = self._eval_return()
+                    last_eval, last_eval_step = self._eval_return(), self.global_step
                     logger.log(
                         self.global_step,
                         {"eval/return": last_eval, **self.eval_metrics,
                          "time/elapsed": self._elapsed()},
                     )  # fmt: skip
+                if last_eval is not None:  # `textrlhf eval RUN` reproduces it with these
+                    summary["final_eval"] = {
+                        "step": last_eval_step, "seed": 10_000 + cfg.seed, **to_dict(cfg)["eval"]
+                    }  # fmt: skip
                 summary.update(
                     final_return=last_eval
                     if last_eval is not None
@@ -564,6 +579,24 @@ def check_rollout_memory(cfg: Config, obs_space: Any, act_space: Any) -> None:
             f"transitions, more than this machine's {total / 2**30:,.1f} GiB of memory; lower "
             "env.num_envs or ppo.n_steps"
         )
+
+
+def write_run_config(cfg: Config, run_dir: Path, step: int) -> None:
+    """config.yaml is the config of the process that writes the run, so the evaluations it logs
+    (and `textrlhf eval RUN`) use its `eval.*` settings. A resume at `step` whose settings differ
+    (only run.*, eval.* and name may) first keeps the previous file as `config.<step>.yaml`: the
+    settings of the evaluations logged up to `step`. An existing `config.<step>.yaml` is kept: the
+    process that wrote config.yaml since then logged nothing that a resume at `step` keeps."""
+    path = run_dir / "config.yaml"
+    text = config_text(cfg)
+    if step > 0 and path.is_file():
+        previous = path.read_bytes()  # kept as it is, whatever it holds
+        if previous == text.encode():
+            return
+        before = run_dir / f"config.{step}.yaml"
+        if not before.exists():
+            atomic_write_bytes(before, previous)
+    atomic_write_text(path, text)
 
 
 def _next_multiple(step: int, every: int) -> float:
