@@ -333,3 +333,12 @@ def test_resuming_a_finished_run_with_a_damaged_summary_names_it(finished, tmp_p
     assert main(args) == 1  # was a RecursionError traceback
     err = capsys.readouterr().err
     assert str(run / "summary.json") in err and "nested" in err
+
+
+def test_compare_reading_a_deeply_nested_summary_names_it(tmp_path):
+    """compare reads the summaries of the run folders it reuses; was a RecursionError."""
+    from agents.run.compare import read_run
+
+    (tmp_path / "summary.json").write_text(DEEP)
+    with pytest.raises(ValueError, match=r"summary\.json cannot be read: JSON nested more than"):
+        read_run(tmp_path, "x", 1)

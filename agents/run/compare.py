@@ -47,6 +47,7 @@ from agents.run.config import Config, flat_config, load_config, read_yaml, step_
 from agents.run.envs import find_spec, make_eval_env
 from agents.run.evaluation import evaluate_policy
 from agents.run.files import atomic_file, atomic_write_text
+from agents.run.jsonio import read_json
 from agents.run.rundir import RunFolderError
 from agents.run.trainer import Trainer, train
 
@@ -423,7 +424,10 @@ def read_run(run_dir: Path, label: str, seed: int) -> ConfigRun:
     """Summary and learning curve of a finished run folder."""
     import csv
 
-    summary = json.loads((run_dir / "summary.json").read_text())
+    try:
+        summary = read_json(run_dir / "summary.json")
+    except ValueError as err:
+        raise ValueError(f"{run_dir / 'summary.json'} cannot be read: {err}") from None
     curve: list[tuple[float, float, float]] = []
     transitions, kl = 0.0, None
     components: dict[str, float] = {}
@@ -475,7 +479,7 @@ def continue_run(cfg: Config, run_dir: Path, label: str) -> Path:
     summary = {}
     if summary_file.is_file():
         try:
-            summary = json.loads(summary_file.read_text())
+            summary = read_json(summary_file)  # deep nesting too: a ValueError
         except ValueError as err:
             raise ValueError(f"{summary_file} is not JSON ({err}); remove it to resume") from None
     if isinstance(summary, dict) and summary.get("finished") is True:
@@ -775,7 +779,7 @@ def run_or_reuse(cfg: Config, agent: str, out: Path) -> tuple[RunResult, bool]:
     path = result_file(cfg, agent, out)
     if path.is_file():
         try:
-            data = json.loads(path.read_text())["result"]
+            data = read_json(path)["result"]
             data["episodes"] = [tuple(e) for e in data["episodes"]]
             return RunResult(**data), True
         except (ValueError, KeyError, TypeError) as err:  # not ours any more: run it again
