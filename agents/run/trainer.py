@@ -584,7 +584,7 @@ def check_rollout_memory(cfg: Config, obs_space: Any, act_space: Any) -> None:
 def write_run_config(cfg: Config, run_dir: Path, step: int) -> None:
     """config.yaml is the config of the process that writes the run, so the evaluations it logs
     (and `textrlhf eval RUN`) use its `eval.*` settings. A resume at `step` whose settings differ
-    (only run.*, eval.* and name may) first keeps the previous file as `config.<step>.yaml`: the
+    (only the RESUME_MAY_CHANGE keys may) first keeps the previous file as `config.<step>.yaml`: the
     settings of the evaluations logged up to `step`. An existing `config.<step>.yaml` is kept: the
     process that wrote config.yaml since then logged nothing that a resume at `step` keeps."""
     path = run_dir / "config.yaml"
