@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 # What float32 can hold. The distribution is softmax(logits.float() / temperature), in float32
 # also under bfloat16 autocast, and its log-probs are summed over responses, batches and KL terms.
@@ -63,10 +63,17 @@ def check_top_k(value: int) -> int:
     return value
 
 
+def _not_bool(value: Any) -> Any:
+    """YAML's true/false are not numbers (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {value!r}")
+    return value
+
+
 # the config fields of the sampling settings (`policy.*`, `eval.sampling.*`, the SFT eval)
-Temperature = Annotated[float, AfterValidator(check_temperature)]
-TopP = Annotated[float, AfterValidator(check_top_p)]
-TopK = Annotated[int, AfterValidator(check_top_k)]
+Temperature = Annotated[float, BeforeValidator(_not_bool), AfterValidator(check_temperature)]
+TopP = Annotated[float, BeforeValidator(_not_bool), AfterValidator(check_top_p)]
+TopK = Annotated[int, BeforeValidator(_not_bool), AfterValidator(check_top_k)]
 
 
 def check_sampling(

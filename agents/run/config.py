@@ -176,9 +176,9 @@ class SamplingConfig(Section):
     """`eval.sampling`: sampling settings for evaluation only (LM policies); null keeps the
     policy's own. Greedy decoding is `eval.deterministic: true`."""
 
-    temperature: typing.Annotated[Temperature, Number] | None = None
-    top_k: typing.Annotated[TopK, Number] | None = None  # 0: no top-k cut
-    top_p: typing.Annotated[TopP, Number] | None = None  # 1: no nucleus cut
+    temperature: Temperature | None = None
+    top_k: TopK | None = None  # 0: no top-k cut
+    top_p: TopP | None = None  # 1: no nucleus cut
 
 
 class EvalConfig(Section):
