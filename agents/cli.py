@@ -276,9 +276,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from agents.run.compare import CompareFailed, compare
+    from agents.run.config import max_torch_threads
 
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    # each seed is a training run: 1000 per config is past any comparison's need, and keeps the
+    # seeds (the config's seed + i) within the seed range
+    if not 1 <= args.seeds <= 1000:
+        raise ValueError(f"--seeds must be in [1, 1000], got {args.seeds}")
     thresholds = {}
     for item in args.threshold or []:
         env_id, _, value = item.partition("=")
@@ -291,8 +294,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 f"--threshold {item!r} must look like ENV_ID=VALUE with a finite number VALUE, e.g. "
                 "Pendulum-v1=-200"
             ) from None
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    most = max_torch_threads()  # each job is a process with one torch thread
+    if not 1 <= args.jobs <= most:
+        raise ValueError(
+            f"--jobs must be in [1, {most}] (4 per CPU of this machine), got {args.jobs}"
+        )
     agents = ("ours",) if args.no_sb3 else ("ours", "sb3")
     command = "textrlhf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:

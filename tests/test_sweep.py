@@ -130,7 +130,11 @@ def test_eval_needs_at_least_one_episode(finished, tmp_path, capsys):
     assert main(["eval", str(run), "--episodes", "2", "--samples", "-1"]) == 1
     assert "--samples must be >= 0" in capsys.readouterr().err
     assert main(["compare", "CartPole-v1", "--seeds", "0"]) == 1
-    assert "--seeds must be >= 1, got 0" in capsys.readouterr().err
+    assert "--seeds must be in [1, 1000], got 0" in capsys.readouterr().err
+    assert main(["compare", "CartPole-v1", "--seeds", str(10**9)]) == 1  # 10**9 runs queued
+    assert f"--seeds must be in [1, 1000], got {10**9}" in capsys.readouterr().err
+    assert main(["compare", "CartPole-v1", "--jobs", "1000000"]) == 1  # 1,000,000 processes
+    assert "--jobs must be in [1, " in capsys.readouterr().err
     assert main(["compare", "CartPole-v1", "--threshold", "CartPole-v1=high"]) == 1
     assert "--threshold 'CartPole-v1=high' must look like ENV_ID=VALUE" in capsys.readouterr().err
 
