@@ -118,6 +118,24 @@ def env_label(env: Any) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
+def spec_settings(env: Any) -> dict[str, Any]:
+    """The `env:` config keys that remake an env object from its registered spec (a VectorEnv
+    from gym.make_vec, an Env from gym.make): its kwargs and vectorization mode, so that a saved
+    model can be evaluated and continued from its config. Empty when there is no spec or its
+    kwargs are not plain data (a reward function object): the config then records the id only."""
+    spec = env.spec if isinstance(env, (gym.Env, gym.vector.VectorEnv)) else None
+    if spec is None:
+        return {}
+    kwargs = {k: v for k, v in spec.kwargs.items()
+              if k not in ("num_envs", "vectorization_mode", "render_mode")}  # fmt: skip
+    try:
+        json.dumps(kwargs)
+    except (TypeError, ValueError):
+        return {}
+    mode = spec.kwargs.get("vectorization_mode") if isinstance(env, gym.vector.VectorEnv) else None
+    return {"kwargs": kwargs, **({"vectorization": mode} if mode else {})}
+
+
 def vector_factory(env: Any) -> Callable[[int], gym.vector.VectorEnv] | None:
     """A function that makes more vector envs like `env` (for evaluation and `generate`), or
     None when `env` cannot be copied: an env id, a callable that returns an Env, an Env
@@ -183,6 +201,7 @@ def config_data(
     fields = policy_class(policy).Config.model_fields
     data: dict[str, Any] = {"policy": {"type": policy, **(policy_kwargs or {})}, "env": {}}
     data["env"]["id"] = env if isinstance(env, str) else env_label(env)
+    data["env"].update(spec_settings(env))
     if isinstance(env, gym.vector.VectorEnv):
         if n_envs is not None and n_envs != env.num_envs:
             raise ValueError(f"n_envs={n_envs}, but the VectorEnv has {env.num_envs} envs")
@@ -415,17 +434,28 @@ class PPO:
             env.close()
 
     def _generation_env(self, rows: int, max_new_tokens: int | None) -> gym.vector.VectorEnv:
+        """The env `generate` runs: the training env's id and kwargs (from the config, or from
+        the spec of a VectorEnv that gym.make_vec built), with a reward that needs no reference
+        (free-form prompts have none; the responses are what is asked for)."""
         from agents.run.envs import make_env
 
-        cfg = self.cfg
-        kwargs = {**cfg.env.kwargs, **cfg.eval.env_kwargs}
+        cfg, env = self.cfg, self.env
+        if isinstance(env, gym.vector.VectorEnv) and env.spec is not None:
+            env_id, mode = env.spec.id, env.spec.kwargs.get("vectorization_mode", "auto")
+            kwargs = {k: v for k, v in env.spec.kwargs.items()
+                      if k not in ("num_envs", "vectorization_mode")}  # fmt: skip
+        elif isinstance(env, str) or env is None:
+            env_id, mode = cfg.env.id, cfg.env.vectorization
+            kwargs = {**cfg.env.kwargs, **cfg.eval.env_kwargs}
+        else:
+            raise ValueError(
+                "generate makes an env like the training env, and this model's env object "
+                "cannot be remade; train on an env id or on a VectorEnv from gym.make_vec"
+            )
+        kwargs["reward_fn"] = _no_reward
         if max_new_tokens is not None:
             kwargs["max_new_tokens"] = max_new_tokens
-        if isinstance(self.env, str) or self._eval_factory is None:
-            return make_env(cfg.env.id, rows, cfg.env.vectorization, kwargs)
-        if max_new_tokens is not None:
-            raise ValueError("max_new_tokens needs an env made from an id (or by gym.make_vec)")
-        return self._eval_factory(rows)
+        return make_env(env_id, rows, mode, kwargs)
 
     # -- saving -----------------------------------------------------------------------------
 
@@ -503,6 +533,11 @@ class PPO:
         ckpt.load_policy_weights(self.policy, tensors, checkpoint)
         self.observation_space, self.action_space = obs_space, act_space
         self._loaded_step = int(meta.get("global_step", 0))
+
+
+def _no_reward(prompt: str, response: str) -> float:
+    """The reward of `generate`'s episodes: none is needed."""
+    return 0.0
 
 
 def _can_make(env_id: str) -> bool:

@@ -253,6 +253,10 @@ def _default_policy() -> PolicyConfig:
 
 
 class Config(Section):
+    """A whole run: what a YAML config file holds (`load_config`), or what `agents.PPO`'s
+    keywords build. Sections: env, policy (validated by its type's own config), ppo,
+    advantage, kl, score, eval, run."""
+
     name: str = "run"
     seed: Seed = 1
     total_timesteps: Steps = 100_000
