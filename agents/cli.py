@@ -11,7 +11,6 @@ textrlhf export RUN_DIR OUT [--merge] [--checkpoint PATH] [--overwrite]   (agent
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -134,15 +133,16 @@ def lost_peer(err: BaseException) -> bool:
     return bool(frames) and f"torch{os.sep}distributed{os.sep}" in frames[-1].filename
 
 
-def load_train_config(args: argparse.Namespace) -> Config:
-    """The config of `textrlhf train` (YAML + --set), after the flag checks."""
-    from agents.run.config import load_config
+def load_train_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
+    """The config of `textrlhf train` (YAML + --set), after the flag checks, and the keys that
+    the policy type's defaults filled in."""
+    from agents.run.config import load_config_and_defaults
 
     if args.resume and (args.overwrite or args.name):
         raise ValueError(
             "--resume continues an existing run; it cannot be combined with --overwrite or --name"
         )
-    return load_config(args.config, args.set)
+    return load_config_and_defaults(args.config, args.set)
 
 
 def check_before_launch(args: argparse.Namespace, nproc: int) -> None:
@@ -150,21 +150,22 @@ def check_before_launch(args: argparse.Namespace, nproc: int) -> None:
     num_envs or batch_size that does not split over `nproc` ranks), before torchrun starts them."""
     from agents.core.distributed import check_divides
 
-    cfg = load_train_config(args)
+    cfg, _ = load_train_config(args)
     check_divides("env.num_envs", cfg.env.num_envs, nproc)
     check_divides("ppo.batch_size", cfg.ppo.batch_size, nproc)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from agents.run.trainer import train
+    from agents.api import train
 
-    cfg = load_train_config(args)
-    run_dir = train(
-        cfg, name=args.name, overwrite=args.overwrite, resume=args.resume, stop_on_interrupt=True
-    )
-    if int(os.environ.get("RANK", "0")) != 0:
+    cfg, filled = load_train_config(args)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if filled and main_rank:
+        print(f"defaults of policy.type {cfg.policy.type} filled in: " + ", ".join(filled))
+    run = train(cfg, name=args.name, overwrite=args.overwrite, resume=args.resume)
+    if not main_rank:
         return 0  # rank 0 reports for the job
-    summary = json.loads((run_dir / "summary.json").read_text())
+    run_dir, summary = run.dir, run.summary
     print(f"run folder: {run_dir}")
     if summary.get("interrupted"):
         again = ["textrlhf", "train", args.config, *(["--set", *args.set] if args.set else [])]

@@ -166,6 +166,30 @@ class LMPolicy(nn.Module):
     is_sequence_policy = True
     Config = LMPolicyConfig
 
+    @classmethod
+    def config_defaults(cls, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The `env.num_envs` and `ppo:` defaults of an LM run: the edit-distance recipe
+        (configs/text_edit_distance.yaml: 0.92 held out on 5 of 5 seeds). One rollout is one
+        episode per env column (n_steps = the env's max_new_tokens, 32 by default); a minibatch
+        is a quarter of the columns when 4 divides them, else all."""
+        env, ppo = data.get("env") or {}, data.get("ppo") or {}
+        kwargs = env.get("kwargs") or {}
+        n_steps = ppo.get("n_steps", kwargs.get("max_new_tokens", 32))
+        columns = env.get("num_envs", 128)
+        if isinstance(columns, int) and columns % 4 == 0:
+            columns //= 4
+        batch = n_steps * columns if isinstance(n_steps, int) and isinstance(columns, int) else 1024
+        return {
+            "env": {"num_envs": 128},
+            "ppo": {
+                "n_steps": n_steps, "batch_size": batch, "n_epochs": 2, "gamma": 1.0,
+                "gae_lambda": 0.95, "learning_rate": 3.0e-4, "anneal_lr": True,
+                "clip_range": 0.2, "anneal_clip": False, "clip_range_vf": None, "vf_coef": 0.5,
+                "ent_coef": 0.0, "max_grad_norm": 1.0, "normalize_advantage": True,
+                "target_kl": None, "adam_eps": 1.0e-5, "loss_aggregation": "token",
+            },
+        }  # fmt: skip
+
     @property
     def has_critic(self) -> bool:
         """False for a critic-free policy (`critic: none`): its values are all 0."""

@@ -627,6 +627,16 @@ def load_config(
     cls: type[M] = Config,  # type: ignore[assignment]
 ) -> M:
     """YAML path (or dict) + overrides -> validated `cls` instance (default: the PPO `Config`)."""
+    return load_config_and_defaults(source, overrides, cls)[0]
+
+
+def load_config_and_defaults(
+    source: str | Path | dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    cls: type[M] = Config,  # type: ignore[assignment]
+) -> tuple[M, list[str]]:
+    """`load_config`, and the keys it filled in from the policy type's defaults
+    (`apply_policy_defaults`), which `textrlhf train` prints."""
     if source is None:
         data: dict[str, Any] = {}
     elif isinstance(source, dict):
@@ -636,12 +646,37 @@ def load_config(
         resolve_input_paths(data, cls, Path(source).parent)  # the file's own: its folder's
     data = apply_overrides(data, overrides)
     resolve_input_paths(data, cls, None)  # --set values and dict configs: the working directory
+    filled: list[str] = []
     if cls is Config:
+        filled = apply_policy_defaults(data)
         data = _policy_section(data)
     try:
-        return cls.model_validate(data)
+        return cls.model_validate(data), filled
     except ValidationError as err:
         raise ValueError(format_errors(err, cls)) from None
+
+
+def apply_policy_defaults(data: dict[str, Any]) -> list[str]:
+    """Fill the `env.num_envs` and `ppo.*` keys that `data` leaves out with the policy type's
+    own defaults (`config_defaults` of its class: a language model does not train with
+    CartPole's 20 epochs). Returns the keys filled in, as "ppo.n_epochs=2" (the CLI prints
+    them); the result is the complete config that config.yaml then holds."""
+    policy = data.get("policy")
+    kind = policy.get("type", "mlp") if isinstance(policy, dict) else "mlp"
+    own = getattr(policy_class(kind), "config_defaults", None)
+    defaults = own(data) if own is not None else {}
+    filled = []
+    for section, values in defaults.items():
+        given = data.get(section)
+        if given is None:
+            given = data[section] = {}
+        if not isinstance(given, dict):
+            continue  # validation names the bad section
+        for key, value in values.items():
+            if key not in given:
+                given[key] = value
+                filled.append(f"{section}.{key}={value}")
+    return filled
 
 
 def to_dict(cfg: BaseModel) -> dict[str, Any]:

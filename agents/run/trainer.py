@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +85,11 @@ class Trainer:
         run_dir: str | Path | None = None,
         resume: bool = False,
         dist: Distributed = LOCAL,
+        env: gym.vector.VectorEnv | None = None,
+        eval_env: gym.vector.VectorEnv | None = None,
     ):
+        """`env` / `eval_env`: vector envs to train / evaluate on instead of making them from
+        `cfg.env` (the Python API's env objects); `cfg.env.num_envs` must match."""
         self.cfg = cfg
         self.run_dir = Path(run_dir) if run_dir is not None else None
         # data-parallel (agents/core/distributed.py): env.num_envs and ppo.batch_size are GLOBAL;
@@ -96,11 +101,20 @@ class Trainer:
         seed_everything(cfg.seed)  # the same on every rank: identical initial weights
         self.device = resolve_device(cfg.run.device, dist)
         check_sizes(cfg)  # before any env allocates its buffers
-        self.env = make_train_env(cfg, num_envs)
+        self.env = make_train_env(cfg, num_envs) if env is None else given_env(env, num_envs)
         check_rollout_memory(cfg, self.env.single_observation_space, self.env.single_action_space)
         # built now, not after training: a bad eval setting fails before the first step
-        self.eval_env = make_eval_env(cfg) if cfg.eval.episodes > 0 and dist.is_main else None
+        self.eval_env = eval_env
+        if eval_env is None and cfg.eval.episodes > 0 and dist.is_main:
+            if env is not None:
+                raise ValueError(
+                    f"eval.episodes={cfg.eval.episodes} needs an evaluation env, and only a "
+                    "training env object was given; pass an env id, an env factory, or set "
+                    "eval.episodes: 0 (and evaluate with agents.evaluate_policy)"
+                )
+            self.eval_env = make_eval_env(cfg)
         obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
+        self.observation_space, self.action_space = obs_space, act_space
         self.policy = make_policy(cfg.policy, obs_space, act_space).to(self.device)
         # the model folders the checkpoints need but do not hold (a LoRA base), hashed once
         self.pinned = ckpt.pin_folders(pinned_folders(cfg))
@@ -148,6 +162,8 @@ class Trainer:
         self.last_episodes = EpisodeLog()  # what finished during the last iteration
         self.phase_seconds = {"rollout": 0.0, "update": 0.0}  # this process, for profiling
         self._start = time.perf_counter()
+        self._callback: Callable[[str, dict[str, Any]], bool] | None = None  # during `learn`
+        self._close_envs = True
         if resume:
             if self.run_dir is None:
                 raise ValueError("resume needs a run folder")
@@ -170,21 +186,23 @@ class Trainer:
         )  # fmt: skip
         return meta, tensors
 
-    def _rank_file(self, step: int, rank: int) -> Path:
-        return self.run_dir / "checkpoints" / f"{step}.rank{rank}.json"
+    def _rank_file(self, step: int, rank: int, run_dir: Path | None = None) -> Path:
+        return (run_dir or self.run_dir) / "checkpoints" / f"{step}.rank{rank}.json"
 
-    def save(self) -> Path:
+    def save(self, run_dir: Path | None = None) -> Path:
         """Checkpoint at an iteration boundary: everything needed for a bit-exact resume.
 
         Data-parallel: ranks >= 1 first write their own RNG + env state next to it
         (`<step>.rank<r>.json/.safetensors`), then rank 0 writes the weights, its own state and
-        `latest.json`, so `latest.json` only ever names a complete checkpoint."""
+        `latest.json`, so `latest.json` only ever names a complete checkpoint. `run_dir`: another
+        folder than the run's (`PPO.save`)."""
+        run_dir = Path(run_dir) if run_dir is not None else self.run_dir
         dist = self.dist
         if dist.active and not dist.is_main:
             meta, tensors = self._rank_state()
             meta["rng"], rng_tensors = ckpt.rng_state()
             tensors.update(rng_tensors)
-            path = self._rank_file(self.global_step, dist.rank)
+            path = self._rank_file(self.global_step, dist.rank, run_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
             weights = path.with_suffix(".safetensors")
             meta.update(format_version=ckpt.FORMAT_VERSION, step=self.global_step, rank=dist.rank)
@@ -194,7 +212,7 @@ class Trainer:
         dist.barrier()
         self.saved_step = self.global_step
         if not dist.is_main:
-            return self._rank_file(self.global_step, dist.rank)
+            return self._rank_file(self.global_step, dist.rank, run_dir)
         tensors: dict[str, torch.Tensor] = {}
         meta: dict[str, Any] = {
             "iteration": self.iteration,
@@ -219,12 +237,16 @@ class Trainer:
         if self.reference is not None:
             tensors.update({f"reference/{k}": v for k, v in self.reference.state_dict().items()})
         path = ckpt.save_checkpoint(
-            self.run_dir / "checkpoints", self.global_step, self.policy, self.ppo.optimizer,
+            run_dir / "checkpoints", self.global_step, self.policy, self.ppo.optimizer,
             meta, tensors,
         )  # fmt: skip
         return path
 
-    def load(self, path: Path) -> None:
+    def load(self, path: Path, restore_env: bool = True) -> None:
+        """Restore a checkpoint: weights, optimizer, counters, KL and score state, and (with
+        `restore_env`, a resume) the env, rollout carry-over and RNG states, for a bit-exact
+        continuation. Without it (`PPO.load` with a new env object) the env starts fresh,
+        seeded from the seed and the step count."""
         meta, tensors = ckpt.read_checkpoint(path)
         ckpt.require(meta, CHECKPOINT_KEYS, path)
         # everything that shapes the training run must match (RESUME_MAY_CHANGE may change)
@@ -266,15 +288,24 @@ class Trainer:
         rollout = {
             k[len("rollout/") :]: v.numpy() for k, v in tensors.items() if k.startswith("rollout/")
         }
-        if "env" in meta:
+        if "env" in meta and restore_env:
             env_tensors = {k: v for k, v in tensors.items() if k.startswith("env/")}
             ckpt.set_env_state(self.env, meta["env"], env_tensors)
             self.collector.runner.load_state_arrays(rollout)
         else:
             self.collector.seed = self.collector.seed + self.global_step  # cfg.seed at 1 rank
-        ckpt.set_rng_state(meta["rng"], tensors)
+        if restore_env:
+            ckpt.set_rng_state(meta["rng"], tensors)
 
     # -- training ---------------------------------------------------------------------------
+
+    def extend_budget(self, steps: int) -> None:
+        """Train `steps` more env steps (whole iterations) from where the run stands: the API's
+        `learn`, called again. The learning-rate and clip schedules then run to the new end."""
+        self.num_iterations = self.iteration + steps // self.steps_per_iteration
+        self.ppo.num_iterations = max(self.num_iterations, 1)
+        total = self.num_iterations * self.steps_per_iteration
+        self.cfg = self.cfg.model_copy(update={"total_timesteps": total})
 
     def evaluate(self, episodes: int | None = None) -> Any:
         """The run's evaluation (`run_evaluation`); it does not change the training run."""
@@ -291,14 +322,23 @@ class Trainer:
         return value
 
     def learn(
-        self, stop_at: int | None = None, log: bool = True, stop_on_interrupt: bool = False
+        self,
+        stop_at: int | None = None,
+        log: bool = True,
+        stop_on_interrupt: bool = False,
+        callback: Callable[[str, dict[str, Any]], bool] | None = None,
+        close: bool = True,
     ) -> dict[str, Any]:
         """Train until total_timesteps (or `stop_at` env steps, then checkpoint and return).
 
         The run folder is locked while this process writes it. With `log=False` no run folder is
         touched (benchmarks). `stop_on_interrupt`: the first Ctrl-C (under torchrun: the SIGINT
         the launcher passes on to every rank) stops at the end of the iteration, with a
-        checkpoint and `interrupted: true` in the summary (agents.run.interrupt)."""
+        checkpoint and `interrupted: true` in the summary (agents.run.interrupt).
+        `callback(event, metrics)`: called with "rollout_end" after each rollout and with
+        "iteration_end" after each iteration; False at an iteration's end stops there, like a
+        stop signal. `close`: close the envs at the end (the API keeps them for another call)."""
+        self._callback, self._close_envs = callback, close
         if self.run_dir is None or not log:
             return self._learn(stop_at, False, stop_on_interrupt)
         summary_file = self.run_dir / "summary.json"
@@ -334,7 +374,7 @@ class Trainer:
         initial_eval_metrics: dict[str, float] = {}
         # async vector envs: Ctrl-C also reaches their worker processes, which then end
         graceful = stop_on_interrupt and cfg.env.vectorization != "async"
-        stopping = False
+        stopping = halted = False  # halted: the callback asked to stop
         try:
             # from here on, the first Ctrl-C/SIGTERM ends the run at an iteration boundary with
             # a checkpoint (also during the initial evaluation: then at step 0)
@@ -351,7 +391,7 @@ class Trainer:
                     )  # fmt: skip
                 while self.iteration < self.num_iterations:
                     stopping = self.dist.any(bool(stop)) if graceful else False  # all ranks stop
-                    if stopping or (stop_at is not None and self.global_step >= stop_at):
+                    if stopping or halted or (stop_at is not None and self.global_step >= stop_at):
                         break
                     metrics = self.iterate()
                     if logger is not None:
@@ -370,6 +410,8 @@ class Trainer:
                     if save and self.global_step >= next_ckpt:
                         self.save()
                         next_ckpt = _next_multiple(self.global_step, cfg.run.checkpoint_every)
+                    if self._callback is not None:
+                        halted = self._callback("iteration_end", metrics) is False
             elapsed = time.perf_counter() - self._start
             summary: dict[str, Any] = {
                 "steps": self.global_step,
@@ -379,13 +421,15 @@ class Trainer:
                 "wall_time_s": self.wall_time + elapsed,
                 "sps": (self.transitions - start_transitions) / max(elapsed, 1e-9),
                 # stopped early by Ctrl-C or SIGTERM; `--resume` continues
-                "interrupted": stopping and self.iteration < self.num_iterations,
+                "interrupted": (stopping or halted) and self.iteration < self.num_iterations,
                 "stop_signal": None,
                 "train_return_last100": float(np.mean(self.recent_returns))
                 if self.recent_returns
                 else None,
             }
-            if summary["interrupted"]:  # this rank may not have been signalled itself
+            if summary["interrupted"] and halted:
+                summary["stop_signal"] = "callback"
+            elif summary["interrupted"]:  # this rank may not have been signalled itself
                 summary["stop_signal"] = signal_label(stop.signum) if stop else "a stop signal"
             if save and self.saved_step != self.global_step:  # never rewrite one in place
                 self.save()
@@ -418,7 +462,8 @@ class Trainer:
         finally:
             if logger is not None:
                 logger.close()
-            self.close()
+            if self._close_envs:
+                self.close()
 
     def _elapsed(self) -> float:
         """Seconds of this run so far: earlier processes (resume) plus this one."""
@@ -439,6 +484,8 @@ class Trainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         episodes = self.collector.collect()
+        if self._callback is not None:
+            self._callback("rollout_end", {})
         t1 = time.perf_counter()
         if self.dist.active:
             episodes = self._all_episodes(episodes)
@@ -510,6 +557,15 @@ class Trainer:
             if key.startswith("info/"):
                 combined.metrics[key[len("info/") :]] = values
         return combined
+
+
+def given_env(env: gym.vector.VectorEnv, num_envs: int) -> gym.vector.VectorEnv:
+    """A training env object handed to the Trainer: a vector env of `num_envs` rows."""
+    if not isinstance(env, gym.vector.VectorEnv):
+        raise TypeError(f"env must be a gymnasium.vector.VectorEnv, got {type(env).__name__}")
+    if env.num_envs != num_envs:
+        raise ValueError(f"the env has {env.num_envs} rows; env.num_envs says {num_envs}")
+    return env
 
 
 def resolve_device(device: str, dist: Distributed = LOCAL) -> torch.device:
