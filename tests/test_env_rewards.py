@@ -227,3 +227,13 @@ def test_reward_base_class_subclassing():
 
     total, parts = Shout().score(["p", "p"], ["AB", "ab"], [None, None])
     assert total.tolist() == [1.0, 0.0] and list(parts) == ["shout"]
+
+
+def test_a_reward_model_device_it_cannot_run_on_is_named(tmp_path):
+    """'meta' moved the model to a device without data: scoring crashed with a traceback."""
+    path = save_tiny_model(tmp_path / "rm", head="classifier")
+    for device in ("meta", "mps", "xla", "cuda:x", 0):
+        with pytest.raises(ValueError, match=r"reward_model .*device must be 'cpu', 'cuda'"):
+            make_reward_fn({"name": "reward_model", "path": path, "device": device})
+    reward = make_reward_fn({"name": "reward_model", "path": path, "device": "cpu"})
+    assert np.isfinite(reward(["p"], ["r"])).all()
