@@ -314,9 +314,7 @@ class PPO:
         """Env steps trained so far (n_steps * n_envs per iteration)."""
         return self.trainer.global_step if self.trainer is not None else self._loaded_step
 
-    def learn(
-        self, total_timesteps: int, callback: Any = None, progress_bar: bool = False
-    ) -> PPO:
+    def learn(self, total_timesteps: int, callback: Any = None, progress_bar: bool = False) -> PPO:
         """Train for `total_timesteps` more env steps (whole iterations of n_steps * n_envs);
         a second call continues where the first stopped (optimizer, env, counters: two calls
         equal one call of the summed budget when no schedule depends on the budget). Returns

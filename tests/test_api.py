@@ -182,10 +182,20 @@ def test_keywords_are_validated_like_a_config():
 
 def test_each_policy_type_fills_in_its_own_defaults(gpt2_ctx64_path):
     mlp = load_config({"env": {"id": "CartPole-v1"}})
-    assert (mlp.env.num_envs, mlp.ppo.n_epochs, mlp.ppo.gamma, mlp.ppo.batch_size) == (8, 20, 0.98, 256)
+    assert (mlp.env.num_envs, mlp.ppo.n_epochs, mlp.ppo.gamma, mlp.ppo.batch_size) == (
+        8,
+        20,
+        0.98,
+        256,
+    )
     lm = load_config({"env": {"id": "textenv:TextRLHF-v0"},
                       "policy": {"type": "lm", "model_path": gpt2_ctx64_path}})  # fmt: skip
-    assert (lm.env.num_envs, lm.ppo.n_epochs, lm.ppo.gamma, lm.ppo.max_grad_norm) == (128, 2, 1.0, 1.0)
+    assert (lm.env.num_envs, lm.ppo.n_epochs, lm.ppo.gamma, lm.ppo.max_grad_norm) == (
+        128,
+        2,
+        1.0,
+        1.0,
+    )
     assert lm.ppo.batch_size == 32 * 32 and lm.ppo.anneal_clip is False
     small = load_config({"env": {"id": "textenv:TextRLHF-v0", "num_envs": 8},
                          "policy": {"type": "lm", "model_path": gpt2_ctx64_path}})  # fmt: skip
