@@ -213,10 +213,10 @@ def config_data(
     if device is not None:
         data.setdefault("run", {})["device"] = device
     for key, value in kwargs.items():
-        if key in SECTIONS or key == "env_kwargs":
-            _update(data, "env" if key == "env_kwargs" else key, value)
-            if key == "env_kwargs":  # the kwargs of the env the Trainer makes from an id
-                data["env"] = {**data["env"], "kwargs": data["env"].pop("kwargs", {})}
+        if key in SECTIONS:
+            _update(data, key, value)
+        elif key == "env_kwargs":  # the kwargs of the env the Trainer makes from an id
+            _update(data["env"], "kwargs", value)
         elif key == "ppo":
             _update(data, "ppo", value)
         elif key in PPOConfig.model_fields:

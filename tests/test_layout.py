@@ -53,3 +53,27 @@ def test_no_config_or_env_file_names_the_agent_package(folder):
         and any(s in p.read_text() for s in ("agents.", "agents:"))
     ]
     assert hits == []
+
+
+def test_optional_dependencies_stay_unimported_until_asked_for(gpt2_ctx64_path):
+    """stable-baselines3 (the `sb3` extra: SB3 comparisons and examples), peft (LoRA) and
+    matplotlib (plots) are imported only by what needs them: `import agents`, a CartPole run
+    from Python and an LM run without LoRA import none of them."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+import agents
+from agents import PPO
+optional = ("stable_baselines3", "peft", "matplotlib")
+assert not [m for m in optional if m in sys.modules], "import agents"
+PPO("mlp", "CartPole-v1", n_epochs=1).learn(256)
+assert not [m for m in optional if m in sys.modules], "CartPole"
+PPO("lm", "textenv:TextRLHF-v0", model_path={gpt2_ctx64_path!r}, n_envs=4,
+    env_kwargs=dict(max_prompt_tokens=20, max_new_tokens=8), n_epochs=1).learn(32)
+print([m for m in optional if m in sys.modules])
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

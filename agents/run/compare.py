@@ -171,6 +171,17 @@ def sb3_flattens(observation_space: gym.Space) -> bool:
     return isinstance(observation_space, (gym.spaces.Tuple, gym.spaces.Dict))
 
 
+def require_sb3() -> None:
+    """stable-baselines3 is an optional extra: say how to get it (or how to do without)."""
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "comparing against SB3 needs stable-baselines3, an optional extra: pip install -e "
+            "'.[sb3]' (or pass --no-sb3 to compare our configs against each other)"
+        ) from None
+
+
 def sb3_model(cfg: Config, env: Any) -> Any:
     """An SB3 PPO with our config's hyperparameters (same network sizes, schedules, Adam eps)."""
     from stable_baselines3 import PPO as SB3PPO
@@ -725,6 +736,7 @@ def compare(
     if "sb3" not in agents or not sb3_can_run:
         paths = [s if isinstance(s, str) else _env_config(s, out) for s in sources]
         return compare_configs(paths, seeds, out, overrides, jobs, command)
+    require_sb3()
     out = Path(out)
     results: list[RunResult] = []
     failed: list[FailedRun] = []
