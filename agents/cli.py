@@ -148,11 +148,10 @@ def load_train_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
 def check_before_launch(args: argparse.Namespace, nproc: int) -> None:
     """Fail fast, in this process: what every rank would reject (the config, the flags, a
     num_envs or batch_size that does not split over `nproc` ranks), before torchrun starts them."""
-    from agents.core.distributed import check_divides
+    from agents.run.preflight import check_config
 
     cfg, _ = load_train_config(args)
-    check_divides("env.num_envs", cfg.env.num_envs, nproc)
-    check_divides("ppo.batch_size", cfg.ppo.batch_size, nproc)
+    check_config(cfg, nproc)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -199,7 +198,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from agents.run.config import MAX_EPISODES, check_code_references, load_config
     from agents.run.envs import make_eval_env
     from agents.run.evaluation import check_checkpoint_config, run_evaluation
-    from agents.run.trainer import check_sizes, resolve_device
+    from agents.run.preflight import check_sizes
+    from agents.run.trainer import resolve_device
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").is_file():

@@ -6,7 +6,6 @@ summary = trainer.learn()
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import time
@@ -18,14 +17,14 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.core.advantages import CRITIC_FREE, outcome_advantages
+from agents.core.advantages import outcome_advantages
 from agents.core.buffer import RolloutBuffer
 from agents.core.distributed import LOCAL, Distributed, RowShard, init_distributed
 from agents.core.kl import apply_kl_penalty, make_kl_controller
 from agents.core.ppo import PPO
-from agents.core.rollout import LOCKSTEP, EpisodeLog, RolloutCollector, autoreset_mode
+from agents.core.rollout import EpisodeLog, RolloutCollector
 from agents.core.scores import ScoreNormalizer
-from agents.policies import make_policy, make_reference, policy_class
+from agents.policies import make_policy, make_reference
 from agents.run import checkpoint as ckpt
 from agents.run.config import Config, config_changes, config_text, step_budget, to_dict
 from agents.run.envs import make_eval_env, make_train_env
@@ -34,6 +33,7 @@ from agents.run.files import atomic_write_bytes, atomic_write_text
 from agents.run.interrupt import signal_label, stop_on_first_interrupt
 from agents.run.jsonio import read_json
 from agents.run.logger import RunLogger
+from agents.run.preflight import check_config, check_env
 from agents.run.rundir import RunLock, new_run_dir
 
 
@@ -58,15 +58,6 @@ RESUME_MAY_CHANGE = (
 def may_change_on_resume(key: str) -> bool:
     """True for a flat config key (`flat_config`) that a resume may change."""
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
-
-
-def check_sizes(cfg: Config) -> None:
-    """Let the policy type check the env sizes against its model before the envs exist (the
-    optional hook `check_env_kwargs` of the policy protocol)."""
-    check = getattr(policy_class(cfg.policy.type), "check_env_kwargs", None)
-    if check is not None:
-        check(cfg.policy, cfg.env.kwargs)
-        check(cfg.policy, {**cfg.env.kwargs, **cfg.eval.env_kwargs})
 
 
 # metadata every checkpoint of a Trainer holds (see `Trainer.save`)
@@ -95,14 +86,12 @@ class Trainer:
         # data-parallel (agents/core/distributed.py): env.num_envs and ppo.batch_size are GLOBAL;
         # this rank steps its share of the rows, every statistic is reduced over ranks
         self.dist = dist
-        num_envs = dist.check_divides("env.num_envs", cfg.env.num_envs)
-        dist.check_divides("ppo.batch_size", cfg.ppo.batch_size)
+        num_envs = check_config(cfg, dist.world_size)  # before any env allocates its buffers
         torch.set_num_threads(cfg.run.torch_threads)
         seed_everything(cfg.seed)  # the same on every rank: identical initial weights
         self.device = resolve_device(cfg.run.device, dist)
-        check_sizes(cfg)  # before any env allocates its buffers
         self.env = make_train_env(cfg, num_envs) if env is None else given_env(env, num_envs)
-        check_rollout_memory(cfg, self.env.single_observation_space, self.env.single_action_space)
+        check_env(cfg, self.env)
         # built now, not after training: a bad eval setting fails before the first step
         self.eval_env = eval_env
         if eval_env is None and cfg.eval.episodes > 0 and dist.is_main:
@@ -140,7 +129,6 @@ class Trainer:
             row_seed = cfg.seed + dist.rank * num_envs
             shuffle = torch.Generator().manual_seed(cfg.seed)
             self.buffer.shard = RowShard(dist.rank * num_envs, cfg.env.num_envs, shuffle)
-        check_group_rollouts(cfg, self.env, num_envs)
         K = cfg.advantage.group_size
         self.collector = RolloutCollector(
             self.env, self.policy, self.buffer, seed=row_seed, device=self.device,
@@ -577,64 +565,6 @@ def resolve_device(device: str, dist: Distributed = LOCAL) -> torch.device:
     if dist.active and resolved.type == "cuda":
         resolved = torch.device("cuda", dist.local_rank)
     return resolved
-
-
-def check_group_rollouts(cfg: Config, env: gym.vector.VectorEnv, local_rows: int) -> None:
-    """Critic-free estimators need one whole episode per env row in each rollout (a lockstep
-    env), and groups need K rows that start from the same state (reset option "repeat"), all on
-    one rank (`local_rows`: this rank's env rows)."""
-    adv = cfg.advantage
-    if local_rows % adv.group_size:
-        raise ValueError(
-            f"each process holds {local_rows} env rows (env.num_envs / number of processes), "
-            f"not a multiple of advantage.group_size={adv.group_size}: a group must sit on one "
-            "process"
-        )
-    if adv.estimator in CRITIC_FREE and autoreset_mode(env) != LOCKSTEP:
-        raise ValueError(
-            f"advantage.estimator={adv.estimator!r} scores whole episodes: it needs an env whose "
-            "rollouts hold one whole episode per row (autoreset_mode 'lockstep', e.g. "
-            f"textenv:TextRLHF-v0 with env.vectorization: vector_entry_point); {cfg.env.id} with "
-            f"vectorization {cfg.env.vectorization!r} has autoreset mode {autoreset_mode(env)!r}"
-        )
-    if adv.group_size > 1 and (
-        autoreset_mode(env) != LOCKSTEP or "repeat" not in env.metadata.get("reset_options", ())
-    ):
-        raise ValueError(
-            f"advantage.group_size={adv.group_size} needs K env rows that start from the same "
-            "state: a lockstep vector env that takes reset(options={'repeat': K}) (textenv's "
-            f"TextRLHFVectorEnv does); {cfg.env.id} with vectorization "
-            f"{cfg.env.vectorization!r} cannot"
-        )
-
-
-def _space_bytes(space: Any) -> int:
-    """Bytes one sample of `space` takes in the rollout buffer (an upper bound)."""
-    if isinstance(space, gym.spaces.Dict):
-        return sum(_space_bytes(s) for s in space.spaces.values())
-    if isinstance(space, gym.spaces.Tuple):
-        return sum(_space_bytes(s) for s in space.spaces)
-    itemsize = np.dtype(space.dtype).itemsize if space.dtype is not None else 8
-    return int(np.prod(space.shape or (), dtype=np.int64)) * itemsize
-
-
-def check_rollout_memory(cfg: Config, obs_space: Any, act_space: Any) -> None:
-    """The rollout buffer holds ppo.n_steps * env.num_envs transitions; refuse sizes that cannot
-    fit in this machine's memory before allocating them (torch's allocation error names no
-    setting, and the OS may kill the process instead)."""
-    transitions = cfg.ppo.n_steps * cfg.env.num_envs
-    need = transitions * (_space_bytes(obs_space) + _space_bytes(act_space) + 64)
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not available on this OS: no check
-        return
-    if need > total:
-        raise ValueError(
-            f"the rollout buffer needs about {need / 2**30:,.1f} GiB for ppo.n_steps * "
-            f"env.num_envs = {cfg.ppo.n_steps} * {cfg.env.num_envs} = {transitions:,} "
-            f"transitions, more than this machine's {total / 2**30:,.1f} GiB of memory; lower "
-            "env.num_envs or ppo.n_steps"
-        )
 
 
 def write_run_config(cfg: Config, run_dir: Path, step: int) -> None:
