@@ -138,7 +138,7 @@ class PPO:
         self._allreduce_seconds = 0.0  # blocking all-reduce time without a BucketedGradSum
         self.num_iterations = max(int(num_iterations), 1)
         self.has_critic = getattr(policy, "has_critic", True)
-        self.kl_coef = 0.0  # beta of a KL term in the loss; set per iteration by the trainer
+        self.kl_coef = 0.0  # beta of a KL term in the loss, of the current `update`
         params = [p for p in policy.parameters() if p.requires_grad]
         flat = flatten_parameters(params, spare=len(STATS) if dist.active else 0)
         self.params = [flat] if flat is not None else params
@@ -368,9 +368,14 @@ class PPO:
                 "(lower ppo.learning_rate or check the rewards for inf/nan)"
             )
 
-    def update(self, buffer: RolloutBuffer, iteration: int) -> dict[str, float]:
-        """n_epochs over minibatches of `buffer` (GAE already computed). Returns mean stats."""
+    def update(
+        self, buffer: RolloutBuffer, iteration: int, kl_coef: float = 0.0
+    ) -> dict[str, float]:
+        """n_epochs over minibatches of `buffer` (GAE already computed). Returns mean stats.
+        `kl_coef`: beta of the KL-to-reference term in the loss (0: none, the KL is in the
+        reward or off), the beta the rollout's penalty was measured with."""
         cfg = self.cfg
+        self.kl_coef = kl_coef
         lr, clip = self.schedules(iteration)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

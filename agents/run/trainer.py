@@ -148,6 +148,7 @@ class Trainer:
         self.best_return: float | None = None
         self.recent_returns: list[float] = []
         self.last_episodes = EpisodeLog()  # what finished during the last iteration
+        self.eval_metrics: dict[str, float] = {}  # the last evaluation's `eval/<info>` means
         self.phase_seconds = {"rollout": 0.0, "update": 0.0}  # this process, for profiling
         self._start = time.perf_counter()
         self._callback: Callable[[str, dict[str, Any]], bool] | None = None  # during `learn`
@@ -441,7 +442,7 @@ class Trainer:
                     best_return=self.best_return,
                     initial_return=initial_eval,
                     initial_eval_metrics=initial_eval_metrics,
-                    final_eval_metrics=getattr(self, "eval_metrics", {}),
+                    final_eval_metrics=self.eval_metrics,
                     finished=done,
                     run_dir=str(self.run_dir),
                 )
@@ -480,6 +481,7 @@ class Trainer:
         buf = self.buffer
         score_stats = self.score_normalizer(buf.rewards, buf.terminated | buf.truncated, buf.valid)
         metrics: dict[str, float] = {f"score/{k}": v for k, v in score_stats.items()}
+        kl_coef = 0.0  # beta of a KL term in the loss (kl.placement: loss)
         if self.reference is not None:
             beta = self.kl_controller.beta
             kl_stats = apply_kl_penalty(
@@ -492,7 +494,7 @@ class Trainer:
                 self.dist,
             )
             # the KL term of the loss uses the beta the penalty was measured with
-            self.ppo.kl_coef = beta if cfg.kl.placement == "loss" else 0.0
+            kl_coef = beta if cfg.kl.placement == "loss" else 0.0
             self.kl_controller.update(kl_stats["kl_to_ref"], kl_stats["kl_segments"])
             metrics.update({f"kl/{k}": v for k, v in kl_stats.items() if k != "kl_segments"})
         if cfg.advantage.estimator == "gae":
@@ -505,7 +507,7 @@ class Trainer:
             metrics.update({f"advantage/{k}": v for k, v in adv_stats.items()})
         if cfg.ppo.loss_aggregation == "sequence":
             self.buffer.set_episode_weights()
-        train_stats = self.ppo.update(self.buffer, self.iteration)
+        train_stats = self.ppo.update(self.buffer, self.iteration, kl_coef)
         t2 = time.perf_counter()
 
         transitions = int(self.dist.sum_floats(int(self.buffer.valid.sum()))[0])
