@@ -143,7 +143,7 @@ def lm_rollout(
         valid=torch.ones(steps, ids.shape[0], dtype=torch.bool),
     )
     values = torch.stack(values)
-    if getattr(policy, "values_after_rollout", False):  # as the rollout collector does
+    if policy.values_after_rollout:  # as the rollout collector does
         assert not values.any()  # act() left them out
         values = policy.rollout_values(batch)
     return batch, torch.stack(logps), values

@@ -252,7 +252,7 @@ class Config(Section):
                 f"env.num_envs={self.env.num_envs} must be a multiple of advantage.group_size="
                 f"{adv.group_size} (each group is K rows that start from the same state)"
             )
-        critic = getattr(self.policy, "critic", None)
+        critic = self.policy.critic_choice()
         if adv.estimator in CRITIC_FREE:
             if critic not in (None, "none") and "critic" in self.policy.model_fields_set:
                 raise ValueError(

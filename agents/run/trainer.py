@@ -28,7 +28,7 @@ from agents.core.scores import ScoreNormalizer
 from agents.policies import make_policy, make_reference, policy_class
 from agents.run import checkpoint as ckpt
 from agents.run.config import Config, config_changes, config_text, step_budget, to_dict
-from agents.run.envs import make_eval_env, make_train_env
+from agents.run.envs import env_kwargs_with_defaults, make_eval_env, make_train_env
 from agents.run.evaluation import check_pinned, pinned_folders, run_evaluation
 from agents.run.files import atomic_write_bytes, atomic_write_text
 from agents.run.interrupt import signal_label, stop_on_first_interrupt
@@ -47,12 +47,13 @@ RESUME_MAY_CHANGE = ("run.", "eval.", "name")
 
 
 def check_sizes(cfg: Config) -> None:
-    """Let the policy type check the env sizes against its model before the envs exist (the
-    optional hook `check_env_kwargs` of the policy protocol)."""
-    check = getattr(policy_class(cfg.policy.type), "check_env_kwargs", None)
-    if check is not None:
-        check(cfg.policy, cfg.env.kwargs)
-        check(cfg.policy, {**cfg.env.kwargs, **cfg.eval.env_kwargs})
+    """Let the policy type check the env sizes against its model before the envs exist
+    (`Policy.check_env_kwargs`), with the env's own defaults for the kwargs a config leaves out."""
+    check = policy_class(cfg.policy.type).check_env_kwargs
+    check(cfg.policy, env_kwargs_with_defaults(cfg.env.id, cfg.env.kwargs))
+    check(
+        cfg.policy, env_kwargs_with_defaults(cfg.env.id, {**cfg.env.kwargs, **cfg.eval.env_kwargs})
+    )
 
 
 # metadata every checkpoint of a Trainer holds (see `Trainer.save`)
@@ -91,14 +92,7 @@ class Trainer:
         self.policy = make_policy(cfg.policy, obs_space, act_space).to(self.device)
         # the model folders the checkpoints need but do not hold (a LoRA base), hashed once
         self.pinned = ckpt.pin_folders(pinned_folders(cfg))
-        set_dtype = getattr(self.policy, "set_compute_dtype", None)
-        if set_dtype is not None:
-            set_dtype(cfg.run.dtype)
-        elif cfg.run.dtype != "float32":
-            raise ValueError(
-                f"run.dtype={cfg.run.dtype!r} is for LM policies; policy.type "
-                f"{cfg.policy.type!r} runs in float32 (set run.dtype: float32)"
-            )
+        self.policy.set_compute_dtype(cfg.run.dtype)  # float32 only, unless an LM
         dist.broadcast_module(self.policy)  # rank 0's weights, whatever the init did
         # the reference policy for the KL penalty: the policy's frozen start (its business how)
         self.reference = make_reference(self.policy) if cfg.kl.enabled else None
