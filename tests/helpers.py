@@ -156,7 +156,7 @@ def text_config(model_path: str, run_root: str, **ppo: Any) -> dict:
         "seed": 3,
         "total_timesteps": 8 * 8 * 4,
         "env": {
-            "id": "TextRLHF-v0",
+            "id": "textenv:TextRLHF-v0",  # module:EnvId: the policy no longer imports textenv
             "num_envs": 8,
             "vectorization": "vector_entry_point",
             "kwargs": {"prompts": "reverse", "max_prompt_tokens": 20, "max_new_tokens": 8},
