@@ -525,8 +525,7 @@ class PPO:
         self.trainer = None
         self.device = resolve_device(self.cfg.run.device)
         self.policy = make_policy(self.cfg.policy, obs_space, act_space).to(self.device)
-        if self.cfg.policy.type == "lm":
-            self.policy.set_compute_dtype(self.cfg.run.dtype)
+        self.policy.set_compute_dtype(self.cfg.run.dtype)
         meta, tensors = ckpt.read_checkpoint(checkpoint)
         ckpt.load_policy_weights(self.policy, tensors, checkpoint)
         self.observation_space, self.action_space = obs_space, act_space

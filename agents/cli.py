@@ -234,8 +234,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     env = make_eval_env(cfg, episodes)
     policy = make_policy(cfg.policy, env.single_observation_space, env.single_action_space)
     ckpt.load_policy_weights(policy, tensors, path)
-    if hasattr(policy, "set_compute_dtype"):
-        policy.set_compute_dtype(cfg.run.dtype)
+    policy.set_compute_dtype(cfg.run.dtype)
     device = resolve_device(cfg.run.device)
     policy.to(device)
     log = run_evaluation(policy, cfg, env, episodes, args.deterministic, args.seed, device=device)

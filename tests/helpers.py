@@ -143,7 +143,7 @@ def lm_rollout(
         valid=torch.ones(steps, ids.shape[0], dtype=torch.bool),
     )
     values = torch.stack(values)
-    if getattr(policy, "values_after_rollout", False):  # as the rollout collector does
+    if policy.values_after_rollout:  # as the rollout collector does
         assert not values.any()  # act() left them out
         values = policy.rollout_values(batch)
     return batch, torch.stack(logps), values
@@ -156,7 +156,7 @@ def text_config(model_path: str, run_root: str, **ppo: Any) -> dict:
         "seed": 3,
         "total_timesteps": 8 * 8 * 4,
         "env": {
-            "id": "TextRLHF-v0",
+            "id": "textenv:TextRLHF-v0",  # module:EnvId: the policy no longer imports textenv
             "num_envs": 8,
             "vectorization": "vector_entry_point",
             "kwargs": {"prompts": "reverse", "max_prompt_tokens": 20, "max_new_tokens": 8},

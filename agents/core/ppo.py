@@ -137,7 +137,7 @@ class PPO:
         self.dist = dist
         self._allreduce_seconds = 0.0  # blocking all-reduce time without a BucketedGradSum
         self.num_iterations = max(int(num_iterations), 1)
-        self.has_critic = getattr(policy, "has_critic", True)
+        self.has_critic = policy.has_critic
         self.kl_coef = 0.0  # beta of a KL term in the loss, of the current `update`
         params = [p for p in policy.parameters() if p.requires_grad]
         flat = flatten_parameters(params, spare=len(STATS) if dist.active else 0)

@@ -364,7 +364,7 @@ class RolloutCollector:
         buf.terminated.copy_(torch.from_numpy(terminated))
         buf.truncated.copy_(torch.from_numpy(truncated))
         buf.valid.copy_(torch.from_numpy(valid))
-        if getattr(self.policy, "values_after_rollout", False):
+        if self.policy.values_after_rollout:
             # values the policy did not compute while acting (e.g. a separate critic), for
             # every step at once: the whole rollout as (T, N) columns
             buf.values.copy_(self.policy.rollout_values(buf.full_batch(sequence=True)))

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
 
-from agents.policies.base import Minibatch, PolicyConfig
+from agents.policies.base import Minibatch, Policy, PolicyConfig
 from agents.policies.spaces import ObsEncoder
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
@@ -55,6 +55,9 @@ class MLPPolicyConfig(PolicyConfig):
     log_std_init: float = Field(0.0, ge=-80, le=80)
     critic: Literal["separate", "none"] = "separate"  # none: no value MLP (critic-free)
 
+    def critic_choice(self) -> str:
+        return self.critic
+
 
 def mlp(sizes: list[int], out_gain: float) -> nn.ModuleList:
     """Linear layers; orthogonal init with gain sqrt(2) for hidden layers, `out_gain` last."""
@@ -79,7 +82,7 @@ def run_mlp(x: torch.Tensor, layers: nn.ModuleList, activation) -> torch.Tensor:
     return x
 
 
-class MLPActorCritic(nn.Module):
+class MLPActorCritic(Policy):
     """Separate actor and critic MLPs on the encoded observation; a categorical, diagonal
     Gaussian, per-dimension categorical or per-bit Bernoulli action distribution."""
 
@@ -253,12 +256,6 @@ class MLPActorCritic(nn.Module):
         return action if len(self.action_shape) == 1 else action.reshape(B, *self.action_shape)
 
     # -- policy protocol --------------------------------------------------------------------
-
-    def initial_state(self, num_envs: int) -> None:
-        return None
-
-    def reset_state(self, state: None, done_mask: np.ndarray) -> None:
-        return None
 
     @torch.no_grad()
     def act(

@@ -306,10 +306,9 @@ def load_optimizer(
 
 
 def policy_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The policy tensors a checkpoint holds: `policy.checkpoint_state_dict()` where the policy
-    defines it (a LoRA policy: adapters and value head, not the frozen base), else its state_dict."""
-    own = getattr(policy, "checkpoint_state_dict", None)
-    return own() if callable(own) else policy.state_dict()
+    """The policy tensors a checkpoint holds: `policy.checkpoint_state_dict()` (its state_dict,
+    or for a LoRA policy the adapters and value head, not the frozen base)."""
+    return policy.checkpoint_state_dict()
 
 
 def save_checkpoint(

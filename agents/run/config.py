@@ -307,7 +307,7 @@ class Config(Section):
                 f"env.num_envs={self.env.num_envs} must be a multiple of advantage.group_size="
                 f"{adv.group_size} (each group is K rows that start from the same state)"
             )
-        critic = getattr(self.policy, "critic", None)
+        critic = self.policy.critic_choice()
         if adv.estimator in CRITIC_FREE:
             if critic not in (None, "none") and "critic" in self.policy.model_fields_set:
                 raise ValueError(
@@ -667,8 +667,7 @@ def apply_policy_defaults(data: dict[str, Any]) -> list[str]:
     them); the result is the complete config that config.yaml then holds."""
     policy = data.get("policy")
     kind = policy.get("type", "mlp") if isinstance(policy, dict) else "mlp"
-    own = getattr(policy_class(kind), "config_defaults", None)
-    defaults = own(data) if own is not None else {}
+    defaults = policy_class(kind).config_defaults(data)
     filled = []
     for section, values in defaults.items():
         given = data.get(section)

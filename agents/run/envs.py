@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
+from gymnasium.envs.registration import load_env_creator
 
 VECTORIZATION_MODES = ("auto", "vector_entry_point", "sync", "async")
 
@@ -43,6 +46,22 @@ def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
             f"unknown env id {env_id!r} ({err}){hint}; an env registered by a package is named "
             "'module:EnvId', e.g. 'textenv:TextRLHF-v0'"
         ) from None
+
+
+def env_kwargs_with_defaults(env_id: str, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keyword arguments `env_id` will be built with: `kwargs` over the spec's registered
+    kwargs over the defaults its entry point's signature declares (for checks that run before
+    any env exists, e.g. a policy's `check_env_kwargs`)."""
+    spec = find_spec(env_id)
+    creator = spec.entry_point or spec.vector_entry_point
+    if isinstance(creator, str):
+        creator = load_env_creator(creator)
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(creator).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **spec.kwargs, **(kwargs or {})}
 
 
 def make_env(

@@ -41,9 +41,8 @@ def check_checkpoint_config(cfg: Any, meta: dict[str, Any], path: Any) -> None:
 
 def pinned_folders(cfg: Any) -> dict[str, Path]:
     """The model folders the run's checkpoints need but do not hold, by config key (the policy
-    type's optional `pinned_folders`, e.g. a LoRA run's base model)."""
-    own = getattr(policy_class(cfg.policy.type), "pinned_folders", None)
-    return own(cfg.policy) if own is not None else {}
+    type's `pinned_folders`, e.g. a LoRA run's base model)."""
+    return policy_class(cfg.policy.type).pinned_folders(cfg.policy)
 
 
 def check_pinned(cfg: Any, meta: dict[str, Any], path: Any) -> None:
@@ -96,14 +95,9 @@ def evaluate_policy(
 def eval_sampling(policy: Any, cfg: Any) -> contextlib.AbstractContextManager:
     """The policy's `sampling(...)` context with `eval.sampling`'s settings (a no-op without
     them); TypeError for a policy type that has no sampling settings (the MLP)."""
-    settings = getattr(cfg.eval, "sampling", None)
+    settings = cfg.eval.sampling
     if settings is None:
         return contextlib.nullcontext()
-    if not callable(getattr(policy, "sampling", None)):
-        raise TypeError(
-            f"eval.sampling needs a policy with sampling settings (policy.type: lm), got "
-            f"{type(policy).__name__}; remove eval.sampling"
-        )
     return policy.sampling(**settings.model_dump())
 
 

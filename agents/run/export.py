@@ -45,7 +45,7 @@ def export_run(
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml in it")
     cfg = load_config(run_dir / "config.yaml")
-    if getattr(cfg.policy, "type", None) != "lm":
+    if cfg.policy.type != "lm":
         raise ValueError(
             f"export writes language models; run {run_dir} has policy.type {cfg.policy.type!r}"
         )

@@ -26,11 +26,13 @@ from agents.core.distributed import check_divides
 from agents.core.rollout import LOCKSTEP, autoreset_mode
 from agents.policies import policy_class
 from agents.run.config import Config
+from agents.run.envs import env_kwargs_with_defaults
 
 
-def check_config(cfg: Config, world_size: int = 1) -> int:
+def check_config(cfg: Config, world_size: int = 1, env_given: bool = False) -> int:
     """Everything the config decides about a run on `world_size` processes; returns the env
-    rows each process holds."""
+    rows each process holds. `env_given`: the run trains on an env object (the Python API), not
+    on one made from `cfg.env.id`, so the sizes are the policy's to check when it is built."""
     rows = check_divides("env.num_envs", cfg.env.num_envs, world_size)
     check_divides("ppo.batch_size", cfg.ppo.batch_size, world_size)
     group = cfg.advantage.group_size
@@ -39,7 +41,8 @@ def check_config(cfg: Config, world_size: int = 1) -> int:
             f"each process holds {rows} env rows (env.num_envs / number of processes), "
             f"not a multiple of advantage.group_size={group}: a group must sit on one process"
         )
-    check_sizes(cfg)
+    if not env_given:
+        check_sizes(cfg)
     return rows
 
 
@@ -51,12 +54,13 @@ def check_env(cfg: Config, env: gym.vector.VectorEnv) -> None:
 
 
 def check_sizes(cfg: Config) -> None:
-    """Let the policy type check the env sizes against its model before the envs exist (the
-    optional hook `check_env_kwargs` of the policy protocol)."""
-    check = getattr(policy_class(cfg.policy.type), "check_env_kwargs", None)
-    if check is not None:
-        check(cfg.policy, cfg.env.kwargs)
-        check(cfg.policy, {**cfg.env.kwargs, **cfg.eval.env_kwargs})
+    """Let the policy type check the env sizes against its model before the envs exist
+    (`Policy.check_env_kwargs`), with the env's own defaults for the kwargs a config leaves out."""
+    check = policy_class(cfg.policy.type).check_env_kwargs
+    check(cfg.policy, env_kwargs_with_defaults(cfg.env.id, cfg.env.kwargs))
+    check(
+        cfg.policy, env_kwargs_with_defaults(cfg.env.id, {**cfg.env.kwargs, **cfg.eval.env_kwargs})
+    )
 
 
 def check_group_rollouts(cfg: Config, env: gym.vector.VectorEnv) -> None:

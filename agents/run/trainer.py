@@ -86,7 +86,8 @@ class Trainer:
         # data-parallel (agents/core/distributed.py): env.num_envs and ppo.batch_size are GLOBAL;
         # this rank steps its share of the rows, every statistic is reduced over ranks
         self.dist = dist
-        num_envs = check_config(cfg, dist.world_size)  # before any env allocates its buffers
+        # before any env allocates its buffers
+        num_envs = check_config(cfg, dist.world_size, env_given=env is not None)
         torch.set_num_threads(cfg.run.torch_threads)
         seed_everything(cfg.seed)  # the same on every rank: identical initial weights
         self.device = resolve_device(cfg.run.device, dist)
@@ -107,14 +108,7 @@ class Trainer:
         self.policy = make_policy(cfg.policy, obs_space, act_space).to(self.device)
         # the model folders the checkpoints need but do not hold (a LoRA base), hashed once
         self.pinned = ckpt.pin_folders(pinned_folders(cfg))
-        set_dtype = getattr(self.policy, "set_compute_dtype", None)
-        if set_dtype is not None:
-            set_dtype(cfg.run.dtype)
-        elif cfg.run.dtype != "float32":
-            raise ValueError(
-                f"run.dtype={cfg.run.dtype!r} is for LM policies; policy.type "
-                f"{cfg.policy.type!r} runs in float32 (set run.dtype: float32)"
-            )
+        self.policy.set_compute_dtype(cfg.run.dtype)  # float32 only, unless an LM
         dist.broadcast_module(self.policy)  # rank 0's weights, whatever the init did
         # the reference policy for the KL penalty: the policy's frozen start (its business how)
         self.reference = make_reference(self.policy) if cfg.kl.enabled else None
