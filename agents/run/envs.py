@@ -24,6 +24,11 @@ def env_module(env_id: str) -> str:
     return env_id.rpartition(":")[0] if isinstance(env_id, str) else ""
 
 
+# envs of this project's own packages, found by their plain id too (configs and run folders that
+# say `TextRLHF-v0`); any other package's env is `module:EnvId`
+PACKAGE_ENVS = {"TextRLHF-v0": "textenv"}
+
+
 def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
     """The registered spec of `env_id` (`EnvId` or `module:EnvId`); ValueError naming close ids."""
     if not isinstance(env_id, str) or not env_id:
@@ -37,6 +42,8 @@ def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
                 f"env id {env_id!r}: cannot import module {module!r} ({err}); write "
                 "'module:EnvId' with a module that registers the env on import"
             ) from None
+    if not module and name not in gym.registry and name in PACKAGE_ENVS:
+        importlib.import_module(PACKAGE_ENVS[name])  # its import registers it
     try:
         return gym.spec(name)
     except gym.error.Error as err:
