@@ -508,7 +508,7 @@ class PPO:
 
     def _load_policy_only(self, folder: Path, checkpoint: Path) -> None:
         """The policy of a saved model, for `predict`/`generate`, without an env (spaces.json)."""
-        from agents.policies import make_policy
+        from agents.run.evaluation import load_run_policy
         from agents.run.jsonio import read_json
         from agents.run.trainer import resolve_device
 
@@ -524,12 +524,10 @@ class PPO:
             ) from None
         self.trainer = None
         self.device = resolve_device(self.cfg.run.device)
-        self.policy = make_policy(self.cfg.policy, obs_space, act_space).to(self.device)
-        self.policy.set_compute_dtype(self.cfg.run.dtype)
-        meta, tensors = ckpt.read_checkpoint(checkpoint)
-        ckpt.load_policy_weights(self.policy, tensors, checkpoint)
+        policy, _ = load_run_policy(self.cfg, folder, checkpoint, (obs_space, act_space))
+        self.policy = policy.to(self.device)
         self.observation_space, self.action_space = obs_space, act_space
-        self._loaded_step = int(meta.get("global_step", 0))
+        self._loaded_step = int(ckpt.read_checkpoint(checkpoint)[0].get("global_step", 0))
 
 
 def _no_reward(prompt: str, response: str) -> float:

@@ -193,20 +193,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
-    from agents.policies import make_policy
-    from agents.run import checkpoint as ckpt
-    from agents.run.config import MAX_EPISODES, check_code_references, load_config
+    from agents.run.config import MAX_EPISODES
     from agents.run.envs import make_eval_env
-    from agents.run.evaluation import check_checkpoint_config, run_evaluation
+    from agents.run.evaluation import load_run_policy, read_run_config, run_evaluation
     from agents.run.preflight import check_sizes
     from agents.run.trainer import resolve_device
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml in it")
-    cfg = load_config(run_dir / "config.yaml", args.set)
-    # a run folder is data that users share: it may not make us import and call code
-    check_code_references(cfg, run_dir / "config.yaml", args.trust_remote_code)
+    cfg = read_run_config(args.run_dir, args.set, args.trust_remote_code)
     torch.set_num_threads(cfg.run.torch_threads)
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise ValueError(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
@@ -223,18 +216,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise ValueError(
             f"evaluation takes at most {MAX_EPISODES} episodes, got {episodes} ({source})"
         )
-    path = (
-        Path(args.checkpoint)
-        if args.checkpoint
-        else ckpt.latest_checkpoint(run_dir / "checkpoints")
-    )
-    meta, tensors = ckpt.read_checkpoint(path)
-    check_checkpoint_config(cfg, meta, path)
     check_sizes(cfg)
     env = make_eval_env(cfg, episodes)
-    policy = make_policy(cfg.policy, env.single_observation_space, env.single_action_space)
-    ckpt.load_policy_weights(policy, tensors, path)
-    policy.set_compute_dtype(cfg.run.dtype)
+    spaces = (env.single_observation_space, env.single_action_space)
+    policy, path = load_run_policy(cfg, args.run_dir, args.checkpoint, spaces)
     device = resolve_device(cfg.run.device)
     policy.to(device)
     log = run_evaluation(policy, cfg, env, episodes, args.deterministic, args.seed, device=device)

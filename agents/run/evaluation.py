@@ -130,3 +130,48 @@ def run_evaluation(
     finally:
         if own_env:
             env.close()
+
+
+def read_run_config(
+    run_dir: str | Path, overrides: list[str] | None = None, trust_remote_code: bool = False
+) -> Any:
+    """The config of a run folder (or a saved model), with `--set`-style overrides. A run folder
+    is data that users share: a `module:function` it names is refused unless
+    `trust_remote_code` (check_code_references)."""
+    from agents.run.config import check_code_references, load_config
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml in it")
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    check_code_references(cfg, run_dir / "config.yaml", trust_remote_code)
+    return cfg
+
+
+def load_run_policy(
+    cfg: Any,
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    spaces: tuple[Any, Any] | None = None,
+) -> tuple[Any, Path]:
+    """The trained policy of a run folder: its checkpoint (default: the latest), checked against
+    `cfg` (`check_checkpoint_config`), built for `spaces` (observation, action; default: those
+    of the run's eval env), in `run.dtype`, on the CPU. Returns (policy, checkpoint path). One
+    loader for `textrlhf eval`, `textrlhf export` and `PPO.load`."""
+    from agents.policies import make_policy
+    from agents.run import checkpoint as ckpt
+
+    run_dir = Path(run_dir)
+    path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir / "checkpoints")
+    meta, tensors = ckpt.read_checkpoint(path)
+    check_checkpoint_config(cfg, meta, path)
+    if spaces is None:
+        env = make_eval_env(cfg, 1)  # for the spaces the policy is built for
+        try:
+            spaces = (env.single_observation_space, env.single_action_space)
+        finally:
+            env.close()
+    policy = make_policy(cfg.policy, *spaces)
+    ckpt.load_policy_weights(policy, tensors, path)
+    policy.set_compute_dtype(cfg.run.dtype)
+    return policy, path
