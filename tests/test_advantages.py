@@ -224,3 +224,42 @@ def test_sequence_aggregation_weighs_each_episode_equally(gpt2_ctx64_path, tmp_p
     lengths = buf.valid.sum(0)
     assert lengths.min() < lengths.max(), "the test needs episodes of different lengths"
     trainer.close()
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+def _ppo_inputs(cartpole_yaml, overrides: list[str], advantages, valid):
+    """`PPO.prepare`'s loss inputs for hand-made (B,) advantages (an MLP policy: flat batches)."""
+    from agents.core.ppo import PPO
+    from agents.policies.base import Minibatch
+
+    cfg = load_config(cartpole_yaml, overrides)
+    env = gym.make("CartPole-v1")
+    policy = make_policy(cfg.policy, env.observation_space, env.action_space)
+    ppo = PPO(policy, cfg.ppo, num_iterations=1)
+    zeros = torch.zeros(len(advantages))
+    mb = Minibatch(
+        None, None, zeros, zeros, torch.tensor(advantages), zeros, torch.tensor(valid),
+        zeros, torch.ones(len(advantages)),
+    )  # fmt: skip
+    return ppo.prepare(mb, 0.2)
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_pp"])
+def test_normalize_advantage_only_scales_critic_free_advantages(cartpole_yaml, estimator):
+    """ppo.normalize_advantage on a critic-free estimator divides by the std and subtracts
+    nothing: a zero-variance group keeps advantage exactly 0, and no baseline is added back."""
+    # two episodes of a tied group (0), then episodes with advantages +-1 and +-0.5 of different
+    # lengths; the invalid steps carry junk that must not count
+    adv = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, -1.0, 0.5, -0.5, -0.5, 7.0]
+    valid = [True] * 11 + [False]
+    overrides = ["policy.critic=none", f"advantage.estimator={estimator}", "advantage.group_size=2"]
+    inputs = _ppo_inputs(cartpole_yaml, [*overrides, "ppo.normalize_advantage=true"], adv, valid)
+    a = torch.tensor(adv[:11], dtype=torch.float64)
+    expected = a / (a.std() + 1e-8)
+    torch.testing.assert_close(inputs.advantages[:11].double(), expected, rtol=1e-6, atol=1e-7)
+    assert torch.all(inputs.advantages[:3] == 0) and inputs.advantages[11] == 0
+    # with a critic (GAE) it still whitens: mean 0, std 1 over the valid steps
+    gae = _ppo_inputs(cartpole_yaml, ["ppo.normalize_advantage=true"], adv, valid).advantages
+    assert abs(float(gae[:11].mean())) < 1e-6 and float(gae[:11].std()) == pytest.approx(1.0)

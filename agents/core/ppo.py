@@ -7,7 +7,9 @@ whole-episode columns (T, B) of sequence policies: over every valid step of the 
 The value loss is SB3's: mean squared error weighted by `vf_coef` (c_V = 0.5), optionally clipped
 around the old values; a critic-free policy (`has_critic` False) has none. With the KL to the
 reference in the loss (`kl_coef` > 0, the GRPO form), `kl_coef` times the k3 estimate of
-KL(pi || ref) on the sampled actions is added.
+KL(pi || ref) on the sampled actions is added. `normalize_advantage` whitens each minibatch's
+advantages; without a critic it divides them by their std and subtracts nothing (the critic-free
+estimators center them themselves).
 """
 
 from __future__ import annotations
@@ -138,6 +140,11 @@ class PPO:
         self._allreduce_seconds = 0.0  # blocking all-reduce time without a BucketedGradSum
         self.num_iterations = max(int(num_iterations), 1)
         self.has_critic = getattr(policy, "has_critic", True)
+        # `normalize_advantage` whitens GAE advantages; a critic-free estimator's advantages are
+        # already centered by their own baseline (a zero-variance group is exactly 0, RLOO's
+        # leave-one-out mean), which a minibatch mean over tokens would shift by a constant
+        # (long episodes most): without a critic it only divides by the std
+        self.center_advantages = self.has_critic
         self.kl_coef = 0.0  # beta of a KL term in the loss; set per iteration by the trainer
         params = [p for p in policy.parameters() if p.requires_grad]
         flat = flatten_parameters(params, spare=len(STATS) if dist.active else 0)
@@ -191,7 +198,8 @@ class PPO:
             mean = torch.dot(advantages, token_weights)
             var = torch.dot((advantages - mean).square(), token_weights)
             std = (var * count / (count - 1).clamp(min=1.0)).sqrt()  # unbiased, like torch.std
-            advantages = (advantages - mean) / (std + 1e-8) * valid
+            centered = advantages - mean if self.center_advantages else advantages
+            advantages = centered / (std + 1e-8) * valid
         return _loss_inputs(weights, advantages, clip)
 
     @torch.no_grad()
@@ -219,7 +227,8 @@ class PPO:
             mean = total / count
             var = max(squares / count - mean * mean, 0.0)  # float64: no cancellation here
             std = math.sqrt(var * count / max(count - 1.0, 1.0))  # unbiased, like torch.std
-            advantages = (advantages - mean) / (std + 1e-8) * valid
+            centered = advantages - mean if self.center_advantages else advantages
+            advantages = centered / (std + 1e-8) * valid
         return _loss_inputs(weights, advantages, clip)
 
     def loss(

@@ -93,6 +93,7 @@ class PPOConfig(Section):
     vf_coef: NonNegFloat = 0.5
     ent_coef: NonNegFloat = 0.0
     max_grad_norm: NonNegFloat = 0.5
+    # GAE: whiten each minibatch's advantages; critic-free estimators: divide by the std only
     normalize_advantage: StrictBool = True
     target_kl: PositiveFloat | None = None
     adam_eps: PositiveFloat = 1.0e-5
