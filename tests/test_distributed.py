@@ -86,6 +86,16 @@ def _grpo_case(root: str) -> dict:
     return cfg
 
 
+def _critic_free_reward_kl_case(root: str, estimator: str) -> dict:
+    """Critic-free with the KL in the reward: GRPO-style groups compared on the task scores,
+    `normalize_advantage` as a scale only, per-token REINFORCE++ whitened over all ranks."""
+    cfg = _grpo_case(root)
+    cfg["ppo"].update(normalize_advantage=True, loss_aggregation="token")
+    cfg["advantage"] = {"estimator": estimator, "group_size": 2}
+    cfg["kl"].update(placement="reward", estimator="k1")
+    return cfg
+
+
 def test_world_size_1_is_a_no_op():
     dist = init_distributed()
     assert dist is LOCAL and dist.world_size == 1 and dist.is_main and not dist.active
@@ -153,6 +163,8 @@ def test_two_ranks_equal_one_rank_after_one_iteration(gpt2_ctx64_path, tmp_path)
         "cartpole": _cartpole_case(),
         "text": _text_case(gpt2_ctx64_path, str(tmp_path)),
         "grpo": _grpo_case(str(tmp_path)),
+        "rloo": _critic_free_reward_kl_case(str(tmp_path), "rloo"),
+        "reinforce_pp": _critic_free_reward_kl_case(str(tmp_path), "reinforce_pp"),
         "text_buckets": text_buckets,
         "cartpole_one_bucket": cartpole_one_bucket,
     }

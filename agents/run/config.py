@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from agents.core.advantages import CRITIC_FREE, GROUP_ESTIMATORS
+from agents.core.advantages import CRITIC_FREE, GROUP_ESTIMATORS, REINFORCE_PP_FORMS
 from agents.core.advantages import ESTIMATORS as ADVANTAGE_ESTIMATORS
 from agents.core.kl import ESTIMATORS, KL_PLACEMENTS
 from agents.core.ppo import LOSS_AGGREGATIONS
@@ -108,7 +108,10 @@ class AdvantageConfig(Section):
 
     estimator: Literal[ADVANTAGE_ESTIMATORS] = "gae"  # type: ignore[valid-type]
     group_size: PositiveInt = 1  # K: rows per group; each start state is repeated K times
-    scale_std: StrictBool = True  # grpo: divide by the group's std (false: Dr. GRPO)
+    # grpo: divide by the std of the group's task scores (false: Dr. GRPO's unscaled form)
+    scale_std: StrictBool = True
+    # reinforce_pp: whiten each token's reward-to-go (the paper's form) or each episode's return
+    reinforce_pp_form: Literal[REINFORCE_PP_FORMS] = "token"  # type: ignore[valid-type]
 
 
 class KLConfig(Section):
@@ -246,6 +249,11 @@ class Config(Section):
             raise ValueError(
                 f"advantage.estimator={adv.estimator!r} compares the K episodes of a group: it "
                 f"needs advantage.group_size >= 2, got {adv.group_size}"
+            )
+        if adv.reinforce_pp_form != "token" and adv.estimator != "reinforce_pp":
+            raise ValueError(
+                f"advantage.reinforce_pp_form={adv.reinforce_pp_form!r} is a setting of "
+                f"advantage.estimator='reinforce_pp', not of {adv.estimator!r}; leave it out"
             )
         if self.env.num_envs % adv.group_size:
             raise ValueError(

@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.core.advantages import CRITIC_FREE, outcome_advantages
+from agents.core.advantages import CRITIC_FREE, episode_returns, outcome_advantages
 from agents.core.buffer import RolloutBuffer
 from agents.core.distributed import LOCAL, Distributed, RowShard, init_distributed
 from agents.core.kl import apply_kl_penalty, make_kl_controller
@@ -424,7 +424,10 @@ class Trainer:
         buf = self.buffer
         score_stats = self.score_normalizer(buf.rewards, buf.terminated | buf.truncated, buf.valid)
         metrics: dict[str, float] = {f"score/{k}": v for k, v in score_stats.items()}
+        scores = None  # (N,) the task's returns, for critic-free estimators with the KL in them
         if self.reference is not None:
+            if cfg.kl.placement == "reward" and cfg.advantage.estimator in CRITIC_FREE:
+                scores = episode_returns(buf.rewards, buf.valid)  # before the KL penalty
             beta = self.kl_controller.beta
             kl_stats = apply_kl_penalty(
                 self.buffer,
@@ -442,9 +445,10 @@ class Trainer:
         if cfg.advantage.estimator == "gae":
             self.buffer.compute_gae(cfg.ppo.gamma, cfg.ppo.gae_lambda)
         else:
+            adv = cfg.advantage
             adv_stats = outcome_advantages(
-                self.buffer, cfg.advantage.estimator, cfg.advantage.group_size,
-                cfg.advantage.scale_std, self.dist,
+                self.buffer, adv.estimator, adv.group_size, adv.scale_std, self.dist,
+                adv.reinforce_pp_form, scores,
             )  # fmt: skip
             metrics.update({f"advantage/{k}": v for k, v in adv_stats.items()})
         if cfg.ppo.loss_aggregation == "sequence":
