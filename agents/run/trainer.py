@@ -267,13 +267,20 @@ class Trainer:
         env = self.eval_env if episodes in (None, self.cfg.eval.episodes) else None
         return run_evaluation(self.policy, self.cfg, env, episodes, device=self.device)
 
-    def _eval_return(self) -> float:
-        """Mean held-out return; the means of the episodes' numeric infos (e.g. a tool-use
-        fraction, per-turn scores) are kept in `eval_metrics` as `eval/<key>`."""
-        log = self.evaluate()
-        value = float(np.mean(log.returns))
-        self.eval_metrics = {f"eval/{k}": float(np.mean(v)) for k, v in log.metrics.items()}
-        self._best(value)
+    def _eval_return(self) -> float | None:
+        """Mean held-out return (None on ranks > 0); the means of the episodes' numeric infos
+        (e.g. a tool-use fraction, per-turn scores) are kept in `eval_metrics` as `eval/<key>`.
+
+        Every rank calls it at the same point. Rank 0 evaluates alone (it holds the eval env);
+        the other ranks wait for it in `wait_for_main`, whose timeout covers an evaluation, not
+        in their next training collective, whose timeout is meant for a hung peer."""
+        value = None
+        if self.dist.is_main:
+            log = self.evaluate()
+            value = float(np.mean(log.returns))
+            self.eval_metrics = {f"eval/{k}": float(np.mean(v)) for k, v in log.metrics.items()}
+            self._best(value)
+        self.dist.wait_for_main()
         return value
 
     def learn(
@@ -322,27 +329,32 @@ class Trainer:
             # from here on, the first Ctrl-C/SIGTERM ends the run at an iteration boundary with
             # a checkpoint (also during the initial evaluation: then at step 0)
             with stop_on_first_interrupt(graceful, announce=self.dist.is_main) as stop:
-                periodic_eval = cfg.eval.every > 0 and cfg.eval.episodes > 0
-                if logger is not None and self.global_step == 0 and periodic_eval:
+                # evaluations: rank 0 evaluates, every rank that saves (logs) takes part
+                periodic_eval = save and cfg.eval.every > 0 and cfg.eval.episodes > 0
+                if self.global_step == 0 and periodic_eval:
                     initial_eval = last_eval = self._eval_return()  # the start, e.g. the SFT level
                     last_eval_step = 0
-                    initial_eval_metrics = dict(self.eval_metrics)
-                    logger.log(
-                        0,
-                        {"eval/return": initial_eval, **initial_eval_metrics,
-                         "time/elapsed": self._elapsed()},
-                    )  # fmt: skip
+                    if logger is not None:
+                        initial_eval_metrics = dict(self.eval_metrics)
+                        logger.log(
+                            0,
+                            {"eval/return": initial_eval, **initial_eval_metrics,
+                             "time/elapsed": self._elapsed()},
+                        )  # fmt: skip
                 while self.iteration < self.num_iterations:
                     stopping = self.dist.any(bool(stop)) if graceful else False  # all ranks stop
                     if stopping or (stop_at is not None and self.global_step >= stop_at):
                         break
                     metrics = self.iterate()
+                    evaluating = save and self.global_step >= next_eval and cfg.eval.episodes > 0
+                    if evaluating:
+                        last_eval = self._eval_return()
+                        last_eval_step = self.global_step
+                        next_eval = _next_multiple(self.global_step, cfg.eval.every)
                     if logger is not None:
-                        if self.global_step >= next_eval and cfg.eval.episodes > 0:
-                            last_eval = metrics["eval/return"] = self._eval_return()
+                        if evaluating:
+                            metrics["eval/return"] = last_eval
                             metrics.update(self.eval_metrics)
-                            last_eval_step = self.global_step
-                            next_eval = _next_multiple(self.global_step, cfg.eval.every)
                         metrics["time/elapsed"] = self._elapsed()  # training + evaluation seconds
                         logger.log(self.global_step, metrics)
                         logger.samples(self.global_step, self.last_episodes.samples)
@@ -372,10 +384,13 @@ class Trainer:
                 summary["stop_signal"] = signal_label(stop.signum) if stop else "a stop signal"
             if save and self.saved_step != self.global_step:  # never rewrite one in place
                 self.save()
+            done = self.iteration >= self.num_iterations
+            final_eval = save and done and cfg.eval.episodes > 0
+            final_eval = final_eval and last_eval_step != self.global_step  # not twice
+            if final_eval:
+                last_eval = self._eval_return()
             if logger is not None:
-                done = self.iteration >= self.num_iterations
-                if done and cfg.eval.episodes > 0 and last_eval_step != self.global_step:
-                    last_eval = self._eval_return()
+                if final_eval:
                     logger.log(
                         self.global_step,
                         {"eval/return": last_eval, **self.eval_metrics,
