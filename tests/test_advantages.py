@@ -353,3 +353,37 @@ def test_reinforce_pp_episode_form_whitens_one_number_per_episode():
     for i in range(4):
         col = buf.advantages[:, i][buf.valid[:, i]]
         torch.testing.assert_close(col, torch.full_like(col, expected[i]), atol=1e-5, rtol=0)
+
+
+def test_token_sum_aggregation_divides_by_a_constant(cartpole_yaml):
+    """Dr. GRPO's loss normalization: every valid step weighs 1 / (steps in the minibatch, valid
+    or not), a constant, not 1 / (valid steps)."""
+    adv = [1.0, -1.0, 0.5, 0.0, 2.0, 0.0]
+    valid = [True, True, True, False, True, False]
+    overrides = ["policy.critic=none", "advantage.estimator=reinforce_pp"]
+    inputs = _ppo_inputs(cartpole_yaml, [*overrides, "ppo.loss_aggregation=token_sum"], adv, valid)
+    expected = torch.tensor([1, 1, 1, 0, 1, 0]) / 6.0
+    torch.testing.assert_close(inputs.weights, expected.float())
+    token = _ppo_inputs(cartpole_yaml, overrides, adv, valid).weights
+    torch.testing.assert_close(token, torch.tensor([1, 1, 1, 0, 1, 0]) / 4.0)
+
+
+@pytest.mark.parametrize(
+    "policy, adaptive, warns",
+    [({"top_p": 0.9}, True, True), ({"top_k": 20}, True, True), ({}, True, False),
+     ({"top_p": 0.9}, False, False)],
+)  # fmt: skip
+def test_adaptive_kl_with_truncated_sampling_warns_once(
+    gpt2_ctx64_path, tmp_path, capsys, policy, adaptive, warns
+):
+    """Top-k / top-p sampling puts a floor under the measured KL (the reference scores the
+    full distribution): an adaptive target below it keeps raising beta, so the run says so."""
+    data = text_config(gpt2_ctx64_path, str(tmp_path))
+    data["policy"].update(policy)
+    data["kl"].update(adaptive=adaptive, target=0.5)
+    Trainer(load_config(data)).close()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "kl.adaptive" in line]
+    assert len(lines) == (1 if warns else 0), err
+    if warns:
+        assert "warning:" in lines[0] and ("top_p" in lines[0] or "top_k" in lines[0])

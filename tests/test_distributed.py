@@ -88,10 +88,12 @@ def _grpo_case(root: str) -> dict:
 
 
 def _critic_free_reward_kl_case(root: str, estimator: str) -> dict:
-    """Critic-free with the KL in the reward: GRPO-style groups compared on the task scores,
-    `normalize_advantage` as a scale only, per-token REINFORCE++ whitened over all ranks."""
+    """Critic-free with the KL in the reward: groups compared on the task scores (gathered),
+    `normalize_advantage` as a scale only, per-token REINFORCE++ whitened over all ranks; RLOO
+    with the constant `token_sum` normalizer (the global minibatch size)."""
     cfg = _grpo_case(root)
-    cfg["ppo"].update(normalize_advantage=True, loss_aggregation="token")
+    aggregation = "token_sum" if estimator == "rloo" else "token"
+    cfg["ppo"].update(normalize_advantage=True, loss_aggregation=aggregation)
     cfg["advantage"] = {"estimator": estimator, "group_size": 2}
     cfg["kl"].update(placement="reward", estimator="k1")
     return cfg

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import re
 import typing
 from collections.abc import Callable
@@ -98,7 +99,8 @@ class PPOConfig(Section):
     target_kl: PositiveFloat | None = None
     adam_eps: PositiveFloat = 1.0e-5
     # "token": mean over every valid step of a minibatch; "sequence": mean over each episode's
-    # steps, then over episodes (long responses weigh no more than short ones)
+    # steps, then over episodes (long responses weigh no more than short ones); "token_sum": sum
+    # over valid steps / the minibatch's size in steps, a constant (Dr. GRPO)
     loss_aggregation: Literal[LOSS_AGGREGATIONS] = "token"  # type: ignore[valid-type]
 
 
@@ -388,6 +390,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
     return data
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """One line per setting that is valid but probably not what the user wants (the trainer
+    prints them once at start-up)."""
+    kl = cfg.kl
+    top_k, top_p = getattr(cfg.policy, "top_k", 0), getattr(cfg.policy, "top_p", 1.0)
+    cuts = [f"policy.top_k={top_k}"] * bool(top_k) + [f"policy.top_p={top_p}"] * (top_p < 1)
+    if not (kl.enabled and kl.adaptive and cuts):
+        return []
+    floor = f" (up to -log(top_p) = {-math.log(top_p):.3f} nats per token)" if top_p < 1 else ""
+    return [
+        f"kl.adaptive with {' and '.join(cuts)}: the rollout samples a truncated distribution "
+        f"that the reference scores in full, so the measured KL is above 0 before any "
+        f"update{floor}; a kl.target={kl.target} near or below that floor keeps raising beta "
+        "(docs/algorithms.md, 'Where the KL goes')"
+    ]
 
 
 def load_config(

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,14 @@ from agents.core.rollout import LOCKSTEP, EpisodeLog, RolloutCollector, autorese
 from agents.core.scores import ScoreNormalizer
 from agents.policies import make_policy, make_reference, policy_class
 from agents.run import checkpoint as ckpt
-from agents.run.config import Config, config_changes, save_config, step_budget, to_dict
+from agents.run.config import (
+    Config,
+    config_changes,
+    config_warnings,
+    save_config,
+    step_budget,
+    to_dict,
+)
 from agents.run.envs import make_eval_env, make_train_env
 from agents.run.evaluation import check_pinned, pinned_folders, run_evaluation
 from agents.run.interrupt import signal_label, stop_on_first_interrupt
@@ -76,6 +84,9 @@ class Trainer:
         # data-parallel (agents/core/distributed.py): env.num_envs and ppo.batch_size are GLOBAL;
         # this rank steps its share of the rows, every statistic is reduced over ranks
         self.dist = dist
+        if dist.is_main:
+            for line in config_warnings(cfg):
+                print(f"warning: {line}", file=sys.stderr)
         num_envs = dist.check_divides("env.num_envs", cfg.env.num_envs)
         dist.check_divides("ppo.batch_size", cfg.ppo.batch_size)
         torch.set_num_threads(cfg.run.torch_threads)
