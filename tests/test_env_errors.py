@@ -111,7 +111,8 @@ def test_bad_arguments():
 
 def test_reward_needing_references_is_rejected_early_on_open_ended_prompts():
     with pytest.raises(ValueError, match=r"'edit_distance' needs references.*continuation\[0\]"):
-        TextRLHFEnv(prompts="continuation")
+        TextRLHFEnv(prompts="continuation", reward_fn="edit_distance")
+    TextRLHFEnv(prompts="continuation")  # its natural reward, repetition, needs none
     spec = {
         "weighted_sum": [
             {"name": "repetition", "weight": 1},
