@@ -165,10 +165,10 @@ def outcome_advantages(
 
     `scores`: this rank's (N,) task scores, the episode returns measured before a KL penalty was
     added to the rewards (`episode_returns` of the rewards then); None when the rewards hold no
-    KL penalty. `buffer` holds one whole episode per env row (a lockstep rollout). In a data-parallel run the
-    per-episode estimators gather the returns of every rank (rank order = global row order),
-    compute the advantages over all of them as one process would, and this rank keeps its own
-    rows; per-token REINFORCE++ sums its whitening moments over ranks."""
+    KL penalty. `buffer` holds one whole episode per env row (a lockstep rollout). In a
+    data-parallel run the per-episode estimators gather the returns of every rank (rank order =
+    global row order), compute the advantages over all of them as one process would, and this
+    rank keeps its own rows; per-token REINFORCE++ sums its whitening moments over ranks."""
     if reinforce_pp_form not in REINFORCE_PP_FORMS:
         raise ValueError(
             f"advantage.reinforce_pp_form must be one of {list(REINFORCE_PP_FORMS)}, got "
