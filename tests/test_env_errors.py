@@ -122,7 +122,8 @@ def test_sizes_have_an_upper_bound_named_in_the_error(name):
 
 def test_reward_needing_references_is_rejected_early_on_open_ended_prompts():
     with pytest.raises(ValueError, match=r"'edit_distance' needs references.*continuation\[0\]"):
-        TextRLHFEnv(prompts="continuation")
+        TextRLHFEnv(prompts="continuation", reward_fn="edit_distance")
+    TextRLHFEnv(prompts="continuation")  # its natural reward, repetition, needs none
     spec = {
         "weighted_sum": [
             {"name": "repetition", "weight": 1},

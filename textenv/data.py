@@ -197,7 +197,8 @@ class PromptDataset:
 
     Attributes: ``prompts`` (list[str]), ``references`` (list[str | None]), ``input_ids``
     (int64, prompt left-padded with the pad id), ``attention_mask`` (int8), ``prompt_lengths``
-    (int64 token counts), ``tokenizer``, ``max_prompt_tokens``.
+    (int64 token counts), ``tokenizer``, ``max_prompt_tokens``, ``task`` (the built-in task's
+    name for ``from_task``, whose natural reward the env uses when none is given; else None).
     """
 
     def __init__(
@@ -229,6 +230,7 @@ class PromptDataset:
             )
         self.max_prompt_tokens = max_prompt_tokens
         self.locations = locations
+        self.task: str | None = None  # set by from_task
         self.prompt_format = prompt_format
         self._records = records
         pairs = [record_to_pair(r, w) for r, w in zip(records, locations)]
@@ -306,13 +308,15 @@ class PromptDataset:
         from textenv.tasks import make_task
 
         records = make_task(name, split, n, seed)
-        return cls(
+        dataset = cls(
             records,
             tokenizer,
             max_prompt_tokens,
             locations=[f"{name}[{i}]" for i in range(len(records))],
             prompt_format=prompt_format,
         )
+        dataset.task = name
+        return dataset
 
     def with_tokenizer(
         self, tokenizer: Any, max_prompt_tokens: int, prompt_format: str | None = None
@@ -323,9 +327,11 @@ class PromptDataset:
         same = tokenizer is self.tokenizer and max_prompt_tokens == self.max_prompt_tokens
         if same and prompt_format == self.prompt_format:
             return self
-        return PromptDataset(
+        dataset = PromptDataset(
             self._records, tokenizer, max_prompt_tokens, self.locations, prompt_format
         )
+        dataset.task = self.task
+        return dataset
 
     def index_of(self, prompt: str) -> int | None:
         """Index of the first record whose prompt is ``prompt``, or None."""

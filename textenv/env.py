@@ -14,7 +14,7 @@ from gymnasium import spaces
 
 from textenv.data import PromptDataset, make_dataset
 from textenv.rewards import Reward, make_reward_fn, rewards_without_reference
-from textenv.tasks import reference_for
+from textenv.tasks import natural_reward, reference_for
 from textenv.tokenizer import (
     PROMPT_FORMATS,
     check_text,
@@ -94,7 +94,7 @@ class TextEnvArgs:
     tokenizer: Any = None
     prompts: Any = "reverse"
     split: str = "train"
-    reward_fn: Any = "edit_distance"
+    reward_fn: Any = None  # None: the task's natural reward (textenv.tasks.TASK_REWARDS)
     max_new_tokens: int = 32
     max_prompt_tokens: int = 32
     render_mode: str | None = None
@@ -140,7 +140,9 @@ class TextEnvArgs:
         dataset = make_dataset(
             prompts, tokenizer, self.max_prompt_tokens, self.split, self.prompt_format
         )
-        reward = make_reward_fn(self.reward_fn)
+        # a built-in task carries its own rule (calc: the exact answer); other prompts: the default
+        spec = self.reward_fn if self.reward_fn is not None else natural_reward(dataset.task)
+        reward = make_reward_fn(spec)
         if reward.needs_reference and None in dataset.references:
             i = dataset.references.index(None)
             raise ValueError(
@@ -311,7 +313,7 @@ class TextRLHFEnv(gym.Env):
     ## Arguments
     ```python
     gym.make("TextRLHF-v0", tokenizer=None, prompts="reverse", split="train",
-             reward_fn="edit_distance", max_new_tokens=32, max_prompt_tokens=32, render_mode=None,
+             reward_fn=None, max_new_tokens=32, max_prompt_tokens=32, render_mode=None,
              missing_eos_penalty=None, prompt_format="auto", tools=(), max_tool_calls=4,
              max_turns=1, feedback="score")
     ```
@@ -324,7 +326,10 @@ class TextRLHFEnv(gym.Env):
     - ``split``: ``"train"``, ``"validation"`` or ``"test"`` for built-in tasks (``textenv.tasks``:
       disjoint; tune on validation, report test).
     - ``reward_fn``: a registry name, ``{"name": ..., **kwargs}``, ``{"weighted_sum": [...]}``,
-      ``"module:function"``, a ``Reward`` or a callable (see ``textenv.rewards``).
+      ``"module:function"``, a ``Reward`` or a callable (see ``textenv.rewards``). None (the
+      default): a built-in task's natural reward (``textenv.tasks.TASK_REWARDS``: ``exact_answer``
+      for ``calc``, ``repetition`` for ``continuation``, ``edit_distance`` for the string tasks),
+      ``edit_distance`` for other prompts.
     - ``max_new_tokens``: the response length limit N (EOS included), an int >= 1.
     - ``max_prompt_tokens``: the prompt width P, an int >= 1; a longer prompt is a ``ValueError``,
       never truncated.
@@ -335,7 +340,7 @@ class TextRLHFEnv(gym.Env):
       tokenizer's chat template when it has one, everything else is raw text), ``"chat"`` (every
       prompt through the chat template; a plain prompt becomes one user message) or ``"raw"``
       (the text, no template). ``info["response"]`` never holds template tokens.
-    - ``tools``: tool names (``["calc"]``, with ``prompts="calc"`` and ``reward_fn="exact_answer"``):
+    - ``tools``: tool names (``["calc"]``, with ``prompts="calc"``, scored by ``exact_answer``):
       when the agent's text since the env's last token ends with ``</calc>``, the env appends
       ``=RESULT`` (``textenv.tools``). ``max_tool_calls`` (an int >= 1) bounds the calls.
     - ``max_turns``: an int >= 1; an EOS ending turn t < max_turns makes the env append

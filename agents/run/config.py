@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import math
 import os
 import re
 import typing
@@ -34,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from agents.core.advantages import CRITIC_FREE, GROUP_ESTIMATORS
+from agents.core.advantages import CRITIC_FREE, GROUP_ESTIMATORS, REINFORCE_PP_FORMS
 from agents.core.advantages import ESTIMATORS as ADVANTAGE_ESTIMATORS
 from agents.core.kl import ESTIMATORS, KL_PLACEMENTS
 from agents.core.ppo import LOSS_AGGREGATIONS
@@ -135,11 +136,13 @@ class PPOConfig(Section):
     vf_coef: NonNegFloat = 0.5
     ent_coef: NonNegFloat = 0.0
     max_grad_norm: NonNegFloat = 0.5
+    # GAE: whiten each minibatch's advantages; critic-free estimators: divide by the std only
     normalize_advantage: StrictBool = True
     target_kl: PositiveFloat | None = None
     adam_eps: PositiveFloat = 1.0e-5
     # "token": mean over every valid step of a minibatch; "sequence": mean over each episode's
-    # steps, then over episodes (long responses weigh no more than short ones)
+    # steps, then over episodes (long responses weigh no more than short ones); "token_sum": sum
+    # over valid steps / the minibatch's size in steps, a constant (Dr. GRPO)
     loss_aggregation: Literal[LOSS_AGGREGATIONS] = "token"  # type: ignore[valid-type]
 
 
@@ -148,9 +151,11 @@ class AdvantageConfig(Section):
     critic-free outcome estimator over groups of K episodes that start from the same state."""
 
     estimator: Literal[ADVANTAGE_ESTIMATORS] = "gae"  # type: ignore[valid-type]
-    # K: rows per group, each start state repeated K times; divides env.num_envs (checked below)
-    group_size: PositiveInt = 1
-    scale_std: StrictBool = True  # grpo: divide by the group's std (false: Dr. GRPO)
+    group_size: PositiveInt = 1  # K: rows per group; each start state is repeated K times
+    # grpo: divide by the std of the group's task scores (false: Dr. GRPO's unscaled form)
+    scale_std: StrictBool = True
+    # reinforce_pp: whiten each token's reward-to-go (the paper's form) or each episode's return
+    reinforce_pp_form: Literal[REINFORCE_PP_FORMS] = "token"  # type: ignore[valid-type]
 
 
 class KLConfig(Section):
@@ -301,6 +306,11 @@ class Config(Section):
             raise ValueError(
                 f"advantage.estimator={adv.estimator!r} compares the K episodes of a group: it "
                 f"needs advantage.group_size >= 2, got {adv.group_size}"
+            )
+        if adv.reinforce_pp_form != "token" and adv.estimator != "reinforce_pp":
+            raise ValueError(
+                f"advantage.reinforce_pp_form={adv.reinforce_pp_form!r} is a setting of "
+                f"advantage.estimator='reinforce_pp', not of {adv.estimator!r}; leave it out"
             )
         if self.env.num_envs % adv.group_size:
             raise ValueError(
@@ -623,6 +633,24 @@ def resolve_input_paths(
         elif isinstance(value, dict) and (section := _section_model(field.annotation, value)):
             resolve_input_paths(value, section, folder)
     return data
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """One line per setting that is valid but probably not what the user wants (the trainer
+    prints them once at start-up)."""
+    kl = cfg.kl
+    sampling = cfg.policy.model_dump()  # the LM's sampling settings; other types have none
+    top_k, top_p = sampling.get("top_k", 0), sampling.get("top_p", 1.0)
+    cuts = [f"policy.top_k={top_k}"] * bool(top_k) + [f"policy.top_p={top_p}"] * (top_p < 1)
+    if not (kl.enabled and kl.adaptive and cuts):
+        return []
+    floor = f" (up to -log(top_p) = {-math.log(top_p):.3f} nats per token)" if top_p < 1 else ""
+    return [
+        f"kl.adaptive with {' and '.join(cuts)}: the rollout samples a truncated distribution "
+        f"that the reference scores in full, so the measured KL is above 0 before any "
+        f"update{floor}; a kl.target={kl.target} near or below that floor keeps raising beta "
+        "(docs/algorithms.md, 'Where the KL goes')"
+    ]
 
 
 def load_config(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.core.advantages import outcome_advantages
+from agents.core.advantages import CRITIC_FREE, episode_returns, outcome_advantages
 from agents.core.buffer import RolloutBuffer
 from agents.core.distributed import LOCAL, Distributed, RowShard, init_distributed
 from agents.core.kl import apply_kl_penalty, make_kl_controller
@@ -26,7 +27,14 @@ from agents.core.rollout import EpisodeLog, RolloutCollector
 from agents.core.scores import ScoreNormalizer
 from agents.policies import make_policy, make_reference
 from agents.run import checkpoint as ckpt
-from agents.run.config import Config, config_changes, config_text, step_budget, to_dict
+from agents.run.config import (
+    Config,
+    config_changes,
+    config_text,
+    config_warnings,
+    step_budget,
+    to_dict,
+)
 from agents.run.envs import make_eval_env, make_train_env
 from agents.run.evaluation import check_pinned, pinned_folders, run_evaluation
 from agents.run.files import atomic_write_bytes, atomic_write_text
@@ -86,6 +94,9 @@ class Trainer:
         # data-parallel (agents/core/distributed.py): env.num_envs and ppo.batch_size are GLOBAL;
         # this rank steps its share of the rows, every statistic is reduced over ranks
         self.dist = dist
+        if dist.is_main:
+            for line in config_warnings(cfg):
+                print(f"warning: {line}", file=sys.stderr)
         # before any env allocates its buffers
         num_envs = check_config(cfg, dist.world_size, env_given=env is not None)
         torch.set_num_threads(cfg.run.torch_threads)
@@ -295,13 +306,20 @@ class Trainer:
         env = self.eval_env if episodes in (None, self.cfg.eval.episodes) else None
         return run_evaluation(self.policy, self.cfg, env, episodes, device=self.device)
 
-    def _eval_return(self) -> float:
-        """Mean held-out return; the means of the episodes' numeric infos (e.g. a tool-use
-        fraction, per-turn scores) are kept in `eval_metrics` as `eval/<key>`."""
-        log = self.evaluate()
-        value = float(np.mean(log.returns))
-        self.eval_metrics = {f"eval/{k}": float(np.mean(v)) for k, v in log.metrics.items()}
-        self._best(value)
+    def _eval_return(self) -> float | None:
+        """Mean held-out return (None on ranks > 0); the means of the episodes' numeric infos
+        (e.g. a tool-use fraction, per-turn scores) are kept in `eval_metrics` as `eval/<key>`.
+
+        Every rank calls it at the same point. Rank 0 evaluates alone (it holds the eval env);
+        the other ranks wait for it in `wait_for_main`, whose timeout covers an evaluation, not
+        in their next training collective, whose timeout is meant for a hung peer."""
+        value = None
+        if self.dist.is_main:
+            log = self.evaluate()
+            value = float(np.mean(log.returns))
+            self.eval_metrics = {f"eval/{k}": float(np.mean(v)) for k, v in log.metrics.items()}
+            self._best(value)
+        self.dist.wait_for_main()
         return value
 
     def learn(
@@ -362,27 +380,32 @@ class Trainer:
             # from here on, the first Ctrl-C/SIGTERM ends the run at an iteration boundary with
             # a checkpoint (also during the initial evaluation: then at step 0)
             with stop_on_first_interrupt(graceful, announce=self.dist.is_main) as stop:
-                periodic_eval = cfg.eval.every > 0 and cfg.eval.episodes > 0
-                if logger is not None and self.global_step == 0 and periodic_eval:
+                # evaluations: rank 0 evaluates, every rank that saves (logs) takes part
+                periodic_eval = save and cfg.eval.every > 0 and cfg.eval.episodes > 0
+                if self.global_step == 0 and periodic_eval:
                     initial_eval = last_eval = self._eval_return()  # the start, e.g. the SFT level
                     last_eval_step = 0
-                    initial_eval_metrics = dict(self.eval_metrics)
-                    logger.log(
-                        0,
-                        {"eval/return": initial_eval, **initial_eval_metrics,
-                         "time/elapsed": self._elapsed()},
-                    )  # fmt: skip
+                    if logger is not None:
+                        initial_eval_metrics = dict(self.eval_metrics)
+                        logger.log(
+                            0,
+                            {"eval/return": initial_eval, **initial_eval_metrics,
+                             "time/elapsed": self._elapsed()},
+                        )  # fmt: skip
                 while self.iteration < self.num_iterations:
                     stopping = self.dist.any(bool(stop)) if graceful else False  # all ranks stop
                     if stopping or halted or (stop_at is not None and self.global_step >= stop_at):
                         break
                     metrics = self.iterate()
+                    evaluating = save and self.global_step >= next_eval and cfg.eval.episodes > 0
+                    if evaluating:
+                        last_eval = self._eval_return()
+                        last_eval_step = self.global_step
+                        next_eval = _next_multiple(self.global_step, cfg.eval.every)
                     if logger is not None:
-                        if self.global_step >= next_eval and cfg.eval.episodes > 0:
-                            last_eval = metrics["eval/return"] = self._eval_return()
+                        if evaluating:
+                            metrics["eval/return"] = last_eval
                             metrics.update(self.eval_metrics)
-                            last_eval_step = self.global_step
-                            next_eval = _next_multiple(self.global_step, cfg.eval.every)
                         metrics["time/elapsed"] = self._elapsed()  # training + evaluation seconds
                         logger.log(self.global_step, metrics)
                         logger.samples(self.global_step, self.last_episodes.samples)
@@ -416,10 +439,13 @@ class Trainer:
                 summary["stop_signal"] = signal_label(stop.signum) if stop else "a stop signal"
             if save and self.saved_step != self.global_step:  # never rewrite one in place
                 self.save()
+            done = self.iteration >= self.num_iterations
+            final_eval = save and done and cfg.eval.episodes > 0
+            final_eval = final_eval and last_eval_step != self.global_step  # not twice
+            if final_eval:
+                last_eval, last_eval_step = self._eval_return(), self.global_step
             if logger is not None:
-                done = self.iteration >= self.num_iterations
-                if done and cfg.eval.episodes > 0 and last_eval_step != self.global_step:
-                    last_eval, last_eval_step = self._eval_return(), self.global_step
+                if final_eval:
                     logger.log(
                         self.global_step,
                         {"eval/return": last_eval, **self.eval_metrics,
@@ -476,7 +502,10 @@ class Trainer:
         score_stats = self.score_normalizer(buf.rewards, buf.terminated | buf.truncated, buf.valid)
         metrics: dict[str, float] = {f"score/{k}": v for k, v in score_stats.items()}
         kl_coef = 0.0  # beta of a KL term in the loss (kl.placement: loss)
+        scores = None  # (N,) the task's returns, for critic-free estimators with the KL in them
         if self.reference is not None:
+            if cfg.kl.placement == "reward" and cfg.advantage.estimator in CRITIC_FREE:
+                scores = episode_returns(buf.rewards, buf.valid)  # before the KL penalty
             beta = self.kl_controller.beta
             kl_stats = apply_kl_penalty(
                 self.buffer,
@@ -494,9 +523,10 @@ class Trainer:
         if cfg.advantage.estimator == "gae":
             self.buffer.compute_gae(cfg.ppo.gamma, cfg.ppo.gae_lambda)
         else:
+            adv = cfg.advantage
             adv_stats = outcome_advantages(
-                self.buffer, cfg.advantage.estimator, cfg.advantage.group_size,
-                cfg.advantage.scale_std, self.dist,
+                self.buffer, adv.estimator, adv.group_size, adv.scale_std, self.dist,
+                adv.reinforce_pp_form, scores,
             )  # fmt: skip
             metrics.update({f"advantage/{k}": v for k, v in adv_stats.items()})
         if cfg.ppo.loss_aggregation == "sequence":
