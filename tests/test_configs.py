@@ -1,5 +1,7 @@
-"""Every shipped YAML config validates against today's schema (a typo or a renamed field in
-configs/ would otherwise surface only when a user runs it)."""
+"""Configs: every shipped YAML config validates against today's schema (a typo or a renamed field
+in configs/ would otherwise surface only when a user runs it); config files are read strictly
+(not YAML, duplicate keys, alias bombs, nesting, size); relative paths; the bounds on sizes,
+devices and seeds."""
 
 from __future__ import annotations
 
@@ -9,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import CONFIGS
+import torch
+from helpers import CONFIGS, copy_run, train_args
 
+from agents.cli import main
 from agents.rlhf.reward_model import load_config as load_rm_config
 from agents.rlhf.sft import load_config as load_sft_config
 from agents.run.config import MAX_NESTING, MAX_YAML_BYTES, _parse_yaml, load_config, save_config
@@ -130,6 +134,20 @@ def test_an_empty_config_file_is_refused(tmp_path, text):
     assert load_config(write(tmp_path, "{}\n")).env.id == "CartPole-v1"  # explicit defaults
 
 
+def test_a_config_that_is_not_yaml_names_the_file_or_the_override(cartpole_yaml, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ppo: {n_steps: [32\n")
+    assert main(["train", str(bad)]) == 1  # was a yaml.ParserError traceback
+    err = capsys.readouterr().err
+    assert f"config file '{bad}' is not valid YAML (line 2" in err
+    assert main(["train", str(cartpole_yaml), "--set", "ppo.n_steps=[1"]) == 1
+    assert "override 'ppo.n_steps=[1' is not valid YAML" in capsys.readouterr().err
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"name: caf\xe9\n")
+    assert main(["train", str(latin1)]) == 1  # the decode error did not name the file
+    assert f"config file '{latin1}' is not UTF-8 text" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- paths
 
 
@@ -233,3 +251,32 @@ def test_torch_threads_is_bounded_by_the_machine(cartpole_yaml):
     with pytest.raises(ValueError, match=rf"run.torch_threads' = 1000000: .*\[1, {most}\]"):
         load_config(cartpole_yaml, ["run.torch_threads=1000000"])
     assert load_config(cartpole_yaml, [f"run.torch_threads={most}"]).run.torch_threads == most
+
+
+# ----------------------------------------------------------------------------- devices, seeds
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_a_config_error(cartpole_yaml):
+    with pytest.raises(ValueError, match="'cuda' needs CUDA"):
+        load_config(cartpole_yaml, ["run.device=cuda"])
+    with pytest.raises(ValueError, match="'gpu0' is not a torch device"):
+        load_config(cartpole_yaml, ["run.device=gpu0"])
+
+
+@pytest.mark.parametrize("device", ["mps", "meta", "xla", "cpu:0", "cuda:x", "cuda:-1", "CPU"])
+def test_a_device_kind_the_project_does_not_run_on_is_a_config_error(cartpole_yaml, device):
+    with pytest.raises(
+        ValueError, match=rf"run.device' = '{re.escape(device)}'.*allowed: 'auto', 'cpu', 'cuda'"
+    ):
+        load_config(cartpole_yaml, [f"run.device={device}"])
+    assert load_config(cartpole_yaml, ["run.device=cpu"]).run.device == "cpu"
+
+
+def test_a_seed_numpy_cannot_take_names_the_setting(finished, cartpole_yaml, tmp_path, capsys):
+    for seed in ("-1", str(2**32)):  # was "Seed must be between 0 and 2**32 - 1", no key
+        assert main(train_args(cartpole_yaml, tmp_path, f"seed={seed}")) == 1
+        assert f"config key 'seed' = {seed}: Input should be" in capsys.readouterr().err
+    run = copy_run(finished, tmp_path)
+    assert main(["eval", str(run), "--seed", "-5"]) == 1  # was a gymnasium.error.Error traceback
+    assert "--seed must be in [0, 2**32 - 1], got -5" in capsys.readouterr().err
