@@ -11,6 +11,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,24 @@ CHECKPOINT_KEYS = [
 ]  # fmt: skip
 
 
+@dataclass
+class LearnState:
+    """What one `learn` call tracks between iterations: where the next evaluation and checkpoint
+    fall, the evaluations so far, and whether a stop was asked for."""
+
+    save: bool  # this process writes checkpoints (every rank of a logged run)
+    logger: RunLogger | None  # rank 0 of a logged run
+    start_transitions: int
+    next_eval: float
+    next_ckpt: float
+    last_eval: float | None = None
+    last_eval_step: int = -1
+    initial_eval: float | None = None
+    initial_eval_metrics: dict[str, float] = field(default_factory=dict)
+    stopping: bool = False  # a stop signal (agreed by all ranks)
+    halted: bool = False  # the callback returned False
+
+
 class Trainer:
     """Builds env, policy, buffer, collector and PPO from a config; runs and checkpoints them."""
 
@@ -102,48 +121,10 @@ class Trainer:
         torch.set_num_threads(cfg.run.torch_threads)
         seed_everything(cfg.seed)  # the same on every rank: identical initial weights
         self.device = resolve_device(cfg.run.device, dist)
-        self.env = make_train_env(cfg, num_envs) if env is None else given_env(env, num_envs)
-        check_env(cfg, self.env)
-        # built now, not after training: a bad eval setting fails before the first step
-        self.eval_env = eval_env
-        if eval_env is None and cfg.eval.episodes > 0 and dist.is_main:
-            if env is not None:
-                raise ValueError(
-                    f"eval.episodes={cfg.eval.episodes} needs an evaluation env, and only a "
-                    "training env object was given; pass an env id, an env factory, or set "
-                    "eval.episodes: 0 (and evaluate with agents.evaluate_policy)"
-                )
-            self.eval_env = make_eval_env(cfg)
-        obs_space, act_space = self.env.single_observation_space, self.env.single_action_space
-        self.observation_space, self.action_space = obs_space, act_space
-        self.policy = make_policy(cfg.policy, obs_space, act_space).to(self.device)
-        # the model folders the checkpoints need but do not hold (a LoRA base), hashed once
-        self.pinned = ckpt.pin_folders(pinned_folders(cfg))
-        self.policy.set_compute_dtype(cfg.run.dtype)  # float32 only, unless an LM
-        dist.broadcast_module(self.policy)  # rank 0's weights, whatever the init did
-        # the reference policy for the KL penalty: the policy's frozen start (its business how)
-        self.reference = make_reference(self.policy) if cfg.kl.enabled else None
-        self.kl_controller = make_kl_controller(cfg.kl)
-        self.score_normalizer = ScoreNormalizer(cfg.score.normalize, cfg.score.clip, dist)
-        self.buffer = RolloutBuffer(cfg.ppo.n_steps, num_envs, obs_space, act_space, self.device)
-        row_seed = cfg.seed
-        if dist.active:
-            # sampling and env seeds differ by rank (rows seeded by their global index, as a
-            # 1-rank sync vector env seeds row i with seed + i); minibatch permutations do not
-            seed_everything(cfg.seed + dist.rank)
-            row_seed = cfg.seed + dist.rank * num_envs
-            shuffle = torch.Generator().manual_seed(cfg.seed)
-            self.buffer.shard = RowShard(dist.rank * num_envs, cfg.env.num_envs, shuffle)
-        K = cfg.advantage.group_size
-        self.collector = RolloutCollector(
-            self.env, self.policy, self.buffer, seed=row_seed, device=self.device,
-            reset_options={"repeat": K} if K > 1 else None,
-        )  # fmt: skip
-        self.steps_per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
-        self.num_iterations = step_budget(cfg) // self.steps_per_iteration
-        bucket_mb = cfg.run.allreduce_bucket_mb  # float32 elements; 0: one bucket, no overlap
-        bucket_numel = max(int(bucket_mb * 2**20) // 4, 1) if bucket_mb > 0 else 0
-        self.ppo = PPO(self.policy, cfg.ppo, self.num_iterations, dist, bucket_numel)
+        # in this order: each step draws from the seeded RNGs
+        self._build_envs(env, eval_env, num_envs)
+        self._build_policy()
+        self._build_update(num_envs)
         self.iteration = 0
         self.global_step = 0  # n_steps * num_envs per iteration (the budget, the x-axis)
         self.transitions = 0  # valid steps: fewer when lockstep rollouts end early (text)
@@ -162,6 +143,66 @@ class Trainer:
             if self.run_dir is None:
                 raise ValueError("resume needs a run folder")
             self.load(ckpt.latest_checkpoint(self.run_dir / "checkpoints"))
+
+    def _build_envs(
+        self, env: gym.vector.VectorEnv | None, eval_env: gym.vector.VectorEnv | None, rows: int
+    ) -> None:
+        """The training env (`rows` rows: this rank's share) and, on rank 0, the evaluation env:
+        built now, not after training, so a bad eval setting fails before the first step."""
+        cfg = self.cfg
+        self.env = make_train_env(cfg, rows) if env is None else given_env(env, rows)
+        check_env(cfg, self.env)
+        self.eval_env = eval_env
+        if eval_env is None and cfg.eval.episodes > 0 and self.dist.is_main:
+            if env is not None:
+                raise ValueError(
+                    f"eval.episodes={cfg.eval.episodes} needs an evaluation env, and only a "
+                    "training env object was given; pass an env id, an env factory, or set "
+                    "eval.episodes: 0 (and evaluate with agents.evaluate_policy)"
+                )
+            self.eval_env = make_eval_env(cfg)
+        self.observation_space = self.env.single_observation_space
+        self.action_space = self.env.single_action_space
+
+    def _build_policy(self) -> None:
+        """The policy (rank 0's weights on every rank), its frozen reference for the KL penalty
+        (the policy's business how), the KL controller and the score normalizer."""
+        cfg, dist = self.cfg, self.dist
+        self.policy = make_policy(cfg.policy, self.observation_space, self.action_space)
+        self.policy = self.policy.to(self.device)
+        # the model folders the checkpoints need but do not hold (a LoRA base), hashed once
+        self.pinned = ckpt.pin_folders(pinned_folders(cfg))
+        self.policy.set_compute_dtype(cfg.run.dtype)  # float32 only, unless an LM
+        dist.broadcast_module(self.policy)  # rank 0's weights, whatever the init did
+        self.reference = make_reference(self.policy) if cfg.kl.enabled else None
+        self.kl_controller = make_kl_controller(cfg.kl)
+        self.score_normalizer = ScoreNormalizer(cfg.score.normalize, cfg.score.clip, dist)
+
+    def _build_update(self, rows: int) -> None:
+        """The rollout buffer and collector for this rank's `rows`, the iteration budget and the
+        PPO update."""
+        cfg, dist = self.cfg, self.dist
+        self.buffer = RolloutBuffer(
+            cfg.ppo.n_steps, rows, self.observation_space, self.action_space, self.device
+        )
+        row_seed = cfg.seed
+        if dist.active:
+            # sampling and env seeds differ by rank (rows seeded by their global index, as a
+            # 1-rank sync vector env seeds row i with seed + i); minibatch permutations do not
+            seed_everything(cfg.seed + dist.rank)
+            row_seed = cfg.seed + dist.rank * rows
+            shuffle = torch.Generator().manual_seed(cfg.seed)
+            self.buffer.shard = RowShard(dist.rank * rows, cfg.env.num_envs, shuffle)
+        K = cfg.advantage.group_size
+        self.collector = RolloutCollector(
+            self.env, self.policy, self.buffer, seed=row_seed, device=self.device,
+            reset_options={"repeat": K} if K > 1 else None,
+        )  # fmt: skip
+        self.steps_per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
+        self.num_iterations = step_budget(cfg) // self.steps_per_iteration
+        bucket_mb = cfg.run.allreduce_bucket_mb  # float32 elements; 0: one bucket, no overlap
+        bucket_numel = max(int(bucket_mb * 2**20) // 4, 1) if bucket_mb > 0 else 0
+        self.ppo = PPO(self.policy, cfg.ppo, self.num_iterations, dist, bucket_numel)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -356,123 +397,138 @@ class Trainer:
 
     def _learn(self, stop_at: int | None, log: bool, stop_on_interrupt: bool) -> dict[str, Any]:
         cfg = self.cfg
-        save = log  # every rank saves (its own state); rank 0 alone logs and evaluates
-        log = log and self.dist.is_main
+        # every rank saves (its own state); rank 0 alone logs and evaluates
         logger = (
             RunLogger(self.run_dir, self.num_iterations * self.steps_per_iteration,
                       self.global_step, cfg.run.progress)
-            if log else None
+            if log and self.dist.is_main else None
         )  # fmt: skip
-        if log:
+        if logger is not None:
             write_run_config(cfg, self.run_dir, self.global_step)
         self._start = time.perf_counter()
-        start_transitions = self.transitions
-        next_eval = _next_multiple(self.global_step, cfg.eval.every)
-        next_ckpt = _next_multiple(self.global_step, cfg.run.checkpoint_every)
-        last_eval: float | None = None
-        last_eval_step = -1
-        initial_eval: float | None = None
-        initial_eval_metrics: dict[str, float] = {}
+        state = LearnState(
+            save=log, logger=logger, start_transitions=self.transitions,
+            next_eval=_next_multiple(self.global_step, cfg.eval.every),
+            next_ckpt=_next_multiple(self.global_step, cfg.run.checkpoint_every),
+        )  # fmt: skip
         # async vector envs: Ctrl-C also reaches their worker processes, which then end
         graceful = stop_on_interrupt and cfg.env.vectorization != "async"
-        stopping = halted = False  # halted: the callback asked to stop
         try:
             # from here on, the first Ctrl-C/SIGTERM ends the run at an iteration boundary with
             # a checkpoint (also during the initial evaluation: then at step 0)
             with stop_on_first_interrupt(graceful, announce=self.dist.is_main) as stop:
-                # evaluations: rank 0 evaluates, every rank that saves (logs) takes part
-                periodic_eval = save and cfg.eval.every > 0 and cfg.eval.episodes > 0
-                if self.global_step == 0 and periodic_eval:
-                    initial_eval = last_eval = self._eval_return()  # the start, e.g. the SFT level
-                    last_eval_step = 0
-                    if logger is not None:
-                        initial_eval_metrics = dict(self.eval_metrics)
-                        logger.log(
-                            0,
-                            {"eval/return": initial_eval, **initial_eval_metrics,
-                             "time/elapsed": self._elapsed()},
-                        )  # fmt: skip
+                self._initial_evaluation(state)
                 while self.iteration < self.num_iterations:
-                    stopping = self.dist.any(bool(stop)) if graceful else False  # all ranks stop
-                    if stopping or halted or (stop_at is not None and self.global_step >= stop_at):
+                    state.stopping = self.dist.any(bool(stop)) if graceful else False  # all ranks
+                    if state.stopping or state.halted:
                         break
-                    metrics = self.iterate()
-                    evaluating = save and self.global_step >= next_eval and cfg.eval.episodes > 0
-                    if evaluating:
-                        last_eval = self._eval_return()
-                        last_eval_step = self.global_step
-                        next_eval = _next_multiple(self.global_step, cfg.eval.every)
-                    if logger is not None:
-                        if evaluating:
-                            metrics["eval/return"] = last_eval
-                            metrics.update(self.eval_metrics)
-                        metrics["time/elapsed"] = self._elapsed()  # training + evaluation seconds
-                        logger.log(self.global_step, metrics)
-                        logger.samples(self.global_step, self.last_episodes.samples)
-                        recent = (
-                            float(np.mean(self.recent_returns)) if self.recent_returns else None
-                        )
-                        logger.progress(self.global_step, recent, metrics["time/sps"])
-                    if save and self.global_step >= next_ckpt:
-                        self.save()
-                        next_ckpt = _next_multiple(self.global_step, cfg.run.checkpoint_every)
-                    if self._callback is not None:
-                        halted = self._callback("iteration_end", metrics) is False
-            elapsed = time.perf_counter() - self._start
-            summary: dict[str, Any] = {
-                "steps": self.global_step,
-                "transitions": self.transitions,
-                "iterations": self.iteration,
-                "episodes": self.episodes,
-                "wall_time_s": self.wall_time + elapsed,
-                "sps": (self.transitions - start_transitions) / max(elapsed, 1e-9),
-                # stopped early by Ctrl-C or SIGTERM; `--resume` continues
-                "interrupted": (stopping or halted) and self.iteration < self.num_iterations,
-                "stop_signal": None,
-                "train_return_last100": float(np.mean(self.recent_returns))
-                if self.recent_returns
-                else None,
-            }
-            if summary["interrupted"] and halted:
-                summary["stop_signal"] = "callback"
-            elif summary["interrupted"]:  # this rank may not have been signalled itself
-                summary["stop_signal"] = signal_label(stop.signum) if stop else "a stop signal"
-            if save and self.saved_step != self.global_step:  # never rewrite one in place
-                self.save()
-            done = self.iteration >= self.num_iterations
-            final_eval = save and done and cfg.eval.episodes > 0
-            final_eval = final_eval and last_eval_step != self.global_step  # not twice
-            if final_eval:
-                last_eval, last_eval_step = self._eval_return(), self.global_step
-            if logger is not None:
-                if final_eval:
-                    logger.log(
-                        self.global_step,
-                        {"eval/return": last_eval, **self.eval_metrics,
-                         "time/elapsed": self._elapsed()},
-                    )  # fmt: skip
-                if last_eval is not None:  # `textrlhf eval RUN` reproduces it with these
-                    summary["final_eval"] = {
-                        "step": last_eval_step, "seed": 10_000 + cfg.seed, **to_dict(cfg)["eval"]
-                    }  # fmt: skip
-                summary.update(
-                    final_return=last_eval
-                    if last_eval is not None
-                    else summary["train_return_last100"],
-                    best_return=self.best_return,
-                    initial_return=initial_eval,
-                    initial_eval_metrics=initial_eval_metrics,
-                    final_eval_metrics=self.eval_metrics,
-                    finished=done,
-                    run_dir=str(self.run_dir),
-                )
-                logger.write_summary(summary)
-            return summary
+                    if stop_at is not None and self.global_step >= stop_at:
+                        break
+                    self._after_iteration(state, self.iterate())
+            return self._finish(state, stop)
         finally:
             if logger is not None:
                 logger.close()
             if self._close_envs:
                 self.close()
+
+    def _initial_evaluation(self, state: LearnState) -> None:
+        """A run with periodic evaluations first evaluates its start (e.g. the SFT level);
+        rank 0 evaluates, every rank that saves takes part."""
+        cfg = self.cfg
+        periodic = state.save and cfg.eval.every > 0 and cfg.eval.episodes > 0
+        if self.global_step != 0 or not periodic:
+            return
+        state.initial_eval = state.last_eval = self._eval_return()
+        state.last_eval_step = 0
+        if state.logger is not None:
+            state.initial_eval_metrics = dict(self.eval_metrics)
+            state.logger.log(
+                0,
+                {"eval/return": state.initial_eval, **state.initial_eval_metrics,
+                 "time/elapsed": self._elapsed()},
+            )  # fmt: skip
+
+    def _after_iteration(self, state: LearnState, metrics: dict[str, float]) -> None:
+        """What follows an iteration: its evaluation when one is due, its log row, samples and
+        progress, a periodic checkpoint, and the callback (which may ask to stop)."""
+        cfg, logger = self.cfg, state.logger
+        evaluating = state.save and self.global_step >= state.next_eval and cfg.eval.episodes > 0
+        if evaluating:
+            state.last_eval = self._eval_return()
+            state.last_eval_step = self.global_step
+            state.next_eval = _next_multiple(self.global_step, cfg.eval.every)
+        if logger is not None:
+            if evaluating:
+                metrics["eval/return"] = state.last_eval
+                metrics.update(self.eval_metrics)
+            metrics["time/elapsed"] = self._elapsed()  # training + evaluation seconds
+            logger.log(self.global_step, metrics)
+            logger.samples(self.global_step, self.last_episodes.samples)
+            recent = float(np.mean(self.recent_returns)) if self.recent_returns else None
+            logger.progress(self.global_step, recent, metrics["time/sps"])
+        if state.save and self.global_step >= state.next_ckpt:
+            self.save()
+            state.next_ckpt = _next_multiple(self.global_step, cfg.run.checkpoint_every)
+        if self._callback is not None:
+            state.halted = self._callback("iteration_end", metrics) is False
+
+    def _finish(self, state: LearnState, stop: Any) -> dict[str, Any]:
+        """The end of a `learn` call: a checkpoint of the last step, the final evaluation of a
+        finished run, and the summary (summary.json on rank 0)."""
+        cfg = self.cfg
+        elapsed = time.perf_counter() - self._start
+        done = self.iteration >= self.num_iterations
+        interrupted = (state.stopping or state.halted) and not done
+        summary: dict[str, Any] = {
+            "steps": self.global_step,
+            "transitions": self.transitions,
+            "iterations": self.iteration,
+            "episodes": self.episodes,
+            "wall_time_s": self.wall_time + elapsed,
+            "sps": (self.transitions - state.start_transitions) / max(elapsed, 1e-9),
+            # stopped early by Ctrl-C, SIGTERM or the callback; `--resume` continues
+            "interrupted": interrupted,
+            "stop_signal": None,
+            "train_return_last100": float(np.mean(self.recent_returns))
+            if self.recent_returns
+            else None,
+        }
+        if interrupted and state.halted:
+            summary["stop_signal"] = "callback"
+        elif interrupted:  # this rank may not have been signalled itself
+            summary["stop_signal"] = signal_label(stop.signum) if stop else "a stop signal"
+        if state.save and self.saved_step != self.global_step:  # never rewrite one in place
+            self.save()
+        final_eval = state.save and done and cfg.eval.episodes > 0
+        final_eval = final_eval and state.last_eval_step != self.global_step  # not twice
+        if final_eval:
+            state.last_eval, state.last_eval_step = self._eval_return(), self.global_step
+        if state.logger is None:
+            return summary
+        if final_eval:
+            state.logger.log(
+                self.global_step,
+                {"eval/return": state.last_eval, **self.eval_metrics,
+                 "time/elapsed": self._elapsed()},
+            )  # fmt: skip
+        if state.last_eval is not None:  # `textrlhf eval RUN` reproduces it with these
+            summary["final_eval"] = {
+                "step": state.last_eval_step, "seed": 10_000 + cfg.seed, **to_dict(cfg)["eval"]
+            }  # fmt: skip
+        summary.update(
+            final_return=state.last_eval
+            if state.last_eval is not None
+            else summary["train_return_last100"],
+            best_return=self.best_return,
+            initial_return=state.initial_eval,
+            initial_eval_metrics=state.initial_eval_metrics,
+            final_eval_metrics=self.eval_metrics,
+            finished=done,
+            run_dir=str(self.run_dir),
+        )
+        state.logger.write_summary(summary)
+        return summary
 
     def _elapsed(self) -> float:
         """Seconds of this run so far: earlier processes (resume) plus this one."""
