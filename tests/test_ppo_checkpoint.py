@@ -166,7 +166,7 @@ def test_the_policy_sees_one_observation_layout_before_and_after_a_resume(cartpo
     runner = EnvRunner(env, Spy())
     runner.reset(seed=3)
     assert not runner.obs.flags.c_contiguous  # the env's own layout: the case that matters
-    # what a checkpoint keeps and gives back (agents.run.trainer: _rank_state / load)
+    # what a checkpoint keeps and gives back (agents.run.resume: rank_state / load_trainer)
     saved = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in runner.state_arrays().items()}
     runner.step(EpisodeLog())  # from the env's array
     runner.load_state_arrays({k: v.numpy() for k, v in saved.items()})

@@ -30,19 +30,17 @@ from agents.policies import make_policy, make_reference
 from agents.run import checkpoint as ckpt
 from agents.run.config import (
     Config,
-    config_changes,
-    config_text,
     config_warnings,
     step_budget,
     to_dict,
 )
 from agents.run.envs import make_eval_env, make_train_env
-from agents.run.evaluation import check_pinned, pinned_folders, run_evaluation
-from agents.run.files import atomic_write_bytes, atomic_write_text
+from agents.run.evaluation import pinned_folders, run_evaluation
 from agents.run.interrupt import signal_label, stop_on_first_interrupt
 from agents.run.jsonio import read_json
 from agents.run.logger import RunLogger
 from agents.run.preflight import check_config, check_env
+from agents.run.resume import load_trainer, save_trainer, write_run_config
 from agents.run.rundir import RunLock, new_run_dir
 
 
@@ -50,30 +48,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-# Config keys a resumed run may change: how it evaluates and reports (eval.*, name, run.root,
-# run.checkpoint_every, run.progress) and where it computes (run.device, run.torch_threads,
-# run.allreduce_bucket_mb: the same numbers up to float rounding, as on another machine; the
-# gradient sums per element are the same whatever the buckets). Everything else shapes the
-# training run, run.dtype included: bfloat16 forward passes are other numbers, not a rounding
-# difference. A key ending in "." stands for its whole section.
-RESUME_MAY_CHANGE = (
-    "eval.", "name", "run.root", "run.checkpoint_every", "run.progress", "run.device",
-    "run.torch_threads", "run.allreduce_bucket_mb",
-)  # fmt: skip
-
-
-def may_change_on_resume(key: str) -> bool:
-    """True for a flat config key (`flat_config`) that a resume may change."""
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_CHANGE)
-
-
-# metadata every checkpoint of a Trainer holds (see `Trainer.save`)
-CHECKPOINT_KEYS = [
-    "iteration", "global_step", "transitions", "episodes", "wall_time", "best_return",
-    "recent_returns", "kl_beta", "score_normalizer", "config", "optimizer", "rng",
-]  # fmt: skip
 
 
 @dataclass
@@ -206,133 +180,15 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def _rank_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """This rank's env, rollout carry-over (JSON + tensors; the RNGs are added by the
-        caller)."""
-        meta: dict[str, Any] = {}
-        tensors: dict[str, torch.Tensor] = {}
-        snapshot = ckpt.env_state(self.env)
-        if snapshot is not None:
-            meta["env"], env_tensors = snapshot
-            tensors.update(env_tensors)
-        tensors.update(
-            {f"rollout/{k}": torch.from_numpy(np.ascontiguousarray(v))
-             for k, v in self.collector.runner.state_arrays().items()}
-        )  # fmt: skip
-        return meta, tensors
-
-    def _rank_file(self, step: int, rank: int, run_dir: Path | None = None) -> Path:
-        return (run_dir or self.run_dir) / "checkpoints" / f"{step}.rank{rank}.json"
-
     def save(self, run_dir: Path | None = None) -> Path:
-        """Checkpoint at an iteration boundary: everything needed for a bit-exact resume.
-
-        Data-parallel: ranks >= 1 first write their own RNG + env state next to it
-        (`<step>.rank<r>.json/.safetensors`), then rank 0 writes the weights, its own state and
-        `latest.json`, so `latest.json` only ever names a complete checkpoint. `run_dir`: another
-        folder than the run's (`PPO.save`)."""
-        run_dir = Path(run_dir) if run_dir is not None else self.run_dir
-        dist = self.dist
-        if dist.active and not dist.is_main:
-            meta, tensors = self._rank_state()
-            meta["rng"], rng_tensors = ckpt.rng_state()
-            tensors.update(rng_tensors)
-            path = self._rank_file(self.global_step, dist.rank, run_dir)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            weights = path.with_suffix(".safetensors")
-            meta.update(format_version=ckpt.FORMAT_VERSION, step=self.global_step, rank=dist.rank)
-            meta["weights_file"] = weights.name
-            meta["weights_sha256"] = ckpt.atomic_save_tensors(tensors, weights)
-            ckpt.atomic_save_json(meta, path)
-        dist.barrier()
-        self.saved_step = self.global_step
-        if not dist.is_main:
-            return self._rank_file(self.global_step, dist.rank, run_dir)
-        tensors: dict[str, torch.Tensor] = {}
-        meta: dict[str, Any] = {
-            "iteration": self.iteration,
-            "global_step": self.global_step,
-            "transitions": self.transitions,
-            "episodes": self.episodes,
-            "wall_time": self.wall_time + (time.perf_counter() - self._start),
-            "best_return": self.best_return,
-            "recent_returns": self.recent_returns[-100:],
-            "kl_beta": self.kl_controller.beta,
-            "score_normalizer": self.score_normalizer.state_dict(),
-            "config": to_dict(self.cfg),
-        }
-        if self.pinned:
-            meta["pinned_folders"] = self.pinned
-        rank_meta, rank_tensors = self._rank_state()
-        meta.update(rank_meta)
-        tensors.update(rank_tensors)
-        if dist.active:
-            meta["world_size"] = dist.world_size
-            tensors["rng/minibatch_shuffle"] = self.buffer.shard.generator.get_state()
-        if self.reference is not None:
-            tensors.update({f"reference/{k}": v for k, v in self.reference.state_dict().items()})
-        path = ckpt.save_checkpoint(
-            run_dir / "checkpoints", self.global_step, self.policy, self.ppo.optimizer,
-            meta, tensors,
-        )  # fmt: skip
-        return path
+        """Checkpoint at an iteration boundary: everything a bit-exact resume needs
+        (`agents.run.resume.save_trainer`). `run_dir`: another folder than the run's."""
+        return save_trainer(self, run_dir)
 
     def load(self, path: Path, restore_env: bool = True) -> None:
-        """Restore a checkpoint: weights, optimizer, counters, KL and score state, and (with
-        `restore_env`, a resume) the env, rollout carry-over and RNG states, for a bit-exact
-        continuation. Without it (`PPO.load` with a new env object) the env starts fresh,
-        seeded from the seed and the step count."""
-        meta, tensors = ckpt.read_checkpoint(path)
-        ckpt.require(meta, CHECKPOINT_KEYS, path)
-        # everything that shapes the training run must match (RESUME_MAY_CHANGE may change)
-        changed = config_changes(
-            meta["config"], to_dict(self.cfg), lambda key: not may_change_on_resume(key)
-        )
-        if changed:
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} does not match the config: " + "; ".join(changed)
-            )
-        check_pinned(self.cfg, meta, path)  # a LoRA run's base model is still the same
-        ckpt.load_policy_weights(self.policy, tensors, path)
-        ckpt.load_optimizer(self.ppo.optimizer, meta["optimizer"], tensors, path)
-        if self.reference is not None:
-            ref = {
-                k[len("reference/") :]: v for k, v in tensors.items() if k.startswith("reference/")
-            }
-            # checkpoints before 2026-11-30 also hold the LM reference's unused critic and value
-            # head: its `critic_model` and `value_head` are None now, and torch skips their keys
-            self.reference.load_state_dict(ref)
-        self.iteration, self.global_step = meta["iteration"], meta["global_step"]
-        self.transitions = meta["transitions"]
-        self.episodes, self.wall_time = meta["episodes"], meta["wall_time"]
-        self.best_return, self.recent_returns = meta["best_return"], meta["recent_returns"]
-        self.kl_controller.beta = meta["kl_beta"]
-        self.score_normalizer.load_state_dict(meta["score_normalizer"])
-        saved_world = meta.get("world_size", 1)
-        if saved_world != self.dist.world_size:
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} was written by {saved_world} ranks; resume it with the same "
-                f"number of processes (--nproc {saved_world}), not {self.dist.world_size}"
-            )
-        if self.dist.active:
-            self.buffer.shard.generator.set_state(tensors["rng/minibatch_shuffle"])
-            if not self.dist.is_main:  # this rank's own env and RNG state
-                meta, tensors = ckpt.read_checkpoint(self._rank_file(meta["step"], self.dist.rank))
-        # the env: exact when its state was captured; otherwise a fresh reset, seeded from
-        # the seed and the step count (documented in docs/agents.md)
-        rollout = {
-            k[len("rollout/") :]: v.numpy() for k, v in tensors.items() if k.startswith("rollout/")
-        }
-        if "env" in meta and restore_env:
-            env_tensors = {k: v for k, v in tensors.items() if k.startswith("env/")}
-            ckpt.set_env_state(self.env, meta["env"], env_tensors)
-            self.collector.runner.load_state_arrays(rollout)
-        else:
-            self.collector.seed = self.collector.seed + self.global_step  # cfg.seed at 1 rank
-        if restore_env:
-            ckpt.set_rng_state(meta["rng"], tensors)
-
-    # -- training ---------------------------------------------------------------------------
+        """Restore a checkpoint (`agents.run.resume.load_trainer`); without `restore_env` the
+        env starts fresh (`PPO.load` with a new env object)."""
+        load_trainer(self, path, restore_env)
 
     def extend_budget(self, steps: int) -> None:
         """Train `steps` more env steps (whole iterations) from where the run stands: the API's
@@ -647,24 +503,6 @@ def resolve_device(device: str, dist: Distributed = LOCAL) -> torch.device:
     if dist.active and resolved.type == "cuda":
         resolved = torch.device("cuda", dist.local_rank)
     return resolved
-
-
-def write_run_config(cfg: Config, run_dir: Path, step: int) -> None:
-    """config.yaml is the config of the process that writes the run, so the evaluations it logs
-    (and `textrlhf eval RUN`) use its `eval.*` settings. A resume at `step` whose settings differ
-    (only the RESUME_MAY_CHANGE keys may) first keeps the previous file as `config.<step>.yaml`: the
-    settings of the evaluations logged up to `step`. An existing `config.<step>.yaml` is kept: the
-    process that wrote config.yaml since then logged nothing that a resume at `step` keeps."""
-    path = run_dir / "config.yaml"
-    text = config_text(cfg)
-    if step > 0 and path.is_file():
-        previous = path.read_bytes()  # kept as it is, whatever it holds
-        if previous == text.encode():
-            return
-        before = run_dir / f"config.{step}.yaml"
-        if not before.exists():
-            atomic_write_bytes(before, previous)
-    atomic_write_text(path, text)
 
 
 def _next_multiple(step: int, every: int) -> float:
