@@ -30,7 +30,8 @@ import torch
 from agents.core.rollout import EnvRunner, EpisodeLog, obs_to_tensor, to_env_action
 from agents.policies import policy_class
 from agents.run import checkpoint as ckpt
-from agents.run.config import MAX_STEPS, Config, PPOConfig, config_text, load_config, to_dict
+from agents.run.config import Config, PPOConfig, config_text, load_config, to_dict
+from agents.run.config_types import MAX_STEPS
 from agents.run.evaluation import evaluate_policy as run_episodes
 from agents.run.files import atomic_write_text
 from agents.run.space_codec import space_from_json, space_to_json

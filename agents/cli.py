@@ -261,7 +261,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from agents.run.compare import CompareFailed, compare
-    from agents.run.config import max_torch_threads
+    from agents.run.config_types import max_torch_threads
 
     # each seed is a training run: 1000 per config is past any comparison's need, and keeps the
     # seeds (the config's seed + i) within the seed range

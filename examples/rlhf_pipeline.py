@@ -37,8 +37,8 @@ from agents import PPO, load_config, train
 from agents.policies.hf import load_causal_lm, without_dropout
 from agents.policies.lm import LMPolicy
 from agents.rlhf.preferences import env_lengths, evaluate_gold_proxy, generate_preferences
-from agents.run.config import check_output_dir
 from agents.run.files import atomic_file, atomic_write_text
+from agents.run.output_dir import check_output_dir
 from textenv import make_task
 
 REPO = Path(__file__).resolve().parent.parent

@@ -47,7 +47,7 @@ class Minibatch(NamedTuple):
 class ReadsFiles:
     """Config field marker, `Annotated[str | None, INPUT_PATH]`: the field names a file or
     folder the run reads; `Annotated[dict, ENV_KWARGS]`: the field holds an env's keyword
-    arguments, some of which do (`agents.run.config.resolve_input_paths` has the rule). A
+    arguments, some of which do (`agents.run.config_paths.resolve_input_paths` has the rule). A
     relative path in a config file then means relative to that file's folder, not to wherever
     the command happens to run."""
 

@@ -35,7 +35,7 @@ from agents.policies.base import INPUT_PATH
 from agents.policies.hf import DEFAULT_MODEL_PATH
 from agents.rlhf.preferences import PreferencePair, read_preferences
 from agents.rlhf.stage import REPO_ROOT, StageConfig, optimizer_step, run_stage
-from agents.run.config import (
+from agents.run.config_types import (
     NonNegFloat,
     NonNegSteps,
     PositiveFloat,

@@ -29,7 +29,7 @@ from agents.policies.base import ENV_KWARGS
 from agents.policies.lm import LMPolicy
 from agents.policies.sequences import Temperature, position_ids_from_mask
 from agents.rlhf.stage import REPO_ROOT, StageConfig, optimizer_step, run_stage
-from agents.run.config import (
+from agents.run.config_types import (
     NonNegFloat,
     NonNegSteps,
     PositiveFloat,

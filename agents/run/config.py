@@ -1,4 +1,5 @@
-"""Run configs: pydantic models loaded from YAML, with `--set key=value` overrides.
+"""Run configs: the pydantic models of a run (`Config` and its sections), loaded from YAML with
+`--set key=value` overrides, and what the trainer, evaluation and compare ask of a config.
 
 Unknown keys are errors with a "did you mean" suggestion; a bad value is an error that names the
 key, the value and what is allowed (a batch size that does not divide the rollout, a negative
@@ -7,14 +8,17 @@ class of the registered policy type (`agents.policies`). `load_config` also load
 the RLHF stages (`cls=SFTConfig`, `cls=RMConfig`).
 
     cfg = load_config("configs/cartpole.yaml", ["ppo.n_epochs=10"])
+
+The config's helpers live beside it, each with one job: config_types.py (value types, bounds,
+`Section`), yamlio.py (reading YAML safely, overrides), config_paths.py (input paths made
+absolute), config_errors.py (validation errors as messages), trust.py (code a config names),
+output_dir.py (whether an output folder may be written).
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
-import os
 import re
 import typing
 from collections.abc import Callable
@@ -23,10 +27,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     SerializeAsAny,
     StrictBool,
@@ -41,73 +42,36 @@ from agents.core.kl import ESTIMATORS, KL_PLACEMENTS
 from agents.core.ppo import LOSS_AGGREGATIONS
 from agents.core.scores import SCORE_NORMS
 from agents.policies import PolicyConfig, policy_class
-from agents.policies.base import ENV_KWARGS, INPUT_PATH, ReadsFiles
+from agents.policies.base import ENV_KWARGS
 from agents.policies.sequences import Temperature, TopK, TopP
-from agents.run.envs import VECTORIZATION_MODES, env_module
+from agents.run.config_errors import format_errors
+from agents.run.config_paths import resolve_input_paths
+from agents.run.config_types import (
+    MAX_EPISODES,
+    Fraction,
+    NonNegFloat,
+    NonNegSteps,
+    Number,
+    PositiveFloat,
+    PositiveInt,
+    Rows,
+    Section,
+    Seed,
+    Steps,
+    Threads,
+)
+from agents.run.envs import VECTORIZATION_MODES
 from agents.run.files import atomic_write_text
-from agents.run.jsonio import MAX_NESTING, is_unicode_text
+from agents.run.jsonio import MAX_NESTING  # noqa: F401 (re-exported: the configs' nesting bound)
 from agents.run.rundir import check_run_name
+from agents.run.yamlio import (
+    MAX_YAML_BYTES,  # noqa: F401 (re-exported: the size bound)
+    apply_overrides,
+    read_yaml,
+)
+from agents.run.yamlio import parse_yaml as _parse_yaml  # noqa: F401 (re-exported for the tests)
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def _not_bool(value: Any) -> Any:
-    """YAML's true/false are not numbers (pydantic would read them as 1 and 0)."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, got {value!r}")
-    return value
-
-
-Number = BeforeValidator(_not_bool)
-Int = typing.Annotated[int, Number]
-PositiveInt = typing.Annotated[int, Number, Field(gt=0)]
-PositiveFloat = typing.Annotated[float, Number, Field(gt=0)]
-NonNegInt = typing.Annotated[int, Number, Field(ge=0)]
-NonNegFloat = typing.Annotated[float, Number, Field(ge=0)]
-Fraction = typing.Annotated[float, Number, Field(ge=0, le=1)]
-# numpy's global seed takes 0 <= seed < 2**32; runs add offsets (eval: 10_000 + seed, env rows)
-Seed = typing.Annotated[int, Number, Field(ge=0, le=2**31 - 1)]
-
-# Upper bounds of the numbers that size something (arrays, threads, loops over steps). Below them
-# the run's own checks give the precise error (the rollout buffer against the machine's memory,
-# prompt + response against the model's context); the bounds keep every size far from int64 and
-# float overflow, which would otherwise end in an OverflowError, numpy's "maximum allowed
-# dimension exceeded" or a segfault, naming no config key.
-MAX_STEPS = 2**53  # step and episode counters: exact in metrics.csv's floats and JSON readers
-MAX_ROWS = 2**20  # env rows, rollout steps, batch sizes, examples: two multiplied stay < 2**40
-MAX_EPISODES = 2**24  # an evaluation keeps every episode's return (and a text run's sample)
-MAX_TOKENS = 2**20  # prompt and response lengths: longer than any model's context
-MAX_WIDTH = 2**16  # layer widths: one 2**16 x 2**16 float32 matrix is already 16 GiB
-Steps = typing.Annotated[int, Number, Field(gt=0, le=MAX_STEPS)]
-NonNegSteps = typing.Annotated[int, Number, Field(ge=0, le=MAX_STEPS)]
-Rows = typing.Annotated[int, Number, Field(gt=0, le=MAX_ROWS)]
-Tokens = typing.Annotated[int, Number, Field(gt=0, le=MAX_TOKENS)]
-Width = typing.Annotated[int, Number, Field(gt=0, le=MAX_WIDTH)]
-
-
-def max_torch_threads() -> int:
-    """The most torch threads a config may ask for: 4 per CPU of this machine. More than one per
-    core only slows torch down (they compete for the same cores), and a huge count makes torch
-    allocate per-thread state until it crashes (1,000,000 segfaults)."""
-    return 4 * (os.cpu_count() or 1)
-
-
-def _check_threads(value: int) -> int:
-    if not 1 <= value <= max_torch_threads():
-        raise ValueError(
-            f"must be in [1, {max_torch_threads()}] (4 per CPU of this machine, which has "
-            f"{os.cpu_count()}); more threads than cores only slow torch down"
-        )
-    return value
-
-
-Threads = typing.Annotated[int, Number, AfterValidator(_check_threads)]
-
-
-class Section(BaseModel):
-    """A config section: unknown keys and non-finite numbers are errors."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -353,288 +317,6 @@ def _policy_section(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-# ----------------------------------------------------------------------------- errors
-
-
-def suggest(key: str, allowed: list[str]) -> str:
-    """'; did you mean 'x'?' for the closest allowed key, or '' if nothing is close."""
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _section_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    """The model class that holds the last key of `loc` (None past a dict or a list)."""
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
-
-
-def format_errors(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
-    """pydantic's errors as one message per bad key: the key, the bad value, what is allowed."""
-    messages = []
-    for e in err.errors():
-        loc = e["loc"]
-        key = prefix + ".".join(str(p) for p in loc)
-        if e["type"] == "extra_forbidden":
-            section = _section_at(model, loc)
-            allowed = sorted(section.model_fields) if section is not None else []
-            where = (prefix + ".".join(str(p) for p in loc[:-1])).rstrip(".") or "the top level"
-            messages.append(
-                f"unknown config key {key!r}{suggest(str(loc[-1]), allowed)} "
-                f"(allowed under {where}: {allowed})"
-            )
-        elif e["type"] == "literal_error":
-            expected = e["ctx"]["expected"]
-            messages.append(
-                f"{key} must be one of [{expected.replace(' or ', ', ')}], got {e['input']!r}"
-            )
-        elif not loc:  # a check across keys (model validator)
-            messages.append(e["msg"].removeprefix("Value error, "))
-        else:
-            got = e["input"]
-            messages.append(
-                f"config key {key!r} = {got!r}: {e['msg'].removeprefix('Value error, ')}"
-            )
-    return "; ".join(messages)
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply `a.b.c=value` strings in place (values are parsed as YAML: 10, 1e-3, true, [64])."""
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value, e.g. ppo.n_epochs=10")
-        key, raw = item.split("=", 1)
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a config section")
-            node = child
-        node[leaf] = _parse_yaml(raw, f"override {item!r}")
-    return data
-
-
-# A config is a few KB; a run folder's config.yaml holds at most a prompt list inline. Run folders
-# are shared (`textrlhf eval RUN` reads a file someone else wrote) and YAML aliases let a tiny
-# file stand for a huge structure (1.6 KB of anchors -> 10**9 values for every reader that walks
-# it), so the file size and the number of values after alias expansion are both bounded.
-MAX_YAML_BYTES = 4 * 2**20
-MAX_YAML_VALUES = 1_000_000
-# MAX_NESTING (agents.run.jsonio): deeper nesting is refused; a config needs ~5 levels, and every
-# reader of the data (validation, --set, the checkpoint's copy, the writers) recurses once per level
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-def _yaml_error(problem: str, node: yaml.Node) -> yaml.constructor.ConstructorError:
-    return yaml.constructor.ConstructorError(None, None, problem, node.start_mark)
-
-
-def _check_expansion(root: yaml.Node) -> None:
-    """Refuse a document whose values, with every alias expanded, number more than
-    MAX_YAML_VALUES or nest deeper than MAX_NESTING, or that holds an alias to its own ancestor.
-    Counted without expanding: each node once (an alias shares its anchor's node), iteratively."""
-    counted: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) with aliases expanded
-    open_nodes: set[int] = set()  # the ancestors of the node being visited
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, finished = stack.pop()
-        children = (
-            [n for pair in node.value for n in pair]
-            if isinstance(node, yaml.MappingNode)
-            else node.value
-            if isinstance(node, yaml.SequenceNode)
-            else []
-        )
-        if finished:
-            values = 1 + sum(counted[id(c)][0] for c in children)
-            depth = 1 + max((counted[id(c)][1] for c in children), default=0)
-            if values > MAX_YAML_VALUES:
-                raise _yaml_error(
-                    f"its aliases expand to more than {MAX_YAML_VALUES:,} values (an alias "
-                    "bomb?); write the values out, or use fewer anchors",
-                    node,
-                )
-            if depth > MAX_NESTING:
-                raise _yaml_error(f"values nested more than {MAX_NESTING} levels deep", node)
-            open_nodes.discard(id(node))
-            counted[id(node)] = values, depth
-        elif id(node) in open_nodes:
-            raise _yaml_error("a recursive alias (a value that contains itself)", node)
-        elif id(node) not in counted:
-            open_nodes.add(id(node))
-            stack.append((node, True))
-            stack.extend((c, False) for c in children)
-
-
-class ConfigLoader(yaml.SafeLoader):
-    """`yaml.SafeLoader` for every YAML file the project reads, refusing what plain YAML would
-    accept silently or slowly: a duplicate key at any depth (YAML keeps the last one, so a
-    second `ppo:` section would reset the first), alias bombs and recursive aliases, nesting
-    deeper than MAX_NESTING, and strings with a lone surrogate (not Unicode text: they fail
-    later, when written to a file or a tokenizer)."""
-
-    def construct_document(self, node: yaml.Node) -> Any:
-        _check_expansion(node)
-        return super().construct_document(node)
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        if isinstance(node, yaml.MappingNode):
-            first: dict[Any, yaml.Node] = {}
-            for key_node, _ in node.value:  # before the merge keys (<<) are flattened into it
-                if key_node.tag == _MERGE_TAG:
-                    continue  # an explicit key overrides a merged one: YAML's merge semantics
-                key = self.construct_object(key_node, deep=True)
-                if not isinstance(key, typing.Hashable):
-                    continue  # the base class reports an unhashable key
-                if key in first:
-                    raise _yaml_error(
-                        f"duplicate key {key!r}: first at line {first[key].start_mark.line + 1}, "
-                        f"again at line {key_node.start_mark.line + 1} (YAML would silently keep "
-                        "the last one); keep one",
-                        key_node,
-                    )
-                first[key] = key_node
-        return super().construct_mapping(node, deep=deep)
-
-    def construct_scalar(self, node: yaml.ScalarNode) -> Any:
-        value = super().construct_scalar(node)
-        if isinstance(value, str) and not is_unicode_text(value):
-            raise _yaml_error(
-                f"the string {value!r:.60} holds a lone surrogate: not Unicode text", node
-            )
-        return value
-
-
-def _parse_yaml(text: str, where: str) -> Any:
-    """YAML through `ConfigLoader`; a syntax error, a duplicate key, an alias bomb or too deep a
-    nesting is a ValueError naming `where` (a file or an override) and the line."""
-    try:
-        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as err:
-        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        reason = " ".join(str(problem or err).split())
-        raise ValueError(f"{where} is not valid YAML ({at}{reason})") from None
-    except RecursionError:  # the YAML composer recurses once per level, before any check
-        raise ValueError(
-            f"{where} is not a usable config: values nested more than {MAX_NESTING} levels deep"
-        ) from None
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML config file. Refused, naming the file: a missing file, one larger
-    than MAX_YAML_BYTES, one that is not UTF-8 or not valid YAML (see `ConfigLoader`), and an
-    empty one (blanks and comments only: it would silently mean every default, i.e. CartPole)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    with path.open("rb") as f:
-        raw = f.read(MAX_YAML_BYTES + 1)  # never more, whatever the file claims to be
-    if len(raw) > MAX_YAML_BYTES:
-        raise ValueError(
-            f"config file {str(path)!r} is larger than {MAX_YAML_BYTES // 2**20} MB; a config is "
-            "a few KB (put long prompt lists in a .jsonl file and name it in env.kwargs.prompts)"
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"config file {str(path)!r} is not UTF-8 text ({err})") from None
-    data = _parse_yaml(text, f"config file {str(path)!r}")
-    if data is None:
-        raise ValueError(
-            f"config file {str(path)!r} is empty (only blanks or comments); a config names at "
-            "least its env, e.g. configs/cartpole.yaml (write {} to mean every default)"
-        )
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
-    return data
-
-
-# ----------------------------------------------------------------------------- paths
-
-
-def input_path(value: str, folder: Path | None) -> str:
-    """A path the run reads, made absolute: relative to `folder` (the config file's), except
-    where nothing exists there and something does in the working directory (configs written to
-    run from the repository root, run folders saved before their paths were made absolute).
-    `folder` None (--set overrides, dict configs): relative to the working directory."""
-    if os.path.isabs(value):
-        return value
-    if folder is not None:
-        beside = os.path.abspath(folder / value)
-        if os.path.exists(beside) or not os.path.exists(value):
-            return beside
-    return os.path.abspath(value)
-
-
-def _env_kwargs_paths(kwargs: dict[str, Any], folder: Path | None, top: bool = True) -> None:
-    """In place: the env arguments that name files (textenv's): `prompts` ending in a prompt
-    file extension, `tokenizer` unless a built-in name, and every `path` at any depth (the
-    reward_model spec, also inside weighted_sum)."""
-    for key, value in kwargs.items():
-        if isinstance(value, dict):
-            _env_kwargs_paths(value, folder, top=False)
-        elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, dict):
-                    _env_kwargs_paths(item, folder, top=False)
-        elif not isinstance(value, str) or not value:
-            continue
-        elif key == "path":
-            kwargs[key] = input_path(value, folder)
-        elif top and key == "prompts":
-            from textenv.data import PROMPT_FILE_EXTENSIONS
-
-            if value.endswith(PROMPT_FILE_EXTENSIONS):
-                kwargs[key] = input_path(value, folder)
-        elif top and key == "tokenizer":
-            from textenv.tokenizer import DEFAULT_TOKENIZER_NAMES
-
-            if value.lower() not in DEFAULT_TOKENIZER_NAMES:
-                kwargs[key] = input_path(value, folder)
-
-
-def _section_model(annotation: Any, value: dict[str, Any]) -> type[BaseModel] | None:
-    """The config model of a section (`X`, `X | None`), the policy section's by its type."""
-    for arg in typing.get_args(annotation) or (annotation,):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            if arg is PolicyConfig:
-                try:
-                    return policy_class(value.get("type", "mlp")).Config
-                except ValueError:
-                    return None  # validation names the unknown type
-            return arg
-    return None
-
-
-def resolve_input_paths(
-    data: dict[str, Any], model: type[BaseModel], folder: Path | None
-) -> dict[str, Any]:
-    """In place (and returned): every path that `data` (a `model` as raw YAML data) names to read
-    made absolute with `input_path`: the fields marked INPUT_PATH and the path-valued env
-    arguments of ENV_KWARGS fields. A loaded config, and so a run folder's config.yaml, holds
-    absolute paths only (output folders, run.root and output_dir, stay relative to the working
-    directory, as for any command)."""
-    for name, field in model.model_fields.items():
-        value = data.get(name)
-        mark = next((m for m in field.metadata if isinstance(m, ReadsFiles)), None)
-        if mark == INPUT_PATH and isinstance(value, str) and value:
-            data[name] = input_path(value, folder)
-        elif mark == ENV_KWARGS and isinstance(value, dict):
-            _env_kwargs_paths(value, folder)
-        elif isinstance(value, dict) and (section := _section_model(field.annotation, value)):
-            resolve_input_paths(value, section, folder)
-    return data
-
-
 def config_warnings(cfg: Config) -> list[str]:
     """One line per setting that is valid but probably not what the user wants (the trainer
     prints them once at start-up)."""
@@ -724,53 +406,6 @@ def save_config(cfg: BaseModel, path: str | Path) -> None:
     atomic_write_text(path, config_text(cfg))
 
 
-# ----------------------------------------------------------------------------- helpers
-
-CODE_REFERENCE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_][\w.]*")
-
-
-def code_references(data: Any, where: str) -> list[str]:
-    """`where = 'module:attr'` for every string in `data` (nested dicts and lists) that names
-    code to import and call, e.g. a reward spec "os:system"."""
-    if isinstance(data, dict):
-        return [r for k, v in data.items() for r in code_references(v, f"{where}.{k}")]
-    if isinstance(data, list):
-        return [r for i, v in enumerate(data) for r in code_references(v, f"{where}[{i}]")]
-    if isinstance(data, str) and CODE_REFERENCE.fullmatch(data):
-        return [f"{where} = {data!r}"]
-    return []
-
-
-def check_code_references(cfg: Config, source: str | Path, trust: bool) -> None:
-    """Refuse a config that we did not get from the user (a run folder's) when its env
-    arguments name code to import and call, unless `trust` (the transformers convention,
-    `trust_remote_code`). An env id `module:EnvId` imports its module: allowed when that module
-    belongs to an installed package (e.g. `textenv`), refused when it is a loose file (e.g. a
-    `.py` shipped next to the run folder) or not importable from an installed package."""
-    found = code_references(cfg.env.kwargs, "env.kwargs")
-    found += code_references(cfg.eval.env_kwargs, "eval.env_kwargs")
-    module = env_module(cfg.env.id)
-    if module and not _installed_module(module):
-        found.append(f"env.id = {cfg.env.id!r} (module {module!r} is not an installed package)")
-    if found and not trust:
-        raise ValueError(
-            f"{source} names code to import and run: {'; '.join(found)}. A run folder is data "
-            "that users share; pass --trust-remote-code if you trust where it came from"
-        )
-
-
-def _installed_module(module: str) -> bool:
-    """True when `module` is already imported or its top-level package is part of an installed
-    distribution (so importing it runs only installed code, never a file from a run folder)."""
-    import importlib.metadata
-    import sys
-
-    if module in sys.modules:
-        return True
-    top = module.split(".")[0]
-    return top in importlib.metadata.packages_distributions()
-
-
 def flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"ppo": {"n_epochs": 4}} -> {"ppo.n_epochs": 4} (sections only, not env kwargs dicts)."""
     out: dict[str, Any] = {}
@@ -806,45 +441,3 @@ def step_budget(cfg: Config) -> int:
     total_timesteps, so never more than total_timesteps."""
     per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
     return cfg.total_timesteps // per_iteration * per_iteration
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-
-
-def is_model_folder(folder: Path) -> bool:
-    """A folder `save_pretrained` wrote (a model, an adapter, an export): a real folder (not a
-    link) of plain files only, with at least one weights file (*.safetensors, *.bin)."""
-    if folder.is_symlink() or not folder.is_dir():
-        return False
-    entries = list(folder.iterdir())
-    plain = all(p.is_file() and not p.is_symlink() for p in entries)
-    return plain and any(p.suffix in WEIGHT_SUFFIXES for p in entries)
-
-
-def check_output_dir(folder: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing, non-empty output folder unless `overwrite`; with `overwrite`, refuse
-    one that is not a model folder (`is_model_folder`): the writer replaces the whole folder
-    (`agents.run.files.replace_folder`), and --overwrite replaces a model, never other files."""
-    folder = Path(folder)
-    if folder.is_symlink():
-        raise ValueError(
-            f"output folder {folder} is a symbolic link; choose the folder it points to or "
-            "another one"
-        )
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"output_dir {str(folder)!r} is a file, not a folder; choose a folder")
-    entries = (
-        sorted(p.name for p in folder.iterdir() if p.name != ".lock") if folder.is_dir() else []
-    )
-    if entries and not overwrite:
-        raise FileExistsError(
-            f"output folder {folder} already exists; pass --overwrite (overwrite=True) to "
-            "replace it, or choose another output_dir"
-        )
-    if entries and not is_model_folder(folder):
-        raise FileExistsError(
-            f"--overwrite refuses to replace {folder}: it holds {entries[:6]}, not only the "
-            "files of a saved model (config, tokenizer, *.safetensors weights, no subfolders); "
-            "remove it yourself or choose another output folder"
-        )
-    return folder

@@ -138,7 +138,8 @@ def read_run_config(
     """The config of a run folder (or a saved model), with `--set`-style overrides. A run folder
     is data that users share: a `module:function` it names is refused unless
     `trust_remote_code` (check_code_references)."""
-    from agents.run.config import check_code_references, load_config
+    from agents.run.config import load_config
+    from agents.run.trust import check_code_references
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():

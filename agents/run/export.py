@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from agents.policies.hf import DEFAULT_MODEL_PATH
-from agents.run.config import check_output_dir
 from agents.run.evaluation import load_run_policy, read_run_config
 from agents.run.files import replace_folder
+from agents.run.output_dir import check_output_dir
 
 
 def export_run(
