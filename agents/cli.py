@@ -11,7 +11,6 @@ textrlhf export RUN_DIR OUT [--merge] [--checkpoint PATH] [--overwrite]   (agent
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -134,37 +133,38 @@ def lost_peer(err: BaseException) -> bool:
     return bool(frames) and f"torch{os.sep}distributed{os.sep}" in frames[-1].filename
 
 
-def load_train_config(args: argparse.Namespace) -> Config:
-    """The config of `textrlhf train` (YAML + --set), after the flag checks."""
-    from agents.run.config import load_config
+def load_train_config(args: argparse.Namespace) -> tuple[Config, list[str]]:
+    """The config of `textrlhf train` (YAML + --set), after the flag checks, and the keys that
+    the policy type's defaults filled in."""
+    from agents.run.config import load_config_and_defaults
 
     if args.resume and (args.overwrite or args.name):
         raise ValueError(
             "--resume continues an existing run; it cannot be combined with --overwrite or --name"
         )
-    return load_config(args.config, args.set)
+    return load_config_and_defaults(args.config, args.set)
 
 
 def check_before_launch(args: argparse.Namespace, nproc: int) -> None:
     """Fail fast, in this process: what every rank would reject (the config, the flags, a
     num_envs or batch_size that does not split over `nproc` ranks), before torchrun starts them."""
-    from agents.core.distributed import check_divides
+    from agents.run.preflight import check_config
 
-    cfg = load_train_config(args)
-    check_divides("env.num_envs", cfg.env.num_envs, nproc)
-    check_divides("ppo.batch_size", cfg.ppo.batch_size, nproc)
+    cfg, _ = load_train_config(args)
+    check_config(cfg, nproc)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from agents.run.trainer import train
+    from agents.api import train
 
-    cfg = load_train_config(args)
-    run_dir = train(
-        cfg, name=args.name, overwrite=args.overwrite, resume=args.resume, stop_on_interrupt=True
-    )
-    if int(os.environ.get("RANK", "0")) != 0:
+    cfg, filled = load_train_config(args)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if filled and main_rank:
+        print(f"defaults of policy.type {cfg.policy.type} filled in: " + ", ".join(filled))
+    run = train(cfg, name=args.name, overwrite=args.overwrite, resume=args.resume)
+    if not main_rank:
         return 0  # rank 0 reports for the job
-    summary = json.loads((run_dir / "summary.json").read_text())
+    run_dir, summary = run.dir, run.summary
     print(f"run folder: {run_dir}")
     if summary.get("interrupted"):
         again = ["textrlhf", "train", args.config, *(["--set", *args.set] if args.set else [])]
@@ -193,44 +193,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> None:
     import torch
 
-    from agents.policies import make_policy
-    from agents.run import checkpoint as ckpt
-    from agents.run.config import check_code_references, load_config
+    from agents.run.config import MAX_EPISODES
     from agents.run.envs import make_eval_env
-    from agents.run.evaluation import check_checkpoint_config, run_evaluation
-    from agents.run.trainer import check_sizes, resolve_device
+    from agents.run.evaluation import load_run_policy, read_run_config, run_evaluation
+    from agents.run.preflight import check_sizes
+    from agents.run.trainer import resolve_device
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml in it")
-    cfg = load_config(run_dir / "config.yaml", args.set)
-    # a run folder is data that users share: it may not make us import and call code
-    check_code_references(cfg, run_dir / "config.yaml", args.trust_remote_code)
+    cfg = read_run_config(args.run_dir, args.set, args.trust_remote_code)
     torch.set_num_threads(cfg.run.torch_threads)
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise ValueError(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
     if args.samples < 0:
         raise ValueError(f"--samples must be >= 0 (text samples to print), got {args.samples}")
     episodes = args.episodes if args.episodes is not None else cfg.eval.episodes
+    source = "--episodes" if args.episodes is not None else "eval.episodes in the config"
     if episodes < 1:
-        source = "--episodes" if args.episodes is not None else "eval.episodes in the config"
         raise ValueError(
             f"evaluation needs at least 1 episode, got {episodes} ({source}); pass --episodes N "
             "with N >= 1"
         )
-    path = (
-        Path(args.checkpoint)
-        if args.checkpoint
-        else ckpt.latest_checkpoint(run_dir / "checkpoints")
-    )
-    meta, tensors = ckpt.read_checkpoint(path)
-    check_checkpoint_config(cfg, meta, path)
+    if episodes > MAX_EPISODES:  # each episode's return (and text sample) is kept in memory
+        raise ValueError(
+            f"evaluation takes at most {MAX_EPISODES} episodes, got {episodes} ({source})"
+        )
     check_sizes(cfg)
     env = make_eval_env(cfg, episodes)
-    policy = make_policy(cfg.policy, env.single_observation_space, env.single_action_space)
-    ckpt.load_policy_weights(policy, tensors, path)
-    if hasattr(policy, "set_compute_dtype"):
-        policy.set_compute_dtype(cfg.run.dtype)
+    spaces = (env.single_observation_space, env.single_action_space)
+    policy, path = load_run_policy(cfg, args.run_dir, args.checkpoint, spaces)
     device = resolve_device(cfg.run.device)
     policy.to(device)
     log = run_evaluation(policy, cfg, env, episodes, args.deterministic, args.seed, device=device)
@@ -272,9 +261,12 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from agents.run.compare import CompareFailed, compare
+    from agents.run.config_types import max_torch_threads
 
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    # each seed is a training run: 1000 per config is past any comparison's need, and keeps the
+    # seeds (the config's seed + i) within the seed range
+    if not 1 <= args.seeds <= 1000:
+        raise ValueError(f"--seeds must be in [1, 1000], got {args.seeds}")
     thresholds = {}
     for item in args.threshold or []:
         env_id, _, value = item.partition("=")
@@ -287,8 +279,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 f"--threshold {item!r} must look like ENV_ID=VALUE with a finite number VALUE, e.g. "
                 "Pendulum-v1=-200"
             ) from None
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    most = max_torch_threads()  # each job is a process with one torch thread
+    if not 1 <= args.jobs <= most:
+        raise ValueError(
+            f"--jobs must be in [1, {most}] (4 per CPU of this machine), got {args.jobs}"
+        )
     agents = ("ours",) if args.no_sb3 else ("ours", "sb3")
     command = "textrlhf " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:

@@ -1,5 +1,6 @@
-"""What a CartPole user waits for: the whole `textrlhf train configs/cartpole.yaml` process vs the
-equivalent stable-baselines3 script, each a fresh Python process, alternately.
+"""What a CartPole user waits for: the whole `textrlhf train configs/cartpole.yaml` process, the
+same from Python (`agents.PPO(...).learn` + `evaluate_policy` + `save`), and the equivalent
+stable-baselines3 script, each a fresh Python process, alternately.
 
     python benchmarks/cartpole_e2e.py [--rounds 3]
 
@@ -8,7 +9,7 @@ n_steps 32, batch 256, 20 epochs, ...), 1 torch thread, a final evaluation of 10
 episodes, and their outputs written to a temporary folder (ours: run folder with TensorBoard,
 metrics.csv, summary.json, training_curves.png; SB3: its TensorBoard log and the saved model).
 Prints per-side medians of the whole process and its split (interpreter + imports, training,
-the rest: setup, evaluation, plots and files), and the ratio ours / SB3 (< 1: ours is faster).
+the rest: setup, evaluation, plots and files), and the ratios ours / SB3 (< 1: ours is faster).
 """
 
 from __future__ import annotations
@@ -50,6 +51,24 @@ model.save(out + "/ppo_cartpole")
 print(json.dumps({"import": t_import - t0, "train": t_learned - t_learn, "eval_return": mean}))
 """
 
+# The same from our Python API: PPO("mlp", ...) with nothing else set uses the MLP's defaults,
+# which are configs/cartpole.yaml's; learn writes nothing to disk unless asked, save writes a folder
+API_SCRIPT = """
+import sys, time, json
+t0 = time.perf_counter()
+import gymnasium as gym
+from agents import PPO, evaluate_policy
+t_import = time.perf_counter()
+out = sys.argv[1]
+model = PPO("mlp", "CartPole-v1", seed=1)
+t_learn = time.perf_counter()
+model.learn(100_000, progress_bar=True)
+t_learned = time.perf_counter()
+mean, std = evaluate_policy(model, gym.make("CartPole-v1"), n_eval_episodes=10, seed=10_001)
+model.save(out + "/ppo_cartpole")
+print(json.dumps({"import": t_import - t0, "train": t_learned - t_learn, "eval_return": mean}))
+"""
+
 OURS_IMPORT = "import agents.cli"
 
 
@@ -72,6 +91,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     ours: dict[str, list[float]] = {"total": [], "imports": [], "train": [], "return": []}
+    api: dict[str, list[float]] = {"total": [], "imports": [], "train": [], "return": []}
     sb3: dict[str, list[float]] = {"total": [], "imports": [], "train": [], "return": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -87,6 +107,15 @@ def main() -> None:
             ours["return"].append(summary["final_return"])
             ours["imports"].append(import_time(OURS_IMPORT))
 
+            out = Path(tmp) / f"api{r}"
+            out.mkdir()
+            wall, stdout = timed([sys.executable, "-c", API_SCRIPT, str(out)], REPO)
+            result = json.loads(stdout.strip().splitlines()[-1])
+            api["total"].append(wall)
+            api["train"].append(result["train"])
+            api["return"].append(result["eval_return"])
+            api["imports"].append(import_time("import gymnasium, agents"))
+
             out = Path(tmp) / f"sb3{r}"
             out.mkdir()
             wall, stdout = timed([sys.executable, "-c", SB3_SCRIPT, str(out)], REPO)
@@ -96,22 +125,24 @@ def main() -> None:
             sb3["return"].append(result["eval_return"])
             sb3["imports"].append(import_time("import torch, stable_baselines3"))
             print(
-                f"round {r + 1}: ours {ours['total'][-1]:.1f} s (train {ours['train'][-1]:.1f}), "
+                f"round {r + 1}: CLI {ours['total'][-1]:.1f} s (train {ours['train'][-1]:.1f}), "
+                f"API {api['total'][-1]:.1f} s (train {api['train'][-1]:.1f}), "
                 f"SB3 {sb3['total'][-1]:.1f} s (train {sb3['train'][-1]:.1f})",
                 flush=True,
             )
     med = {side: {k: statistics.median(v) for k, v in d.items()} for side, d in
-           (("ours", ours), ("sb3", sb3))}  # fmt: skip
+           (("ours", ours), ("api", api), ("sb3", sb3))}  # fmt: skip
     print("\nmedians over rounds (s)     whole process   interpreter+imports   training   rest")
-    for side in ("ours", "sb3"):
+    for side in ("ours", "api", "sb3"):
         m = med[side]
         rest = m["total"] - m["imports"] - m["train"]
         print(
             f"  {side:5s}                      {m['total']:6.1f}          {m['imports']:6.1f}"
             f"          {m['train']:6.1f}   {rest:5.1f}   (eval return {m['return']:.0f})"
         )
-    print(f"ours / SB3, whole process: {med['ours']['total'] / med['sb3']['total']:.2f}x")
-    print(f"ours / SB3, training only: {med['ours']['train'] / med['sb3']['train']:.2f}x")
+    for side, name in (("ours", "textrlhf train"), ("api", "agents.PPO")):
+        print(f"{name} / SB3, whole process: {med[side]['total'] / med['sb3']['total']:.2f}x, "
+              f"training only: {med[side]['train'] / med['sb3']['train']:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

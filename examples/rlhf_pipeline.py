@@ -10,7 +10,7 @@ Each stage writes its own folder under --out (default runs/rlhf_pipeline):
     sft/           the SFT model                       agents.rlhf.sft.main(configs/sft_tiny.yaml)
     preferences/   pairs sampled from it, gold labels  agents.rlhf.preferences.generate_preferences
     rm/            the reward model (Bradley-Terry)    agents.rlhf.reward_model.main(configs/rm_tiny.yaml)
-    ppo/           PPO against the reward model        agents.run.trainer.Trainer(configs/text_reward_model.yaml)
+    ppo/           PPO against the reward model        agents.train(configs/text_reward_model.yaml)
     ppo_nokl/      (--nokl) the same with beta = 0     configs/text_reward_model_nokl.yaml
     results.json   the final table; rlhf_proxy_vs_gold.png with --nokl
 
@@ -33,12 +33,12 @@ import torch
 
 import agents.rlhf.reward_model
 import agents.rlhf.sft
+from agents import PPO, load_config, train
 from agents.policies.hf import load_causal_lm, without_dropout
 from agents.policies.lm import LMPolicy
 from agents.rlhf.preferences import env_lengths, evaluate_gold_proxy, generate_preferences
-from agents.run.config import check_output_dir, load_config
 from agents.run.files import atomic_file, atomic_write_text
-from agents.run.trainer import Trainer
+from agents.run.output_dir import check_output_dir
 from textenv import make_task
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,21 +46,20 @@ OUTPUTS = ("sft", "preferences", "rm", "ppo", "ppo_nokl", "results.json", "rlhf_
 GOLD, PROXY = "episode/reward_components/gold", "episode/reward_components/reward_model"
 
 
-def ppo_stage(config: str, out: Path, sft: Path, rm: Path, overrides: list[str]) -> Trainer:
-    """Train PPO from `config` with the pipeline's own SFT model and reward model."""
+def ppo_stage(config: str, out: Path, sft: Path, rm: Path, overrides: list[str]) -> PPO:
+    """Train PPO from `config` with the pipeline's own SFT model and reward model (the
+    `textrlhf train` path, `agents.train`); returns the trained model."""
     reward = (
         f"{{weighted_sum: [{{name: reward_model, path: '{rm}', weight: 1.0}}, "
         "{name: gold, weight: 0.0}]}"
     )
-    cfg = load_config(
+    run = train(
         REPO / config,
         [f"policy.model_path={sft}", f"env.kwargs.reward_fn={reward}", f"run.root={out.parent}"]
         + overrides,
+        name=out.name,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, out)
-    trainer.learn()
-    return trainer
+    return PPO.load(run.dir)
 
 
 def plot_proxy_vs_gold(runs: dict[str, Path], path: Path, sft_gold: float | None = None) -> None:
@@ -155,11 +154,11 @@ def main() -> None:
         runs["beta=0"] = ("configs/text_reward_model_nokl.yaml", out / "ppo_nokl")
     for label, (config, folder) in runs.items():
         start = time.perf_counter()
-        trainer = ppo_stage(config, folder, sft, rm, ppo_overrides)
+        model = ppo_stage(config, folder, sft, rm, ppo_overrides)
         timings[f"ppo {label}"] = time.perf_counter() - start
-        assert env_lengths(trainer.cfg.env.kwargs) == lengths
+        assert env_lengths(model.cfg.env.kwargs) == lengths
         results[label] = evaluate_gold_proxy(
-            trainer.policy, prompts, rm_path=rm, reference=reference, seed=1, **lengths
+            model.policy, prompts, rm_path=rm, reference=reference, seed=1, **lengths
         )
     if args.nokl:
         plot_proxy_vs_gold(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CONFIGS, save_tiny_model
+from helpers import CONFIGS, save_tiny_model, train_args
 
 torch.set_num_threads(1)
 
@@ -46,6 +46,16 @@ def _run_in_a_scratch_directory(tmp_path_factory, monkeypatch) -> None:
 @pytest.fixture
 def cartpole_yaml() -> Path:
     return CONFIGS / "cartpole.yaml"
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory) -> Path:
+    """A finished 512-step CartPole run (tests copy it before changing it)."""
+    from agents.cli import main
+
+    root = tmp_path_factory.mktemp("finished")
+    assert main([*train_args(CONFIGS / "cartpole.yaml", root), "--name", "run"]) == 0
+    return root / "run"
 
 
 # tiny random causal LMs (2 layers, width 32, 4 heads, byte vocabulary); read-only, so built once

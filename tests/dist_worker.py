@@ -5,6 +5,10 @@
 
 `collectives`: `Distributed`'s collectives on rank-dependent inputs (CASES.json unused).
 
+`slow_eval`: a short CartPole run (CASES.json: its config) in a process group whose collectives
+time out after SLOW_EVAL_TIMEOUT_S, with every evaluation made longer than that timeout; rank 0
+writes OUT_DIR/slow_eval.json with the run's summary.
+
 `equivalence`: for each case (a config dict), every rank collects the SAME 1-rank rollout of all
 `env.num_envs` rows (same seed, same initial weights), keeps the rows it owns, and runs one
 training iteration through a Trainer of this world size (score normalization, KL penalty and
@@ -28,6 +32,7 @@ import torch
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
 FAIL_AT_ITERATION = 3
+SLOW_EVAL_TIMEOUT_S, SLOW_EVAL_S = 2.0, 3.0
 
 
 class RaisesOnRank1(CartPoleEnv):
@@ -107,6 +112,29 @@ def resume(cfg_dict: dict, out: Path, dist: Any) -> None:
     Trainer(cfg, out / "part", resume=True, dist=dist).learn()
 
 
+def slow_eval(cfg_dict: dict, out: Path, dist: Any) -> None:
+    """Train `cfg_dict` with each evaluation SLOW_EVAL_S seconds longer than it takes, more than
+    the process group's collective timeout; rank 0 writes the summary."""
+    import time
+
+    from agents.run import trainer as trainer_module
+    from agents.run.config import Config
+
+    evaluate = trainer_module.run_evaluation
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(SLOW_EVAL_S)
+        return evaluate(*args, **kwargs)
+
+    trainer_module.run_evaluation = slow
+    run_dir = out / "run"
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    summary = trainer_module.Trainer(Config.model_validate(cfg_dict), run_dir, dist=dist).learn()
+    if dist.is_main:
+        (out / "slow_eval.json").write_text(json.dumps(summary))
+
+
 def collectives(out: Path, dist: Any) -> None:
     """Rank-dependent inputs to `Distributed`'s collectives; rank 0 writes what it got back."""
     r = dist.rank
@@ -132,9 +160,11 @@ def main(argv: list[str]) -> None:
 
     mode, out, cases_file = argv
     torch.set_num_threads(1)
-    dist = init_distributed("cpu", timeout_s=120)
-    if mode not in ("equivalence", "resume", "collectives"):
-        raise ValueError(f"mode must be 'equivalence', 'resume' or 'collectives', got {mode!r}")
+    timeout_s = SLOW_EVAL_TIMEOUT_S if mode == "slow_eval" else 120
+    dist = init_distributed("cpu", timeout_s=timeout_s)
+    modes = ("equivalence", "resume", "collectives", "slow_eval")
+    if mode not in modes:
+        raise ValueError(f"mode must be one of {list(modes)}, got {mode!r}")
     if mode == "collectives":
         collectives(Path(out), dist)
         dist.close()
@@ -142,6 +172,10 @@ def main(argv: list[str]) -> None:
     cases = json.loads(Path(cases_file).read_text())
     if mode == "resume":
         resume(cases, Path(out), dist)
+        dist.close()
+        return
+    if mode == "slow_eval":
+        slow_eval(cases, Path(out), dist)
         dist.close()
         return
     for name, cfg in cases.items():

@@ -6,6 +6,7 @@ the fixtures built on them live in ``conftest.py``. Test modules never import ea
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -143,7 +144,7 @@ def lm_rollout(
         valid=torch.ones(steps, ids.shape[0], dtype=torch.bool),
     )
     values = torch.stack(values)
-    if getattr(policy, "values_after_rollout", False):  # as the rollout collector does
+    if policy.values_after_rollout:  # as the rollout collector does
         assert not values.any()  # act() left them out
         values = policy.rollout_values(batch)
     return batch, torch.stack(logps), values
@@ -156,7 +157,7 @@ def text_config(model_path: str, run_root: str, **ppo: Any) -> dict:
         "seed": 3,
         "total_timesteps": 8 * 8 * 4,
         "env": {
-            "id": "TextRLHF-v0",
+            "id": "textenv:TextRLHF-v0",  # module:EnvId: the policy no longer imports textenv
             "num_envs": 8,
             "vectorization": "vector_entry_point",
             "kwargs": {"prompts": "reverse", "max_prompt_tokens": 20, "max_new_tokens": 8},
@@ -175,6 +176,39 @@ def text_config(model_path: str, run_root: str, **ppo: Any) -> dict:
         "eval": {"episodes": 8, "deterministic": False, "env_kwargs": {"split": "test"}},
         "run": {"root": run_root, "progress": False},
     }
+
+
+# ----------------------------------------------------------------------------- CartPole runs
+
+SMALL = ["total_timesteps=512", "ppo.n_epochs=2", "run.progress=false", "eval.episodes=2"]
+DEEP = "[" * 100_000 + "]" * 100_000  # past Python's recursion limit in json and yaml
+
+
+def train_args(cartpole_yaml: Path, root: Path, *more: str) -> list[str]:
+    """`textrlhf train` arguments for a 512-step CartPole run (SMALL) under `root`."""
+    return ["train", str(cartpole_yaml), "--set", f"run.root={root}", *SMALL, *more]
+
+
+def _half_run(cartpole_yaml: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A SMALL CartPole run named "half" stopped at step 256 of 512: its folder and the latest
+    checkpoint's metadata file."""
+    from agents.run import checkpoint as ckpt
+    from agents.run.config import load_config
+    from agents.run.rundir import new_run_dir
+    from agents.run.trainer import Trainer
+
+    cfg = load_config(cartpole_yaml, [f"run.root={tmp_path}", *SMALL])
+    trainer = Trainer(cfg, new_run_dir(cfg, "half"))
+    trainer.learn(stop_at=256)
+    run = tmp_path / "half"
+    return run, ckpt.latest_checkpoint(run / "checkpoints")
+
+
+def copy_run(run: Path, tmp_path: Path, name: str = "run") -> Path:
+    """A copy of the run folder `run` as `tmp_path / name` (for tests that change it)."""
+    target = tmp_path / name
+    shutil.copytree(run, target)
+    return target
 
 
 # ----------------------------------------------------------------------------- rewards

@@ -224,3 +224,166 @@ def test_sequence_aggregation_weighs_each_episode_equally(gpt2_ctx64_path, tmp_p
     lengths = buf.valid.sum(0)
     assert lengths.min() < lengths.max(), "the test needs episodes of different lengths"
     trainer.close()
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+def _ppo_inputs(cartpole_yaml, overrides: list[str], advantages, valid):
+    """`PPO.prepare`'s loss inputs for hand-made (B,) advantages (an MLP policy: flat batches)."""
+    from agents.core.ppo import PPO
+    from agents.policies.base import Minibatch
+
+    cfg = load_config(cartpole_yaml, overrides)
+    env = gym.make("CartPole-v1")
+    policy = make_policy(cfg.policy, env.observation_space, env.action_space)
+    ppo = PPO(policy, cfg.ppo, num_iterations=1)
+    zeros = torch.zeros(len(advantages))
+    mb = Minibatch(
+        None, None, zeros, zeros, torch.tensor(advantages), zeros, torch.tensor(valid),
+        zeros, torch.ones(len(advantages)),
+    )  # fmt: skip
+    return ppo.prepare(mb, 0.2)
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_pp"])
+def test_normalize_advantage_only_scales_critic_free_advantages(cartpole_yaml, estimator):
+    """ppo.normalize_advantage on a critic-free estimator divides by the std and subtracts
+    nothing: a zero-variance group keeps advantage exactly 0, and no baseline is added back."""
+    # two episodes of a tied group (0), then episodes with advantages +-1 and +-0.5 of different
+    # lengths; the invalid steps carry junk that must not count
+    adv = [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, -1.0, 0.5, -0.5, -0.5, 7.0]
+    valid = [True] * 11 + [False]
+    overrides = ["policy.critic=none", f"advantage.estimator={estimator}", "advantage.group_size=2"]
+    inputs = _ppo_inputs(cartpole_yaml, [*overrides, "ppo.normalize_advantage=true"], adv, valid)
+    a = torch.tensor(adv[:11], dtype=torch.float64)
+    expected = a / (a.std() + 1e-8)
+    torch.testing.assert_close(inputs.advantages[:11].double(), expected, rtol=1e-6, atol=1e-7)
+    assert torch.all(inputs.advantages[:3] == 0) and inputs.advantages[11] == 0
+    # with a critic (GAE) it still whitens: mean 0, std 1 over the valid steps
+    gae = _ppo_inputs(cartpole_yaml, ["ppo.normalize_advantage=true"], adv, valid).advantages
+    assert abs(float(gae[:11].mean())) < 1e-6 and float(gae[:11].std()) == pytest.approx(1.0)
+
+
+def test_grpo_std_comes_from_the_task_scores_not_the_kl_penalty(gpt2_ctx64_path, tmp_path):
+    """GRPO, scale_std, KL in the reward: in a group whose task scores tie, the only spread is
+    the KL penalty; it keeps its reward scale (centered), it is not blown up to unit size."""
+    data = text_config(gpt2_ctx64_path, str(tmp_path))
+    data["advantage"] = {"estimator": "grpo", "group_size": 4, "scale_std": True}
+    data["kl"].update(placement="reward", beta=0.1)
+    trainer = Trainer(load_config(data))
+    with torch.no_grad():  # move the policy away from the reference: a visible KL
+        for p in trainer.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    buf, collect = trainer.buffer, trainer.collector.collect
+    scores = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.0, 1.0, 0.25, 0.75])  # group 0 ties
+    by_hand = {}
+
+    def collect_with_scores():
+        log = collect()
+        last = buf.valid.cumsum(0) == buf.valid.sum(0)  # (T, N) each row's last valid step
+        buf.rewards.copy_((last & buf.valid) * scores)
+        with torch.no_grad():  # the per-episode k1 KL, before the update moves the policy
+            batch = buf.full_batch(True)
+            log_ratio = trainer.policy.evaluate(batch)[0] - trainer.reference.evaluate(batch)[0]
+        by_hand["penalty"] = (-0.1 * (log_ratio * buf.valid).sum(0)).double()  # (N,)
+        return log
+
+    trainer.collector.collect = collect_with_scores
+    metrics = trainer.iterate()
+    penalty = by_hand["penalty"]  # the KL part of each return
+    adv = buf.advantages[0].double()  # every row's first step is valid
+    tied = penalty[:4] - penalty[:4].mean()
+    assert float(tied.abs().max()) > 1e-3, "the test needs a visible KL spread"
+    torch.testing.assert_close(adv[:4], tied, rtol=1e-4, atol=1e-5)
+    s = scores[4:].double()
+    expected = (s - s.mean()) / (s.std() + 1e-6) + penalty[4:] - penalty[4:].mean()
+    torch.testing.assert_close(adv[4:], expected, rtol=1e-4, atol=1e-5)
+    assert metrics["advantage/zero_variance_groups"] == 0.5  # counted on the task scores
+    trainer.close()
+
+
+SCORES = torch.tensor([1.0, 1.0, 0.5, 2.0])  # (N,) the task scores of `_reinforce_pp_buffer`
+
+
+def _reinforce_pp_buffer() -> RolloutBuffer:
+    """3 steps x 4 rows, one episode per row (lengths 3, 2, 3, 1); a task score at each row's last
+    step (`SCORES`) plus per-step KL penalties in the rewards."""
+    space = gym.spaces.Box(-1, 1, (1,))
+    buf = RolloutBuffer(3, 4, space, gym.spaces.Discrete(2))
+    buf.valid[:] = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 1, 0]], dtype=torch.bool)
+    penalty = torch.tensor([[-0.1, -0.2, 0.0, -0.3], [-0.1, -0.4, -0.2, 0], [-0.3, 0, -0.1, 0]])
+    scores = torch.tensor([[0, 0, 0, 2.0], [0, 1.0, 0, 0], [1.0, 0, 0.5, 0]])
+    buf.rewards[:] = scores + penalty
+    return buf
+
+
+@pytest.mark.parametrize("group_size", [1, 2])
+def test_reinforce_pp_whitens_per_token_reward_to_go(group_size):
+    """The paper's REINFORCE++: each token's advantage is its reward-to-go (the KL penalties of
+    this and later tokens plus the score), minus the group's mean score when K > 1, whitened
+    over every valid token of the batch."""
+    buf = _reinforce_pp_buffer()
+    if group_size == 1:  # no baseline: the per-step rewards are all it reads
+        outcome_advantages(buf, "reinforce_pp", group_size)
+    else:  # the baseline is the group's mean task score (the returns before the KL penalty)
+        outcome_advantages(buf, "reinforce_pp", group_size, scores=SCORES)
+    rewards = buf.rewards.tolist()
+    valid = buf.valid.tolist()
+    task = SCORES.tolist()
+    to_go: dict[tuple[int, int], float] = {}
+    for i in range(4):
+        base = statistics.fmean(task[i - i % 2 : i - i % 2 + 2]) if group_size == 2 else 0.0
+        for t in range(3):
+            if valid[t][i]:
+                to_go[t, i] = sum(rewards[u][i] for u in range(t, 3) if valid[u][i]) - base
+    mean, std = statistics.fmean(to_go.values()), statistics.stdev(to_go.values())
+    for (t, i), g in to_go.items():
+        assert float(buf.advantages[t, i]) == pytest.approx((g - mean) / (std + 1e-6), abs=1e-5)
+    assert torch.all(buf.advantages[~buf.valid] == 0)
+    # the first step of row 0 differs from its last: credit follows the per-token KL
+    assert float(buf.advantages[0, 0]) != pytest.approx(float(buf.advantages[2, 0]))
+
+
+def test_reinforce_pp_episode_form_whitens_one_number_per_episode():
+    buf = _reinforce_pp_buffer()
+    outcome_advantages(buf, "reinforce_pp", 2, reinforce_pp_form="episode")
+    returns = (buf.rewards * buf.valid).sum(0).tolist()
+    expected = brute_force("reinforce_pp", [returns[:2], returns[2:]])
+    for i in range(4):
+        col = buf.advantages[:, i][buf.valid[:, i]]
+        torch.testing.assert_close(col, torch.full_like(col, expected[i]), atol=1e-5, rtol=0)
+
+
+def test_token_sum_aggregation_divides_by_a_constant(cartpole_yaml):
+    """Dr. GRPO's loss normalization: every valid step weighs 1 / (steps in the minibatch, valid
+    or not), a constant, not 1 / (valid steps)."""
+    adv = [1.0, -1.0, 0.5, 0.0, 2.0, 0.0]
+    valid = [True, True, True, False, True, False]
+    overrides = ["policy.critic=none", "advantage.estimator=reinforce_pp"]
+    inputs = _ppo_inputs(cartpole_yaml, [*overrides, "ppo.loss_aggregation=token_sum"], adv, valid)
+    expected = torch.tensor([1, 1, 1, 0, 1, 0]) / 6.0
+    torch.testing.assert_close(inputs.weights, expected.float())
+    token = _ppo_inputs(cartpole_yaml, overrides, adv, valid).weights
+    torch.testing.assert_close(token, torch.tensor([1, 1, 1, 0, 1, 0]) / 4.0)
+
+
+@pytest.mark.parametrize(
+    "policy, adaptive, warns",
+    [({"top_p": 0.9}, True, True), ({"top_k": 20}, True, True), ({}, True, False),
+     ({"top_p": 0.9}, False, False)],
+)  # fmt: skip
+def test_adaptive_kl_with_truncated_sampling_warns_once(
+    gpt2_ctx64_path, tmp_path, capsys, policy, adaptive, warns
+):
+    """Top-k / top-p sampling puts a floor under the measured KL (the reference scores the
+    full distribution): an adaptive target below it keeps raising beta, so the run says so."""
+    data = text_config(gpt2_ctx64_path, str(tmp_path))
+    data["policy"].update(policy)
+    data["kl"].update(adaptive=adaptive, target=0.5)
+    Trainer(load_config(data)).close()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "kl.adaptive" in line]
+    assert len(lines) == (1 if warns else 0), err
+    if warns:
+        assert "warning:" in lines[0] and ("top_p" in lines[0] or "top_k" in lines[0])

@@ -9,6 +9,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+from helpers import DEEP
 
 from agents.run.compare import SB3Adapter, compare, sb3_model
 from agents.run.config import load_config
@@ -276,3 +277,12 @@ def test_a_run_whose_process_dies_fails_alone(cartpole_yaml, tmp_path):
     ]
     raw = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [r["label"] for r in raw] == ["good"]
+
+
+def test_compare_reading_a_deeply_nested_summary_names_it(tmp_path):
+    """compare reads the summaries of the run folders it reuses; was a RecursionError."""
+    from agents.run.compare import read_run
+
+    (tmp_path / "summary.json").write_text(DEEP)
+    with pytest.raises(ValueError, match=r"summary\.json cannot be read: JSON nested more than"):
+        read_run(tmp_path, "x", 1)

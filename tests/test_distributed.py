@@ -5,7 +5,8 @@
   running score normalization and the adaptive KL controller on;
 - a rank that raises ends the whole job, non-zero, within seconds, its error visible;
 - two "nodes" on 127.0.0.1 through torchrun's c10d rendezvous train one run together;
-- a 2-rank run resumed from its checkpoint ends with the weights of an uninterrupted one.
+- a 2-rank run resumed from its checkpoint ends with the weights of an uninterrupted one;
+- rank 0's evaluations may take longer than the process group's collective timeout.
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ def _grpo_case(root: str) -> dict:
     return cfg
 
 
+def _critic_free_reward_kl_case(root: str, estimator: str) -> dict:
+    """Critic-free with the KL in the reward: groups compared on the task scores (gathered),
+    `normalize_advantage` as a scale only, per-token REINFORCE++ whitened over all ranks; RLOO
+    with the constant `token_sum` normalizer (the global minibatch size)."""
+    cfg = _grpo_case(root)
+    aggregation = "token_sum" if estimator == "rloo" else "token"
+    cfg["ppo"].update(normalize_advantage=True, loss_aggregation=aggregation)
+    cfg["advantage"] = {"estimator": estimator, "group_size": 2}
+    cfg["kl"].update(placement="reward", estimator="k1")
+    return cfg
+
+
 def test_world_size_1_is_a_no_op():
     dist = init_distributed()
     assert dist is LOCAL and dist.world_size == 1 and dist.is_main and not dist.active
@@ -153,6 +166,8 @@ def test_two_ranks_equal_one_rank_after_one_iteration(gpt2_ctx64_path, tmp_path)
         "cartpole": _cartpole_case(),
         "text": _text_case(gpt2_ctx64_path, str(tmp_path)),
         "grpo": _grpo_case(str(tmp_path)),
+        "rloo": _critic_free_reward_kl_case(str(tmp_path), "rloo"),
+        "reinforce_pp": _critic_free_reward_kl_case(str(tmp_path), "reinforce_pp"),
         "text_buckets": text_buckets,
         "cartpole_one_bucket": cartpole_one_bucket,
     }
@@ -184,6 +199,29 @@ def test_two_ranks_equal_one_rank_after_one_iteration(gpt2_ctx64_path, tmp_path)
             assert metrics["kl_beta_after"] != cfg["kl"]["beta"]  # the adaptive controller moved
     grpo = one_iteration(cases["grpo"], LOCAL)[1]
     assert "train/value_loss" not in grpo and grpo["advantage/zero_variance_groups"] < 1
+
+
+def test_an_evaluation_longer_than_the_collective_timeout_does_not_end_the_job(tmp_path):
+    """Rank 0 evaluates alone while the other ranks wait for it: in a collective whose timeout
+    covers an evaluation, not in the next training collective (whose timeout is for a hung peer).
+    Here each evaluation (at the start, after iteration 2, and the final one of a 3-iteration
+    run) outlasts the group's 2 s timeout."""
+    from dist_worker import SLOW_EVAL_S, SLOW_EVAL_TIMEOUT_S
+
+    assert SLOW_EVAL_S > SLOW_EVAL_TIMEOUT_S
+    cfg = _cartpole_case()
+    cfg.update(total_timesteps=8 * 16 * 3)
+    cfg["kl"] = {"enabled": False}
+    cfg["eval"] = {"episodes": 2, "every": 8 * 16 * 2}
+    (tmp_path / "case.json").write_text(json.dumps(cfg))
+    result = _torchrun(
+        "--standalone", "--nproc_per_node=2", str(TESTS / "dist_worker.py"),
+        "slow_eval", str(tmp_path), str(tmp_path / "case.json"), timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "slow_eval.json").read_text())
+    assert summary["finished"] and summary["iterations"] == 3
+    assert summary["initial_return"] is not None and summary["final_return"] is not None
 
 
 def _cartpole_yaml(tmp_path: Path, **env: object) -> Path:

@@ -106,3 +106,40 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
     txt.write_text("x")
     with pytest.raises(ValueError, match=r"prompts\.txt.*allowed"):
         PromptDataset.from_file(txt)
+
+
+def test_deeply_nested_prompt_files_name_the_file(tmp_path):
+    """Was a RecursionError traceback."""
+    deep = "[" * 100_000 + "]" * 100_000
+    jsonl = tmp_path / "deep.jsonl"
+    jsonl.write_text('{"prompt": "a"}\n{"prompt": ' + deep + "}\n")
+    with pytest.raises(ValueError, match=r"deep\.jsonl:2: JSON nested more than 100 levels"):
+        PromptDataset.from_file(jsonl)
+    data = tmp_path / "deep.json"
+    data.write_text(deep)
+    with pytest.raises(ValueError, match=r"deep\.json: JSON nested more than 100 levels"):
+        PromptDataset.from_file(data)
+
+
+def test_a_lone_surrogate_in_a_prompt_names_the_file_and_line(tmp_path):
+    """A '\\ud800' escape decodes to a str that cannot be encoded: it was a UnicodeEncodeError
+    from the tokenizer, naming no file."""
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "a"}\n\n{"prompt": "b\\ud800c"}\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl:3: the prompt .* lone surrogate"):
+        PromptDataset.from_file(jsonl)
+    jsonl.write_text('{"prompt": "a", "reference": "\\udfff"}\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl:1: the reference .* lone surrogate"):
+        PromptDataset.from_file(jsonl)
+    jsonl.write_text('{"messages": [{"role": "user", "content": "x\\ud800"}]}\n')
+    with pytest.raises(ValueError, match=r"p\.jsonl:1: .* lone surrogate"):
+        PromptDataset.from_file(jsonl)
+    data = tmp_path / "p.json"
+    data.write_text('["a", "\\ud800"]')
+    with pytest.raises(ValueError, match=r"p\.json\[item 1\]: the prompt .* lone surrogate"):
+        PromptDataset.from_file(data)
+    with pytest.raises(ValueError, match=r"prompts\[1\]: the prompt .* lone surrogate"):
+        PromptDataset(["a", "b\ud800"])
+    env = gym.make("TextRLHF-v0")
+    with pytest.raises(ValueError, match=r"options prompt: the prompt .* lone surrogate"):
+        env.reset(options={"prompt": "\ud800"})

@@ -109,9 +109,21 @@ def test_bad_arguments():
         gym.make_vec("TextRLHF-v0", num_envs=2, missing_eos_penalty="1")
 
 
+@pytest.mark.parametrize(
+    "name", ["max_new_tokens", "max_prompt_tokens", "max_tool_calls", "max_turns", "num_envs"]
+)
+def test_sizes_have_an_upper_bound_named_in_the_error(name):
+    """2**40 tokens (or rows) ended in numpy's 'maximum allowed dimension exceeded' naming no
+    argument, or was taken silently (tool calls, turns)."""
+    kwargs = {"prompts": "calc", "tools": ["calc"], "reward_fn": "exact_answer", name: 2**40}
+    with pytest.raises(ValueError, match=rf"{name} must be an int in \[1, 1048576\], got {2**40}"):
+        gym.make_vec("TextRLHF-v0", vectorization_mode="vector_entry_point", **kwargs)
+
+
 def test_reward_needing_references_is_rejected_early_on_open_ended_prompts():
     with pytest.raises(ValueError, match=r"'edit_distance' needs references.*continuation\[0\]"):
-        TextRLHFEnv(prompts="continuation")
+        TextRLHFEnv(prompts="continuation", reward_fn="edit_distance")
+    TextRLHFEnv(prompts="continuation")  # its natural reward, repetition, needs none
     spec = {
         "weighted_sum": [
             {"name": "repetition", "weight": 1},

@@ -227,3 +227,45 @@ def test_reward_base_class_subclassing():
 
     total, parts = Shout().score(["p", "p"], ["AB", "ab"], [None, None])
     assert total.tolist() == [1.0, 0.0] and list(parts) == ["shout"]
+
+
+def test_a_reward_model_device_it_cannot_run_on_is_named(tmp_path):
+    """'meta' moved the model to a device without data: scoring crashed with a traceback."""
+    path = save_tiny_model(tmp_path / "rm", head="classifier")
+    for device in ("meta", "mps", "xla", "cuda:x", 0):
+        with pytest.raises(ValueError, match=r"reward_model .*device must be 'cpu', 'cuda'"):
+            make_reward_fn({"name": "reward_model", "path": path, "device": device})
+    reward = make_reward_fn({"name": "reward_model", "path": path, "device": "cpu"})
+    assert np.isfinite(reward(["p"], ["r"])).all()
+
+
+@pytest.mark.parametrize(
+    "prompts, natural",
+    [("calc", "exact_answer"), ("continuation", "repetition"), ("reverse", "edit_distance"),
+     ("mixed", "edit_distance"), ([{"prompt": "say hi", "reference": "hi"}], "edit_distance")],
+)  # fmt: skip
+def test_a_built_in_task_scores_with_its_natural_reward(prompts, natural):
+    """Without reward_fn, a built-in task carries its own rule (calc: the exact answer, not the
+    edit distance to "444"); your own prompts keep the default (edit distance); an explicit
+    reward_fn always wins."""
+    import gymnasium as gym
+
+    env = gym.make("TextRLHF-v0", prompts=prompts).unwrapped
+    assert env.reward_fn.name == natural
+    vec = gym.make_vec("TextRLHF-v0", num_envs=2, prompts=prompts)
+    assert vec.reward_fn.name == natural
+    vec.close()
+    explicit = gym.make("TextRLHF-v0", prompts=prompts, reward_fn="length").unwrapped
+    assert explicit.reward_fn.name == "length"
+
+
+def test_calc_default_reward_is_exact():
+    from textenv import TextRLHFEnv
+
+    env = TextRLHFEnv(prompts="calc", max_prompt_tokens=32, max_new_tokens=8)
+    for answer, reward in (("444", 1.0), ("443", 0.0)):
+        env.reset(options={"prompt": "What is 37*12?\n"})
+        for b in answer.encode():
+            env.step(b + 3)
+        *_, info = env.step(1)  # EOS
+        assert info["score"] == reward, answer

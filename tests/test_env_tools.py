@@ -8,6 +8,7 @@ import pytest
 from helpers import byte_ids
 
 import textenv  # noqa: F401  (registers TextRLHF-v0)
+from textenv.rewards import last_integer, make_reward_fn
 from textenv.tools import CalcError, CalcTool, calc
 
 EOS = 1  # the default byte tokenizer's EOS id
@@ -211,7 +212,7 @@ def test_bad_arguments_name_the_value():
         gym.make("TextRLHF-v0", tools=["abacus"])
     with pytest.raises(TypeError, match="tools must be a list"):
         gym.make("TextRLHF-v0", tools="calc")
-    with pytest.raises(ValueError, match="max_turns must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"max_turns must be an int in \[1, 1048576\], got 0"):
         gym.make("TextRLHF-v0", max_turns=0)
     with pytest.raises(ValueError, match="feedback must be one of"):
         gym.make("TextRLHF-v0", max_turns=2, feedback="praise")
@@ -220,3 +221,33 @@ def test_bad_arguments_name_the_value():
         env.reset(seed=0)
         for token in byte_ids("ab") + [EOS]:
             env.step(token)
+
+
+def test_calc_and_exact_answer_read_ascii_digits_only():
+    """`\\d` and int() also take Arabic-Indic, fullwidth and other Unicode digits: a response
+    '١٢' scored as 12."""
+    for text in ("\u0663+4", "\uff14*2", "1\u0660", "\u0664", "\U0001d7d9"):
+        with pytest.raises(CalcError, match="unexpected"):
+            calc(text)
+    assert CalcTool()("<calc>\u0663*4</calc>") == ("\u0663*4", "=error")
+    exact = make_reward_fn("exact_answer")
+    prompts = ["What is 3*4?\n"] * 3
+    responses = ["12", "\u0661\u0662", "\uff11\uff12"]
+    assert exact(prompts, responses, ["12"] * 3).tolist() == [1.0, 0.0, 0.0]
+    assert last_integer("7 <calc>3*4</calc>=12 \u0661\u0662") == 7  # was 12 (the Arabic-Indic)
+    with pytest.raises(ValueError, match="needs an integer reference"):
+        exact(prompts[:1], ["12"], ["\u0661\u0662"])
+
+
+def test_feedback_text_that_is_not_unicode_names_the_feedback():
+    """A feedback callable returning a lone surrogate was a UnicodeEncodeError from the
+    tokenizer, naming nothing."""
+    env = gym.make("TextRLHF-v0", prompts="reverse", max_turns=2,
+                   feedback=lambda prompt, responses, scores: "\nno\ud800:")  # fmt: skip
+    env.reset(options={"prompt": "reverse: abc\n"})
+    env.step(byte_ids("x")[0])
+    with pytest.raises(ValueError, match=r"feedback for 'reverse: abc\\n': the feedback text"):
+        env.step(EOS)
+    env = gym.make("TextRLHF-v0", prompts="reverse")
+    with pytest.raises(ValueError, match="the reference .* lone surrogate"):
+        env.reset(options={"prompt": "reverse: abc\n", "reference": "\udfff"})

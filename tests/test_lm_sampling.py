@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
-from helpers import lm_policy_config, make_prompts, spaces_for, text_config
+from helpers import CONFIGS, lm_policy_config, make_prompts, spaces_for, text_config
 
 from agents.core.kl import apply_kl_penalty
 from agents.policies import make_policy
-from agents.policies.sequences import masked_logprobs_and_entropy, truncate
+from agents.policies.sequences import (
+    MIN_TEMPERATURE,
+    MIN_TOP_P,
+    check_sampling,
+    masked_logprobs_and_entropy,
+    truncate,
+)
+from agents.rlhf.sft import load_config as load_sft_config
 from agents.run.config import load_config
 from agents.run.evaluation import run_evaluation
 from agents.run.trainer import Trainer
@@ -96,9 +104,9 @@ def test_bad_sampling_settings_are_named(gpt2_path):
         with pytest.raises(ValueError, match=words):
             lm_policy_config(gpt2_path, **options)
     policy = make_policy(lm_policy_config(gpt2_path), *spaces_for(4, 4))
-    with pytest.raises(ValueError, match=r"top_p must be a float in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"top_p=0 must be a float in \(0, 1\]"):
         policy.sampling(top_p=0).__enter__()
-    with pytest.raises(ValueError, match="top_k must be an int >= 0"):
+    with pytest.raises(ValueError, match="top_k must be an int, got 2.5"):
         policy.sampling(top_k=2.5).__enter__()
 
 
@@ -115,3 +123,47 @@ def test_eval_sampling_overrides_only_the_evaluation(gpt2_ctx64_path, tmp_path):
     with pytest.raises(ValueError, match="eval.deterministic: false"):
         load_config({**cfg, "eval": {**cfg["eval"], "deterministic": True}})
     trainer.close()
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "policy.temperature=1e-40",  # a float32 subnormal: logits / T overflow to +-inf
+        "policy.temperature=1e-30",
+        "policy.top_p=1e-46",  # rounds to 0.0 in float32: every token is cut
+        "policy.top_p=1e-40",  # subnormal: 0 where the device flushes denormals
+        "policy.top_k=1" + "0" * 30,
+        "eval.sampling.temperature=1e-40",
+        "eval.sampling.top_p=1e-46",
+        "policy.temperature=true",  # was read as 1.0
+        "policy.top_k=true",  # was read as 1
+    ],
+)
+def test_sampling_settings_float32_cannot_hold_are_config_errors(override):
+    key, value = override.split("=")
+    value = "True" if value == "true" else value
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(key)}' = '?{value}'?: must be (a number|.*in \[)"
+    ):
+        load_config(CONFIGS / "text_edit_distance.yaml", [override, "eval.deterministic=false"])
+
+
+def test_the_sampling_code_refuses_what_float32_cannot_hold(gpt2_path):
+    logits = torch.randn(64, 259) * 100  # (B, V), a sharp LM's magnitude
+    tokens = logits.argmax(-1)
+    # the failure the bound prevents: logits / 1e-40 are +-inf, the distribution NaN
+    assert not torch.isfinite(masked_logprobs_and_entropy(logits, tokens, 1e-40)[1]).all()
+    # the smallest allowed temperature keeps even 1e4-sized logits finite
+    for scale in (100, 1e4):
+        logp, entropy = masked_logprobs_and_entropy(logits / 100 * scale, tokens, MIN_TEMPERATURE)
+        assert torch.isfinite(logp).all() and torch.isfinite(entropy).all()
+    assert torch.isfinite(truncate(logits, 0, MIN_TOP_P)).any(-1).all()
+    with pytest.raises(ValueError, match=r"policy\.temperature=1e-40 must be a float in \["):
+        check_sampling(1e-40, 0, 1.0)
+    with pytest.raises(ValueError, match=r"policy\.top_p=1e-46 must be a float in \(0, 1\]"):
+        check_sampling(1.0, 0, 1e-46)
+    policy = make_policy(lm_policy_config(gpt2_path), *spaces_for(4, 4))
+    with pytest.raises(ValueError, match=r"temperature=1e-40"):
+        policy.sampling(temperature=1e-40).__enter__()
+    with pytest.raises(ValueError, match=r"eval.temperature' = 1e-40: must be .*in \["):
+        load_sft_config(None, ["eval.temperature=1.0e-40"])

@@ -1,15 +1,22 @@
-"""Checkpoints: round trip, bit-exact resume, corrupted / mismatched files, NaN loss."""
+"""Checkpoints: round trip, bit-exact resume, corrupted / incomplete / mismatched files (the
+latest pointer, metadata, optimizer state), a full disk, settings a resume refuses, NaN loss."""
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import re
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from helpers import _half_run, copy_run, text_config, train_args
+from safetensors.torch import load_file, save_file
 
+from agents.cli import main
 from agents.core.ppo import NonFiniteLossError
 from agents.core.rollout import EnvRunner, EpisodeLog
 from agents.policies import make_policy
@@ -159,7 +166,7 @@ def test_the_policy_sees_one_observation_layout_before_and_after_a_resume(cartpo
     runner = EnvRunner(env, Spy())
     runner.reset(seed=3)
     assert not runner.obs.flags.c_contiguous  # the env's own layout: the case that matters
-    # what a checkpoint keeps and gives back (agents.run.trainer: _rank_state / load)
+    # what a checkpoint keeps and gives back (agents.run.resume: rank_state / load_trainer)
     saved = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in runner.state_arrays().items()}
     runner.step(EpisodeLog())  # from the env's array
     runner.load_state_arrays({k: v.numpy() for k, v in saved.items()})
@@ -169,3 +176,105 @@ def test_the_policy_sees_one_observation_layout_before_and_after_a_resume(cartpo
     for a, b in zip(out_a[:3], out_b[:3]):
         assert torch.equal(a, b)
     env.close()
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+
+@pytest.mark.parametrize(
+    ("pointer", "message"),
+    [
+        ({"checkpoint": "../../other/checkpoints/512.json"}, "must be the name of a"),
+        ({"checkpoint": "/etc/passwd"}, "must be the name of a"),
+        ({"checkpoint": 3}, "'checkpoint' = 3 must be"),
+        (["512.json"], "'checkpoint' = None must be"),
+    ],
+)
+def test_the_latest_pointer_names_a_checkpoint_of_its_own_folder(
+    finished, tmp_path, capsys, pointer, message
+):
+    run = copy_run(finished, tmp_path)
+    copy_run(finished, tmp_path, "other")  # ../../other/checkpoints/512.json exists
+    (run / "checkpoints" / "latest.json").write_text(json.dumps(pointer))
+    assert main(["eval", str(run)]) == 1  # read another run's checkpoint, or a raw TypeError
+    err = capsys.readouterr().err
+    assert "checkpoint pointer" in err and "is corrupted" in err and message in err
+
+
+@pytest.mark.parametrize(("key", "value"), [("weights_file", 5), ("weights_sha256", None)])
+def test_checkpoint_metadata_of_the_wrong_type_is_named(finished, tmp_path, capsys, key, value):
+    run = copy_run(finished, tmp_path)
+    path = ckpt.latest_checkpoint(run / "checkpoints")
+    meta = json.loads(path.read_text())
+    meta[key] = value
+    path.write_text(json.dumps(meta))
+    assert main(["eval", str(run)]) == 1  # was "expected str, bytes or os.PathLike object, ..."
+    assert f"{path} is corrupted: {key} = {value!r} must be a string" in capsys.readouterr().err
+
+
+def _rewrite_weights(meta_path: Path, keep) -> None:
+    """Rewrite a checkpoint's tensors (and the recorded hash) without the ones `keep` rejects."""
+    meta = json.loads(meta_path.read_text())
+    weights = meta_path.parent / meta["weights_file"]
+    tensors = {k: v for k, v in load_file(str(weights)).items() if keep(k)}
+    save_file(tensors, str(weights))
+    meta["weights_sha256"] = ckpt.sha256_of(weights)
+    meta_path.write_text(json.dumps(meta))
+
+
+def test_a_checkpoint_without_optimizer_state_is_refused(cartpole_yaml, tmp_path, capsys):
+    run, path = _half_run(cartpole_yaml, tmp_path)
+    _rewrite_weights(path, lambda key: not key.startswith("optim/"))
+    assert main([*train_args(cartpole_yaml, tmp_path), "--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "incomplete: optimizer state ['optim/0/exp_avg'" in err and "from scratch" in err
+
+
+def test_a_checkpoint_missing_metadata_names_the_key(cartpole_yaml, tmp_path, capsys):
+    run, path = _half_run(cartpole_yaml, tmp_path)
+    meta = json.loads(path.read_text())
+    del meta["kl_beta"], meta["recent_returns"]
+    path.write_text(json.dumps(meta))
+    assert main([*train_args(cartpole_yaml, tmp_path), "--resume", str(run)]) == 1
+    assert "metadata keys ['recent_returns', 'kl_beta'] missing" in capsys.readouterr().err
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_last_checkpoint(
+    cartpole_yaml, tmp_path, capsys, monkeypatch
+):
+    run, path = _half_run(cartpole_yaml, tmp_path)
+
+    def disk_full(tensors, filename, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_file", disk_full)
+    assert main([*train_args(cartpole_yaml, tmp_path), "--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"cannot write \S+/checkpoints/512\.safetensors: No space left", err), err
+    assert ckpt.latest_checkpoint(run / "checkpoints") == path  # still the last good one
+    ckpt.read_checkpoint(path)  # and it is intact
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
+# ----------------------------------------------------------------------------- resume settings
+
+
+def test_resume_refuses_a_switch_of_run_dtype(gpt2_ctx64_path, tmp_path):
+    """bfloat16 forward passes are other numbers, not a rounding difference: a resume that
+    switched run.dtype went on silently as another experiment."""
+    raw = text_config(gpt2_ctx64_path, str(tmp_path))
+    raw["total_timesteps"] = 64  # one iteration of 8 envs x 8 steps
+    raw["eval"]["episodes"] = 2
+    cfg = load_config(raw)
+    trainer = Trainer(cfg, new_run_dir(cfg, "dtype"))
+    trainer.learn()
+    switched = {**raw, "run": {**raw["run"], "dtype": "bfloat16"}}
+    with pytest.raises(
+        ckpt.CheckpointError, match=r"run.dtype: 'float32' in the checkpoint, 'bfloat16' in the"
+    ):
+        Trainer(load_config(switched), trainer.run_dir, resume=True)
+    # where and how the run computes and reports may change (same numbers up to rounding)
+    moved = {"torch_threads": 2, "checkpoint_every": 64, "progress": True, "device": "auto",
+             "allreduce_bucket_mb": 0.0, "root": str(tmp_path / "elsewhere")}  # fmt: skip
+    other = {**raw, "name": "renamed", "run": {**raw["run"], **moved}}
+    assert Trainer(load_config(other), trainer.run_dir, resume=True).global_step == 64

@@ -103,6 +103,16 @@ def test_kl_estimators_and_adaptive_controller():
     assert ctl.beta == pytest.approx(0.1 * 1.02 * 0.98)
 
 
+def test_adaptive_kl_beta_stays_positive_with_more_episodes_than_the_horizon():
+    controller = AdaptiveKLController(init_beta=0.1, target=6.0, horizon=10)
+    controller.update(kl=0.0, n_episodes=64)  # n / H = 6.4: the uncapped factor is 1 - 1.28 < 0
+    assert controller.beta == pytest.approx(0.1 * 0.8)
+    controller.update(kl=100.0, n_episodes=64)
+    assert controller.beta == pytest.approx(0.1 * 0.8 * 1.2)
+    controller.update(kl=6.6, n_episodes=5)  # error 0.1, half a horizon: the usual rule
+    assert controller.beta == pytest.approx(0.1 * 0.8 * 1.2 * 1.05)
+
+
 def test_box_actions_train_and_are_clipped_only_for_the_env():
     cfg = load_config(
         {"env": {"id": "Pendulum-v1", "num_envs": 2}, "ppo": {"n_steps": 16, "batch_size": 8}},

@@ -176,6 +176,8 @@ def test_make_pairs_labels_by_gold_with_seeded_noise():
         ('{"chosen": "a", "rejected": "b", "prompt": 1}', "'prompt' must be a string"),
         ('{"chosen": "a", "rejected": ', "invalid JSON"),
         ('["a", "b"]', "expected a JSON object"),
+        ('{"chosen": "a", "rejected": ' + "[" * 100_000, "nested more than 100"),  # RecursionError
+        ('{"chosen": "a\\ud800", "rejected": "b"}', "'chosen' = .* holds a lone surrogate"),
     ],
 )
 def test_malformed_preference_file_names_file_and_line(tmp_path, line, message):

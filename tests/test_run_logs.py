@@ -1,6 +1,6 @@
 """The run folder's logs: a failed write leaves the previous file whole and names it; a resume
-keeps working when a log was re-saved by a spreadsheet or damaged (each test failed on the code
-before its fix)."""
+keeps working when a log was re-saved by a spreadsheet, damaged, or cut short by a crash (each
+test failed on the code before its fix)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from helpers import SMALL, train_args
 
 from agents.cli import main
 from agents.run.config import load_config
@@ -25,12 +26,6 @@ from agents.run.files import atomic_write_text
 from agents.run.logger import RunLogger
 from agents.run.rundir import new_run_dir
 from agents.run.trainer import Trainer
-
-SMALL = ["total_timesteps=512", "ppo.n_epochs=2", "run.progress=false", "eval.episodes=2"]
-
-
-def train_args(cartpole_yaml: Path, root: Path, *more: str) -> list[str]:
-    return ["train", str(cartpole_yaml), "--set", f"run.root={root}", *SMALL, *more]
 
 
 def half_run(cartpole_yaml: Path, root: Path) -> Path:
@@ -237,3 +232,20 @@ def test_resume_after_a_spreadsheet_re_saved_the_logs(cartpole_yaml, tmp_path, c
     assert (run / "samples.jsonl").read_text() == '{"step": 256, "prompt": "a"}\n'
     assert len(list(run.glob("*.damaged-*"))) == 2
     assert json.loads((run / "summary.json").read_text())["finished"] is True
+
+
+def test_resume_after_a_crash_in_the_middle_of_a_log_line(cartpole_yaml, tmp_path):
+    """The logs are appended during the run; a crash can cut their last line short. Resume drops
+    what was logged after the checkpoint, and so that line too (it failed, or kept a bogus row)."""
+    cfg = load_config(cartpole_yaml, [f"run.root={tmp_path}", *SMALL])
+    Trainer(cfg, new_run_dir(cfg, "crashed")).learn(stop_at=256)
+    run = tmp_path / "crashed"
+    with open(run / "samples.jsonl", "a") as f:
+        f.write('{"step": 256, "prompt": "a", "response": "b"}\n{"step": 512, "prom')
+    with open(run / "metrics.csv", "a") as f:
+        f.write("5")  # the start of the row of step 512
+    assert main([*train_args(cartpole_yaml, tmp_path), "--resume", str(run)]) == 0
+    with open(run / "metrics.csv", newline="") as f:
+        assert [row["step"] for row in csv.DictReader(f)] == ["256", "512", "512"]
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [256]

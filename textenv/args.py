@@ -15,6 +15,7 @@ import numpy as np
 
 from textenv.data import PromptDataset, make_dataset
 from textenv.rewards import Reward, make_reward_fn, rewards_without_reference
+from textenv.tasks import natural_reward
 from textenv.tokenizer import PROMPT_FORMATS, load_tokenizer
 from textenv.tools import check_tools
 from textenv.turns import check_feedback
@@ -22,12 +23,19 @@ from textenv.turns import check_feedback
 RENDER_MODES = ("ansi",)  # besides None
 
 
-def check_positive_int(name: str, value: Any) -> int:
-    """``value`` as an int >= 1, or TypeError/ValueError naming the argument."""
+# The most tokens (prompt, response), rows, tool calls or turns an argument may ask for: longer
+# than any model's context, and far from the sizes at which the (rows, tokens) arrays overflow
+# (numpy's "maximum allowed dimension exceeded", naming no argument). A tool call or a turn takes
+# at least one token, so those are bounded by max_new_tokens anyway.
+MAX_SIZE = 2**20
+
+
+def check_positive_int(name: str, value: Any, most: int = MAX_SIZE) -> int:
+    """``value`` as an int in [1, most], or TypeError/ValueError naming the argument."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value}")
+    if not 1 <= value <= most:
+        raise ValueError(f"{name} must be an int in [1, {most}], got {value}")
     return int(value)
 
 
@@ -81,7 +89,7 @@ class TextEnvArgs:
     tokenizer: Any = None
     prompts: Any = "reverse"
     split: str = "train"
-    reward_fn: Any = "edit_distance"
+    reward_fn: Any = None  # None: the task's natural reward (textenv.tasks.TASK_REWARDS)
     max_new_tokens: int = 32
     max_prompt_tokens: int = 32
     render_mode: str | None = None
@@ -127,7 +135,9 @@ class TextEnvArgs:
         dataset = make_dataset(
             prompts, tokenizer, self.max_prompt_tokens, self.split, self.prompt_format
         )
-        reward = make_reward_fn(self.reward_fn)
+        # a built-in task carries its own rule (calc: the exact answer); other prompts: the default
+        spec = self.reward_fn if self.reward_fn is not None else natural_reward(dataset.task)
+        reward = make_reward_fn(spec)
         if reward.needs_reference and None in dataset.references:
             i = dataset.references.index(None)
             raise ValueError(

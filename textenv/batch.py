@@ -25,7 +25,13 @@ from textenv.args import TextEnvArgs
 from textenv.data import PromptDataset
 from textenv.rewards import Reward
 from textenv.tasks import reference_for
-from textenv.tokenizer import encode_text, end_of_turn_ids, make_batch_decoder, make_decoder
+from textenv.tokenizer import (
+    check_text,
+    encode_text,
+    end_of_turn_ids,
+    make_batch_decoder,
+    make_decoder,
+)
 from textenv.turns import TurnRules, TurnState, final_infos
 
 
@@ -57,6 +63,8 @@ def resolve_prompt(
         )
     if reference is not None and not isinstance(reference, str):
         raise TypeError(f"a forced reference must be a str or None, got {type(reference).__name__}")
+    if reference is not None:
+        check_text(reference, "options reference", "the reference")
     i = dataset.index_of(prompt)
     if i is not None:  # a prompt of the dataset: its pre-tokenized ids and its reference
         ref = dataset.references[i] if reference is None else reference

@@ -17,9 +17,10 @@ per line; blank JSONL lines are skipped):
   ``prompt`` text the reward sees stays the joined contents.
 
 Files must be UTF-8. Prompts are encoded without special tokens. An empty prompt or one longer than
-``max_prompt_tokens`` tokens raises ``ValueError`` (no silent truncation); every error names the
-file and line (JSONL; also for JSON syntax and UTF-8 errors), the file and item index (JSON), or
-the list index.
+``max_prompt_tokens`` tokens raises ``ValueError`` (no silent truncation), and so do a prompt,
+reference or message holding a lone surrogate (a ``"\\ud800"`` escape: not Unicode text) and JSON
+nested more than 100 levels; every error names the file and line (JSONL; also for JSON syntax and
+UTF-8 errors), the file and item index (JSON), or the list index.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 
 from textenv.tokenizer import (
     PROMPT_FORMATS,
+    check_text,
     encode_text,
     has_chat_template,
     load_tokenizer,
@@ -42,6 +44,9 @@ from textenv.tokenizer import (
 
 PROMPT_ROLES = ("system", "user")
 PROMPT_FILE_EXTENSIONS = (".json", ".jsonl")
+# Prompt records nest ~4 levels; json recurses once per level (100,000 `[` raise RecursionError),
+# and so would every later recursive reader of data just under Python's limit.
+MAX_NESTING = 100
 
 
 def record_to_pair(record: Any, where: str) -> tuple[str, str | None]:
@@ -74,6 +79,9 @@ def record_to_pair(record: Any, where: str) -> tuple[str, str | None]:
         raise TypeError(
             f"{where}: the reference must be a str or None, got {type(reference).__name__}"
         )
+    check_text(prompt, where, "the prompt")
+    if reference is not None:
+        check_text(reference, where, "the reference")
     return prompt, reference
 
 
@@ -101,6 +109,7 @@ def prompt_messages(record: Any, where: str) -> list[dict[str, str]] | None:
             raise ValueError(
                 f"{where}: each message needs a str 'content' and a 'role', got {m!r:.80}"
             )
+        check_text(m["content"], where, "a message's content")
         if m.get("role") not in (*PROMPT_ROLES, "assistant"):
             raise ValueError(
                 f"{where}: unknown message role {m.get('role')!r}; "
@@ -128,6 +137,38 @@ def _read_text(path: str) -> str:
         ) from e
 
 
+def _nested_deeper_than(data: Any, limit: int) -> bool:
+    """True when dicts/lists in ``data`` nest more than ``limit`` levels (iteratively)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend(
+                (v, depth + 1) for v in (value.values() if isinstance(value, dict) else value)
+            )
+    return False
+
+
+def _parse_json(text: str, path: str, lineno: int | None = None) -> Any:
+    """``json.loads`` of a whole .json file (``lineno`` None) or of line ``lineno`` of a .jsonl
+    file; a ValueError naming the file and line for invalid JSON, and the file (and line) for
+    nesting deeper than MAX_NESTING levels."""
+    where = path if lineno is None else f"{path}:{lineno}"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if lineno is None:
+            raise ValueError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from e
+        raise ValueError(f"{where}: malformed JSON line: {e.msg}") from e
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested more than {MAX_NESTING} levels deep") from None
+    if _nested_deeper_than(data, MAX_NESTING):
+        raise ValueError(f"{where}: JSON nested more than {MAX_NESTING} levels deep")
+    return data
+
+
 def _read_file(path: str) -> tuple[list[Any], list[str]]:
     """Read a .json (list) or .jsonl file; returns the records and their locations."""
     if not os.path.isfile(path):
@@ -138,17 +179,11 @@ def _read_file(path: str) -> tuple[list[Any], list[str]]:
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON line: {e.msg}") from e
+            records.append(_parse_json(line, path, lineno))
             where.append(f"{path}:{lineno}")
         return records, where
     if path.endswith(".json"):
-        try:
-            data = json.loads(_read_text(path))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from e
+        data = _parse_json(_read_text(path), path)
         if not isinstance(data, list):
             raise ValueError(f"{path}: a .json prompt file must hold a list of records")
         return data, [f"{path}[item {i}]" for i in range(len(data))]
@@ -162,7 +197,8 @@ class PromptDataset:
 
     Attributes: ``prompts`` (list[str]), ``references`` (list[str | None]), ``input_ids``
     (int64, prompt left-padded with the pad id), ``attention_mask`` (int8), ``prompt_lengths``
-    (int64 token counts), ``tokenizer``, ``max_prompt_tokens``.
+    (int64 token counts), ``tokenizer``, ``max_prompt_tokens``, ``task`` (the built-in task's
+    name for ``from_task``, whose natural reward the env uses when none is given; else None).
     """
 
     def __init__(
@@ -194,6 +230,7 @@ class PromptDataset:
             )
         self.max_prompt_tokens = max_prompt_tokens
         self.locations = locations
+        self.task: str | None = None  # set by from_task
         self.prompt_format = prompt_format
         self._records = records
         pairs = [record_to_pair(r, w) for r, w in zip(records, locations)]
@@ -227,6 +264,7 @@ class PromptDataset:
         by the chat template, else the prompt text encoded without special tokens."""
         if not isinstance(prompt, str):
             raise TypeError(f"{where}: a prompt must be a str, got {type(prompt).__name__}")
+        check_text(prompt, where, "the prompt")
         if self._renders_chat(messages is not None):
             ids = render_chat(self.tokenizer, messages or [{"role": "user", "content": prompt}])
         else:
@@ -270,13 +308,15 @@ class PromptDataset:
         from textenv.tasks import make_task
 
         records = make_task(name, split, n, seed)
-        return cls(
+        dataset = cls(
             records,
             tokenizer,
             max_prompt_tokens,
             locations=[f"{name}[{i}]" for i in range(len(records))],
             prompt_format=prompt_format,
         )
+        dataset.task = name
+        return dataset
 
     def with_tokenizer(
         self, tokenizer: Any, max_prompt_tokens: int, prompt_format: str | None = None
@@ -287,9 +327,11 @@ class PromptDataset:
         same = tokenizer is self.tokenizer and max_prompt_tokens == self.max_prompt_tokens
         if same and prompt_format == self.prompt_format:
             return self
-        return PromptDataset(
+        dataset = PromptDataset(
             self._records, tokenizer, max_prompt_tokens, self.locations, prompt_format
         )
+        dataset.task = self.task
+        return dataset
 
     def index_of(self, prompt: str) -> int | None:
         """Index of the first record whose prompt is ``prompt``, or None."""

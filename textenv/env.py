@@ -88,7 +88,7 @@ class TextRLHFEnv(TextBatch, gym.Env):
     ## Arguments
     ```python
     gym.make("TextRLHF-v0", tokenizer=None, prompts="reverse", split="train",
-             reward_fn="edit_distance", max_new_tokens=32, max_prompt_tokens=32, render_mode=None,
+             reward_fn=None, max_new_tokens=32, max_prompt_tokens=32, render_mode=None,
              missing_eos_penalty=None, prompt_format="auto", tools=(), max_tool_calls=4,
              max_turns=1, feedback="score")
     ```
@@ -101,7 +101,10 @@ class TextRLHFEnv(TextBatch, gym.Env):
     - ``split``: ``"train"``, ``"validation"`` or ``"test"`` for built-in tasks (``textenv.tasks``:
       disjoint; tune on validation, report test).
     - ``reward_fn``: a registry name, ``{"name": ..., **kwargs}``, ``{"weighted_sum": [...]}``,
-      ``"module:function"``, a ``Reward`` or a callable (see ``textenv.rewards``).
+      ``"module:function"``, a ``Reward`` or a callable (see ``textenv.rewards``). None (the
+      default): a built-in task's natural reward (``textenv.tasks.TASK_REWARDS``: ``exact_answer``
+      for ``calc``, ``repetition`` for ``continuation``, ``edit_distance`` for the string tasks),
+      ``edit_distance`` for other prompts.
     - ``max_new_tokens``: the response length limit N (EOS included), an int >= 1.
     - ``max_prompt_tokens``: the prompt width P, an int >= 1; a longer prompt is a ``ValueError``,
       never truncated.
@@ -112,7 +115,7 @@ class TextRLHFEnv(TextBatch, gym.Env):
       tokenizer's chat template when it has one, everything else is raw text), ``"chat"`` (every
       prompt through the chat template; a plain prompt becomes one user message) or ``"raw"``
       (the text, no template). ``info["response"]`` never holds template tokens.
-    - ``tools``: tool names (``["calc"]``, with ``prompts="calc"`` and ``reward_fn="exact_answer"``):
+    - ``tools``: tool names (``["calc"]``, with ``prompts="calc"``, scored by ``exact_answer``):
       when the agent's text since the env's last token ends with ``</calc>``, the env appends
       ``=RESULT`` (``textenv.tools``). ``max_tool_calls`` (an int >= 1) bounds the calls.
     - ``max_turns``: an int >= 1; an EOS ending turn t < max_turns makes the env append

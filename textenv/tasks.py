@@ -4,16 +4,20 @@ Every string task draws words of 3 to 8 letters from the alphabet ``abcdefgh`` a
 prompt as ``"<op>: <word>\\n"``; the reference is the transformed word. Prompts fit in 32 bytes and
 references (plus EOS) in 32 tokens, so a tiny byte-level GPT can learn them by SFT.
 
-=============  ======================  ==========================================
-task           prompt                  reference
-=============  ======================  ==========================================
-reverse        ``"reverse: abcde\\n"``  ``"edcba"``
-sort           ``"sort: dbca\\n"``      ``"abcd"`` (letters in alphabetical order)
-copy_edit      ``"swap: abcde\\n"``     ``"ebcda"`` (copy, first and last letter swapped)
-mixed          any of the three above, the operation drawn per prompt
-continuation   ``"the red fox "``       ``None`` (open-ended; use e.g. ``repetition``)
-calc           ``"What is 37*12?\\n"``  ``"444"`` (integer arithmetic, for ``tools=["calc"]``)
-=============  ======================  ==========================================
+=============  ======================  ==========================================  ================
+task           prompt                  reference                                   natural reward
+=============  ======================  ==========================================  ================
+reverse        ``"reverse: abcde\\n"`` ``"edcba"``                                 ``edit_distance``
+sort           ``"sort: dbca\\n"``     ``"abcd"`` (letters in alphabetical order)  ``edit_distance``
+copy_edit      ``"swap: abcde\\n"``    ``"ebcda"`` (first and last letter swapped) ``edit_distance``
+mixed          any of the three above, the operation drawn per prompt              ``edit_distance``
+continuation   ``"the red fox "``      ``None`` (open-ended)                       ``repetition``
+calc           ``"What is 37*12?\\n"`` ``"444"`` (integer arithmetic, for tools)   ``exact_answer``
+=============  ======================  ==========================================  ================
+
+A task carries its natural reward (``TASK_REWARDS``): the env scores with it when no
+``reward_fn`` is given (``calc`` with the exact answer, not the edit distance to ``"444"``).
+Prompts that are not a built-in task default to ``edit_distance``.
 
 ``calc`` expressions combine two-digit numbers with ``+ - *`` and parentheses (``37*12``,
 ``(23+41)*17``, ``58*13-44``, ``15+27*33``): results a tiny model cannot compute in its head;
@@ -49,10 +53,27 @@ STRING_OPS: dict[str, tuple[str, Callable[[str], str]]] = {
 TASK_NAMES = (*STRING_OPS, "mixed", "continuation", "calc")
 CALC_FORMS = ("{a}*{b}", "({a}+{b})*{c}", "{a}*{b}-{c}", "{a}+{b}*{c}")
 DEFAULT_SIZE = 1000  # prompts per string task when n is None
+# each task's natural reward (a textenv.rewards registry name): what the env scores with when no
+# reward_fn is given; DEFAULT_REWARD for prompts that are not a built-in task
+TASK_REWARDS = {
+    "reverse": "edit_distance",
+    "sort": "edit_distance",
+    "copy_edit": "edit_distance",
+    "mixed": "edit_distance",
+    "continuation": "repetition",  # no reference: distinct-3 with a minimum length
+    "calc": "exact_answer",  # the last integer of the response equals the result
+}
+DEFAULT_REWARD = "edit_distance"
 
 _ADJECTIVES = ("red", "old", "big", "shy", "odd", "wet", "sad", "new", "tiny", "calm", "wild")
 _NOUNS = ("fox", "cat", "dog", "owl", "king", "ship", "bird", "tree", "girl", "robot", "moon")
 _VERBS = ("saw", "made", "found", "said", "lost", "took", "met", "liked", "heard", "ran to")
+
+
+def natural_reward(task: str | None) -> str:
+    """The reward a built-in task is scored with when none is given (``TASK_REWARDS``), or
+    ``DEFAULT_REWARD`` for other prompts (``task`` None)."""
+    return TASK_REWARDS.get(task, DEFAULT_REWARD) if task is not None else DEFAULT_REWARD
 
 
 def split_of(text: str) -> str:

@@ -64,6 +64,20 @@ def load_tokenizer(spec: Any = None) -> Any:
     return check_tokenizer(spec)
 
 
+def check_text(text: str, where: str, what: str = "the text") -> str:
+    """``text`` unchanged when it is Unicode text; a ValueError naming ``where`` when it holds a
+    lone surrogate (what a JSON or Python ``"\\ud800"`` escape decodes to): no tokenizer can
+    encode it, and the error would otherwise come from deep inside one, naming no file."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{where}: {what} {text!r:.60} holds a lone surrogate {text[e.start]!r} at index "
+            f"{e.start} (a '\\ud800'-style escape): not Unicode text, which no tokenizer can encode"
+        ) from None
+    return text
+
+
 def encode_text(tokenizer: Any, text: str) -> list[int]:
     """Token ids of ``text`` without special tokens (no EOS/BOS is added)."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])

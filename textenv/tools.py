@@ -19,7 +19,8 @@ MAX_EXPRESSION_CHARS = 64
 MAX_RESULT = 10**15  # larger intermediate results are an error, not a 10**60-digit number
 MAX_DEPTH = 16  # parenthesis nesting
 
-_TOKEN = re.compile(r"\s*(?:(\d+)|(\S))")
+# ASCII digits only: `\d` and int() also read Arabic-Indic, fullwidth and other Unicode digits
+_TOKEN = re.compile(r"\s*(?:([0-9]+)|(\S))")
 
 
 class CalcError(ValueError):
@@ -141,7 +142,9 @@ class CalcTool:
 TOOLS: dict[str, Callable[[], Any]] = {"calc": CalcTool}
 
 # the text of tool calls and results inside a response: what `exact_answer` looks past
-TOOL_SPAN = re.compile(re.escape(CALC_OPEN) + r".*?" + re.escape(CALC_CLOSE) + r"(=-?\d+|=error)?")
+TOOL_SPAN = re.compile(
+    re.escape(CALC_OPEN) + r".*?" + re.escape(CALC_CLOSE) + r"(=-?[0-9]+|=error)?"
+)
 
 
 def check_tools(tools: Any) -> tuple[str, ...]:

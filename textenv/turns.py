@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from textenv.rewards import Reward
+from textenv.tokenizer import check_text
 from textenv.tools import TOOLS
 
 Feedback = Callable[[str, list[str], list[float]], str]
@@ -130,6 +131,7 @@ class TurnRules:
                 )
                 if not isinstance(reply, str):
                     raise TypeError(f"feedback must return a str, got {type(reply).__name__}")
+                check_text(reply, f"feedback for {prompts[i]!r:.60}", "the feedback text")
             replies.append(reply)
         return scores, parts, replies
 

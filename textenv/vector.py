@@ -16,7 +16,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.args import RENDER_MODES, TextEnvArgs, env_signature
+from textenv.args import RENDER_MODES, TextEnvArgs, check_positive_int, env_signature
 from textenv.batch import Finished, TextBatch
 
 NEXT_STEP_NAMES = ("next_step", AutoresetMode.NEXT_STEP.value)  # "next_step", "NextStep"
@@ -96,12 +96,10 @@ class TextRLHFVectorEnv(TextBatch, VectorEnv):
     def __init__(
         self, num_envs: int = 1, *, autoreset_mode: str | AutoresetMode = LOCKSTEP, **kwargs: Any
     ) -> None:
-        if (
-            isinstance(num_envs, bool)
-            or not isinstance(num_envs, (int, np.integer))
-            or num_envs < 1
-        ):
-            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        try:
+            num_envs = check_positive_int("num_envs", num_envs)
+        except TypeError as err:
+            raise ValueError(str(err)) from None  # as before: a ValueError for any bad num_envs
         mode = autoreset_mode.value if isinstance(autoreset_mode, AutoresetMode) else autoreset_mode
         if not isinstance(mode, str) or mode not in AUTORESET_MODES:
             raise ValueError(

@@ -16,7 +16,9 @@ runs exactly the arithmetic it ran before this module existed (bit-identical res
 
 No pickled payloads: everything that crosses processes is a tensor (strings travel as UTF-8
 bytes in a uint8 tensor). gloo on CPU, NCCL on CUDA, with a timeout so that a hung peer ends
-the job instead of blocking it forever.
+the job instead of blocking it forever. Work that rank 0 does alone (an evaluation, the end of a
+run) may take longer than that timeout: the other ranks wait for it in `wait_for_main`, a barrier
+on a second (gloo) group whose timeout is WAIT_FOR_MAIN_S.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from typing import Any, NamedTuple
 import torch
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# how long the other ranks wait for rank 0's own work (`Distributed.wait_for_main`): an
+# evaluation of any length; a rank 0 that fails instead ends the job at once (torchrun)
+WAIT_FOR_MAIN_S = 24 * 3600.0
 
 
 class RowShard(NamedTuple):
@@ -68,6 +73,7 @@ class Distributed:
         self.is_main = rank == 0
         self.active = world_size > 1
         self.device = torch.device("cpu")  # where collectives run (cuda:LOCAL_RANK under NCCL)
+        self.wait_group: Any = None  # the long-timeout group of `wait_for_main`
 
     def __repr__(self) -> str:
         return f"Distributed(rank={self.rank}, world_size={self.world_size})"
@@ -167,16 +173,25 @@ class Distributed:
         if self.active:
             torch.distributed.barrier()
 
+    def wait_for_main(self) -> None:
+        """A barrier for work rank 0 does alone (an evaluation, the end of a run): the other
+        ranks call it at once and wait here, with the wait group's long timeout, instead of in
+        their next collective, whose timeout is meant for a hung peer. Rank 0 calls it when
+        done."""
+        if self.active:
+            torch.distributed.barrier(group=self.wait_group)
+
     def check_divides(self, name: str, value: int) -> int:
         """value / world_size, or a ValueError naming the setting and the allowed values."""
         return check_divides(name, value, self.world_size)
 
     def close(self) -> None:
-        """Leave the process group together: a barrier first, so that no rank tears down its
+        """Leave the process group together: a barrier first (`wait_for_main`: rank 0 may
+        still be writing the run folder's summary and plots), so that no rank tears down its
         connections (and exits) while a peer is still inside a collective or writing the run
         folder, then `destroy_process_group` (without it, gloo's threads outlive the group)."""
         if self.active and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+            self.wait_for_main()
             torch.distributed.destroy_process_group()
 
     # -- helpers ------------------------------------------------------------------------------
@@ -216,12 +231,15 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_distributed(device: str = "cpu", timeout_s: float = 600.0) -> Distributed:
+def init_distributed(
+    device: str = "cpu", timeout_s: float = 600.0, wait_timeout_s: float = WAIT_FOR_MAIN_S
+) -> Distributed:
     """Join the process group that torchrun describes in the environment (RANK, WORLD_SIZE,
     LOCAL_RANK, MASTER_ADDR, MASTER_PORT); return `LOCAL` when not launched with WORLD_SIZE > 1.
 
     `device` "cpu" uses gloo; "cuda" uses NCCL with this rank on cuda:LOCAL_RANK. A collective
-    that waits longer than `timeout_s` (a dead or stuck peer) raises instead of hanging.
+    that waits longer than `timeout_s` (a dead or stuck peer) raises instead of hanging; the
+    barrier of `Distributed.wait_for_main` (rank 0 working alone) waits up to `wait_timeout_s`.
     """
     if not launched_by_torchrun():
         return LOCAL
@@ -248,6 +266,10 @@ def init_distributed(device: str = "cpu", timeout_s: float = 600.0) -> Distribut
             backend, timeout=timedelta(seconds=timeout_s), **kwargs
         )
     dist = Distributed(rank, world, local_rank)
+    # every rank creates it, in the same order; gloo also under NCCL (a barrier needs no GPU)
+    dist.wait_group = torch.distributed.new_group(
+        backend="gloo", timeout=timedelta(seconds=wait_timeout_s)
+    )
     if device == "cuda":
         dist.device = torch.device("cuda", local_rank)
     return dist

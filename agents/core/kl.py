@@ -23,6 +23,9 @@ def kl_estimate(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, estimator: s
 
     k1: logp - logp_ref (unbiased, can be negative);
     k3: exp(logp_ref - logp) - 1 - (logp_ref - logp) (unbiased, always >= 0, lower variance).
+    Unbiased as values. As gradients they differ (docs/algorithms.md): k3 in the loss has the
+    gradient of KL(ref || pi), and as a reward, that of KL(pi || ref) - KL(ref || pi); k1 as a
+    reward gives the gradient of KL(pi || ref).
     """
     if estimator == "k1":
         return log_prob - ref_log_prob

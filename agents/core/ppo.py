@@ -3,11 +3,17 @@ follows the protocol in agents/policies/base.py.
 
 Losses are masked means over `valid` steps, so the same code trains shuffled transitions (B,) and
 whole-episode columns (T, B) of sequence policies: over every valid step of the minibatch
-(`loss_aggregation: token`), or over each episode's steps and then over episodes (`sequence`).
-The value loss is SB3's: mean squared error weighted by `vf_coef` (c_V = 0.5), optionally clipped
-around the old values; a critic-free policy (`has_critic` False) has none. With the KL to the
-reference in the loss (`kl_coef` > 0, the GRPO form), `kl_coef` times the k3 estimate of
-KL(pi || ref) on the sampled actions is added.
+(`loss_aggregation: token`), over each episode's steps and then over episodes (`sequence`), or a
+sum over valid steps divided by a constant, the minibatch's size in steps (`token_sum`, Dr. GRPO).
+The value loss is `vf_coef` (c_V = 0.5) times the mean squared error (SB3's scale, no 1/2); with
+`clip_range_vf` it is PPO2's / CleanRL's clipped form, max((V - R)^2, (V_old + clip(V - V_old) -
+R)^2), not SB3's (which keeps only the clipped term). A critic-free policy (`has_critic` False)
+has none. With the KL to the reference in the loss (`kl_coef` > 0, the GRPO form), `kl_coef`
+times the k3 term exp(ref - logp) - 1 - (ref - logp) on the sampled actions is added: its value
+estimates KL(pi || ref), but its gradient (at pi = pi_old, where the samples come from) is that
+of KL(ref || pi), -E_ref[grad log pi]. `normalize_advantage` whitens each minibatch's
+advantages; without a critic it divides them by their std and subtracts nothing (the critic-free
+estimators center them themselves).
 """
 
 from __future__ import annotations
@@ -24,14 +30,14 @@ from agents.core.gradsync import BucketedGradSum
 from agents.core.optim import make_adam
 from agents.policies.base import Minibatch
 
-LOSS_AGGREGATIONS = ("token", "sequence")
+LOSS_AGGREGATIONS = ("token", "sequence", "token_sum")
 STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "kl_loss")
 
 
 class LossInputs(NamedTuple):
     """The no-grad parts of the loss for one minibatch, flat (B,) or (T*B,)."""
 
-    weights: torch.Tensor  # dot(x, weights) is the loss's masked mean (token or sequence)
+    weights: torch.Tensor  # dot(x, weights): the loss's aggregate (token, sequence, token_sum)
     advantages: torch.Tensor  # normalized if configured, 0 on invalid steps
     ratio_low: torch.Tensor  # 1 - clip where advantage < 0, else -inf
     ratio_high: torch.Tensor  # 1 + clip where advantage > 0, else +inf
@@ -137,8 +143,13 @@ class PPO:
         self.dist = dist
         self._allreduce_seconds = 0.0  # blocking all-reduce time without a BucketedGradSum
         self.num_iterations = max(int(num_iterations), 1)
-        self.has_critic = getattr(policy, "has_critic", True)
-        self.kl_coef = 0.0  # beta of a KL term in the loss; set per iteration by the trainer
+        self.has_critic = policy.has_critic
+        # `normalize_advantage` whitens GAE advantages; a critic-free estimator's advantages are
+        # already centered by their own baseline (a zero-variance group is exactly 0, RLOO's
+        # leave-one-out mean), which a minibatch mean over tokens would shift by a constant
+        # (long episodes most): without a critic it only divides by the std
+        self.center_advantages = self.has_critic
+        self.kl_coef = 0.0  # beta of a KL term in the loss, of the current `update`
         params = [p for p in policy.parameters() if p.requires_grad]
         flat = flatten_parameters(params, spare=len(STATS) if dist.active else 0)
         self.params = [flat] if flat is not None else params
@@ -186,40 +197,48 @@ class PPO:
         if self.cfg.loss_aggregation == "sequence":  # each episode's steps weigh 1 in total
             per_episode = valid * _flat(mb.episode_weights)
             weights = per_episode / per_episode.sum().clamp(min=1e-12)
+        elif self.cfg.loss_aggregation == "token_sum":  # a constant: every step, valid or not
+            weights = valid / max(valid.numel(), 1)
         advantages = _flat(mb.advantages)
         if self.cfg.normalize_advantage:
             mean = torch.dot(advantages, token_weights)
             var = torch.dot((advantages - mean).square(), token_weights)
             std = (var * count / (count - 1).clamp(min=1.0)).sqrt()  # unbiased, like torch.std
-            advantages = (advantages - mean) / (std + 1e-8) * valid
+            centered = advantages - mean if self.center_advantages else advantages
+            advantages = centered / (std + 1e-8) * valid
         return _loss_inputs(weights, advantages, clip)
 
     @torch.no_grad()
     def _local_moments(self, mb: Minibatch) -> torch.Tensor:
-        """This rank's (4,) float64 sums for `_inputs`: valid steps, advantage sum and sum of
-        squares over them, and the episode weights' sum (sequence aggregation)."""
+        """This rank's (5,) float64 sums for `_inputs`: valid steps, advantage sum and sum of
+        squares over them, the episode weights' sum (sequence aggregation) and the steps, valid
+        or not (token_sum aggregation)."""
         valid = _flat(mb.valid).double()
         advantages = _flat(mb.advantages).double()
         episode = _flat(mb.episode_weights).double() if mb.episode_weights is not None else valid
+        size = valid.new_tensor(float(valid.numel()))
         return torch.stack(
-            [valid.sum(), advantages @ valid, advantages.square() @ valid, episode @ valid]
+            [valid.sum(), advantages @ valid, advantages.square() @ valid, episode @ valid, size]
         )
 
     @torch.no_grad()
     def _inputs(self, mb: Minibatch, moments: torch.Tensor, clip: float) -> LossInputs:
         """`prepare`'s loss inputs from the GLOBAL sums of `_local_moments` (data-parallel)."""
-        n, total, squares, episode_total = moments.tolist()
+        n, total, squares, episode_total, size = moments.tolist()
         valid = _flat(mb.valid).float()  # (B,) or (T*B,)
         count = max(n, 1.0)
         weights = valid / count
         if self.cfg.loss_aggregation == "sequence":  # each episode's steps weigh 1 in total
             weights = valid * _flat(mb.episode_weights) / max(episode_total, 1e-12)
+        elif self.cfg.loss_aggregation == "token_sum":  # a constant: every step, valid or not
+            weights = valid / max(size, 1.0)
         advantages = _flat(mb.advantages)
         if self.cfg.normalize_advantage:
             mean = total / count
             var = max(squares / count - mean * mean, 0.0)  # float64: no cancellation here
             std = math.sqrt(var * count / max(count - 1.0, 1.0))  # unbiased, like torch.std
-            advantages = (advantages - mean) / (std + 1e-8) * valid
+            centered = advantages - mean if self.center_advantages else advantages
+            advantages = centered / (std + 1e-8) * valid
         return _loss_inputs(weights, advantages, clip)
 
     def loss(
@@ -269,7 +288,8 @@ class PPO:
         if cfg.ent_coef:
             loss = loss - cfg.ent_coef * entropy_mean
         if self.kl_coef:
-            # k3 estimate of KL(pi || ref) per step, with grad through pi's log-prob
+            # k3 per step, with grad through pi's log-prob: its value estimates KL(pi || ref),
+            # its gradient is that of KL(ref || pi) (module docstring)
             ref_log_prob = torch.where(weights > 0, _flat(mb.ref_log_probs), log_prob.detach())
             ref_log_ratio = ref_log_prob - log_prob
             kl_loss = torch.dot(torch.expm1(ref_log_ratio) - ref_log_ratio, weights)
@@ -368,9 +388,14 @@ class PPO:
                 "(lower ppo.learning_rate or check the rewards for inf/nan)"
             )
 
-    def update(self, buffer: RolloutBuffer, iteration: int) -> dict[str, float]:
-        """n_epochs over minibatches of `buffer` (GAE already computed). Returns mean stats."""
+    def update(
+        self, buffer: RolloutBuffer, iteration: int, kl_coef: float = 0.0
+    ) -> dict[str, float]:
+        """n_epochs over minibatches of `buffer` (GAE already computed). Returns mean stats.
+        `kl_coef`: beta of the KL-to-reference term in the loss (0: none, the KL is in the
+        reward or off), the beta the rollout's penalty was measured with."""
         cfg = self.cfg
+        self.kl_coef = kl_coef
         lr, clip = self.schedules(iteration)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

@@ -173,6 +173,28 @@ class Step(NamedTuple):
     info: dict
 
 
+def to_env_action(action: torch.Tensor, space: gym.Space) -> np.ndarray:
+    """Policy action -> env action (N, *action_shape) in the space's dtype. Box actions are
+    clipped to the space only here; the buffer keeps the unclipped sample so that its log-prob
+    stays exact. Discrete / MultiDiscrete categories (counted from 0 by the policy) are shifted by
+    the space's `start`."""
+    start = getattr(space, "start", None)
+    start = None if start is None or not np.any(start) else np.asarray(start)
+    return _env_action(action, space, isinstance(space, gym.spaces.Box), start)
+
+
+def _env_action(
+    action: torch.Tensor, space: gym.Space, clip: bool, start: np.ndarray | None
+) -> np.ndarray:
+    action = action.cpu().numpy()
+    if clip:
+        return np.clip(action, space.low, space.high)
+    if start is not None:
+        action = action + start
+    dtype = space.dtype
+    return action if dtype is None or action.dtype == dtype else action.astype(dtype)
+
+
 class EnvRunner:
     """Steps a vector env with a policy and keeps the carry-over between steps: the next
     observation, the policy's recurrent state, which rows' next step is not a real transition,
@@ -212,17 +234,8 @@ class EnvRunner:
         self.ep_length[:] = 0
 
     def env_action(self, action: torch.Tensor) -> np.ndarray:
-        """Policy action -> env action (N, *action_shape) in the space's dtype. Box actions are
-        clipped to the space only here; the buffer keeps the unclipped sample so that its
-        log-prob stays exact. Discrete / MultiDiscrete categories (counted from 0 by the policy)
-        are shifted by the space's `start`."""
-        action = action.cpu().numpy()
-        if self.clip_actions:
-            return np.clip(action, self.action_space.low, self.action_space.high)
-        if self.action_start is not None:
-            action = action + self.action_start
-        dtype = self.action_space.dtype
-        return action if dtype is None or action.dtype == dtype else action.astype(dtype)
+        """Policy action -> env action (`to_env_action`, with the space's facts looked up once)."""
+        return _env_action(action, self.action_space, self.clip_actions, self.action_start)
 
     @torch.no_grad()
     def step(
@@ -351,7 +364,7 @@ class RolloutCollector:
         buf.terminated.copy_(torch.from_numpy(terminated))
         buf.truncated.copy_(torch.from_numpy(truncated))
         buf.valid.copy_(torch.from_numpy(valid))
-        if getattr(self.policy, "values_after_rollout", False):
+        if self.policy.values_after_rollout:
             # values the policy did not compute while acting (e.g. a separate critic), for
             # every step at once: the whole rollout as (T, N) columns
             buf.values.copy_(self.policy.rollout_values(buf.full_batch(sequence=True)))

@@ -1,14 +1,14 @@
-"""Policies: the protocol, and a registry keyed by `policy.type`.
+"""Policies: the contract (`Policy`), and a registry keyed by `policy.type`.
 
-Adding a policy type is one new module (a class with `Config`, `from_config` and the protocol
-methods of `agents.policies.base.ActorCritic`) plus one `register_policy` line here.
+Adding a policy type is one new module (a `Policy` subclass with `Config`, `from_config`, `act`,
+`predict_value` and `evaluate`; docs/policies.md) plus one `register_policy` line here.
 """
 
 from __future__ import annotations
 
 from agents.policies.base import (
-    ActorCritic,
     Minibatch,
+    Policy,
     PolicyConfig,
     frozen_copy,
     make_policy,
@@ -22,8 +22,8 @@ register_policy("mlp", "agents.policies.mlp:MLPActorCritic")
 register_policy("lm", "agents.policies.lm:LMPolicy")
 
 __all__ = [
-    "ActorCritic",
     "Minibatch",
+    "Policy",
     "PolicyConfig",
     "frozen_copy",
     "make_policy",

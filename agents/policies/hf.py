@@ -1,24 +1,29 @@
-"""transformers models for the LM policy: loading from local folders, and the KV cache.
+"""Loading the LM policy's parts from local transformers folders, and checking their sizes.
 
 Everything is read from a local folder (`from_pretrained(path)`, safetensors only): nothing is
-downloaded at run time. The KV cache (`new_cache`) preallocates its storage, so that a token step
-writes into it instead of copying the whole cache.
+downloaded at run time. The actor, its tokenizer, a separate critic (a causal LM or a reward model)
+and LoRA adapters (`agents.policies.lora`) come from here; the sizes the env asks for are checked
+against the models' config.json before any weight or env buffer exists (`check_context`), and
+against the built models (`check_vocab_and_context`). Nothing here knows the env: the tokenizer of
+a folder without one is transformers' byte-level `ByT5Tokenizer(extra_ids=0)`.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
-from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
-from transformers.cache_utils import DynamicLayer
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "assets" / "tiny-sft"
+CRITICS = ("shared", "separate", "none")  # none: no value head (critic-free estimators)
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json")
 
 
 def context_size(config: Any) -> int | None:
@@ -92,51 +97,107 @@ def without_dropout(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
-# ----------------------------------------------------------------------------- KV cache
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """The tokenizer of the model folder `path`; a folder without tokenizer files gets the
+    byte-level `ByT5Tokenizer(extra_ids=0)` (259 ids: pad 0, EOS 1, unk 2, byte b is b + 3)."""
+    path = Path(path)
+    if any((path / name).exists() for name in TOKENIZER_FILES):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path))
+    from transformers import ByT5Tokenizer
+
+    return ByT5Tokenizer(extra_ids=0)
 
 
-class PreallocatedLayer(DynamicLayer):
-    """A DynamicCache layer that writes new keys/values into preallocated storage (capacity
-    doubles when full) instead of `torch.cat`-ing the whole cache at every step, which costs
-    O(length) copies per token. Returns views of the filled part, like DynamicLayer."""
+def load_models(
+    model_path: str | os.PathLike | None,
+    critic: str,
+    critic_path: str | os.PathLike | None,
+    lora: Any,
+) -> tuple[PreTrainedModel, Any, Any, nn.Linear | None]:
+    """The LM policy's parts: (actor, tokenizer, separate critic or None, the reward model's
+    score head the value head starts from or None). The actor is peft-wrapped under `lora`;
+    `critic="separate"` without `critic_path` is a copy of the actor's starting weights (under
+    LoRA: the critic's own adapters on the same base, an `AdapterView`)."""
+    if critic not in CRITICS:
+        raise ValueError(f"policy.critic must be one of {list(CRITICS)}, got {critic!r}")
+    if critic != "separate" and critic_path is not None:
+        raise ValueError(
+            f"policy.critic_path={str(critic_path)!r} is only used with policy.critic: "
+            f"separate (got critic: {critic})"
+        )
+    path = Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH
+    model = load_causal_lm(path)
+    tokenizer = load_tokenizer(path)
+    critic_model = score_head = None
+    if critic == "separate" and critic_path:
+        critic_model, score_head = load_critic(critic_path)
+    if lora is not None:
+        from agents.policies.lora import AdapterView, add_lora
 
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-            self.length, self._k, self._v = 0, None, None
-        start, end = self.length, self.length + key_states.shape[-2]
-        if self._k is None or end > self._k.shape[-2]:
-            capacity = max(end + 64, 2 * end)
-            k = key_states.new_empty(*key_states.shape[:-2], capacity, key_states.shape[-1])
-            v = value_states.new_empty(*value_states.shape[:-2], capacity, value_states.shape[-1])
-            if start:
-                k[..., :start, :], v[..., :start, :] = (
-                    self._k[..., :start, :],
-                    self._v[..., :start, :],
-                )
-            self._k, self._v = k, v
-        self._k[..., start:end, :] = key_states
-        self._v[..., start:end, :] = value_states
-        self.length = end
-        self.keys, self.values = self._k[..., :end, :], self._v[..., :end, :]
-        return self.keys, self.values
-
-
-def new_cache(model: PreTrainedModel) -> DynamicCache:
-    """A DynamicCache for `model` whose plain (full-attention) layers preallocate."""
-    cache = DynamicCache(config=model.config)
-    cache.layers = [
-        PreallocatedLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers
-    ]
-    return cache
+        model = add_lora(model, lora, critic=critic == "separate" and critic_model is None)
+        if critic == "separate" and critic_model is None:
+            critic_model = AdapterView(model)
+    elif critic == "separate" and critic_model is None:
+        critic_model = copy.deepcopy(model)
+    return model, tokenizer, critic_model, score_head
 
 
-def spliceable(cache: DynamicCache | None, width: int) -> bool:
-    """Whether rows of `cache` can be overwritten in place: every layer is a PreallocatedLayer
-    holding `width` columns (sliding-window, quantized or linear-attention layers are not)."""
-    return cache is not None and all(
-        type(layer) is PreallocatedLayer and layer._k is not None and layer.length == width
-        for layer in cache.layers
-    )
+def check_context(paths: Sequence[str | os.PathLike], prompt: int, new: int) -> None:
+    """Refuse `prompt + new` tokens beyond the context of any model folder in `paths`, reading
+    only their config.json (no weights): ValueError naming the sizes, FileNotFoundError for a
+    missing folder."""
+    from transformers import AutoConfig
+
+    for path in paths:
+        config = AutoConfig.from_pretrained(model_folder(path))
+        context = context_size(config)
+        if context is not None and prompt + new > context:
+            raise ValueError(
+                f"env max_prompt_tokens + max_new_tokens = {prompt} + {new} = "
+                f"{prompt + new} tokens exceeds the model's context of {context} positions "
+                f"({config.model_type} at {str(path)!r}); lower env.kwargs.max_new_tokens / "
+                "max_prompt_tokens or use a model with a longer context"
+            )
+
+
+def embedding_rows(module: nn.Module) -> int:
+    """Rows of an input embedding, also when LoRA wraps it (`policy.lora.target_modules` with
+    the embedding, e.g. GPT-2's `wte`: peft's layer keeps the nn.Embedding as `base_layer`)."""
+    base = module.get_base_layer() if hasattr(module, "get_base_layer") else module
+    return int(base.weight.shape[0])
+
+
+def check_vocab_and_context(
+    tokenizer: Any,
+    models: Sequence[Any],
+    num_actions: int | None,
+    max_sequence_length: int | None,
+) -> None:
+    """The tokenizer, each model's embedding and the env's action space must have the same
+    size, and the env's sequences must fit each model's context."""
+    vocab = len(tokenizer)
+    for model in models:
+        embeddings = embedding_rows(model.get_input_embeddings())
+        if vocab != embeddings or (num_actions is not None and num_actions != vocab):
+            raise ValueError(
+                "vocabulary sizes do not match: tokenizer has "
+                f"{vocab} tokens, the model's embedding has {embeddings} rows, the env's "
+                f"action space has {num_actions} actions; all three must be equal (use the "
+                "env's tokenizer= with the model's own tokenizer folder)"
+            )
+        context = context_size(model.config)
+        too_long = max_sequence_length is not None and context is not None
+        if too_long and max_sequence_length > context:
+            raise ValueError(
+                f"prompt + max_new_tokens = {max_sequence_length} tokens exceeds the "
+                f"model's context of {context} positions ({model.config.model_type}); "
+                "lower env max_prompt_tokens / max_new_tokens or use a model with a "
+                "longer context"
+            )
+
+
+def hidden_size(config: Any) -> int:
+    """The width of a model's hidden states, whatever the architecture calls it."""
+    return getattr(config, "hidden_size", None) or config.n_embd

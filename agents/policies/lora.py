@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agents.policies.base import INPUT_PATH
 
 POLICY_ADAPTER, CRITIC_ADAPTER, REFERENCE_ADAPTER = "default", "critic", "reference"
 
@@ -32,11 +34,15 @@ class LoRAConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    r: int = Field(8, ge=1)  # adapter rank
-    alpha: float = Field(16.0, gt=0)  # scaling alpha / r
+    # adapter rank, at most 2**16 (wider than any layer it could adapt: no lower-rank update)
+    r: int = Field(8, ge=1, le=2**16)
+    # the adapter's output is scaled by alpha / r in the model's float dtype: beyond 1e6 one
+    # step of the adapter swamps the base model and its activations overflow
+    alpha: float = Field(16.0, gt=0, le=1e6)
     dropout: float = 0.0  # must be 0: act() and evaluate() must be the same function
     target_modules: list[str] | None = None  # null: peft's default for the architecture
-    adapter_path: str | None = None  # start from a trained peft adapter folder (its own r/alpha)
+    # start from a trained peft adapter folder (its own r/alpha)
+    adapter_path: Annotated[str | None, INPUT_PATH] = None
 
     @field_validator("dropout")
     @classmethod

@@ -11,22 +11,89 @@ Pure functions of tensors: no model, no state.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import AfterValidator, BeforeValidator
+
+# What float32 can hold. The distribution is softmax(logits.float() / temperature), in float32
+# also under bfloat16 autocast, and its log-probs are summed over responses, batches and KL terms.
+# - temperature: logits up to 1e4 in magnitude (a trained LM's are ~10-100; a float16 model's must
+#   stay below 65504), divided by it and summed over 2**32 terms, must stay below float32's
+#   largest value (3.4e38): temperature >= 1e4 * 2**32 / 3.4e38 = 1.3e-25, rounded up to 1e-24.
+#   Below that the logits overflow to +-inf, the softmax is NaN, the responses come out empty
+#   and the losses NaN (1e-40 is a float32 subnormal: every logit becomes inf). The upper end is
+#   float32's range too (there the distribution is uniform long before).
+# - top_p: compared with float32 cumulative masses; it must be a normal float32 > 0: one that
+#   rounds to 0 (< 1.4e-45), or a subnormal one a GPU flushes to 0, cuts every token.
+# - top_k: torch takes an int64 k; any k >= the vocabulary is no cut.
+FLOAT32 = torch.finfo(torch.float32)
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-24, 1e38
+MIN_TOP_P = float(FLOAT32.tiny)  # 1.18e-38, the smallest normal float32
+MAX_TOP_K = 2**31 - 1
+TEMPERATURE_RANGE = f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"
+TOP_P_RANGE = f"(0, 1] that float32 holds as a normal number, i.e. in [{MIN_TOP_P:.3g}, 1]"
 
 
-def check_sampling(temperature: Any, top_k: Any, top_p: Any) -> tuple[float, int, float]:
-    """The sampling settings as (float, int, float); ValueError naming a bad one."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ValueError(f"policy.temperature must be a float > 0, got {temperature!r}")
-    if not (np.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"policy.temperature must be a float > 0, got {temperature!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
-        raise ValueError(f"policy.top_k must be an int >= 0 (0: off), got {top_k!r}")
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ValueError(f"policy.top_p must be a float in (0, 1] (1: off), got {top_p!r}")
+def check_temperature(value: float) -> float:
+    """A sampling temperature that float32 logits can be divided by (see FLOAT32 above)."""
+    if not MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:
+        raise ValueError(
+            f"must be a float in {TEMPERATURE_RANGE}: sampling divides the float32 logits by it, "
+            f"and below {MIN_TEMPERATURE:g} they overflow to inf (empty responses, NaN losses)"
+        )
+    return value
+
+
+def check_top_p(value: float) -> float:
+    """A nucleus mass that float32 holds as a normal number > 0, at most 1."""
+    if not MIN_TOP_P <= value <= 1:
+        raise ValueError(
+            f"must be a float in {TOP_P_RANGE} (1: off): a top_p that float32 rounds to 0 cuts "
+            "every token"
+        )
+    return value
+
+
+def check_top_k(value: int) -> int:
+    """A top-k cut torch can take (0: off)."""
+    if not 0 <= value <= MAX_TOP_K:
+        raise ValueError(f"must be an int in [0, {MAX_TOP_K}] (0: off)")
+    return value
+
+
+def _not_bool(value: Any) -> Any:
+    """YAML's true/false are not numbers (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got {value!r}")
+    return value
+
+
+# the config fields of the sampling settings (`policy.*`, `eval.sampling.*`, the SFT eval)
+Temperature = Annotated[float, BeforeValidator(_not_bool), AfterValidator(check_temperature)]
+TopP = Annotated[float, BeforeValidator(_not_bool), AfterValidator(check_top_p)]
+TopK = Annotated[int, BeforeValidator(_not_bool), AfterValidator(check_top_k)]
+
+
+def check_sampling(
+    temperature: Any, top_k: Any, top_p: Any, prefix: str = "policy."
+) -> tuple[float, int, float]:
+    """The sampling settings as (float, int, float); ValueError naming a bad one, its value and
+    the allowed range (`prefix`: where the settings come from)."""
+    checks = (
+        ("temperature", temperature, (int, float), check_temperature),
+        ("top_k", top_k, (int, np.integer), check_top_k),
+        ("top_p", top_p, (int, float), check_top_p),
+    )
+    for name, value, types, check in checks:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, types):
+            kind = "an int" if name == "top_k" else "a float"
+            raise ValueError(f"{prefix}{name} must be {kind}, got {value!r}")
+        try:
+            check(value)  # NaN fails every comparison
+        except ValueError as err:
+            raise ValueError(f"{prefix}{name}={value!r} {err}") from None
     return float(temperature), int(top_k), float(top_p)
 
 

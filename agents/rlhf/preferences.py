@@ -24,6 +24,7 @@ training.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from agents.run.files import atomic_write_text
+from agents.run.jsonio import is_unicode_text, parse_json
 from textenv.gold import gold_score, vowel_share
 from textenv.tasks import STRING_OPS
 
@@ -57,17 +59,22 @@ def read_preferences(path: str | os.PathLike) -> list[PreferencePair]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"preference file {str(path)!r} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({e})") from None
     pairs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg})") from e
-            pairs.append(_record_to_pair(record, where))
+    for lineno, line in enumerate(io.StringIO(text, newline=None), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = parse_json(line)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        pairs.append(_record_to_pair(record, where))
     if not pairs:
         raise ValueError(f"preference file {str(path)!r} holds no pairs")
     return pairs
@@ -88,6 +95,12 @@ def _record_to_pair(record: Any, where: str) -> PreferencePair:
     prompt = record.get("prompt", "")
     if not isinstance(prompt, str):
         raise ValueError(f"{where}: 'prompt' must be a string when given, got {prompt!r:.80}")
+    for key in ("prompt", "chosen", "rejected"):
+        if not is_unicode_text(record.get(key, "")):
+            raise ValueError(
+                f"{where}: {key!r} = {record[key]!r:.80} holds a lone surrogate (a '\\ud800'-style "
+                "escape): not Unicode text, and no tokenizer can encode it"
+            )
     return PreferencePair(prompt, record["chosen"], record["rejected"])
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,28 +31,31 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 import agents.run.config
+from agents.policies.base import INPUT_PATH
 from agents.policies.hf import DEFAULT_MODEL_PATH
 from agents.rlhf.preferences import PreferencePair, read_preferences
 from agents.rlhf.stage import REPO_ROOT, StageConfig, optimizer_step, run_stage
-from agents.run.config import (
+from agents.run.config_types import (
     NonNegFloat,
-    NonNegInt,
+    NonNegSteps,
     PositiveFloat,
-    PositiveInt,
+    Rows,
     Section,
+    Steps,
+    Tokens,
 )
 
 # ----------------------------------------------------------------------------- config
 
 
 class RMTrainConfig(Section):
-    steps: PositiveInt = 400
-    batch_size: PositiveInt = 64  # pairs per step (2x sequences)
+    steps: Steps = 400
+    batch_size: Rows = 64  # pairs per step (2x sequences)
     learning_rate: PositiveFloat = 2.0e-3
-    warmup_steps: NonNegInt = 30
+    warmup_steps: NonNegSteps = 30
     weight_decay: NonNegFloat = 0.0
     max_grad_norm: PositiveFloat = 1.0
-    eval_every: NonNegInt = 100  # 0: only at the end
+    eval_every: NonNegSteps = 100  # 0: only at the end
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> RMTrainConfig:
@@ -65,15 +68,16 @@ class RMConfig(StageConfig):
 
     summary_file: ClassVar[str] = "rm_metrics.json"
     name: str = "rm_tiny"
-    sft_path: str | None = None  # null: the default SFT model agents/assets/tiny-sft
-    train_file: str = "data/preferences/reverse_train.jsonl"
-    eval_file: str | None = "data/preferences/reverse_test.jsonl"
+    # input paths: relative to the config file's folder (the defaults: to the repository)
+    sft_path: Annotated[str | None, INPUT_PATH] = None  # null: the default agents/assets/tiny-sft
+    train_file: Annotated[str, INPUT_PATH] = "data/preferences/reverse_train.jsonl"
+    eval_file: Annotated[str | None, INPUT_PATH] = "data/preferences/reverse_test.jsonl"
     eval_fraction: float = Field(0.1, gt=0, lt=1)  # held-out share of train_file without eval_file
     output_dir: str = "runs/rm_tiny"
     # The length limit (max_new_tokens) the pairs' responses were sampled with: a response of that
     # many tokens was cut there without EOS, and is encoded without EOS, exactly as the env's
     # `reward_model` reward scores a cut response. null: every response ended with EOS.
-    cut_at_tokens: PositiveInt | None = None
+    cut_at_tokens: Tokens | None = None
     train: RMTrainConfig = Field(default_factory=RMTrainConfig)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -25,26 +25,36 @@ from pydantic import Field, model_validator
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import agents.run.config
+from agents.policies.base import ENV_KWARGS
 from agents.policies.lm import LMPolicy
-from agents.policies.sequences import position_ids_from_mask
+from agents.policies.sequences import Temperature, position_ids_from_mask
 from agents.rlhf.stage import REPO_ROOT, StageConfig, optimizer_step, run_stage
-from agents.run.config import NonNegFloat, NonNegInt, PositiveFloat, PositiveInt, Section
+from agents.run.config_types import (
+    NonNegFloat,
+    NonNegSteps,
+    PositiveFloat,
+    Rows,
+    Section,
+    Steps,
+    Tokens,
+    Width,
+)
 
 # ----------------------------------------------------------------------------- config
 
 
 class ModelConfig(Section):
-    n_layer: PositiveInt = 2
-    n_embd: PositiveInt = 128
-    n_head: PositiveInt = 4
-    n_positions: PositiveInt = 320  # >= prompt + 256 so the benchmark can time long responses
+    n_layer: Width = 2
+    n_embd: Width = 128
+    n_head: Width = 4
+    n_positions: Tokens = 320  # >= prompt + 256 so the benchmark can time long responses
 
 
 class TrainConfig(Section):
-    steps: PositiveInt = 300
-    batch_size: PositiveInt = 64
+    steps: Steps = 300
+    batch_size: Rows = 64
     learning_rate: PositiveFloat = 3.0e-3
-    warmup_steps: NonNegInt = 20
+    warmup_steps: NonNegSteps = 20
     weight_decay: NonNegFloat = 0.0
     max_grad_norm: PositiveFloat = 1.0
 
@@ -52,10 +62,11 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     task: str = "reverse"
     split: str = "test"
-    n: PositiveInt = 256
-    temperature: PositiveFloat = 1.0
+    n: Rows = 256
+    temperature: Temperature = 1.0
     reward_fn: str = "edit_distance"
-    env_kwargs: dict[str, Any] = Field(default_factory=dict)  # e.g. {tools: [calc]}
+    # e.g. {tools: [calc]}
+    env_kwargs: Annotated[dict[str, Any], ENV_KWARGS] = Field(default_factory=dict)
 
 
 class SFTConfig(StageConfig):
@@ -65,7 +76,7 @@ class SFTConfig(StageConfig):
     name: str = "sft_tiny"
     output_dir: str = "agents/assets/tiny-sft"
     tasks: list[str] = Field(default_factory=lambda: ["reverse", "sort", "copy_edit"])
-    n_per_task: PositiveInt = 1000
+    n_per_task: Rows = 1000
     # target for tasks without references (continuation): null = error, "repeat_prompt" = the
     # prompt repeated up to max_new_tokens - 1 characters (a deliberately repetitive LM, the
     # starting point of configs/text_repetition.yaml)
@@ -74,8 +85,8 @@ class SFTConfig(StageConfig):
     # (`<calc>EXPR</calc>=RESULT RESULT`, no loss on the env-written `=RESULT`), the rest answer
     # directly (which a tiny model cannot learn to do right: PPO's room to improve)
     tool_fraction: float = Field(1.0, ge=0.0, le=1.0)
-    max_prompt_tokens: PositiveInt = 32
-    max_new_tokens: PositiveInt = 32
+    max_prompt_tokens: Tokens = 32
+    max_new_tokens: Tokens = 32
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

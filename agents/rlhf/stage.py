@@ -11,8 +11,10 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from agents.run.config import PositiveInt, Section, Seed, check_output_dir, load_config
+from agents.run.config import load_config
+from agents.run.config_types import Section, Seed, Threads
 from agents.run.files import atomic_write_text, replace_folder
+from agents.run.output_dir import check_output_dir
 from agents.run.rundir import RunLock
 
 S = TypeVar("S", bound="StageConfig")
@@ -26,7 +28,7 @@ class StageConfig(Section):
     name: str
     seed: Seed = 0
     output_dir: str
-    torch_threads: PositiveInt = 1
+    torch_threads: Threads = 1
 
     def output_path(self) -> Path:
         return Path(self.output_dir)

@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from agents.run.files import atomic_file, file_sha256, sha256_of
+from agents.run.jsonio import read_json
 
 FORMAT_VERSION = 3  # 3: optimizer state keys recorded; rollout carry-over 'skip'
 
@@ -305,10 +306,9 @@ def load_optimizer(
 
 
 def policy_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The policy tensors a checkpoint holds: `policy.checkpoint_state_dict()` where the policy
-    defines it (a LoRA policy: adapters and value head, not the frozen base), else its state_dict."""
-    own = getattr(policy, "checkpoint_state_dict", None)
-    return own() if callable(own) else policy.state_dict()
+    """The policy tensors a checkpoint holds: `policy.checkpoint_state_dict()` (its state_dict,
+    or for a LoRA policy the adapters and value head, not the frozen base)."""
+    return policy.checkpoint_state_dict()
 
 
 def save_checkpoint(
@@ -358,8 +358,8 @@ def latest_checkpoint(folder: Path) -> Path:
     if not pointer.is_file():
         raise CheckpointError(f"no checkpoint in {pointer.parent}: {pointer.name} does not exist")
     try:
-        data = json.loads(pointer.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        data = read_json(pointer)
+    except ValueError as err:
         raise CheckpointError(f"checkpoint pointer {pointer} is corrupted: {err}") from None
     name = data.get("checkpoint") if isinstance(data, dict) else None
     # the pointer names a file of its own folder (as save_checkpoint writes it), never a path
@@ -381,8 +381,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
     if not path.is_file():
         raise CheckpointError(f"checkpoint metadata {path} does not exist")
     try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        meta = read_json(path)
+    except ValueError as err:
         raise CheckpointError(
             f"checkpoint metadata {path} is truncated or corrupted: {err}"
         ) from None

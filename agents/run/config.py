@@ -1,4 +1,5 @@
-"""Run configs: pydantic models loaded from YAML, with `--set key=value` overrides.
+"""Run configs: the pydantic models of a run (`Config` and its sections), loaded from YAML with
+`--set key=value` overrides, and what the trainer, evaluation and compare ask of a config.
 
 Unknown keys are errors with a "did you mean" suggestion; a bad value is an error that names the
 key, the value and what is allowed (a batch size that does not divide the rollout, a negative
@@ -7,12 +8,17 @@ class of the registered policy type (`agents.policies`). `load_config` also load
 the RLHF stages (`cls=SFTConfig`, `cls=RMConfig`).
 
     cfg = load_config("configs/cartpole.yaml", ["ppo.n_epochs=10"])
+
+The config's helpers live beside it, each with one job: config_types.py (value types, bounds,
+`Section`), yamlio.py (reading YAML safely, overrides), config_paths.py (input paths made
+absolute), config_errors.py (validation errors as messages), trust.py (code a config names),
+output_dir.py (whether an output folder may be written).
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
+import math
 import re
 import typing
 from collections.abc import Callable
@@ -22,8 +28,6 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     SerializeAsAny,
     StrictBool,
@@ -32,41 +36,42 @@ from pydantic import (
     model_validator,
 )
 
-from agents.core.advantages import CRITIC_FREE, GROUP_ESTIMATORS
+from agents.core.advantages import CRITIC_FREE, GROUP_ESTIMATORS, REINFORCE_PP_FORMS
 from agents.core.advantages import ESTIMATORS as ADVANTAGE_ESTIMATORS
 from agents.core.kl import ESTIMATORS, KL_PLACEMENTS
 from agents.core.ppo import LOSS_AGGREGATIONS
 from agents.core.scores import SCORE_NORMS
 from agents.policies import PolicyConfig, policy_class
-from agents.run.envs import VECTORIZATION_MODES, env_module
+from agents.policies.base import ENV_KWARGS
+from agents.policies.sequences import Temperature, TopK, TopP
+from agents.run.config_errors import format_errors
+from agents.run.config_paths import resolve_input_paths
+from agents.run.config_types import (
+    MAX_EPISODES,
+    Fraction,
+    NonNegFloat,
+    NonNegSteps,
+    Number,
+    PositiveFloat,
+    PositiveInt,
+    Rows,
+    Section,
+    Seed,
+    Steps,
+    Threads,
+)
+from agents.run.envs import VECTORIZATION_MODES
 from agents.run.files import atomic_write_text
+from agents.run.jsonio import MAX_NESTING  # noqa: F401 (re-exported: the configs' nesting bound)
 from agents.run.rundir import check_run_name
+from agents.run.yamlio import (
+    MAX_YAML_BYTES,  # noqa: F401 (re-exported: the size bound)
+    apply_overrides,
+    read_yaml,
+)
+from agents.run.yamlio import parse_yaml as _parse_yaml  # noqa: F401 (re-exported for the tests)
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def _not_bool(value: Any) -> Any:
-    """YAML's true/false are not numbers (pydantic would read them as 1 and 0)."""
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, got {value!r}")
-    return value
-
-
-Number = BeforeValidator(_not_bool)
-Int = typing.Annotated[int, Number]
-PositiveInt = typing.Annotated[int, Number, Field(gt=0)]
-PositiveFloat = typing.Annotated[float, Number, Field(gt=0)]
-NonNegInt = typing.Annotated[int, Number, Field(ge=0)]
-NonNegFloat = typing.Annotated[float, Number, Field(ge=0)]
-Fraction = typing.Annotated[float, Number, Field(ge=0, le=1)]
-# numpy's global seed takes 0 <= seed < 2**32; runs add offsets (eval: 10_000 + seed, env rows)
-Seed = typing.Annotated[int, Number, Field(ge=0, le=2**31 - 1)]
-
-
-class Section(BaseModel):
-    """A config section: unknown keys and non-finite numbers are errors."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -74,15 +79,16 @@ class Section(BaseModel):
 
 class EnvConfig(Section):
     id: str = "CartPole-v1"  # a registered id, or "module:EnvId" (e.g. textenv:TextRLHF-v0)
-    num_envs: PositiveInt = 8
+    num_envs: Rows = 8
     # "auto": the env's native vector_entry_point if it has one, else "sync"
     vectorization: Literal[VECTORIZATION_MODES] = "auto"  # type: ignore[valid-type]
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: typing.Annotated[dict[str, Any], ENV_KWARGS] = Field(default_factory=dict)
 
 
 class PPOConfig(Section):
-    n_steps: PositiveInt = 32  # rollout length T per env
-    batch_size: PositiveInt = 256  # transitions, or env columns x n_steps (sequence policies)
+    n_steps: Rows = 32  # rollout length T per env
+    # transitions, or env columns x n_steps (sequence policies); at most the rollout (checked below)
+    batch_size: PositiveInt = 256
     n_epochs: PositiveInt = 20
     gamma: Fraction = 0.98
     gae_lambda: Fraction = 0.8
@@ -94,11 +100,13 @@ class PPOConfig(Section):
     vf_coef: NonNegFloat = 0.5
     ent_coef: NonNegFloat = 0.0
     max_grad_norm: NonNegFloat = 0.5
+    # GAE: whiten each minibatch's advantages; critic-free estimators: divide by the std only
     normalize_advantage: StrictBool = True
     target_kl: PositiveFloat | None = None
     adam_eps: PositiveFloat = 1.0e-5
     # "token": mean over every valid step of a minibatch; "sequence": mean over each episode's
-    # steps, then over episodes (long responses weigh no more than short ones)
+    # steps, then over episodes (long responses weigh no more than short ones); "token_sum": sum
+    # over valid steps / the minibatch's size in steps, a constant (Dr. GRPO)
     loss_aggregation: Literal[LOSS_AGGREGATIONS] = "token"  # type: ignore[valid-type]
 
 
@@ -108,7 +116,10 @@ class AdvantageConfig(Section):
 
     estimator: Literal[ADVANTAGE_ESTIMATORS] = "gae"  # type: ignore[valid-type]
     group_size: PositiveInt = 1  # K: rows per group; each start state is repeated K times
-    scale_std: StrictBool = True  # grpo: divide by the group's std (false: Dr. GRPO)
+    # grpo: divide by the std of the group's task scores (false: Dr. GRPO's unscaled form)
+    scale_std: StrictBool = True
+    # reinforce_pp: whiten each token's reward-to-go (the paper's form) or each episode's return
+    reinforce_pp_form: Literal[REINFORCE_PP_FORMS] = "token"  # type: ignore[valid-type]
 
 
 class KLConfig(Section):
@@ -117,7 +128,7 @@ class KLConfig(Section):
     estimator: Literal[ESTIMATORS] = "k1"  # type: ignore[valid-type]
     adaptive: StrictBool = False
     target: PositiveFloat = 6.0  # adaptive: target KL per episode (sum over its steps)
-    horizon: PositiveInt = 10000  # adaptive: episodes over which beta adapts (Ziegler et al.)
+    horizon: Steps = 10000  # adaptive: episodes over which beta adapts (Ziegler et al.)
     # "reward": -beta * kl_t added to each step's reward; "loss": beta * k3 KL added to the loss
     placement: Literal[KL_PLACEMENTS] = "reward"  # type: ignore[valid-type]
 
@@ -134,16 +145,17 @@ class SamplingConfig(Section):
     """`eval.sampling`: sampling settings for evaluation only (LM policies); null keeps the
     policy's own. Greedy decoding is `eval.deterministic: true`."""
 
-    temperature: PositiveFloat | None = None
-    top_k: NonNegInt | None = None  # 0: no top-k cut
-    top_p: float | None = Field(None, gt=0, le=1)  # 1: no nucleus cut
+    temperature: Temperature | None = None
+    top_k: TopK | None = None  # 0: no top-k cut
+    top_p: TopP | None = None  # 1: no nucleus cut
 
 
 class EvalConfig(Section):
-    episodes: NonNegInt = 10
-    every: NonNegInt = 0  # env steps between evaluations during training (0: only at the end)
+    episodes: typing.Annotated[int, Number, Field(ge=0, le=MAX_EPISODES)] = 10
+    every: NonNegSteps = 0  # env steps between evaluations during training (0: only at the end)
     deterministic: StrictBool = True
-    env_kwargs: dict[str, Any] = Field(default_factory=dict)  # override env.kwargs for eval
+    # override env.kwargs for eval
+    env_kwargs: typing.Annotated[dict[str, Any], ENV_KWARGS] = Field(default_factory=dict)
     sampling: SamplingConfig | None = None  # other sampling settings for eval (stochastic only)
 
     @model_validator(mode="after")
@@ -157,42 +169,50 @@ class EvalConfig(Section):
         return self
 
 
+DEVICE_KINDS = ("auto", "cpu", "cuda", "cuda:N")
+
+
 class RunConfig(Section):
     root: str = "runs"
-    checkpoint_every: NonNegInt = 0  # env steps between checkpoints (0: only at the end)
-    torch_threads: PositiveInt = 1
+    checkpoint_every: NonNegSteps = 0  # env steps between checkpoints (0: only at the end)
+    torch_threads: Threads = 1
     progress: StrictBool = True
-    # "auto" (CUDA when present), "cpu", "cuda", "cuda:N", ... (checked against this machine);
+    # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N" (checked against this machine);
     # in a data-parallel run on CUDA each rank takes cuda:LOCAL_RANK
     device: str = "cpu"
     # LM policies: "bfloat16" runs the forward passes under autocast (the loss, the log-prob
     # ratio and the optimizer state stay float32)
     dtype: Literal["float32", "bfloat16"] = "float32"
     # data-parallel runs: the gradient is summed over ranks in buckets of this many MB, each
-    # started as soon as the backward has filled it (overlap); 0: one sum after the backward
-    allreduce_bucket_mb: NonNegFloat = 4.0
+    # started as soon as the backward has filled it (overlap); 0: one sum after the backward.
+    # At most 64 GiB: a bucket larger than the gradient is one bucket anyway, and the byte count
+    # (MB * 2**20) must stay an int (1e308 overflowed)
+    allreduce_bucket_mb: typing.Annotated[float, Number, Field(ge=0, le=2**16)] = 4.0
 
     @field_validator("device")
     @classmethod
     def _device_exists(cls, value: str) -> str:
+        # the kinds the trainer, the policies and data-parallel runs are written and tested
+        # for; torch knows more (mps, meta, xla, ...), which fail later with a traceback
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+            raise ValueError(
+                f"{value!r} is not a torch device kind this project runs on; allowed: "
+                f"{', '.join(map(repr, DEVICE_KINDS))} (N: a CUDA device of this machine)"
+            )
+        if value in ("auto", "cpu"):
+            return value
         import torch
 
-        if value == "auto":
-            return value
-
-        try:
-            device = torch.device(value)
-        except RuntimeError as err:
+        if not torch.cuda.is_available():
             raise ValueError(
-                f"{value!r} is not a torch device ({err}); e.g. 'auto', 'cpu' or 'cuda'"
-            ) from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"{value!r} needs CUDA, which this machine's torch does not have; use 'cpu'"
+                f"{value!r} needs CUDA, which this machine's torch does not have; allowed here: "
+                "'auto', 'cpu'"
             )
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        index, count = int(value.partition(":")[2] or 0), torch.cuda.device_count()
+        if index >= count:
             raise ValueError(
-                f"{value!r}: this machine has {torch.cuda.device_count()} CUDA devices"
+                f"{value!r}: this machine has {count} CUDA devices; allowed: 'auto', 'cpu', "
+                f"'cuda', 'cuda:0' ... 'cuda:{count - 1}'"
             )
         return value
 
@@ -202,9 +222,13 @@ def _default_policy() -> PolicyConfig:
 
 
 class Config(Section):
+    """A whole run: what a YAML config file holds (`load_config`), or what `agents.PPO`'s
+    keywords build. Sections: env, policy (validated by its type's own config), ppo,
+    advantage, kl, score, eval, run."""
+
     name: str = "run"
     seed: Seed = 1
-    total_timesteps: PositiveInt = 100_000
+    total_timesteps: Steps = 100_000
     env: EnvConfig = Field(default_factory=EnvConfig)
     # validated by the registered policy type's own Config (see `_policy_section`)
     policy: SerializeAsAny[PolicyConfig] = Field(default_factory=_default_policy)
@@ -247,12 +271,17 @@ class Config(Section):
                 f"advantage.estimator={adv.estimator!r} compares the K episodes of a group: it "
                 f"needs advantage.group_size >= 2, got {adv.group_size}"
             )
+        if adv.reinforce_pp_form != "token" and adv.estimator != "reinforce_pp":
+            raise ValueError(
+                f"advantage.reinforce_pp_form={adv.reinforce_pp_form!r} is a setting of "
+                f"advantage.estimator='reinforce_pp', not of {adv.estimator!r}; leave it out"
+            )
         if self.env.num_envs % adv.group_size:
             raise ValueError(
                 f"env.num_envs={self.env.num_envs} must be a multiple of advantage.group_size="
                 f"{adv.group_size} (each group is K rows that start from the same state)"
             )
-        critic = getattr(self.policy, "critic", None)
+        critic = self.policy.critic_choice()
         if adv.estimator in CRITIC_FREE:
             if critic not in (None, "none") and "critic" in self.policy.model_fields_set:
                 raise ValueError(
@@ -288,98 +317,22 @@ def _policy_section(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-# ----------------------------------------------------------------------------- errors
-
-
-def suggest(key: str, allowed: list[str]) -> str:
-    """'; did you mean 'x'?' for the closest allowed key, or '' if nothing is close."""
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def _section_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    """The model class that holds the last key of `loc` (None past a dict or a list)."""
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
-
-
-def format_errors(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
-    """pydantic's errors as one message per bad key: the key, the bad value, what is allowed."""
-    messages = []
-    for e in err.errors():
-        loc = e["loc"]
-        key = prefix + ".".join(str(p) for p in loc)
-        if e["type"] == "extra_forbidden":
-            section = _section_at(model, loc)
-            allowed = sorted(section.model_fields) if section is not None else []
-            where = (prefix + ".".join(str(p) for p in loc[:-1])).rstrip(".") or "the top level"
-            messages.append(
-                f"unknown config key {key!r}{suggest(str(loc[-1]), allowed)} "
-                f"(allowed under {where}: {allowed})"
-            )
-        elif e["type"] == "literal_error":
-            expected = e["ctx"]["expected"]
-            messages.append(
-                f"{key} must be one of [{expected.replace(' or ', ', ')}], got {e['input']!r}"
-            )
-        elif not loc:  # a check across keys (model validator)
-            messages.append(e["msg"].removeprefix("Value error, "))
-        else:
-            got = e["input"]
-            messages.append(
-                f"config key {key!r} = {got!r}: {e['msg'].removeprefix('Value error, ')}"
-            )
-    return "; ".join(messages)
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply `a.b.c=value` strings in place (values are parsed as YAML: 10, 1e-3, true, [64])."""
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value, e.g. ppo.n_epochs=10")
-        key, raw = item.split("=", 1)
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a config section")
-            node = child
-        node[leaf] = _parse_yaml(raw, f"override {item!r}")
-    return data
-
-
-def _parse_yaml(text: str, where: str) -> Any:
-    """yaml.safe_load; a syntax error is a ValueError naming `where` (a file or an override)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        reason = " ".join(str(problem or err).split())
-        raise ValueError(f"{where} is not valid YAML ({at}{reason})") from None
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"config file {str(path)!r} is not UTF-8 text ({err})") from None
-    data = _parse_yaml(text, f"config file {str(path)!r}") or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
-    return data
+def config_warnings(cfg: Config) -> list[str]:
+    """One line per setting that is valid but probably not what the user wants (the trainer
+    prints them once at start-up)."""
+    kl = cfg.kl
+    sampling = cfg.policy.model_dump()  # the LM's sampling settings; other types have none
+    top_k, top_p = sampling.get("top_k", 0), sampling.get("top_p", 1.0)
+    cuts = [f"policy.top_k={top_k}"] * bool(top_k) + [f"policy.top_p={top_p}"] * (top_p < 1)
+    if not (kl.enabled and kl.adaptive and cuts):
+        return []
+    floor = f" (up to -log(top_p) = {-math.log(top_p):.3f} nats per token)" if top_p < 1 else ""
+    return [
+        f"kl.adaptive with {' and '.join(cuts)}: the rollout samples a truncated distribution "
+        f"that the reference scores in full, so the measured KL is above 0 before any "
+        f"update{floor}; a kl.target={kl.target} near or below that floor keeps raising beta "
+        "(docs/algorithms.md, 'Where the KL goes')"
+    ]
 
 
 def load_config(
@@ -388,19 +341,55 @@ def load_config(
     cls: type[M] = Config,  # type: ignore[assignment]
 ) -> M:
     """YAML path (or dict) + overrides -> validated `cls` instance (default: the PPO `Config`)."""
+    return load_config_and_defaults(source, overrides, cls)[0]
+
+
+def load_config_and_defaults(
+    source: str | Path | dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    cls: type[M] = Config,  # type: ignore[assignment]
+) -> tuple[M, list[str]]:
+    """`load_config`, and the keys it filled in from the policy type's defaults
+    (`apply_policy_defaults`), which `textrlhf train` prints."""
     if source is None:
         data: dict[str, Any] = {}
     elif isinstance(source, dict):
         data = yaml.safe_load(yaml.safe_dump(source))  # a deep copy of plain data
     else:
         data = read_yaml(source)
+        resolve_input_paths(data, cls, Path(source).parent)  # the file's own: its folder's
     data = apply_overrides(data, overrides)
+    resolve_input_paths(data, cls, None)  # --set values and dict configs: the working directory
+    filled: list[str] = []
     if cls is Config:
+        filled = apply_policy_defaults(data)
         data = _policy_section(data)
     try:
-        return cls.model_validate(data)
+        return cls.model_validate(data), filled
     except ValidationError as err:
         raise ValueError(format_errors(err, cls)) from None
+
+
+def apply_policy_defaults(data: dict[str, Any]) -> list[str]:
+    """Fill the `env.num_envs` and `ppo.*` keys that `data` leaves out with the policy type's
+    own defaults (`config_defaults` of its class: a language model does not train with
+    CartPole's 20 epochs). Returns the keys filled in, as "ppo.n_epochs=2" (the CLI prints
+    them); the result is the complete config that config.yaml then holds."""
+    policy = data.get("policy")
+    kind = policy.get("type", "mlp") if isinstance(policy, dict) else "mlp"
+    defaults = policy_class(kind).config_defaults(data)
+    filled = []
+    for section, values in defaults.items():
+        given = data.get(section)
+        if given is None:
+            given = data[section] = {}
+        if not isinstance(given, dict):
+            continue  # validation names the bad section
+        for key, value in values.items():
+            if key not in given:
+                given[key] = value
+                filled.append(f"{section}.{key}={value}")
+    return filled
 
 
 def to_dict(cfg: BaseModel) -> dict[str, Any]:
@@ -415,53 +404,6 @@ def config_text(cfg: BaseModel) -> str:
 def save_config(cfg: BaseModel, path: str | Path) -> None:
     """Write `cfg` as YAML, atomically (a failed write leaves the previous file whole)."""
     atomic_write_text(path, config_text(cfg))
-
-
-# ----------------------------------------------------------------------------- helpers
-
-CODE_REFERENCE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_][\w.]*")
-
-
-def code_references(data: Any, where: str) -> list[str]:
-    """`where = 'module:attr'` for every string in `data` (nested dicts and lists) that names
-    code to import and call, e.g. a reward spec "os:system"."""
-    if isinstance(data, dict):
-        return [r for k, v in data.items() for r in code_references(v, f"{where}.{k}")]
-    if isinstance(data, list):
-        return [r for i, v in enumerate(data) for r in code_references(v, f"{where}[{i}]")]
-    if isinstance(data, str) and CODE_REFERENCE.fullmatch(data):
-        return [f"{where} = {data!r}"]
-    return []
-
-
-def check_code_references(cfg: Config, source: str | Path, trust: bool) -> None:
-    """Refuse a config that we did not get from the user (a run folder's) when its env
-    arguments name code to import and call, unless `trust` (the transformers convention,
-    `trust_remote_code`). An env id `module:EnvId` imports its module: allowed when that module
-    belongs to an installed package (e.g. `textenv`), refused when it is a loose file (e.g. a
-    `.py` shipped next to the run folder) or not importable from an installed package."""
-    found = code_references(cfg.env.kwargs, "env.kwargs")
-    found += code_references(cfg.eval.env_kwargs, "eval.env_kwargs")
-    module = env_module(cfg.env.id)
-    if module and not _installed_module(module):
-        found.append(f"env.id = {cfg.env.id!r} (module {module!r} is not an installed package)")
-    if found and not trust:
-        raise ValueError(
-            f"{source} names code to import and run: {'; '.join(found)}. A run folder is data "
-            "that users share; pass --trust-remote-code if you trust where it came from"
-        )
-
-
-def _installed_module(module: str) -> bool:
-    """True when `module` is already imported or its top-level package is part of an installed
-    distribution (so importing it runs only installed code, never a file from a run folder)."""
-    import importlib.metadata
-    import sys
-
-    if module in sys.modules:
-        return True
-    top = module.split(".")[0]
-    return top in importlib.metadata.packages_distributions()
 
 
 def flat_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -499,45 +441,3 @@ def step_budget(cfg: Config) -> int:
     total_timesteps, so never more than total_timesteps."""
     per_iteration = cfg.ppo.n_steps * cfg.env.num_envs
     return cfg.total_timesteps // per_iteration * per_iteration
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-
-
-def is_model_folder(folder: Path) -> bool:
-    """A folder `save_pretrained` wrote (a model, an adapter, an export): a real folder (not a
-    link) of plain files only, with at least one weights file (*.safetensors, *.bin)."""
-    if folder.is_symlink() or not folder.is_dir():
-        return False
-    entries = list(folder.iterdir())
-    plain = all(p.is_file() and not p.is_symlink() for p in entries)
-    return plain and any(p.suffix in WEIGHT_SUFFIXES for p in entries)
-
-
-def check_output_dir(folder: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing, non-empty output folder unless `overwrite`; with `overwrite`, refuse
-    one that is not a model folder (`is_model_folder`): the writer replaces the whole folder
-    (`agents.run.files.replace_folder`), and --overwrite replaces a model, never other files."""
-    folder = Path(folder)
-    if folder.is_symlink():
-        raise ValueError(
-            f"output folder {folder} is a symbolic link; choose the folder it points to or "
-            "another one"
-        )
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"output_dir {str(folder)!r} is a file, not a folder; choose a folder")
-    entries = (
-        sorted(p.name for p in folder.iterdir() if p.name != ".lock") if folder.is_dir() else []
-    )
-    if entries and not overwrite:
-        raise FileExistsError(
-            f"output folder {folder} already exists; pass --overwrite (overwrite=True) to "
-            "replace it, or choose another output_dir"
-        )
-    if entries and not is_model_folder(folder):
-        raise FileExistsError(
-            f"--overwrite refuses to replace {folder}: it holds {entries[:6]}, not only the "
-            "files of a saved model (config, tokenizer, *.safetensors weights, no subfolders); "
-            "remove it yourself or choose another output folder"
-        )
-    return folder

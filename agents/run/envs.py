@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
+from gymnasium.envs.registration import load_env_creator
 
 VECTORIZATION_MODES = ("auto", "vector_entry_point", "sync", "async")
 
@@ -19,6 +22,11 @@ VECTORIZATION_MODES = ("auto", "vector_entry_point", "sync", "async")
 def env_module(env_id: str) -> str:
     """The module part of `module:EnvId` ('' for a plain registered id)."""
     return env_id.rpartition(":")[0] if isinstance(env_id, str) else ""
+
+
+# envs of this project's own packages, found by their plain id too (configs and run folders that
+# say `TextRLHF-v0`); any other package's env is `module:EnvId`
+PACKAGE_ENVS = {"TextRLHF-v0": "textenv"}
 
 
 def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
@@ -34,6 +42,8 @@ def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
                 f"env id {env_id!r}: cannot import module {module!r} ({err}); write "
                 "'module:EnvId' with a module that registers the env on import"
             ) from None
+    if not module and name not in gym.registry and name in PACKAGE_ENVS:
+        importlib.import_module(PACKAGE_ENVS[name])  # its import registers it
     try:
         return gym.spec(name)
     except gym.error.Error as err:
@@ -43,6 +53,22 @@ def find_spec(env_id: str) -> gym.envs.registration.EnvSpec:
             f"unknown env id {env_id!r} ({err}){hint}; an env registered by a package is named "
             "'module:EnvId', e.g. 'textenv:TextRLHF-v0'"
         ) from None
+
+
+def env_kwargs_with_defaults(env_id: str, kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keyword arguments `env_id` will be built with: `kwargs` over the spec's registered
+    kwargs over the defaults its entry point's signature declares (for checks that run before
+    any env exists, e.g. a policy's `check_env_kwargs`)."""
+    spec = find_spec(env_id)
+    creator = spec.entry_point or spec.vector_entry_point
+    if isinstance(creator, str):
+        creator = load_env_creator(creator)
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(creator).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **spec.kwargs, **(kwargs or {})}
 
 
 def make_env(

@@ -41,9 +41,8 @@ def check_checkpoint_config(cfg: Any, meta: dict[str, Any], path: Any) -> None:
 
 def pinned_folders(cfg: Any) -> dict[str, Path]:
     """The model folders the run's checkpoints need but do not hold, by config key (the policy
-    type's optional `pinned_folders`, e.g. a LoRA run's base model)."""
-    own = getattr(policy_class(cfg.policy.type), "pinned_folders", None)
-    return own(cfg.policy) if own is not None else {}
+    type's `pinned_folders`, e.g. a LoRA run's base model)."""
+    return policy_class(cfg.policy.type).pinned_folders(cfg.policy)
 
 
 def check_pinned(cfg: Any, meta: dict[str, Any], path: Any) -> None:
@@ -96,14 +95,9 @@ def evaluate_policy(
 def eval_sampling(policy: Any, cfg: Any) -> contextlib.AbstractContextManager:
     """The policy's `sampling(...)` context with `eval.sampling`'s settings (a no-op without
     them); TypeError for a policy type that has no sampling settings (the MLP)."""
-    settings = getattr(cfg.eval, "sampling", None)
+    settings = cfg.eval.sampling
     if settings is None:
         return contextlib.nullcontext()
-    if not callable(getattr(policy, "sampling", None)):
-        raise TypeError(
-            f"eval.sampling needs a policy with sampling settings (policy.type: lm), got "
-            f"{type(policy).__name__}; remove eval.sampling"
-        )
     return policy.sampling(**settings.model_dump())
 
 
@@ -136,3 +130,49 @@ def run_evaluation(
     finally:
         if own_env:
             env.close()
+
+
+def read_run_config(
+    run_dir: str | Path, overrides: list[str] | None = None, trust_remote_code: bool = False
+) -> Any:
+    """The config of a run folder (or a saved model), with `--set`-style overrides. A run folder
+    is data that users share: a `module:function` it names is refused unless
+    `trust_remote_code` (check_code_references)."""
+    from agents.run.config import load_config
+    from agents.run.trust import check_code_references
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml in it")
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    check_code_references(cfg, run_dir / "config.yaml", trust_remote_code)
+    return cfg
+
+
+def load_run_policy(
+    cfg: Any,
+    run_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    spaces: tuple[Any, Any] | None = None,
+) -> tuple[Any, Path]:
+    """The trained policy of a run folder: its checkpoint (default: the latest), checked against
+    `cfg` (`check_checkpoint_config`), built for `spaces` (observation, action; default: those
+    of the run's eval env), in `run.dtype`, on the CPU. Returns (policy, checkpoint path). One
+    loader for `textrlhf eval`, `textrlhf export` and `PPO.load`."""
+    from agents.policies import make_policy
+    from agents.run import checkpoint as ckpt
+
+    run_dir = Path(run_dir)
+    path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir / "checkpoints")
+    meta, tensors = ckpt.read_checkpoint(path)
+    check_checkpoint_config(cfg, meta, path)
+    if spaces is None:
+        env = make_eval_env(cfg, 1)  # for the spaces the policy is built for
+        try:
+            spaces = (env.single_observation_space, env.single_action_space)
+        finally:
+            env.close()
+    policy = make_policy(cfg.policy, *spaces)
+    ckpt.load_policy_weights(policy, tensors, path)
+    policy.set_compute_dtype(cfg.run.dtype)
+    return policy, path

@@ -22,13 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agents.policies import make_policy
 from agents.policies.hf import DEFAULT_MODEL_PATH
-from agents.run import checkpoint as ckpt
-from agents.run.config import check_code_references, check_output_dir, load_config
-from agents.run.envs import make_eval_env
-from agents.run.evaluation import check_checkpoint_config
+from agents.run.evaluation import load_run_policy, read_run_config
 from agents.run.files import replace_folder
+from agents.run.output_dir import check_output_dir
 
 
 def export_run(
@@ -42,25 +39,14 @@ def export_run(
     """Load the run's checkpoint (default: the latest) and write its actor to `out`. Returns
     {"out", "checkpoint", "kind"} with kind "merged", "adapter" or "full"."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder: no config.yaml in it")
-    cfg = load_config(run_dir / "config.yaml")
-    if getattr(cfg.policy, "type", None) != "lm":
+    cfg = read_run_config(run_dir, None, trust_remote_code)
+    if cfg.policy.type != "lm":
         raise ValueError(
             f"export writes language models; run {run_dir} has policy.type {cfg.policy.type!r}"
         )
-    check_code_references(cfg, run_dir / "config.yaml", trust_remote_code)
     check_not_read_by_run(Path(out), cfg, run_dir)
     out = check_output_dir(out, overwrite)
-    path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir / "checkpoints")
-    meta, tensors = ckpt.read_checkpoint(path)
-    check_checkpoint_config(cfg, meta, path)
-    env = make_eval_env(cfg, 1)  # for the spaces the policy is built for
-    try:
-        policy = make_policy(cfg.policy, env.single_observation_space, env.single_action_space)
-    finally:
-        env.close()
-    ckpt.load_policy_weights(policy, tensors, path)
+    policy, path = load_run_policy(cfg, run_dir, checkpoint)
     lora = cfg.policy.lora is not None
     replace_folder(out, lambda tmp: policy.save_pretrained(tmp, merge=merge))
     kind = ("merged" if merge else "adapter") if lora else "full"

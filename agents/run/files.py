@@ -127,7 +127,7 @@ def replace_folder(out: Path, write: Callable[[Path], T]) -> T:
     the umask's modes; then the old `out` (if any) is renamed aside, the temp folder is renamed
     to `out` and the old folder is deleted. Any exception before the swap removes the temp folder
     and leaves `out` as it was. Whether `out` may be replaced is the caller's check
-    (`agents.run.config.check_output_dir`)."""
+    (`agents.run.output_dir.check_output_dir`)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))

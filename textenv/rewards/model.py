@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +82,18 @@ class RewardModel(Reward):
             )
         if not isinstance(eos_on_cut, bool):
             raise TypeError(f"reward_model: eos_on_cut must be a bool, got {eos_on_cut!r}")
+        # the kinds the reward is run and tested on; torch knows more (meta, mps, ...), which
+        # fail later, while scoring, with a traceback
+        if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:[0-9]+)?", device):
+            raise ValueError(
+                f"reward_model {os.fspath(path)!r}: device must be 'cpu', 'cuda' or 'cuda:N', got "
+                f"{device!r}"
+            )
+        if device != "cpu" and not torch.cuda.is_available():
+            raise ValueError(
+                f"reward_model {os.fspath(path)!r}: device {device!r} needs CUDA, which this "
+                "machine's torch does not have; use 'cpu'"
+            )
         self.path, self.device = os.fspath(path), torch.device(device)
         self.eos_on_cut = eos_on_cut
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)

@@ -97,7 +97,7 @@ class GoldReward(Reward):
         return np.array([gold_score(p, r) for p, r in zip(prompts, responses)], dtype=np.float64)
 
 
-_INTEGER = re.compile(r"-?\d+")
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits: `\d` also reads e.g. Arabic-Indic ones
 
 
 def last_integer(response: str) -> int | None:
