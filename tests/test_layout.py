@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,7 +42,19 @@ def test_the_core_imports_neither_text_code_nor_the_harness():
 
 
 def test_textenv_never_imports_agents():
+    """Not in its source, and not at run time: an episode scored with the gold reward (which
+    lives in textenv) loads no agents module."""
     assert offending("textenv", ("agents",)) == {}
+    code = (
+        "import sys, gymnasium as gym, textenv\n"
+        "env = gym.make('TextRLHF-v0', reward_fn={'weighted_sum': ["
+        "{'name': 'edit_distance', 'weight': 1.0}, {'name': 'gold', 'weight': 0.0}]})\n"
+        "env.reset(seed=0)\n"
+        "info = env.step(1)[-1]\n"
+        "assert 'gold' in info['reward_components'], info\n"
+        "assert not [m for m in sys.modules if m == 'agents' or m.startswith('agents.')]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO / "tests", timeout=120)
 
 
 @pytest.mark.parametrize("folder", ["configs", "textenv"])
