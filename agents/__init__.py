@@ -8,7 +8,8 @@ The public names; everything else is the harness behind them (agents.run, agents
 
 from __future__ import annotations
 
-from agents.api import PPO, BaseCallback, Run, evaluate_policy, train
+from agents.api import PPO, Run, evaluate_policy, train
+from agents.callbacks import BaseCallback
 from agents.policies import register_policy
 from agents.run.config import Config, load_config
 

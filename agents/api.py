@@ -15,8 +15,6 @@ run folder as the CLI.
 
 from __future__ import annotations
 
-import copy
-import difflib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,220 +25,16 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from agents.callbacks import BaseCallback, as_callback
 from agents.core.rollout import EnvRunner, EpisodeLog, obs_to_tensor, to_env_action
-from agents.policies import policy_class
 from agents.run import checkpoint as ckpt
-from agents.run.config import Config, PPOConfig, config_text, load_config, to_dict
+from agents.run.config import Config, config_text, load_config, to_dict
 from agents.run.config_types import MAX_STEPS
+from agents.run.env_objects import make_vector_env, vector_factory
 from agents.run.evaluation import evaluate_policy as run_episodes
 from agents.run.files import atomic_write_text
+from agents.run.keywords import SECTIONS, config_data, update_section
 from agents.run.space_codec import space_from_json, space_to_json
-
-# SB3's PPO keywords that are keys of our `ppo:` section, under the same name
-SB3_PPO_KEYWORDS = (
-    "learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range",
-    "clip_range_vf", "ent_coef", "vf_coef", "max_grad_norm", "target_kl", "normalize_advantage",
-)  # fmt: skip
-# SB3 keywords that have no counterpart here: an error that says so, not "unexpected keyword"
-SB3_ONLY = {
-    "use_sde": "state-dependent exploration is not implemented",
-    "sde_sample_freq": "state-dependent exploration is not implemented",
-    "rollout_buffer_class": "the rollout buffer is fixed (agents/core/buffer.py)",
-    "rollout_buffer_kwargs": "the rollout buffer is fixed (agents/core/buffer.py)",
-    "stats_window_size": "episode statistics always cover the last 100 episodes",
-    "_init_setup_model": "the model is always built in the constructor",
-}
-# our config sections other than ppo:, given as dicts
-SECTIONS = ("advantage", "kl", "score", "eval", "run")
-
-
-class BaseCallback:
-    """SB3-style callback: subclass it and override what you need. `on_step` is called after
-    every PPO iteration (one rollout + one update); returning False stops training cleanly (with
-    a run folder: a checkpoint and the summary, as Ctrl-C does).
-
-    Attributes while training: `model` (the PPO), `num_timesteps`, `locals` (the iteration's
-    `metrics` dict, `iteration`, `num_timesteps`)."""
-
-    def __init__(self) -> None:
-        self.model: PPO | None = None
-        self.num_timesteps = 0
-        self.locals: dict[str, Any] = {}
-
-    def init_callback(self, model: PPO) -> None:
-        self.model = model
-
-    def on_training_start(self, locals_: dict[str, Any], globals_: dict[str, Any]) -> None:
-        """Before the first iteration of a `learn` call."""
-
-    def on_rollout_end(self) -> None:
-        """After each rollout, before its update."""
-
-    def on_step(self) -> bool:
-        """After each iteration; False stops training."""
-        return True
-
-    def on_training_end(self) -> None:
-        """After the last iteration of a `learn` call (also after a stop)."""
-
-
-class FunctionCallback(BaseCallback):
-    """A plain callable `(locals_dict) -> bool` as a callback: called after each iteration with
-    the iteration's `metrics`, `iteration` and `num_timesteps`; False stops training."""
-
-    def __init__(self, fn: Callable[[dict[str, Any]], bool | None]):
-        super().__init__()
-        self.fn = fn
-
-    def on_step(self) -> bool:
-        return self.fn(self.locals) is not False
-
-
-def as_callback(callback: Any) -> BaseCallback | None:
-    """None, a `BaseCallback`, or a callable -> a callback object (TypeError otherwise)."""
-    if callback is None or isinstance(callback, BaseCallback):
-        return callback
-    if callable(callback):
-        return FunctionCallback(callback)
-    raise TypeError(
-        f"callback must be a BaseCallback or a callable (locals) -> bool, got {callback!r}"
-    )
-
-
-# ----------------------------------------------------------------------------- envs
-
-
-def env_label(env: Any) -> str:
-    """The name a config records for an env object: its registered id, or its class."""
-    spec = env.spec if isinstance(env, (gym.Env, gym.vector.VectorEnv)) else None
-    if spec is not None:
-        return spec.id
-    kind = type(env)
-    return f"{kind.__module__}.{kind.__qualname__}"
-
-
-def spec_settings(env: Any) -> dict[str, Any]:
-    """The `env:` config keys that remake an env object from its registered spec (a VectorEnv
-    from gym.make_vec, an Env from gym.make): its kwargs and vectorization mode, so that a saved
-    model can be evaluated and continued from its config. Empty when there is no spec or its
-    kwargs are not plain data (a reward function object): the config then records the id only."""
-    spec = env.spec if isinstance(env, (gym.Env, gym.vector.VectorEnv)) else None
-    if spec is None:
-        return {}
-    kwargs = {k: v for k, v in spec.kwargs.items()
-              if k not in ("num_envs", "vectorization_mode", "render_mode")}  # fmt: skip
-    try:
-        json.dumps(kwargs)
-    except (TypeError, ValueError):
-        return {}
-    mode = spec.kwargs.get("vectorization_mode") if isinstance(env, gym.vector.VectorEnv) else None
-    return {"kwargs": kwargs, **({"vectorization": mode} if mode else {})}
-
-
-def vector_factory(env: Any) -> Callable[[int], gym.vector.VectorEnv] | None:
-    """A function that makes more vector envs like `env` (for evaluation and `generate`), or
-    None when `env` cannot be copied: an env id, a callable that returns an Env, an Env
-    instance (deep copies), or a VectorEnv that `gym.make_vec` built (its spec holds the
-    arguments)."""
-    if isinstance(env, str):
-        return None  # the Trainer makes its envs from the config
-    if isinstance(env, gym.vector.VectorEnv):
-        spec = env.spec
-        if spec is None:
-            return None
-        kwargs = {k: v for k, v in spec.kwargs.items() if k != "num_envs"}
-        return lambda n: gym.make_vec(spec.id, num_envs=n, **kwargs)
-    if isinstance(env, gym.Env):
-        return lambda n: gym.vector.SyncVectorEnv([lambda: copy.deepcopy(env)] * n)
-    if callable(env):
-        return lambda n: gym.vector.SyncVectorEnv([env] * n)
-    return None
-
-
-def make_vector_env(env: Any, n_envs: int) -> gym.vector.VectorEnv:
-    """The training vector env for an env object (see `vector_factory`)."""
-    if isinstance(env, gym.vector.VectorEnv):
-        return env
-    if isinstance(env, gym.Env):
-        try:
-            copies = [copy.deepcopy(env) for _ in range(n_envs)]
-        except Exception as err:
-            raise TypeError(
-                f"PPO needs {n_envs} copies of the env {env_label(env)}, and it cannot be "
-                f"copied ({type(err).__name__}: {err}); pass a function that makes one, e.g. "
-                "PPO(policy, lambda: MyEnv(), ...), or a gymnasium VectorEnv"
-            ) from None
-        return gym.vector.SyncVectorEnv([lambda e=e: e for e in copies])
-    if callable(env):
-        return gym.vector.SyncVectorEnv([env] * n_envs)
-    raise TypeError(
-        "env must be an env id (str), a gymnasium.Env, a callable that returns one, or a "
-        f"gymnasium.vector.VectorEnv; got {type(env).__name__}"
-    )
-
-
-# ----------------------------------------------------------------------------- config
-
-
-def _update(data: dict[str, Any], key: str, value: Any) -> None:
-    """data[key] = value for a section given as a dict (merged into what is there)."""
-    if not isinstance(value, dict):
-        raise TypeError(f"{key}= takes a dict of config keys, e.g. {key}=dict(...), got {value!r}")
-    data.setdefault(key, {}).update(value)
-
-
-def config_data(
-    policy: str, env: Any, n_envs: int | None, seed: int | None, device: str | None,
-    policy_kwargs: dict[str, Any] | None, kwargs: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
-    """PPO's keyword arguments -> the data of a `Config` (what a YAML file holds)."""
-    if not isinstance(policy, str):
-        raise TypeError(
-            f"policy must be a registered policy type (str), got {policy!r}; see "
-            "agents.register_policy for your own"
-        )
-    fields = policy_class(policy).Config.model_fields
-    data: dict[str, Any] = {"policy": {"type": policy, **(policy_kwargs or {})}, "env": {}}
-    data["env"]["id"] = env if isinstance(env, str) else env_label(env)
-    data["env"].update(spec_settings(env))
-    if isinstance(env, gym.vector.VectorEnv):
-        if n_envs is not None and n_envs != env.num_envs:
-            raise ValueError(f"n_envs={n_envs}, but the VectorEnv has {env.num_envs} envs")
-        n_envs = env.num_envs
-    if n_envs is not None:
-        data["env"]["num_envs"] = n_envs
-    if seed is not None:
-        data["seed"] = seed
-    if device is not None:
-        data.setdefault("run", {})["device"] = device
-    for key, value in kwargs.items():
-        if key in SECTIONS:
-            _update(data, key, value)
-        elif key == "env_kwargs":  # the kwargs of the env the Trainer makes from an id
-            _update(data["env"], "kwargs", value)
-        elif key == "ppo":
-            _update(data, "ppo", value)
-        elif key in PPOConfig.model_fields:
-            if callable(value):
-                raise TypeError(
-                    f"{key} takes a number; schedules are config keys here (ppo.anneal_lr, "
-                    "ppo.anneal_clip: linear decay to 0, on by default)"
-                )
-            data.setdefault("ppo", {})[key] = value
-        elif key in fields and key != "type":
-            data["policy"][key] = value
-        elif key in ("name", "total_timesteps"):
-            data[key] = value
-        elif key in SB3_ONLY:
-            raise TypeError(f"PPO() got SB3's keyword {key!r}, which textrlhf does not have: "
-                            f"{SB3_ONLY[key]}")  # fmt: skip
-        else:
-            allowed = [*PPOConfig.model_fields, *SECTIONS, *fields, "name", "env_kwargs"]
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TypeError(f"PPO() got an unexpected keyword argument {key!r}{hint}")
-    return data
-
 
 # ----------------------------------------------------------------------------- the model
 
@@ -490,7 +284,7 @@ class PPO:
             if key not in SECTIONS:
                 raise TypeError(f"PPO.load takes env= and the sections {list(SECTIONS)}, "
                                 f"got {key!r}")  # fmt: skip
-            _update(data, key, value)
+            update_section(data, key, value)
         model = cls.__new__(cls)
         model.verbose, model.run_dir, model.summary = 0, None, None
         model.cfg = load_config(data)
