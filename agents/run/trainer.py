@@ -124,7 +124,7 @@ class Trainer:
             shuffle = torch.Generator().manual_seed(cfg.seed)
             self.buffer.shard = RowShard(dist.rank * num_envs, cfg.env.num_envs, shuffle)
         check_group_rollouts(cfg, self.env, num_envs)
-        K = cfg.advantage.group_size
+        K = self.buffer.group_size = cfg.advantage.group_size
         self.collector = RolloutCollector(
             self.env, self.policy, self.buffer, seed=row_seed, device=self.device,
             reset_options={"repeat": K} if K > 1 else None,
