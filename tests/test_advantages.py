@@ -387,3 +387,38 @@ def test_adaptive_kl_with_truncated_sampling_warns_once(
     assert len(lines) == (1 if warns else 0), err
     if warns:
         assert "warning:" in lines[0] and ("top_p" in lines[0] or "top_k" in lines[0])
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_sequence_minibatches_hold_whole_groups(sharded):
+    """With groups of K rows, sequence minibatches take whole groups: the estimator's baseline
+    then balances each minibatch, which no longer needs a mean subtracted (normalize_advantage
+    only scales critic-free advantages). Both the 1-process and the data-parallel sampler."""
+    from agents.core.distributed import RowShard
+
+    T, N, K = 2, 16, 4
+    buf = RolloutBuffer(T, N, gym.spaces.Box(-1, 1, (1,)), gym.spaces.Discrete(2))
+    buf.advantages.copy_(torch.arange(N, dtype=torch.float32).expand(T, N))  # column ids
+    buf.group_size = K
+    if sharded:
+        buf.shard = RowShard(0, N, torch.Generator().manual_seed(3))
+    seen = []
+    for _ in range(5):  # epochs: different orders, always whole groups
+        rows = [mb.advantages[0].long().tolist() for mb in buf.minibatches(T * 8, True)]
+        assert len(rows) == 2 and sorted(sum(rows, [])) == list(range(N))
+        for part in rows:
+            groups = {r // K for r in part}
+            assert sorted(part) == sorted(g * K + k for g in groups for k in range(K)), part
+        seen.append(rows)
+    assert len({str(r) for r in seen}) > 1  # shuffled
+
+
+def test_minibatches_that_split_groups_are_warned_about(gpt2_ctx64_path, tmp_path, capsys):
+    data = text_config(gpt2_ctx64_path, str(tmp_path))  # 8 rows, n_steps 8, batch 32: 4 columns
+    data["advantage"] = {"estimator": "grpo", "group_size": 8}
+    Trainer(load_config(data)).close()
+    err = capsys.readouterr().err
+    assert "warning: ppo.batch_size" in err and "advantage.group_size=8" in err, err
+    data["advantage"]["group_size"] = 4
+    Trainer(load_config(data)).close()
+    assert "group_size" not in capsys.readouterr().err

@@ -118,6 +118,9 @@ class RolloutBuffer:
         self.last_value = torch.zeros(N, device=self.device)  # V(obs after the last step)
         # data-parallel runs: which of the global env rows these N are (see `_shard_minibatches`)
         self.shard: RowShard | None = None
+        # rows per group (advantage.group_size): sequence minibatches take a group's K rows
+        # together, so that each holds whole groups, balanced by the estimator's own baseline
+        self.group_size = 1
 
     def clear_flags(self) -> None:
         """Reset the per-rollout masks (the rollout overwrites every other field)."""
@@ -192,13 +195,29 @@ class RolloutBuffer:
             return -(-num_envs // columns)
         return -(-(self.n_steps * num_envs) // batch_size)
 
+    def _row_permutation(self, rows: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(rows,) a random order of the env rows in which each group's K consecutive rows stay
+        together (K = `group_size`; groups in random order), on the buffer's device. Drawn from
+        `generator` (on the CPU), else from the device's default generator."""
+        K = self.group_size
+        if generator is None:
+            groups = torch.randperm(rows // K, device=self.device)  # (G,)
+        else:
+            groups = torch.randperm(rows // K, generator=generator).to(self.device)
+        if K == 1:
+            return groups
+        return (groups.unsqueeze(1) * K + torch.arange(K, device=self.device)).reshape(-1)
+
     def minibatches(self, batch_size: int, sequence: bool) -> Iterator[Minibatch]:
         """One epoch of minibatches.
 
         Transition policies: shuffled transitions, `batch_size` each, shapes (B, ...).
         Sequence policies: shuffled whole env columns, `batch_size // n_steps` columns each,
-        shapes (T, B, ...). When one minibatch holds the whole rollout, no shuffling is needed
-        (the loss is a mean over the batch) and the stored tensors are handed out as they are.
+        shapes (T, B, ...); with groups (`group_size` K > 1) whole groups are shuffled, so a
+        minibatch of a multiple of K columns holds whole groups (each balanced by a critic-free
+        estimator's own baseline). When one minibatch holds the whole
+        rollout, no shuffling is needed (the loss is a mean over the batch) and the stored
+        tensors are handed out as they are.
         """
         if self.shard is not None and self.num_minibatches(batch_size, sequence) > 1:
             yield from self._shard_minibatches(batch_size, sequence)
@@ -209,7 +228,7 @@ class RolloutBuffer:
             if columns >= self.num_envs:
                 yield full
                 return
-            perm = torch.randperm(self.num_envs, device=self.device)
+            perm = self._row_permutation(self.num_envs)
             for start in range(0, self.num_envs, columns):
                 idx = perm[start : start + columns]
                 yield Minibatch(*(_index(f, (slice(None), idx)) for f in full))
@@ -237,7 +256,7 @@ class RolloutBuffer:
         full = self.full_batch(sequence)
         if sequence:
             columns = batch_size // T
-            perm = torch.randperm(total, generator=generator).to(self.device)
+            perm = self._row_permutation(total, generator)
             for s in range(0, total, columns):
                 rows = perm[s : s + columns]
                 idx = rows[(rows >= start) & (rows < start + local)] - start

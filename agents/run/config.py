@@ -320,19 +320,30 @@ def _policy_section(data: dict[str, Any]) -> dict[str, Any]:
 def config_warnings(cfg: Config) -> list[str]:
     """One line per setting that is valid but probably not what the user wants (the trainer
     prints them once at start-up)."""
-    kl = cfg.kl
+    warnings = []
+    kl, ppo, K = cfg.kl, cfg.ppo, cfg.advantage.group_size
     sampling = cfg.policy.model_dump()  # the LM's sampling settings; other types have none
     top_k, top_p = sampling.get("top_k", 0), sampling.get("top_p", 1.0)
     cuts = [f"policy.top_k={top_k}"] * bool(top_k) + [f"policy.top_p={top_p}"] * (top_p < 1)
-    if not (kl.enabled and kl.adaptive and cuts):
-        return []
-    floor = f" (up to -log(top_p) = {-math.log(top_p):.3f} nats per token)" if top_p < 1 else ""
-    return [
-        f"kl.adaptive with {' and '.join(cuts)}: the rollout samples a truncated distribution "
-        f"that the reference scores in full, so the measured KL is above 0 before any "
-        f"update{floor}; a kl.target={kl.target} near or below that floor keeps raising beta "
-        "(docs/algorithms.md, 'Where the KL goes')"
-    ]
+    if kl.enabled and kl.adaptive and cuts:
+        floor = f" (up to -log(top_p) = {-math.log(top_p):.3f} nats per token)" if top_p < 1 else ""
+        warnings.append(
+            f"kl.adaptive with {' and '.join(cuts)}: the rollout samples a truncated distribution "
+            f"that the reference scores in full, so the measured KL is above 0 before any "
+            f"update{floor}; a kl.target={kl.target} near or below that floor keeps raising "
+            "beta (docs/algorithms.md, 'Where the KL goes')"
+        )
+    columns = ppo.batch_size // ppo.n_steps  # env columns per minibatch (sequence policies)
+    rollout = ppo.n_steps * cfg.env.num_envs
+    sequence = policy_class(cfg.policy.type).is_sequence_policy
+    if sequence and K > 1 and ppo.batch_size < rollout and columns % K:
+        warnings.append(
+            f"ppo.batch_size={ppo.batch_size} gives {columns} env columns per minibatch, not a "
+            f"multiple of advantage.group_size={K}: some groups are split across minibatches, "
+            "whose advantages then do not balance (docs/algorithms.md, 'Minibatches hold whole "
+            f"groups'); use a multiple of {K * ppo.n_steps}"
+        )
+    return warnings
 
 
 def load_config(

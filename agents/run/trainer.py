@@ -167,7 +167,7 @@ class Trainer:
             row_seed = cfg.seed + dist.rank * rows
             shuffle = torch.Generator().manual_seed(cfg.seed)
             self.buffer.shard = RowShard(dist.rank * rows, cfg.env.num_envs, shuffle)
-        K = cfg.advantage.group_size
+        K = self.buffer.group_size = cfg.advantage.group_size
         self.collector = RolloutCollector(
             self.env, self.policy, self.buffer, seed=row_seed, device=self.device,
             reset_options={"repeat": K} if K > 1 else None,
