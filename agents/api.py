@@ -30,7 +30,7 @@ from agents.core.rollout import EnvRunner, EpisodeLog, obs_to_tensor, to_env_act
 from agents.run import checkpoint as ckpt
 from agents.run.config import Config, config_text, load_config, to_dict
 from agents.run.config_types import MAX_STEPS
-from agents.run.env_objects import make_vector_env, vector_factory
+from agents.run.env_objects import make_vector_env, spec_env_kwargs, vector_factory
 from agents.run.evaluation import evaluate_policy as run_episodes
 from agents.run.files import atomic_write_text
 from agents.run.keywords import SECTIONS, config_data, update_section
@@ -235,8 +235,7 @@ class PPO:
         cfg, env = self.cfg, self.env
         if isinstance(env, gym.vector.VectorEnv) and env.spec is not None:
             env_id, mode = env.spec.id, env.spec.kwargs.get("vectorization_mode", "auto")
-            kwargs = {k: v for k, v in env.spec.kwargs.items()
-                      if k not in ("num_envs", "vectorization_mode")}  # fmt: skip
+            kwargs = spec_env_kwargs(env.spec)
         elif isinstance(env, str) or env is None:
             env_id, mode = cfg.env.id, cfg.env.vectorization
             kwargs = {**cfg.env.kwargs, **cfg.eval.env_kwargs}

@@ -86,6 +86,18 @@ def import_time(module_code: str) -> float:
     return timed([sys.executable, "-c", module_code], REPO)[0]
 
 
+def script_side(times: dict[str, list[float]], script: str, out: Path, imports: str) -> None:
+    """One round of a side that is a Python script printing its JSON timings (ours from the
+    API, SB3): the whole process, its training, its eval return and its imports alone."""
+    out.mkdir()
+    wall, stdout = timed([sys.executable, "-c", script, str(out)], REPO)
+    result = json.loads(stdout.strip().splitlines()[-1])
+    times["total"].append(wall)
+    times["train"].append(result["train"])
+    times["return"].append(result["eval_return"])
+    times["imports"].append(import_time(imports))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -107,23 +119,8 @@ def main() -> None:
             ours["return"].append(summary["final_return"])
             ours["imports"].append(import_time(OURS_IMPORT))
 
-            out = Path(tmp) / f"api{r}"
-            out.mkdir()
-            wall, stdout = timed([sys.executable, "-c", API_SCRIPT, str(out)], REPO)
-            result = json.loads(stdout.strip().splitlines()[-1])
-            api["total"].append(wall)
-            api["train"].append(result["train"])
-            api["return"].append(result["eval_return"])
-            api["imports"].append(import_time("import gymnasium, agents"))
-
-            out = Path(tmp) / f"sb3{r}"
-            out.mkdir()
-            wall, stdout = timed([sys.executable, "-c", SB3_SCRIPT, str(out)], REPO)
-            result = json.loads(stdout.strip().splitlines()[-1])
-            sb3["total"].append(wall)
-            sb3["train"].append(result["train"])
-            sb3["return"].append(result["eval_return"])
-            sb3["imports"].append(import_time("import torch, stable_baselines3"))
+            script_side(api, API_SCRIPT, Path(tmp) / f"api{r}", "import gymnasium, agents")
+            script_side(sb3, SB3_SCRIPT, Path(tmp) / f"sb3{r}", "import torch, stable_baselines3")
             print(
                 f"round {r + 1}: CLI {ours['total'][-1]:.1f} s (train {ours['train'][-1]:.1f}), "
                 f"API {api['total'][-1]:.1f} s (train {api['train'][-1]:.1f}), "

@@ -21,6 +21,12 @@ def env_label(env: Any) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
+def spec_env_kwargs(spec: gym.envs.registration.EnvSpec) -> dict[str, Any]:
+    """The env's own keyword arguments in the spec that gym.make / gym.make_vec recorded:
+    without the vector arguments (`num_envs`, `vectorization_mode`)."""
+    return {k: v for k, v in spec.kwargs.items() if k not in ("num_envs", "vectorization_mode")}
+
+
 def spec_settings(env: Any) -> dict[str, Any]:
     """The `env:` config keys that remake an env object from its registered spec (a VectorEnv
     from gym.make_vec, an Env from gym.make): its kwargs and vectorization mode, so that a saved
@@ -29,8 +35,7 @@ def spec_settings(env: Any) -> dict[str, Any]:
     spec = env.spec if isinstance(env, (gym.Env, gym.vector.VectorEnv)) else None
     if spec is None:
         return {}
-    kwargs = {k: v for k, v in spec.kwargs.items()
-              if k not in ("num_envs", "vectorization_mode", "render_mode")}  # fmt: skip
+    kwargs = {k: v for k, v in spec_env_kwargs(spec).items() if k != "render_mode"}
     try:
         json.dumps(kwargs)
     except (TypeError, ValueError):
@@ -50,8 +55,10 @@ def vector_factory(env: Any) -> Callable[[int], gym.vector.VectorEnv] | None:
         spec = env.spec
         if spec is None:
             return None
-        kwargs = {k: v for k, v in spec.kwargs.items() if k != "num_envs"}
-        return lambda n: gym.make_vec(spec.id, num_envs=n, **kwargs)
+        mode = spec.kwargs.get("vectorization_mode")
+        return lambda n: gym.make_vec(
+            spec.id, num_envs=n, vectorization_mode=mode, **spec_env_kwargs(spec)
+        )
     if isinstance(env, gym.Env):
         return lambda n: gym.vector.SyncVectorEnv([lambda: copy.deepcopy(env)] * n)
     if callable(env):
