@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 
 from textenv.data import PromptDataset, make_dataset
-from textenv.rewards import Reward, make_reward_fn, rewards_without_reference
+from textenv.prompt_task import PromptTask, check_feedback, score_feedback
+from textenv.rewards import make_reward_fn, rewards_without_reference
 from textenv.tasks import natural_reward
+from textenv.text_task import is_task_spec, make_text_task
 from textenv.tokenizer import PROMPT_FORMATS, load_tokenizer
 from textenv.tools import check_tools
-from textenv.turns import check_feedback
+from textenv.turns import REWARD_PLACEMENTS
 
 RENDER_MODES = ("ansi",)  # besides None
 
@@ -99,6 +101,9 @@ class TextEnvArgs:
     max_tool_calls: int = 4
     max_turns: int = 1
     feedback: Any = "score"  # "score" or a callable (prompt, responses, scores) -> str
+    task: Any = None  # a text task (textenv.text_task), "rg:NAME", "ta:GAME-v0", "module:attr"
+    task_kwargs: dict[str, Any] | None = None  # the config of a task given by name
+    reward_placement: str | None = None  # "turn" | "final" | "last"; None: the task's default
 
     def __post_init__(self) -> None:
         if self.prompt_format not in PROMPT_FORMATS:
@@ -113,6 +118,19 @@ class TextEnvArgs:
         self.max_prompt_tokens = check_positive_int("max_prompt_tokens", self.max_prompt_tokens)
         self.render_mode = check_render_mode(self.render_mode)
         self.missing_eos_penalty = check_missing_eos_penalty(self.missing_eos_penalty)
+        if self.reward_placement is not None and self.reward_placement not in REWARD_PLACEMENTS:
+            raise ValueError(
+                f"reward_placement must be one of {list(REWARD_PLACEMENTS)} or None, got "
+                f"{self.reward_placement!r}"
+            )
+        if self.task_kwargs is not None and not isinstance(self.task_kwargs, dict):
+            raise TypeError(f"task_kwargs must be a dict or None, got {self.task_kwargs!r:.60}")
+        if is_task_spec(self.prompts):  # prompts="rg:spell_backward": the suite's task
+            if self.task is not None:
+                raise ValueError(f"give the task once: prompts={self.prompts!r} or task=, not both")
+            self.task = self.prompts
+        if self.task is not None:
+            self._check_task_arguments()
 
     @classmethod
     def from_kwargs(
@@ -125,13 +143,35 @@ class TextEnvArgs:
             raise unknown_arguments_error(owner, unknown, [*extra, *ENV_ARGUMENTS])
         return cls(**kwargs)
 
-    def build(self) -> tuple[Any, PromptDataset, Reward]:
-        """Resolve the arguments into (tokenizer, dataset, reward)."""
+    def _check_task_arguments(self) -> None:
+        """With ``task``, the built-in prompt set's own arguments must keep their defaults."""
+        own = {"prompts": "reverse", "max_turns": 1, "feedback": score_feedback}
+        given = [name for name, default in own.items() if getattr(self, name) != default]
+        if self.prompts == self.task:  # prompts="rg:NAME" named the task
+            given.remove("prompts")
+        if given:
+            raise ValueError(
+                f"{given} configure the built-in prompt sets; a task (task={self.task!r:.60}) "
+                "draws its own prompts and decides its own turns"
+            )
+        rg_default = isinstance(self.task, str) and self.task.startswith("rg:")
+        if self.reward_fn is not None and not (rg_default and self.reward_fn == "rg"):
+            raise ValueError(
+                f"reward_fn={self.reward_fn!r}: a task scores its own turns (respond returns the "
+                "reward); leave reward_fn unset (for 'rg:' tasks 'rg', reasoning-gym's own "
+                "score_answer, is the default)"
+            )
+
+    def build(self) -> tuple[Any, Any]:
+        """Resolve the arguments into (tokenizer, task): a ``PromptTask`` over the prompt set and
+        the reward function, or the ``task`` (``textenv.text_task.make_text_task``)."""
         tokenizer, prompts = self.tokenizer, self.prompts
         if tokenizer is None and isinstance(prompts, PromptDataset):
             tokenizer = prompts.tokenizer
         else:
             tokenizer = load_tokenizer(tokenizer)
+        if self.task is not None:
+            return tokenizer, make_text_task(self.task, self.task_kwargs)
         dataset = make_dataset(
             prompts, tokenizer, self.max_prompt_tokens, self.split, self.prompt_format
         )
@@ -145,13 +185,14 @@ class TextEnvArgs:
                 f"{dataset.prompts[i]!r}) has none; use prompts with references or a reward that "
                 f"needs none ({rewards_without_reference()} or a callable)"
             )
-        return tokenizer, dataset, reward
+        return tokenizer, PromptTask(dataset, reward, self.max_turns, self.feedback)
 
     @property
     def writes_tokens(self) -> bool:
-        """Whether the env writes tokens of its own (tool results, feedback): then the
-        observation has ``from_env`` and the final infos describe the turns and tool calls."""
-        return bool(self.tools) or self.max_turns > 1
+        """Whether the env may write tokens of its own (tool results, feedback, a task's
+        replies): then the observation has ``from_env`` and the final infos describe the turns
+        and tool calls."""
+        return bool(self.tools) or self.max_turns > 1 or self.task is not None
 
 
 ENV_ARGUMENTS = tuple(f.name for f in fields(TextEnvArgs))

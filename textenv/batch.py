@@ -15,6 +15,7 @@ is ``textenv.turns.TurnRules``; this module writes the tokens it asks for.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,8 @@ import numpy as np
 from gymnasium import spaces
 
 from textenv.args import TextEnvArgs
-from textenv.data import PromptDataset
+from textenv.data import PromptDataset, encode_prompt
+from textenv.prompt_task import PromptState, PromptTask
 from textenv.rewards import Reward
 from textenv.tasks import reference_for
 from textenv.tokenizer import (
@@ -90,10 +92,14 @@ def check_references(reward: Reward, pairs: list[tuple[str, str | None]]) -> Non
                 )
 
 
-def episode_stop_ids(tokenizer: Any, dataset: PromptDataset) -> tuple[int, ...]:
+def episode_stop_ids(tokenizer: Any, chat: bool) -> tuple[int, ...]:
     """The tokens that end a turn: EOS, plus the chat template's end-of-turn token when the
     prompts are rendered with the chat template (``textenv.tokenizer.end_of_turn_ids``)."""
-    return end_of_turn_ids(tokenizer) if dataset.chat else (tokenizer.eos_token_id,)
+    return end_of_turn_ids(tokenizer) if chat else (tokenizer.eos_token_id,)
+
+
+_EMPTY_ROWS = np.zeros(0, dtype=np.int64)
+_EMPTY_REWARDS = np.zeros(0, dtype=np.float64)
 
 
 @dataclass
@@ -103,22 +109,27 @@ class EndedTurns:
     rows: np.ndarray  # (k,)
     eos: np.ndarray  # (k,) bool: the turn ended with a stop token
     texts: list[str]
-    scores: np.ndarray  # (k,)
+    rewards: np.ndarray  # (k,) each turn's reward from the task
     parts: dict[str, np.ndarray]
-    going_on: list[int]  # the rows whose feedback was written: their episode goes on
+    going_on: list[int]  # the rows whose episode goes on (their reply, if any, is written)
 
 
 @dataclass
 class Finished:
-    """The k rows whose episode ended at a step, and what their final infos hold."""
+    """What a step ended: the k rows whose episode ended (and what their final infos hold), and
+    the rows whose turn ended with a reward paid while their episode goes on."""
 
     rows: np.ndarray  # (k,) row indices
     responses: list[str]  # the last turn's text (EOS not included)
-    score: np.ndarray  # (k,) the reward function's score of the last turn
+    # (k,) the episode's score: its turns' rewards summed (the last turn's alone with
+    # reward_placement "last"), before missing_eos_penalty
+    score: np.ndarray
     parts: dict[str, np.ndarray]  # component name -> (k,)
     eos: np.ndarray  # (k,) bool: ended with EOS (else at the length limit)
-    rewards: np.ndarray  # (k,) score, less missing_eos_penalty without EOS
+    rewards: np.ndarray  # (k,) this step's reward, less missing_eos_penalty without EOS
     turns: dict[str, tuple[list, np.ndarray]]  # turn/tool infos (textenv.turns.final_infos)
+    paid_rows: np.ndarray  # (j,) rows whose turn ended, episode going on ("turn" placement)
+    paid: np.ndarray  # (j,) their turn's reward
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,12 +153,21 @@ class TextBatch:
     """N episodes of one prompt set, and the one step: the base of both envs.
 
     ``_start_rows`` starts episodes, ``_advance`` steps them, ``_row_text`` renders one. Built
-    from ``TextEnvArgs`` (``tokenizer``, ``dataset``, ``reward_fn`` and the sizes become
-    attributes of the env).
+    from ``TextEnvArgs``: ``tokenizer``, ``task`` (the text task: a ``PromptTask`` over the
+    prompt set unless ``task=`` gave one), ``dataset`` and ``reward_fn`` (the prompt set's; None
+    for other tasks) and the sizes become attributes of the env.
     """
 
     def __init__(self, num_rows: int, args: TextEnvArgs) -> None:
-        self.tokenizer, self.dataset, self.reward_fn = args.build()
+        self.tokenizer, self.task = args.build()
+        prompt_task = self.task if isinstance(self.task, PromptTask) else None
+        self._prompt_task = prompt_task
+        self.dataset = prompt_task.dataset if prompt_task else None
+        self.reward_fn = prompt_task.reward_fn if prompt_task else None
+        self.split, self.prompt_format = args.split, args.prompt_format
+        self.reward_placement = args.reward_placement or getattr(
+            self.task, "default_placement", "turn"
+        )
         self.missing_eos_penalty = args.missing_eos_penalty
         P, M = self.max_prompt_tokens, self.max_new_tokens = (
             args.max_prompt_tokens,
@@ -155,11 +175,15 @@ class TextBatch:
         )
         self.vocab_size = len(self.tokenizer)
         self.eos_id, self.pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        self.stop_ids = episode_stop_ids(self.tokenizer, self.dataset)
+        chat = prompt_task.dataset.chat if prompt_task else args.prompt_format == "chat"
+        self.stop_ids = episode_stop_ids(self.tokenizer, chat)
         self._decode = make_decoder(self.tokenizer)
         self._decode_batch = make_batch_decoder(self.tokenizer)
-        self._rules = TurnRules(self.reward_fn, args.tools, args.max_turns, args.feedback)
-        self._writes_tokens = args.writes_tokens  # tools or turns: from_env and the turn infos
+        self._rules = TurnRules(self.task, args.tools)
+        self._writes_tokens = args.writes_tokens  # tools, turns, a task: from_env, turn infos
+        # score_turn1.. infos: the prompt set's retries (a task's turn count is its own business)
+        self._per_turn_keys = args.max_turns if prompt_task and args.max_turns > 1 else 0
+        self._prompt_ids: dict[str, np.ndarray] = {}  # a task's prompt text -> its token ids
         N, L = num_rows, P + M
         is_stop, is_last = np.zeros(self.vocab_size, dtype=bool), np.zeros(M + 1, dtype=bool)
         is_stop[list(self.stop_ids)], is_last[M - 1] = True, True
@@ -174,6 +198,7 @@ class TextBatch:
         self._n_generated = np.zeros(N, dtype=np.int64)  # (N,) tokens after the prompt
         self._prompts: list[str] = [""] * N
         self._references: list[str | None] = [None] * N
+        self._states: list[Any] = [None] * N  # each row's task state
         self._turns = TurnState(N)  # used when the env writes tokens
 
     def _row_observation_space(self) -> spaces.Dict:
@@ -195,7 +220,14 @@ class TextBatch:
         P, ds = self.max_prompt_tokens, self.dataset
         at = slice(None) if rows is None else rows  # every row: a slice costs less than indices
         row_list = range(self._layout.N) if rows is None else rows.tolist()
-        if forced is None:
+        if self._prompt_task is None:
+            if forced is not None:
+                raise ValueError(
+                    f"a task ({getattr(self.task, 'name', type(self.task).__name__)}) draws its "
+                    "own episodes: forced prompts need the built-in prompt sets (no task=)"
+                )
+            self._start_task_rows(row_list, rng, repeat)
+        elif forced is None:
             n_draws = len(row_list) // repeat
             if n_draws == 1:  # one prompt for every row: a scalar draw (the same value, faster)
                 i = int(rng.integers(len(ds)))
@@ -208,18 +240,56 @@ class TextBatch:
                 idx = draws.tolist()
             for r, i in zip(row_list, idx):
                 self._prompts[r], self._references[r] = ds.prompts[i], ds.references[i]
+                self._states[r] = PromptState(ds.prompts[i], ds.references[i])
         else:  # resolve every forced prompt before writing, so a bad one changes nothing
             resolved = [resolve_prompt(ds, prompt, ref) for prompt, ref in zip(forced, refs)]
             check_references(self.reward_fn, [(text, ref) for _, _, text, ref in resolved])
             for r, (ids, mask, text, ref) in zip(row_list, resolved):
                 self._ids[r, :P], self._mask[r, :P] = ids, mask
                 self._prompts[r], self._references[r] = text, ref
+                self._states[r] = PromptState(text, ref)
         self._ids[at, P:] = self.pad_id
         self._mask[at, P:] = 0
         self._n_generated[at] = 0
         if self._writes_tokens:
             self._from_env[at] = self._mask[at]
             self._turns.reset_rows(at, row_list)
+
+    def _start_task_rows(self, rows: Any, rng: np.random.Generator, repeat: int) -> None:
+        """Start a task's episodes in ``rows``: ``task.reset(rng, split)`` once per group of
+        ``repeat`` consecutive rows, each of which gets its own copy of the state."""
+        P, rows = self.max_prompt_tokens, list(rows)
+        reference = getattr(self.task, "reference", None)
+        for g in range(len(rows) // repeat):
+            out = self.task.reset(rng, self.split)
+            if not isinstance(out, tuple) or len(out) != 2 or not isinstance(out[0], str):
+                raise TypeError(
+                    f"task reset(rng, split) must return (prompt: str, state), got {out!r:.80}"
+                )
+            prompt, state = out
+            ids = self._task_prompt_ids(prompt)
+            ref = reference(state) if reference is not None else None
+            group = rows[g * repeat : (g + 1) * repeat]
+            for k, r in enumerate(group):
+                self._ids[r, :P], self._mask[r, :P] = self.pad_id, 0
+                self._ids[r, P - len(ids) : P], self._mask[r, P - len(ids) : P] = ids, 1
+                self._prompts[r], self._references[r] = prompt, ref
+                self._states[r] = state if k == 0 else copy.deepcopy(state)
+
+    def _task_prompt_ids(self, prompt: str) -> np.ndarray:
+        """A task prompt's token ids (tokenized once per distinct text)."""
+        ids = self._prompt_ids.get(prompt)
+        if ids is None:
+            where = f"the prompt of task {getattr(self.task, 'name', type(self.task).__name__)}"
+            chat = self.prompt_format == "chat"
+            ids = np.asarray(
+                encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens, chat, where),
+                dtype=np.int64,
+            )
+            if len(self._prompt_ids) >= 65536:  # a task with endless distinct prompts
+                self._prompt_ids.clear()
+            self._prompt_ids[prompt] = ids
+        return ids
 
     def _row_text(self, row: int) -> str:
         """Prompt and text so far of ``row`` (for ``render``)."""
@@ -275,7 +345,7 @@ class TextBatch:
             if len(turns.history[r].calls) >= self._layout.max_tool_calls:
                 continue
             since_env = self._ids[r, P + turns.env_end[r] : P + n]
-            call = self._rules.tool(self._decode(np.append(since_env, actions[r])))
+            call = self._rules.tool(self._states[r], self._decode(np.append(since_env, actions[r])))
             if call is not None:
                 tokens = self._encode(call[1])
                 if n + 1 + len(tokens) >= M:  # no room for the result and one more agent token
@@ -290,24 +360,25 @@ class TextBatch:
         eos: np.ndarray,
         replies: dict[int, np.ndarray],
     ) -> EndedTurns:
-        """Score the turns that end in ``rows`` (k,) in one call; the feedback that fits goes
-        into ``replies``."""
+        """Hand the turns that end in ``rows`` (k,) to the task (one batch); the replies of the
+        episodes that go on, when they fit, go into ``replies``."""
         eos = eos[rows]
         texts = self._turn_texts(rows, actions, eos)
         row_list = rows.tolist()
-        prompts = [self._prompts[r] for r in row_list]
-        references = [self._references[r] for r in row_list]
-        histories = [self._turns.history[r] for r in row_list] if self._writes_tokens else None
-        scores, parts, feedback = self._rules.respond(prompts, references, texts, eos, histories)
+        out = self._rules.respond([self._states[r] for r in row_list], texts, eos)
         going_on = []
-        for r, text in zip(row_list, feedback or ()):
-            if text is not None:
-                tokens = self._encode(text)
-                if self._n_generated[r] + 1 + len(tokens) < self.max_new_tokens:
-                    replies[r] = tokens
+        if out.done is not None:
+            for r, reply, done in zip(row_list, out.replies, out.done.tolist()):
+                if done:
+                    continue
+                tokens = self._encode(reply) if reply else None
+                m = 0 if tokens is None else len(tokens)
+                if self._n_generated[r] + 1 + m < self.max_new_tokens:
+                    if m:
+                        replies[r] = tokens
                     going_on.append(r)
-                # else the episode ends here
-        return EndedTurns(rows, eos, texts, scores, parts, going_on)
+                # else no room for the reply and one more agent token: the episode ends here
+        return EndedTurns(rows, eos, texts, out.rewards, out.parts, going_on)
 
     def _turn_texts(self, rows: np.ndarray, actions: np.ndarray, eos: np.ndarray) -> list[str]:
         """The text of the turn that ``actions`` (not yet written) end in each of ``rows``:
@@ -363,29 +434,40 @@ class TextBatch:
         self._n_generated[0] = n + 1
 
     def _finish(self, turns: EndedTurns) -> Finished | None:
-        """Record the ended turns; describe the rows whose episode finished, with their rewards."""
-        rows, eos, texts, scores = turns.rows, turns.eos, turns.texts, turns.scores
-        parts = turns.parts
+        """Record the ended turns; describe the rows whose episode finished, with this step's
+        rewards (``reward_placement``), and the rewards paid to the rows that go on."""
+        rows, eos, texts, rewards = turns.rows, turns.eos, turns.texts, turns.rewards
+        parts, placement = turns.parts, self.reward_placement
         if self._writes_tokens:
-            for r, text, score in zip(rows.tolist(), texts, scores.tolist()):
+            for r, text, reward in zip(rows.tolist(), texts, rewards.tolist()):
                 self._turns.history[r].texts.append(text)
-                self._turns.history[r].scores.append(score)
-            for r in turns.going_on:  # the next turn starts after the feedback
-                self._turns.turn_start[r] = self._n_generated[r]
+                self._turns.history[r].scores.append(reward)
+            for r in turns.going_on:  # the next turn starts after the reply
+                self._turns.turn_start[r] = self._turns.env_end[r] = self._n_generated[r]
+        paid_rows, paid = _EMPTY_ROWS, _EMPTY_REWARDS
         if turns.going_on:
             keep = ~np.isin(rows, turns.going_on)  # (k,)
+            if placement == "turn":
+                paid_rows, paid = rows[~keep], rewards[~keep]
             if not keep.any():
-                return None
-            rows, eos, scores = rows[keep], eos[keep], scores[keep]
+                if placement != "turn":
+                    return None
+                return Finished(_EMPTY_ROWS, [], _EMPTY_REWARDS, {}, _EMPTY_ROWS.astype(bool),
+                                _EMPTY_REWARDS, {}, paid_rows, paid)  # fmt: skip
+            rows, eos, rewards = rows[keep], eos[keep], rewards[keep]
             texts = [t for t, k in zip(texts, keep) if k]
             parts = {name: values[keep] for name, values in parts.items()}
+        histories = [self._turns.history[r] for r in rows.tolist()] if self._writes_tokens else []
+        score = rewards  # one turn, or "last": the last turn's reward
+        if placement != "last" and self._writes_tokens:
+            score = np.array([sum(h.scores) for h in histories], dtype=np.float64)
+        step_reward = rewards if placement == "turn" else score
         penalty = self.missing_eos_penalty
-        rewards = scores - penalty * ~eos if penalty else scores
+        step_reward = step_reward - penalty * ~eos if penalty else step_reward
         infos = {}
         if self._writes_tokens:
-            histories = [self._turns.history[r] for r in rows.tolist()]
-            infos = final_infos(histories, self._rules.max_turns, self._rules.has_tools)
-        return Finished(rows, texts, scores, parts, eos, rewards, infos)
+            infos = final_infos(histories, self._per_turn_keys, self._rules.has_tools)
+        return Finished(rows, texts, score, parts, eos, step_reward, infos, paid_rows, paid)
 
     def _encode(self, text: str) -> np.ndarray:
         return np.asarray(encode_text(self.tokenizer, text), dtype=np.int64)

@@ -192,6 +192,35 @@ def _read_file(path: str) -> tuple[list[Any], list[str]]:
     )
 
 
+def encode_prompt(
+    tokenizer: Any,
+    prompt: str,
+    max_prompt_tokens: int,
+    chat: bool = False,
+    where: str = "prompt",
+    messages: list[dict[str, str]] | None = None,
+) -> list[int]:
+    """Token ids of one prompt, checked to be non-empty and to fit ``max_prompt_tokens``: with
+    ``chat``, ``messages`` (or the prompt as one user message) rendered by the tokenizer's chat
+    template, else the prompt text encoded without special tokens."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"{where}: a prompt must be a str, got {type(prompt).__name__}")
+    check_text(prompt, where, "the prompt")
+    if chat:
+        ids = render_chat(tokenizer, messages or [{"role": "user", "content": prompt}])
+    else:
+        ids = encode_text(tokenizer, prompt)
+    if not ids:
+        raise ValueError(f"{where}: empty prompt {prompt!r}; a prompt needs at least 1 token")
+    if len(ids) > max_prompt_tokens:
+        raise ValueError(
+            f"{where}: prompt {prompt[:40]!r}... has {len(ids)} tokens, more than "
+            f"max_prompt_tokens={max_prompt_tokens}; shorten it or raise max_prompt_tokens "
+            "(prompts are never truncated silently)"
+        )
+    return ids
+
+
 class PromptDataset:
     """Prompts and references, tokenized once into left-padded ``(n, max_prompt_tokens)`` arrays.
 
@@ -262,22 +291,8 @@ class PromptDataset:
         """Token ids of one prompt, checked to be non-empty and to fit ``max_prompt_tokens``:
         ``messages`` (or, with ``prompt_format="chat"``, the prompt as one user message) rendered
         by the chat template, else the prompt text encoded without special tokens."""
-        if not isinstance(prompt, str):
-            raise TypeError(f"{where}: a prompt must be a str, got {type(prompt).__name__}")
-        check_text(prompt, where, "the prompt")
-        if self._renders_chat(messages is not None):
-            ids = render_chat(self.tokenizer, messages or [{"role": "user", "content": prompt}])
-        else:
-            ids = encode_text(self.tokenizer, prompt)
-        if not ids:
-            raise ValueError(f"{where}: empty prompt {prompt!r}; a prompt needs at least 1 token")
-        if len(ids) > self.max_prompt_tokens:
-            raise ValueError(
-                f"{where}: prompt {prompt[:40]!r}... has {len(ids)} tokens, more than "
-                f"max_prompt_tokens={self.max_prompt_tokens}; shorten it or raise max_prompt_tokens "
-                "(prompts are never truncated silently)"
-            )
-        return ids
+        chat = self._renders_chat(messages is not None)
+        return encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens, chat, where, messages)
 
     @classmethod
     def from_file(

@@ -67,10 +67,13 @@ class TextRLHFEnv(TextBatch, gym.Env):
     function's, before any penalty), ``reward_components`` (name -> float), ``eos`` and
     ``hit_length_limit``. A reward that ``wants_ended`` (e.g. ``reward_model``) is told whether
     the response ended with EOS or was cut at the limit (``textenv.rewards``).
-    With tools or turns, the response is the last turn's text (tool results included); the
-    episode's reward is the last turn's score, and the final ``info`` adds ``turn_scores``,
-    ``responses`` and ``n_turns`` (``score_turn1``, ``score_turn2``, ... when ``max_turns > 1``),
-    and with tools ``tool_calls`` ([(expression, "=result")]), ``n_tool_calls``, ``used_tool``.
+    With tools, turns or a task, the response is the last turn's text (tool results included);
+    each turn's reward is paid as ``reward_placement`` says (the prompt sets: the last turn's
+    score at the end; a task: each turn's reward at the token that ended it), ``score`` is the
+    episode's (the turns' rewards summed; the last turn's with ``"last"``), and the final
+    ``info`` adds ``turn_scores`` (each turn's reward), ``responses`` (each turn's text) and
+    ``n_turns`` (``score_turn1``, ``score_turn2``, ... when ``max_turns > 1``), and with tools
+    ``tool_calls`` ([(argument, "=result")]), ``n_tool_calls``, ``used_tool``.
 
     ## Starting State
     A prompt drawn uniformly from the prompt set with ``self.np_random``; ``reset(seed=...)``
@@ -90,7 +93,8 @@ class TextRLHFEnv(TextBatch, gym.Env):
     gym.make("TextRLHF-v0", tokenizer=None, prompts="reverse", split="train",
              reward_fn=None, max_new_tokens=32, max_prompt_tokens=32, render_mode=None,
              missing_eos_penalty=None, prompt_format="auto", tools=(), max_tool_calls=4,
-             max_turns=1, feedback="score")
+             max_turns=1, feedback="score", task=None, task_kwargs=None,
+             reward_placement=None)
     ```
     All keyword-only; the same names, defaults and checks serve ``TextRLHFVectorEnv``
     (``TextEnvArgs``). An unknown name raises ``TypeError`` listing the allowed ones.
@@ -115,12 +119,26 @@ class TextRLHFEnv(TextBatch, gym.Env):
       tokenizer's chat template when it has one, everything else is raw text), ``"chat"`` (every
       prompt through the chat template; a plain prompt becomes one user message) or ``"raw"``
       (the text, no template). ``info["response"]`` never holds template tokens.
-    - ``tools``: tool names (``["calc"]``, with ``prompts="calc"``, scored by ``exact_answer``):
-      when the agent's text since the env's last token ends with ``</calc>``, the env appends
-      ``=RESULT`` (``textenv.tools``). ``max_tool_calls`` (an int >= 1) bounds the calls.
+    - ``tools``: tool names and functions (``["calc"]``, with ``prompts="calc"``, scored by
+      ``exact_answer``): when the agent's text since the env's last token ends with
+      ``</calc>``, the env appends ``=RESULT`` (``textenv.tools``); a function
+      ``fn(argument: str) -> str`` is a tool whose tag is its name (``<fn>ARG</fn>`` ->
+      ``"=" + fn(ARG)``). ``max_tool_calls`` (an int >= 1) bounds the calls.
     - ``max_turns``: an int >= 1; an EOS ending turn t < max_turns makes the env append
       ``feedback`` (``"score"``: ``"\\n[score 0.62] again:\\n"``, or a callable
       ``(prompt, responses_so_far, scores) -> str``) and the episode goes on.
+    - ``task``: a text task instead of the prompt set (``textenv.text_task``): any object with
+      ``reset(rng, split) -> (prompt, state)`` and ``respond(state, text) -> (reply | None,
+      reward, done)``, or ``"rg:NAME"`` (reasoning-gym; also as ``prompts="rg:NAME"``),
+      ``"ta:GAME-v0"`` (TextArena), ``"package.module:attr"``. The task draws the prompts and
+      scores each turn; its replies become env-written tokens. ``prompts``, ``reward_fn``,
+      ``max_turns`` and ``feedback`` stay unset then.
+    - ``task_kwargs``: the config of a task given by name (a reasoning-gym dataset's config,
+      a TextArena game's arguments, a class's keyword arguments).
+    - ``reward_placement``: where each turn's reward is paid: ``"turn"`` (at the agent token that
+      ended the turn; the default for tasks), ``"final"`` (summed at the episode's last step) or
+      ``"last"`` (only the last turn's, at the end; the default for the prompt sets, whose
+      retries are judged by the final try). None: the task's default.
 
     ## Version History
     - v0: initial version.
@@ -167,6 +185,8 @@ class TextRLHFEnv(TextBatch, gym.Env):
         done = self._advance(np.array((token,)))
         if done is None:
             return self._obs(), 0.0, False, False, {}
+        if not len(done.rows):  # a turn ended, the episode goes on: its reward ("turn")
+            return self._obs(), float(done.paid[0]), False, False, {}
         self._needs_reset = True
         return self._obs(), float(done.rewards[0]), True, False, self._final_info(done)
 

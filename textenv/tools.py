@@ -4,8 +4,10 @@ A **tool** watches the agent's text since the env's last token. The ``calc`` too
 text ends with ``</calc>``: it evaluates the expression between the last ``<calc>`` and that
 ``</calc>`` with a safe integer parser (``calc``; never ``eval``) and the env writes ``"=RESULT"``
 (or ``"=error"``) right after the agent's token, in the same token sequence, so nothing the agent
-sampled is re-tokenized. ``max_tool_calls`` bounds the calls of an episode. How the env asks its
-tools and writes their results: ``textenv.turns`` and ``textenv.batch``.
+sampled is re-tokenized. Any function ``fn(argument: str) -> str`` is a tool too
+(``tools=[fn]``, ``FunctionTool``): its tag is its name, ``<fn>ARGUMENT</fn>`` -> ``"=" + fn(ARGUMENT)``.
+``max_tool_calls`` bounds the calls of an episode. How the env asks its tools and writes their
+results: ``textenv.turns`` and ``textenv.batch``.
 """
 
 from __future__ import annotations
@@ -118,28 +120,67 @@ class _Parser:
         raise CalcError(f"expected a number or '(' in {self.expression!r}, got {token!r}")
 
 
-class CalcTool:
-    """The ``calc`` tool: ``<calc>EXPR</calc>`` -> ``"=RESULT"`` or ``"=error"``."""
+class FunctionTool:
+    """A function as a tool: ``<NAME>ARGUMENT</NAME>`` in the agent's text -> ``"=" + fn(ARGUMENT)``.
 
-    name = "calc"
-    open, close = CALC_OPEN, CALC_CLOSE
+    ``NAME`` is the function's ``__name__`` (or ``name``). The tool fires when the agent's text
+    since the env's last token ends with ``</NAME>``; the argument is the text after the last
+    ``<NAME>`` (``""`` when there is none). ``fn`` must return a str; an exception it raises
+    propagates with the tool's name and the argument (a tool that can fail on the agent's input
+    should return an error text instead, as ``calc`` returns ``"error"``).
+    """
+
+    def __init__(self, fn: Callable[[str], str], name: str | None = None) -> None:
+        name = name if name is not None else getattr(fn, "__name__", None)
+        if not isinstance(name, str) or not _TAG.fullmatch(name):
+            raise ValueError(
+                f"a tool function needs a name of letters, digits and '_' (its __name__, used as "
+                f"the tag <name>...</name>), got {name!r}; pass a def-function, not a lambda"
+            )
+        self.fn, self.name = fn, name
+        self.open, self.close = f"<{name}>", f"</{name}>"
 
     def __call__(self, text: str) -> tuple[str, str] | None:
         """``text``: the agent's text since the env's last token. None unless it ends with
-        ``</calc>``; else ``(expression, env_text)``."""
+        ``</NAME>``; else ``(argument, env_text)``."""
         if not text.endswith(self.close):
             return None
         body = text[: -len(self.close)]
         start = body.rfind(self.open)
-        expression = body[start + len(self.open) :] if start >= 0 else ""
+        argument = body[start + len(self.open) :] if start >= 0 else ""
         try:
-            result = str(calc(expression)) if start >= 0 else "error"
-        except CalcError:
-            result = "error"
-        return expression, "=" + result
+            result = self.fn(argument)
+        except Exception as err:
+            err.add_note(f"in the tool {self.name!r} called with {argument!r:.80}")
+            raise
+        if not isinstance(result, str):
+            raise TypeError(
+                f"tool {self.name!r} must return a str, got {type(result).__name__}: {result!r:.60}"
+            )
+        return argument, "=" + result
+
+    def __repr__(self) -> str:
+        return f"FunctionTool({self.name!r})"
+
+
+def calc_tool(expression: str) -> str:
+    """The ``calc`` tool's function: the value of ``expression`` (``calc``), or ``"error"``."""
+    try:
+        return str(calc(expression)) if expression else "error"
+    except CalcError:
+        return "error"
+
+
+calc_tool.__name__ = "calc"  # its tag: <calc>...</calc>
+
+
+def CalcTool() -> FunctionTool:  # noqa: N802 (the name it always had)
+    """The ``calc`` tool: ``<calc>EXPR</calc>`` -> ``"=RESULT"`` or ``"=error"``."""
+    return FunctionTool(calc_tool)
 
 
 TOOLS: dict[str, Callable[[], Any]] = {"calc": CalcTool}
+_TAG = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # the text of tool calls and results inside a response: what `exact_answer` looks past
 TOOL_SPAN = re.compile(
@@ -147,18 +188,34 @@ TOOL_SPAN = re.compile(
 )
 
 
-def check_tools(tools: Any) -> tuple[str, ...]:
-    """``tools`` (None or a list of tool names) as a tuple of names, or TypeError/ValueError."""
+def check_tools(tools: Any) -> tuple[str | Callable[[str], str], ...]:
+    """``tools`` (None, or a list of built-in tool names and functions ``fn(argument) -> str``) as
+    a tuple, or TypeError/ValueError naming the bad entry."""
     if tools is None:
         return ()
     if isinstance(tools, str) or not isinstance(tools, Sequence):
-        raise TypeError(f"tools must be a list of tool names {list(TOOLS)}, got {tools!r}")
-    for name in tools:
-        if name not in TOOLS:
-            raise ValueError(f"unknown tool {name!r}; known tools: {list(TOOLS)}")
-    if len(set(tools)) != len(tools):
-        raise ValueError(f"tools lists a tool twice: {list(tools)}")
+        raise TypeError(
+            f"tools must be a list of tool names {list(TOOLS)} or functions, got {tools!r}"
+        )
+    names = []
+    for tool in tools:
+        if callable(tool):
+            names.append(FunctionTool(tool).name)  # checks the name
+        elif isinstance(tool, str) and tool in TOOLS:
+            names.append(tool)
+        else:
+            raise ValueError(
+                f"unknown tool {tool!r}; known tools: {list(TOOLS)}, or a function "
+                "fn(argument: str) -> str whose __name__ is the tag"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"tools lists a tool name twice: {names}")
     return tuple(tools)
+
+
+def make_tool(tool: str | Callable[[str], str]) -> FunctionTool:
+    """A checked ``tools`` entry as a tool object."""
+    return TOOLS[tool]() if isinstance(tool, str) else FunctionTool(tool)
 
 
 def calc_demonstration(prompt: str, reference: str, use_tool: bool) -> list[tuple[str, bool]]:

@@ -1,19 +1,21 @@
-"""Turns: what the env answers when the agent ends a turn, or when its text calls a tool.
+"""Turns: the env asks its task what to answer when the agent ends a turn, and its tools what to
+answer inside a turn.
 
-TextRLHF-v0 is token-level. With tools or several turns enabled, the env appends its own tokens
-(a tool's result, a feedback text) right after the agent's token, in the same sequence, so the
-tokens a trainer scores are exactly the tokens the agent sampled: nothing is re-tokenized.
+TextRLHF-v0 is token-level. When the task replies (feedback, a game's next message) or a tool
+answers a call, the env appends its own tokens right after the agent's token, in the same
+sequence, so the tokens a trainer scores are exactly the tokens the agent sampled: nothing is
+re-tokenized.
 
 - A **turn** ends with the agent's EOS (or the chat template's end-of-turn token), or at the
-  length limit. The env scores the turn's text with the reward function. Before the last turn
-  (``max_turns``), a turn that ended with EOS gets a feedback text (``feedback="score"``:
-  ``"\\n[score 0.62] again:\\n"``, or a callable ``(prompt, responses_so_far, scores) -> str``)
-  and the episode goes on.
-- A **tool** (``textenv.tools``) watches the agent's text since the env's last token; when it
-  fires, the env writes its result. ``max_tool_calls`` bounds the calls of an episode.
+  length limit. The env hands the turn's text to the task (``textenv.text_task``), which returns
+  a reply, the turn's reward and whether the episode is over.
+- A **tool** watches the agent's text since the env's last token (``textenv.tools``: ``calc`` and
+  functions; a task's own ``tool`` method too); when it fires, the env writes its result.
+  ``max_tool_calls`` bounds the calls of an episode.
 
 Env-written tokens count toward ``max_new_tokens``. When they would leave no room for one more
-agent token, the episode ends at that step instead, scored as it is (``hit_length_limit``).
+agent token, the episode ends at that step instead, with the rewards as they are
+(``hit_length_limit`` when the last turn did not end with EOS).
 
 ``TurnRules`` is this logic; ``TextBatch._advance`` (``textenv.batch``) asks it, batched over the
 rows of one step, and writes the tokens. ``TurnState`` holds each row's turns so far (``History``).
@@ -21,46 +23,27 @@ rows of one step, and writes the tokens. ``TurnState`` holds each row's turns so
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from textenv.rewards import Reward
 from textenv.tokenizer import check_text
-from textenv.tools import TOOLS
+from textenv.tools import make_tool
 
-Feedback = Callable[[str, list[str], list[float]], str]
-
-
-def score_feedback(prompt: str, responses: list[str], scores: list[float]) -> str:
-    """``feedback="score"``: the last turn's score, e.g. ``"\\n[score 0.62] again:\\n"``."""
-    return f"\n[score {scores[-1]:.2f}] again:\n"
-
-
-FEEDBACKS: dict[str, Feedback] = {"score": score_feedback}
-
-
-def check_feedback(feedback: Any) -> Feedback:
-    """A feedback name (``"score"``) or a callable ``(prompt, responses, scores) -> str``."""
-    if callable(feedback):
-        return feedback
-    if isinstance(feedback, str) and feedback in FEEDBACKS:
-        return FEEDBACKS[feedback]
-    raise ValueError(
-        f"feedback must be one of {list(FEEDBACKS)} or a callable (prompt, responses, scores) -> "
-        f"str, got {feedback!r}"
-    )
+REWARD_PLACEMENTS = ("turn", "final", "last")
 
 
 @dataclass
 class History:
-    """One row's episode so far: each ended turn's text and score, and the tool calls."""
+    """One row's episode so far: each ended turn's text and reward, and the tool calls."""
 
     texts: list[str] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
-    calls: list[tuple[str, str]] = field(default_factory=list)  # (expression, env text)
+    scores: list[float] = field(default_factory=list)  # each turn's reward from the task
+    calls: list[tuple[str, str]] = field(default_factory=list)  # (argument, env text)
 
 
 class TurnState:
@@ -79,81 +62,110 @@ class TurnState:
             self.history[r] = History()
 
 
+@dataclass
+class TurnOutcome:
+    """What the task answers for the k turns that end at a step."""
+
+    rewards: np.ndarray  # (k,) each turn's reward
+    parts: dict[str, np.ndarray]  # reward components {name: (k,)}
+    replies: list[str | None] | None  # None: no reply for any row
+    done: np.ndarray | None  # (k,) bool; None: every episode is over
+
+
+def _check_response(task: Any, out: Any) -> tuple[str | None, float, bool]:
+    """``task.respond``'s return value, checked: ``(reply | None, finite reward, bool done)``."""
+    name = getattr(task, "name", type(task).__name__)
+    if not isinstance(out, tuple) or len(out) != 3:
+        raise TypeError(
+            f"task {name!r}: respond() must return (reply: str | None, reward: float, done: "
+            f"bool), got {out!r:.80}"
+        )
+    reply, reward, done = out
+    if reply is not None and not isinstance(reply, str):
+        raise TypeError(f"task {name!r}: the reply must be a str or None, got {reply!r:.60}")
+    if isinstance(reward, bool) or not isinstance(reward, numbers.Real):
+        raise TypeError(f"task {name!r}: the reward must be a float, got {reward!r:.60}")
+    if not math.isfinite(reward):
+        raise ValueError(f"task {name!r}: the reward must be finite, got {reward!r}")
+    if not isinstance(done, (bool, np.bool_)):
+        raise TypeError(f"task {name!r}: done must be a bool, got {done!r:.60}")
+    if reply is not None:
+        check_text(reply, f"task {name!r}", "the reply")
+    return reply, float(reward), bool(done)
+
+
 class TurnRules:
-    """The built-in turn logic: the reward function scores each turn, ``feedback`` answers a turn
-    that ended with EOS before ``max_turns``, the ``tools`` answer calls inside a turn.
+    """Drives a text task (``textenv.text_task``) and the tools, for ``TextBatch._advance``.
 
-    ``TextBatch._advance`` calls exactly two methods, before it writes anything (so an exception
-    leaves the env as it was):
+    ``_advance`` calls exactly two methods, before it writes anything (so an exception in the
+    task or a tool leaves the env's arrays as they were):
 
-    - ``tool(text)``, only when ``has_tools``: the agent's text since the env's last token, after
-      an agent token that did not end the turn; ``(call, env_text)`` or None.
-    - ``respond(prompts, references, texts, ended, histories)``: the k turns that ended at this
-      step, in one batch (one reward call); ``(scores (k,), parts {name: (k,)}, replies)`` where
-      ``replies[i]`` is the env's text (the episode goes on) or None (it is over), and
-      ``replies`` is None when no row can get one. ``histories`` is None when the env writes no
-      tokens of its own (one turn, no tools).
+    - ``tool(state, text)``, only when ``has_tools``: the agent's text since the env's last token,
+      after an agent token that did not end the turn; ``(call, env_text)`` or None. The env's
+      tools are asked first, then the task's own ``tool`` (when it has one; only when the text
+      ends with one of its ``tool_stops``, if it declares them).
+    - ``respond(states, texts, ended)``: the k turns that ended at this step, in one batch
+      (``respond_batch`` when the task has it: one reward call), as a ``TurnOutcome``.
     """
 
-    def __init__(
-        self, reward_fn: Reward, tools: Sequence[str], max_turns: int, feedback: Feedback
-    ) -> None:
-        self.reward_fn, self.max_turns, self.feedback = reward_fn, max_turns, feedback
-        self.tools = [TOOLS[name]() for name in tools]
-        self.has_tools = bool(self.tools)
+    def __init__(self, task: Any, tools: Sequence[str | Callable[[str], str]]) -> None:
+        self.task = task
+        self.tools = [make_tool(tool) for tool in tools]
+        self._task_tool = getattr(task, "tool", None)
+        stops = getattr(task, "tool_stops", None)
+        self._tool_stops = tuple(stops) if stops else None
+        self.has_tools = bool(self.tools) or self._task_tool is not None
+        self._batched = getattr(task, "respond_batch", None)
 
-    def tool(self, text: str) -> tuple[str, str] | None:
-        """The first tool that fires on ``text``: ``(expression, env_text)``, or None."""
+    def tool(self, state: Any, text: str) -> tuple[str, str] | None:
+        """The first tool that fires on ``text``: ``(call, env_text)``, or None."""
         for tool in self.tools:
             out = tool(text)
             if out is not None:
                 return out
-        return None
+        if self._task_tool is None:
+            return None
+        if self._tool_stops is not None and not text.endswith(self._tool_stops):
+            return None
+        reply = self._task_tool(state, text)
+        if reply is None:
+            return None
+        if not isinstance(reply, str):
+            raise TypeError(f"task tool() must return a str or None, got {reply!r:.60}")
+        check_text(reply, "task tool", "the tool's reply")
+        return text, reply
 
-    def respond(
-        self,
-        prompts: list[str],
-        references: list[str | None],
-        texts: list[str],
-        ended: np.ndarray,
-        histories: list[History] | None,
-    ) -> tuple[np.ndarray, dict[str, np.ndarray], list[str | None] | None]:
-        kwargs = {"ended": ended.tolist()} if self.reward_fn.wants_ended else {}
-        scores, parts = self.reward_fn.score(prompts, texts, references, **kwargs)
-        if self.max_turns == 1:
-            return scores, parts, None
-        replies: list[str | None] = []
-        for i, history in enumerate(histories):
-            reply = None
-            if ended[i] and len(history.scores) + 1 < self.max_turns:
-                reply = self.feedback(
-                    prompts[i], [*history.texts, texts[i]], [*history.scores, scores[i]]
-                )
-                if not isinstance(reply, str):
-                    raise TypeError(f"feedback must return a str, got {type(reply).__name__}")
-                check_text(reply, f"feedback for {prompts[i]!r:.60}", "the feedback text")
-            replies.append(reply)
-        return scores, parts, replies
+    def respond(self, states: list[Any], texts: list[str], ended: np.ndarray) -> TurnOutcome:
+        if self._batched is not None:
+            replies, rewards, done, parts = self._batched(states, texts, ended)
+            if done.all():
+                return TurnOutcome(rewards, parts, None, None)
+            return TurnOutcome(rewards, parts, replies, done)
+        out = [_check_response(self.task, self.task.respond(s, t)) for s, t in zip(states, texts)]
+        rewards = np.array([reward for _, reward, _ in out], dtype=np.float64)
+        return TurnOutcome(
+            rewards, {}, [reply for reply, _, _ in out], np.array([d for _, _, d in out])
+        )
 
 
 def final_infos(
-    histories: list[History], max_turns: int, has_tools: bool
+    histories: list[History], per_turn_keys: int, has_tools: bool
 ) -> dict[str, tuple[list, np.ndarray]]:
     """The turn infos of k finished rows: {key: (values (k,), has (k,) bool)}.
 
-    ``turn_scores``, ``responses``, ``n_turns``; ``score_turn1``... when ``max_turns > 1`` (``has``
-    False past a row's last turn); ``tool_calls``, ``n_tool_calls``, ``used_tool`` with tools."""
+    ``turn_scores`` (each turn's reward), ``responses`` (each turn's text), ``n_turns``;
+    ``score_turn1`` ... ``score_turn{per_turn_keys}`` (``has`` False past a row's last turn);
+    ``tool_calls``, ``n_tool_calls``, ``used_tool`` with tools."""
     every = np.ones(len(histories), dtype=bool)
     out: dict[str, tuple[list, np.ndarray]] = {
         "turn_scores": ([list(h.scores) for h in histories], every),
         "responses": ([list(h.texts) for h in histories], every.copy()),
         "n_turns": ([len(h.scores) for h in histories], every.copy()),
     }
-    if max_turns > 1:
-        for t in range(1, max_turns + 1):
-            has = np.array([len(h.scores) >= t for h in histories])
-            out[f"score_turn{t}"] = ([h.scores[t - 1] if len(h.scores) >= t else 0.0
-                                      for h in histories], has)  # fmt: skip
+    for t in range(1, per_turn_keys + 1):
+        has = np.array([len(h.scores) >= t for h in histories])
+        out[f"score_turn{t}"] = ([h.scores[t - 1] if len(h.scores) >= t else 0.0
+                                  for h in histories], has)  # fmt: skip
     if has_tools:
         out["tool_calls"] = ([list(h.calls) for h in histories], every.copy())
         out["n_tool_calls"] = ([len(h.calls) for h in histories], every.copy())

@@ -63,7 +63,8 @@ class TextRLHFVectorEnv(TextBatch, VectorEnv):
     ``env_arguments``: the keyword arguments of ``TextRLHFEnv`` (``tokenizer``, ``prompts``,
     ``split``, ``reward_fn``, ``max_new_tokens``, ``max_prompt_tokens``, ``render_mode``,
     ``missing_eos_penalty``, ``prompt_format``, ``tools``, ``max_tool_calls``, ``max_turns``,
-    ``feedback``; see its Arguments section), with the same defaults
+    ``feedback``, ``task``, ``task_kwargs``, ``reward_placement``; see its Arguments section),
+    with the same defaults
     and checks (``TextEnvArgs``). An unknown name raises ``TypeError`` listing the allowed ones.
 
     - ``num_envs``: number of rows N, an int >= 1.
@@ -226,8 +227,10 @@ class TextRLHFVectorEnv(TextBatch, VectorEnv):
         finished = np.zeros(N, dtype=bool)
         info: dict[str, Any] = {}
         if done is not None:
-            rewards[done.rows], finished[done.rows] = done.rewards, True
-            info = self._vector_info(done, finished)
+            rewards[done.paid_rows] = done.paid  # turns that ended, episode going on ("turn")
+            if len(done.rows):
+                rewards[done.rows], finished[done.rows] = done.rewards, True
+                info = self._vector_info(done, finished)
         if any_done and not self.lockstep:  # NEXT_STEP: reset the rows that finished last step
             self._load_rows(np.flatnonzero(was_done))
         self._done |= finished
