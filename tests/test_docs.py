@@ -14,7 +14,7 @@ from helpers import REPO
 
 from agents.api import PPO
 
-PAGES = ["README.md", "docs/api.md"]
+PAGES = ["README.md", "docs/api.md", "docs/tasks.md"]
 BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 

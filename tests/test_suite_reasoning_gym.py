@@ -16,7 +16,7 @@ reasoning_gym = pytest.importorskip("reasoning_gym")
 
 from textenv.suites import reasoning_gym as rgt  # noqa: E402
 from textenv.suites.reasoning_gym import SPLITS, ReasoningGymTask, split_of  # noqa: E402
-from textenv.task import TextTask  # noqa: E402
+from textenv.text_task import TextTask  # noqa: E402
 
 POOL = 3000  # smaller than the default pool: the tests stay fast
 CONFIGS = {
@@ -222,3 +222,32 @@ def test_errors(tasks, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "reasoning_gym", None)
     with pytest.raises(ImportError, match=r'pip install -e "\.\[tasks\]"'):
         ReasoningGymTask("chain_sum", CONFIGS["chain_sum"], pool_size=POOL)
+
+
+def test_through_the_env_rewards_equal_score_answer():
+    """prompts="rg:NAME" in make_vec: each finished row's reward is the dataset's score_answer
+    of the decoded response, on random responses."""
+    import gymnasium as gym
+
+    config = {"min_word_len": 3, "max_word_len": 5, "pool_size": POOL}
+    env = gym.make_vec("TextRLHF-v0", num_envs=8, vectorization_mode="vector_entry_point",
+                       prompts="rg:spell_backward", task_kwargs=config,
+                       max_prompt_tokens=64, max_new_tokens=6)  # fmt: skip
+    task = env.unwrapped.task if hasattr(env, "unwrapped") else env.task
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    seen = 0
+    for _ in range(6):
+        actions = rng.choice([1, *range(3 + 97, 3 + 123)], size=8)  # EOS or a lowercase letter
+        obs, rewards, terminated, _, info = env.step(actions)
+        for r in np.flatnonzero(info.get("_score", np.zeros(8, dtype=bool))):
+            entry = next(
+                e for e in task.entries("train") if e["question"] + "\n" == info["prompt"][r]
+            )
+            expected = task.dataset.score_answer(info["response"][r].strip(), entry)
+            assert (
+                rewards[r] == pytest.approx(expected, abs=0)
+                and info["reference"][r] == entry["answer"]
+            )
+            seen += 1
+    assert seen == 8

@@ -18,7 +18,7 @@ from textenv.suites.textarena import (  # noqa: E402
     split_of,
     supported_games,
 )
-from textenv.task import TextTask  # noqa: E402
+from textenv.text_task import TextTask  # noqa: E402
 
 
 def rng(seed: int = 0) -> np.random.Generator:
@@ -251,3 +251,34 @@ def test_missing_textarena_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "textarena", None)  # `import textarena` raises ImportError
     with pytest.raises(ImportError, match=r'pip install -e "\.\[tasks\]"'):
         TextArenaTask("GuessTheNumber-v0")
+
+
+def test_vector_env_episodes_are_reproducible_by_seed():
+    """task="ta:GuessTheNumber-v0" in make_vec: the same seed gives the same games, replies and
+    rewards (four games stepped in turn), and the global random state is left alone."""
+    import random
+
+    import gymnasium as gym
+
+    def run(seed: int) -> list:
+        env = gym.make_vec("TextRLHF-v0", num_envs=4, vectorization_mode="vector_entry_point",
+                           task="ta:GuessTheNumber-v0", max_prompt_tokens=512,
+                           max_new_tokens=96)  # fmt: skip
+        obs, _ = env.reset(seed=seed)
+        moves = [b + 3 for b in b"[7]"] + [1]
+        out = []
+        for t in range(96):
+            obs, rewards, terminated, _, info = env.step(np.full(4, moves[t % 4]))
+            out.append(rewards.tolist())
+            if "responses" in info:
+                out.append(
+                    [list(x) if m else None for x, m in zip(info["responses"], info["_responses"])]
+                )
+            if terminated.all():
+                break
+        return out + [obs["input_ids"].tolist(), obs["from_env"].tolist()]
+
+    state = random.getstate()
+    first = run(3)
+    assert random.getstate() == state
+    assert run(3) == first and run(4) != first

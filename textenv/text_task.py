@@ -45,6 +45,7 @@ class / factory called with ``task_kwargs``).
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -71,7 +72,8 @@ def is_task_spec(value: Any) -> bool:
 
 def make_text_task(task: Any, task_kwargs: dict[str, Any] | None = None) -> Any:
     """A task from a task object (returned as it is), ``"rg:NAME"`` / ``"ta:GAME"`` (the suite
-    adapter, with ``task_kwargs`` as the dataset's or game's config) or ``"module:attr"`` (an
+    adapter: ``task_kwargs`` that name one of its options, e.g. ``prompt`` or ``pool_size``, go
+    to the adapter, the others are the dataset's or game's config) or ``"module:attr"`` (an
     importable task object, or a class / factory called with ``**task_kwargs``)."""
     kwargs = dict(task_kwargs or {})
     if isinstance(task, str):
@@ -79,7 +81,11 @@ def make_text_task(task: Any, task_kwargs: dict[str, Any] | None = None) -> Any:
             prefix, name = task.split(":", 1)
             module, attr = SUITES[prefix].split(":")
             cls = getattr(importlib.import_module(module), attr)
-            return check_task(cls(name, config=kwargs or None))
+            # the adapter's own options (e.g. TextArena's prompt=, reasoning-gym's pool_size=)
+            # go to it, the rest is the dataset's or game's config
+            own = set(inspect.signature(cls).parameters) - {"name", "game_id", "config"}
+            options = {k: kwargs.pop(k) for k in list(kwargs) if k in own}
+            return check_task(cls(name, config=kwargs or None, **options))
         if task.count(":") != 1 or not all(task.split(":")):
             raise ValueError(
                 f"task must be a task object, 'rg:NAME' (reasoning-gym), 'ta:GAME-v0' "

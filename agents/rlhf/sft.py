@@ -60,6 +60,8 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
+    # a built-in prompt set (its first n prompts of `split`) or a text task by name (n episodes
+    # drawn from `split`, with the config in SFTConfig.task_kwargs)
     task: str = "reverse"
     split: str = "test"
     n: Rows = 256
@@ -75,7 +77,11 @@ class SFTConfig(StageConfig):
     summary_file: ClassVar[str] = "sft_summary.json"
     name: str = "sft_tiny"
     output_dir: str = "agents/assets/tiny-sft"
+    # built-in prompt sets, and text tasks by name ("rg:spell_backward", "ta:GuessTheNumber-v0",
+    # "module:attr"), whose own `demonstration(rng, split)` gives n_per_task train episodes
     tasks: list[str] = Field(default_factory=lambda: ["reverse", "sort", "copy_edit"])
+    # the config of each text task given by name, e.g. {"rg:spell_backward": {max_word_len: 5}}
+    task_kwargs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     n_per_task: Rows = 1000
     # target for tasks without references (continuation): null = error, "repeat_prompt" = the
     # prompt repeated up to max_new_tokens - 1 characters (a deliberately repetitive LM, the
@@ -152,6 +158,13 @@ def build_sft_data(
     rng = np.random.default_rng([cfg.seed, 15])
     ids_rows, mask_rows, loss_rows = [], [], []
     for task in cfg.tasks:
+        if ":" in task:  # a text task: its own demonstrations
+            rows = task_demonstrations(task, cfg.task_kwargs.get(task), cfg, tokenizer, rng)
+            for ids, mask, loss in rows:
+                ids_rows.append(ids)
+                mask_rows.append(mask)
+                loss_rows.append(loss)
+            continue
         n = None if task == "continuation" else cfg.n_per_task  # continuation: every prompt
         ds = PromptDataset.from_task(
             task, "train", n=n, seed=cfg.seed, tokenizer=tokenizer, max_prompt_tokens=P
@@ -195,6 +208,49 @@ def build_sft_data(
     )
 
 
+def task_demonstrations(
+    spec: str, task_kwargs: dict[str, Any] | None, cfg: SFTConfig, tokenizer: Any,
+    rng: np.random.Generator,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:  # fmt: skip
+    """`cfg.n_per_task` train demonstrations of a text task as (ids, mask, loss mask) rows in the
+    env's layout: the prompt left-padded to P (tokenized as the env does), then each turn's agent
+    text + EOS (in the loss) and the env's reply (in the sequence, not in the loss)."""
+    from textenv.data import encode_prompt
+    from textenv.text_task import make_text_task
+    from textenv.tokenizer import encode_text
+
+    task = make_text_task(spec, task_kwargs)
+    if not callable(getattr(task, "demonstration", None)):
+        raise ValueError(f"SFT task {spec!r} has no demonstration(rng, split) method")
+    P, N = cfg.max_prompt_tokens, cfg.max_new_tokens
+    out = []
+    for i in range(cfg.n_per_task):
+        prompt, turns = task.demonstration(rng, "train")
+        prompt_ids = encode_prompt(tokenizer, prompt, P, where=f"{spec} demonstration {i}")
+        response, trained = [], []
+        for agent_text, reply in turns:
+            tokens = encode_text(tokenizer, agent_text) + [tokenizer.eos_token_id]
+            response += tokens
+            trained += [True] * len(tokens)
+            if reply:
+                tokens = encode_text(tokenizer, reply)
+                response += tokens
+                trained += [False] * len(tokens)
+        if len(response) > N:
+            raise ValueError(
+                f"demonstration {i} of {spec} has {len(response)} tokens after the prompt, more "
+                f"than max_new_tokens={N}"
+            )
+        ids = np.full(P + N, tokenizer.pad_token_id, dtype=np.int64)
+        mask = np.zeros(P + N, dtype=np.int64)
+        ids[P - len(prompt_ids) : P], mask[P - len(prompt_ids) : P] = prompt_ids, 1
+        ids[P : P + len(response)], mask[P : P + len(response)] = response, 1
+        loss = np.zeros(P + N, dtype=bool)
+        loss[P : P + len(response)] = trained
+        out.append((ids, mask, loss))
+    return out
+
+
 def sft_loss(
     model: GPT2LMHeadModel, ids: torch.Tensor, mask: torch.Tensor, loss_mask: torch.Tensor
 ) -> torch.Tensor:
@@ -228,14 +284,20 @@ def score_on_task(
     score, mean response length, the fraction of episodes that used a tool and a few samples."""
     from textenv import TextRLHFVectorEnv
 
-    env = TextRLHFVectorEnv(
-        num_envs=n, prompts=task, split=split, reward_fn=reward_fn,
-        max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens, **(env_kwargs or {}),
-    )  # fmt: skip
-    if n > len(env.dataset):
-        raise ValueError(f"n={n} exceeds the {len(env.dataset)} prompts of {task}/{split}")
+    sizes = dict(max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens)
+    if ":" in task:  # a text task: n episodes drawn from the split
+        env = TextRLHFVectorEnv(num_envs=n, task=task, split=split, **sizes, **(env_kwargs or {}))
+        options = None
+    else:
+        env = TextRLHFVectorEnv(
+            num_envs=n, prompts=task, split=split, reward_fn=reward_fn, **sizes,
+            **(env_kwargs or {}),
+        )  # fmt: skip
+        if n > len(env.dataset):
+            raise ValueError(f"n={n} exceeds the {len(env.dataset)} prompts of {task}/{split}")
+        options = {"prompts": list(range(n))}
     torch.manual_seed(seed)
-    obs, _ = env.reset(seed=seed, options={"prompts": list(range(n))})
+    obs, _ = env.reset(seed=seed, options=options)
     state = policy.initial_state(n)
     scores, lengths, samples = np.zeros(n), np.zeros(n), [None] * n
     used_tool = np.zeros(n)
@@ -301,9 +363,12 @@ def train_sft(cfg: SFTConfig, out: Path) -> dict[str, Any]:
         max_sequence_length=cfg.max_prompt_tokens + cfg.max_new_tokens,
     )  # fmt: skip
     ev = cfg.eval
+    env_kwargs = dict(ev.env_kwargs)
+    if ":" in ev.task and cfg.task_kwargs.get(ev.task):
+        env_kwargs.setdefault("task_kwargs", cfg.task_kwargs[ev.task])
     kwargs = dict(task=ev.task, split=ev.split, n=ev.n, seed=cfg.seed,
                   max_prompt_tokens=cfg.max_prompt_tokens, max_new_tokens=cfg.max_new_tokens,
-                  reward_fn=ev.reward_fn, env_kwargs=ev.env_kwargs)  # fmt: skip
+                  reward_fn=ev.reward_fn, env_kwargs=env_kwargs)  # fmt: skip
     sampled = score_on_task(policy, deterministic=False, **kwargs)
     greedy = score_on_task(policy, deterministic=True, **kwargs)
     print(

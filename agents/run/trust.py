@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agents.run.envs import env_module
+from textenv.text_task import is_task_spec  # "rg:NAME", "ta:GAME": installed adapters, not code
 
 if TYPE_CHECKING:
     from agents.run.config import Config
@@ -23,7 +24,7 @@ def code_references(data: Any, where: str) -> list[str]:
         return [r for k, v in data.items() for r in code_references(v, f"{where}.{k}")]
     if isinstance(data, list):
         return [r for i, v in enumerate(data) for r in code_references(v, f"{where}[{i}]")]
-    if isinstance(data, str) and CODE_REFERENCE.fullmatch(data):
+    if isinstance(data, str) and CODE_REFERENCE.fullmatch(data) and not is_task_spec(data):
         return [f"{where} = {data!r}"]
     return []
 

@@ -1,4 +1,4 @@
-"""reasoning-gym datasets as text tasks (``textenv.task``): one question, one answer, one reward.
+"""reasoning-gym datasets as text tasks (``textenv.text_task``): one question, one answer, one reward.
 
 ``ReasoningGymTask("spell_backward", {"min_word_len": 3, "max_word_len": 5})`` wraps one
 `reasoning-gym <https://github.com/open-thought/reasoning-gym>`_ dataset (``config`` is the

@@ -1,4 +1,4 @@
-"""TextArena's single-player games as text tasks (``textenv.task``): ``TextArenaTask``.
+"""TextArena's single-player games as text tasks (``textenv.text_task``): ``TextArenaTask``.
 
 One episode plays one game. The prompt is the game's opening messages (its rules, and its board
 where it shows one); each agent turn (the text up to EOS) is played as one move; the env's reply is
