@@ -280,3 +280,37 @@ def test_sft_rows_from_a_tasks_demonstrations_follow_the_env_layout():
         replies = decode(gen[~trained])
         assert moves.isdigit() and set(replies.split(":")) <= {" higher", " lower", ""}
         assert (gen[trained] == EOS).sum() == len(replies.split(":"))  # one EOS per move
+
+
+class LongReply:
+    """One long reply, then the episode ends at the second turn."""
+
+    def reset(self, rng, split):
+        return "Go:", {"turns": 0}
+
+    def respond(self, state, text):
+        state["turns"] += 1
+        return ("." * 30 if state["turns"] == 1 else None), 0.0, state["turns"] == 2
+
+
+def test_a_row_that_ends_early_after_env_tokens_does_not_outrun_the_context(gpt2_ctx64_path):
+    """The batch keeps feeding a finished row a token per step; with env-written tokens its
+    positions would pass the model's context (64 = P + M here) while other rows go on."""
+    import torch
+
+    from agents.policies.lm import LMPolicy
+
+    policy = LMPolicy.from_pretrained(gpt2_ctx64_path)
+    env = gym.make_vec("TextRLHF-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                       task=LongReply(), max_prompt_tokens=16, max_new_tokens=48)  # fmt: skip
+    obs, _ = env.reset(seed=0)
+    state = policy.initial_state(2)
+    for t in range(48):
+        tensors = {k: torch.as_tensor(v) for k, v in obs.items()}
+        _, _, _, state = policy.act(tensors, state)
+        act = torch.tensor([EOS if t < 2 else 3 + ord("a"), 3 + ord("b")])  # row 0 ends at t=1
+        state.last_action = act
+        obs, _, terminated, _, _ = env.step(act.numpy())
+        if terminated.all():
+            break
+    assert terminated[0] and t == 47  # row 1 ran to the length limit, row 0 was done long before

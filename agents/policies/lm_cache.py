@@ -317,11 +317,21 @@ class CachedDecoding:
         state.live_end = int(live.max()) if live.numel() else -1
         state.any_stale = bool(state.stale.any())
 
+    def _position_cap(self, positions: torch.Tensor) -> torch.Tensor:
+        """`positions` clamped to the model's position table. Only a finished (stale) row can
+        pass its end: the batch feeds it a token at every step although its episode is over,
+        and when the env wrote tokens, its sequence plus those steps can outrun the context.
+        Its outputs are discarded (`_reuse`), so any position does; a live row's never exceeds
+        the observation width, which fits the context (checked at construction)."""
+        config = self.model.config
+        cap = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", 0)
+        return positions.clamp(max=cap - 1) if cap else positions
+
     def _step(self, state: LMState, fed: torch.Tensor) -> Outputs:
         """Feed one token per row, `fed` (B,), through the cached trunk(s)."""
         ids = fed.unsqueeze(1)  # (B, 1)
         state.mask = torch.cat([state.mask, torch.ones_like(ids)], dim=1)  # (B, S+1)
-        positions = state.next_pos.unsqueeze(1)  # (B, 1)
+        positions = self._position_cap(state.next_pos.unsqueeze(1))  # (B, 1)
         hidden = self._trunk(self.model, ids, state.mask, positions, state.cache)[:, -1]
         state.next_pos = state.next_pos + 1
         return self._act_heads(hidden)
@@ -332,6 +342,7 @@ class CachedDecoding:
         the sampled one plus the env's). Outputs at the last column, each row's last token."""
         state.mask = torch.cat([state.mask, mask], dim=1)  # (B, S+W)
         positions = state.next_pos.unsqueeze(1) + (mask.cumsum(1) - 1).clamp(min=0)  # (B, W)
+        positions = self._position_cap(positions)
         hidden = self._trunk(self.model, ids, state.mask, positions, state.cache)[:, -1]
         state.next_pos = state.next_pos + mask.sum(1)
         return self._act_heads(hidden)
