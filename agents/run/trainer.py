@@ -41,6 +41,7 @@ from agents.run.interrupt import signal_label, stop_on_first_interrupt
 from agents.run.jsonio import read_json
 from agents.run.logger import RunLogger
 from agents.run.preflight import check_config, check_env
+from agents.run.report import write_report_or_warn
 from agents.run.resume import load_trainer, save_trainer, write_run_config
 from agents.run.rundir import RunLock, new_run_dir
 from agents.run.trajectories import is_text, logs_iteration, trajectory_records
@@ -298,6 +299,7 @@ class Trainer:
         finally:
             if logger is not None:
                 logger.close()
+                write_report_or_warn(self.run_dir)  # report.html; a failure is a warning
             if self._close_envs:
                 self.close()
 
