@@ -92,12 +92,14 @@ def test_the_report_renders_in_a_browser(browser, report):
     assert agent.evaluate(background) == AGENT_COLOUR
     assert env.first.inner_text().startswith("=")  # the calc tool writes "=RESULT"
 
-    # hovering an agent token shows its id, text and log-prob; an env token has no log-prob
-    agent.hover()
+    # hovering an agent token shows its id, text and log-prob (and, in a training rollout, its
+    # advantage); an env token has no log-prob
     tip = page.locator("#tip")
-    assert tip.is_visible()
-    text = tip.inner_text()
-    assert "written by agent" in text and "log-prob" in text and "advantage" in text
+    for episode, numbers in ((".episode.train", "advantage"), (".episode.eval", "value")):
+        page.locator(f"{episode} .tok.agent").first.hover()
+        assert tip.is_visible()
+        text = tip.inner_text()
+        assert "written by agent" in text and "log-prob" in text and numbers in text
     logprob = float(text.split("log-prob")[1].split()[0])
     assert -30 < logprob <= 0
     env.first.hover()
@@ -109,4 +111,11 @@ def test_the_report_renders_in_a_browser(browser, report):
     page.select_option("#tool", "yes")
     heads = page.locator(".episode .head").all_inner_texts()
     assert heads and not [h for h in heads if "tool calls 0" in h]
+    page.select_option("#tool", "any")
+    page.select_option("#split", "eval")
+    page.select_option("#colour", "advantage")  # an evaluation has none: the page says so
+    heads = page.locator(".episode .head").all_inner_texts()
+    assert heads and all(h.startswith("held-out evaluation") for h in heads)
+    assert "no advantage logged" in page.locator("#scale").inner_text()
+    assert errors == []
     page.close()

@@ -44,7 +44,8 @@ def test_episodes_are_spread_over_their_ranks_by_return():
 @pytest.fixture(scope="module")
 def calc_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("calc")
-    cfg = load_config(CONFIGS / "text_calc_tool.yaml", [f"run.root={root}", *CALC])
+    evaluations = ["eval.episodes=8", "eval.every=1536"]  # at steps 0, 1536 and 2304
+    cfg = load_config(CONFIGS / "text_calc_tool.yaml", [f"run.root={root}", *CALC, *evaluations])
     return train(cfg, name="calc")
 
 
@@ -53,7 +54,7 @@ def _records(run: Path) -> list[dict]:
 
 
 def test_each_record_is_the_episode_token_by_token(calc_run):
-    records = _records(calc_run)
+    records = [r for r in _records(calc_run) if r["split"] == "train"]
     assert [r["iteration"] for r in records] == [1] * 4 + [2] * 4 + [3] * 4
     assert [r["step"] for r in records] == [768] * 4 + [1536] * 4 + [2304] * 4
     assert [r["policy_version"] for r in records] == [r["iteration"] - 1 for r in records]
@@ -82,6 +83,29 @@ def test_each_record_is_the_episode_token_by_token(calc_run):
         for lp, ref in zip(r["logprobs"], r["ref_logprobs"]):
             assert (lp is None) == (ref is None)
             assert lp is None or abs(lp - ref) < 1e-4
+
+
+def test_evaluations_log_held_out_episodes(calc_run):
+    records = _records(calc_run)
+    evals = [r for r in records if r["split"] == "eval"]
+    # the initial evaluation, the one after iteration 2, the final one; 4 episodes each
+    assert [(r["step"], r["iteration"], r["policy_version"]) for r in evals] == (
+        [(0, 0, 0)] * 4 + [(1536, 2, 2)] * 4 + [(2304, 3, 3)] * 4
+    )
+    # in the file, each evaluation follows the training episodes of its iteration
+    assert [r["split"] for r in records[:8]] == ["eval"] * 4 + ["train"] * 4
+    for r in evals:
+        n, P = len(r["token_ids"]), r["prompt_length"]
+        agent = [i for i in range(P, n) if not r["from_env"][i]]
+        assert len(agent) == r["length"] and r["ref_logprobs"] is None
+        assert r["advantages"] is None  # an evaluation computes no advantages
+        assert all(isinstance(r["logprobs"][i], float) for i in agent)
+        assert sum(r["rewards"][i] for i in agent) == pytest.approx(r["return"], abs=1e-5)
+        assert "".join(r["token_text"][:P]) == r["prompt"]
+        assert r["info"]["reference"]
+    # held-out prompts: the test split, not the training prompts
+    train_prompts = {r["prompt"] for r in records if r["split"] == "train"}
+    assert not train_prompts & {r["prompt"] for r in evals}
 
 
 def test_env_written_tokens_are_marked_and_carry_no_numbers(calc_run):

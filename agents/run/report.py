@@ -193,6 +193,9 @@ PAGE = """<!DOCTYPE html>
 <option value="who">who wrote it</option><option value="logprob">log-prob</option>
 <option value="kl">KL to reference</option><option value="advantage">advantage</option>
 <option value="value">value</option></select></label>
+<label>split <select id="split"><option value="any">any</option>
+<option value="train">training rollouts</option><option value="eval">held-out evaluations</option>
+</select></label>
 <label>tool use <select id="tool"><option value="any">any</option>
 <option value="yes">used a tool</option><option value="no">no tool</option></select></label>
 <label>turns <select id="turns"><option value="any">any</option></select></label>
@@ -347,10 +350,13 @@ function who(ep, i) {
   if (i < ep.prompt_length) return "prompt";
   return ep.from_env[i] ? "env" : "agent";
 }
+function at(column, i) {  // a per-token list may be null (e.g. no reference, an evaluation)
+  return column && column[i] !== undefined ? column[i] : null;
+}
 function tokenNumbers(ep, i) {
-  const lp = ep.logprobs[i], ref = ep.ref_logprobs ? ep.ref_logprobs[i] : null;
-  return { logprob: lp, ref, kl: lp !== null && ref !== null && ref !== undefined ? lp - ref : null,
-           advantage: ep.advantages[i], value: ep.values[i], reward: ep.rewards[i] };
+  const lp = at(ep.logprobs, i), ref = at(ep.ref_logprobs, i);
+  return { logprob: lp, ref, kl: lp !== null && ref !== null ? lp - ref : null,
+           advantage: at(ep.advantages, i), value: at(ep.values, i), reward: at(ep.rewards, i) };
 }
 function info(ep, key) { return ep.info && typeof ep.info[key] === "number" ? ep.info[key] : null; }
 function turnsOf(ep) { return info(ep, "n_turns") ?? 1; }
@@ -361,7 +367,7 @@ function scaleFor(mode, episodes) {
   const vals = [];
   for (const ep of episodes) for (let i = 0; i < ep.token_ids.length; i++) {
     const v = tokenNumbers(ep, i)[mode];
-    if (v !== null && v !== undefined) vals.push(v);
+    if (v !== null) vals.push(v);
   }
   if (!vals.length) return { lo: 0, hi: 0, empty: true };
   const lo = Math.min(...vals), hi = Math.max(...vals);
@@ -370,7 +376,7 @@ function scaleFor(mode, episodes) {
 function colourOf(mode, scale, ep, i) {
   if (mode === "who" || scale.empty) return WHO_COLOURS[who(ep, i)];
   const v = tokenNumbers(ep, i)[mode];
-  if (v === null || v === undefined) return "#f4f4f4";
+  if (v === null) return "#f4f4f4";
   if (!scale.diverging) {  // log-prob: red (unlikely) to white (likely)
     const t = scale.hi > scale.lo ? (v - scale.lo) / (scale.hi - scale.lo) : 1;
     return `rgb(255, ${Math.round(120 + 135 * t)}, ${Math.round(120 + 135 * t)})`;
@@ -418,13 +424,12 @@ function showTip(event, ep, i) {
     `written by ${who(ep, i)}`,
     `position   ${i}`,
   ];
-  if (n.logprob !== null && n.logprob !== undefined) {
+  if (n.logprob !== null) {
     lines.push(`log-prob   ${fmt(n.logprob)}  (p ${fmt(Math.exp(n.logprob))})`);
-    if (n.ref !== null && n.ref !== undefined) {
-      lines.push(`ref log-prob ${fmt(n.ref)}`, `KL (k1)    ${fmt(n.kl)}`);
-    }
-    lines.push(`value      ${fmt(n.value)}`, `advantage  ${fmt(n.advantage)}`,
-               `reward     ${fmt(n.reward)}`);
+    if (n.ref !== null) lines.push(`ref log-prob ${fmt(n.ref)}`, `KL (k1)    ${fmt(n.kl)}`);
+    lines.push(`value      ${fmt(n.value)}`);
+    if (n.advantage !== null) lines.push(`advantage  ${fmt(n.advantage)}`);
+    lines.push(`reward     ${fmt(n.reward)}`);
   }
   const tip = document.getElementById("tip");
   tip.textContent = lines.join("\n");
@@ -440,8 +445,9 @@ function tokenText(ep, i) {
 }
 
 function episodeCard(ep, mode, scale) {
-  const card = el("div", { class: "episode" });
-  const head = [`iteration ${ep.iteration}`, `policy version ${ep.policy_version}`,
+  const card = el("div", { class: "episode " + (ep.split || "train") });
+  const split = ep.split === "eval" ? "held-out evaluation" : "training rollout";
+  const head = [split, `iteration ${ep.iteration}`, `policy version ${ep.policy_version}`,
                 `return ${fmt(ep.return)}`, `${ep.length} agent tokens`,
                 `turns ${turnsOf(ep)}`, `tool calls ${toolsOf(ep)}`];
   if (ep.info && ep.info.reference !== undefined) {
@@ -463,7 +469,7 @@ function episodeCard(ep, mode, scale) {
 }
 
 const SORTS = {
-  "iteration": (a, b) => a.iteration - b.iteration,
+  "iteration": (a, b) => a.step - b.step || (a.split === "eval") - (b.split === "eval"),
   "return-desc": (a, b) => (b.return ?? -Infinity) - (a.return ?? -Infinity),
   "return-asc": (a, b) => (a.return ?? Infinity) - (b.return ?? Infinity),
   "turns": (a, b) => turnsOf(b) - turnsOf(a),
@@ -473,11 +479,13 @@ const SORTS = {
 function drawEpisodes() {
   const run = DATA.runs[+document.getElementById("run-select").value] || DATA.runs[0];
   const mode = document.getElementById("colour").value;
+  const split = document.getElementById("split").value;
   const tool = document.getElementById("tool").value;
   const turns = document.getElementById("turns").value;
   const minReturn = parseFloat(document.getElementById("min-return").value);
   const search = document.getElementById("search").value.toLowerCase();
   let episodes = run.episodes.filter(ep =>
+    (split === "any" || ep.split === split) &&
     (tool === "any" || (tool === "yes") === (toolsOf(ep) > 0)) &&
     (turns === "any" || turnsOf(ep) === +turns) &&
     (isNaN(minReturn) || (ep.return ?? -Infinity) >= minReturn) &&
@@ -501,7 +509,7 @@ function setupViewer() {
   const turnSelect = document.getElementById("turns");
   [...turns].sort((a, b) => a - b)
     .forEach(t => turnSelect.appendChild(el("option", { value: t }, t)));
-  for (const id of ["run-select", "colour", "tool", "turns", "sort"]) {
+  for (const id of ["run-select", "colour", "split", "tool", "turns", "sort"]) {
     document.getElementById(id).addEventListener("change", drawEpisodes);
   }
   for (const id of ["min-return", "search"]) {

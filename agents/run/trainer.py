@@ -44,7 +44,7 @@ from agents.run.preflight import check_config, check_env
 from agents.run.report import write_report_or_warn
 from agents.run.resume import load_trainer, save_trainer, write_run_config
 from agents.run.rundir import RunLock, new_run_dir
-from agents.run.trajectories import is_text, logs_iteration, trajectory_records
+from agents.run.trajectories import EvalRecorder, is_text, logs_iteration, trajectory_records
 
 # the diagnostics' warning (`Trainer._warn_diagnostics`): a policy whose act and evaluate agree
 # drifts ~1e-7 in float32 and has no epoch-0 ratio outside the clip band with one minibatch
@@ -121,6 +121,7 @@ class Trainer:
         # trajectories.jsonl (agents/run/trajectories.py): written by a logged run's rank 0
         self.log_trajectories = False
         self.last_trajectories: list[dict[str, Any]] = []  # the last iteration's records
+        self.eval_trajectories: list[dict[str, Any]] = []  # the last evaluation's, to write
         self._start = time.perf_counter()
         self._callback: Callable[[str, dict[str, Any]], bool] | None = None  # during `learn`
         self._close_envs = True
@@ -211,10 +212,12 @@ class Trainer:
         total = self.num_iterations * self.steps_per_iteration
         self.cfg = self.cfg.model_copy(update={"total_timesteps": total})
 
-    def evaluate(self, episodes: int | None = None) -> Any:
+    def evaluate(self, episodes: int | None = None, recorder: Any = None) -> Any:
         """The run's evaluation (`run_evaluation`); it does not change the training run."""
         env = self.eval_env if episodes in (None, self.cfg.eval.episodes) else None
-        return run_evaluation(self.policy, self.cfg, env, episodes, device=self.device)
+        return run_evaluation(
+            self.policy, self.cfg, env, episodes, device=self.device, recorder=recorder
+        )
 
     def _eval_return(self) -> float | None:
         """Mean held-out return (None on ranks > 0); the means of the episodes' numeric infos
@@ -225,10 +228,16 @@ class Trainer:
         in their next training collective, whose timeout is meant for a hung peer."""
         value = None
         if self.dist.is_main:
-            log = self.evaluate()
+            recorder = EvalRecorder() if self.log_trajectories else None
+            log = self.evaluate(recorder=recorder)
             value = float(np.mean(log.returns))
             self.eval_metrics = {f"eval/{k}": float(np.mean(v)) for k, v in log.metrics.items()}
             self._best(value)
+            if recorder is not None:  # written with the evaluation's metrics row
+                self.eval_trajectories = recorder.records(
+                    self.cfg.run.trajectory_episodes, self.policy.token_texts, self.iteration,
+                    self.global_step,
+                )  # fmt: skip
         self.dist.wait_for_main()
         return value
 
@@ -319,6 +328,7 @@ class Trainer:
                 {"eval/return": state.initial_eval, **state.initial_eval_metrics,
                  "time/elapsed": self._elapsed()},
             )  # fmt: skip
+            self._write_eval_trajectories(state.logger)
 
     def _after_iteration(self, state: LearnState, metrics: dict[str, float]) -> None:
         """What follows an iteration: its evaluation when one is due, its log row, samples and
@@ -337,6 +347,7 @@ class Trainer:
             logger.log(self.global_step, metrics)
             logger.samples(self.global_step, self.last_episodes.samples)
             logger.trajectories(self.last_trajectories)
+            self._write_eval_trajectories(logger)
             recent = float(np.mean(self.recent_returns)) if self.recent_returns else None
             logger.progress(self.global_step, recent, metrics["time/sps"])
         if state.save and self.global_step >= state.next_ckpt:
@@ -384,6 +395,7 @@ class Trainer:
                 {"eval/return": state.last_eval, **self.eval_metrics,
                  "time/elapsed": self._elapsed()},
             )  # fmt: skip
+            self._write_eval_trajectories(state.logger)
         if state.last_eval is not None:  # `textrlhf eval RUN` reproduces it with these
             summary["final_eval"] = {
                 "step": state.last_eval_step, "seed": 10_000 + cfg.seed, **to_dict(cfg)["eval"]
@@ -401,6 +413,11 @@ class Trainer:
         )
         state.logger.write_summary(summary)
         return summary
+
+    def _write_eval_trajectories(self, logger: RunLogger) -> None:
+        """Append the last evaluation's trajectory records (if any) to trajectories.jsonl."""
+        logger.trajectories(self.eval_trajectories)
+        self.eval_trajectories = []
 
     def _elapsed(self) -> float:
         """Seconds of this run so far: earlier processes (resume) plus this one."""

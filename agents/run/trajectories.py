@@ -90,29 +90,76 @@ def _episodes(buffer: RolloutBuffer) -> list[tuple[int, list[int]]]:
     return found
 
 
-def episode_tokens(buffer: RolloutBuffer, row: int, steps: list[int]) -> dict[str, Any] | None:
-    """The token sequence of one episode: ids in column order, the prompt length, the env's
-    marks, and which sequence positions hold the agent's tokens (one per step). None when the
-    observations do not show one agent token per step (an env that rewrote the sequence)."""
-    obs = buffer.obs
-    first, last = steps[0], steps[-1]
-    mask_first = obs["attention_mask"][first, row].bool().cpu()
-    mask_last = obs["attention_mask"][last, row].bool().cpu()
-    ids = obs["input_ids"][last, row].cpu()
-    from_env = obs.get("from_env")
-    env_col = (
-        from_env[last, row].bool().cpu() if from_env is not None else torch.zeros_like(mask_last)
-    )
+def sequence_tokens(
+    first_mask: torch.Tensor,
+    last_obs: dict[str, torch.Tensor],
+    last_action: int,
+    n_steps: int,
+) -> dict[str, Any] | None:
+    """The token sequence of one episode from its first observation's attention mask (L,), its
+    last observation (`input_ids`, `attention_mask`, optional `from_env`, each (L,)) and the
+    last action: ids in column order, the prompt length, the env's marks, and which sequence
+    positions hold the agent's tokens. None when that is not one agent token per step (`n_steps`;
+    an env that rewrote the sequence)."""
+    mask_first = first_mask.bool().cpu()
+    mask_last = last_obs["attention_mask"].bool().cpu()
+    ids = last_obs["input_ids"].cpu()
+    from_env = last_obs.get("from_env")
+    env_col = from_env.bool().cpu() if from_env is not None else torch.zeros_like(mask_last)
     prompt = mask_first.nonzero().flatten().tolist()
     generated = (mask_last & ~mask_first).nonzero().flatten().tolist()
-    token_ids = [int(ids[c]) for c in prompt + generated]
-    marks = [0] * len(prompt) + [int(env_col[c]) for c in generated]
-    token_ids.append(int(buffer.actions[last, row]))  # the last action: in no observation
-    marks.append(0)
+    token_ids = [int(ids[c]) for c in prompt + generated] + [int(last_action)]
+    marks = [0] * len(prompt) + [int(env_col[c]) for c in generated] + [0]
     agent = [i for i in range(len(prompt), len(token_ids)) if not marks[i]]
-    if len(agent) != len(steps):
+    if len(agent) != n_steps:
         return None
     return {"token_ids": token_ids, "from_env": marks, "prompt_length": len(prompt), "agent": agent}
+
+
+def episode_tokens(buffer: RolloutBuffer, row: int, steps: list[int]) -> dict[str, Any] | None:
+    """`sequence_tokens` of the episode of `row` whose valid steps are `steps`."""
+    obs = buffer.obs
+    first, last = steps[0], steps[-1]
+    last_obs = {k: v[last, row] for k, v in obs.items()}
+    return sequence_tokens(
+        obs["attention_mask"][first, row], last_obs, int(buffer.actions[last, row]), len(steps)
+    )
+
+
+def _record(
+    tokens: dict[str, Any],
+    numbers: dict[str, list[float]],
+    info: dict[str, Any],
+    texts: Any,
+    head: dict[str, Any],
+) -> dict[str, Any]:
+    """One trajectory record: `head` (step, iteration, ..., return, length), the per-token
+    lists (`numbers` per agent token, by key; a key absent: null lists), the texts, `info`."""
+    n = len(tokens["token_ids"])
+    columns: dict[str, list[Any] | None] = {}
+    for key in ("logprobs", "ref_logprobs", "values", "advantages", "rewards"):
+        if key not in numbers:
+            columns[key] = None
+            continue
+        column: list[Any] = [None] * n
+        for position, value in zip(tokens["agent"], numbers[key]):
+            column[position] = _number(value)
+        columns[key] = column
+    text = texts(tokens["token_ids"])
+    info = dict(info)
+    P = tokens["prompt_length"]
+    prompt, response = info.pop("prompt", None), info.pop("response", None)
+    return {
+        **head,
+        "prompt": prompt if prompt is not None else _join(text, 0, P),
+        "response": response if response is not None else _join(text, P, n),
+        "prompt_length": P,
+        "token_ids": tokens["token_ids"],
+        "token_text": text,
+        "from_env": tokens["from_env"],
+        **columns,
+        "info": {k: (_number(v) if isinstance(v, float) else v) for k, v in info.items()},
+    }
 
 
 def trajectory_records(
@@ -143,48 +190,82 @@ def trajectory_records(
         if tokens is None:
             continue
         j = ends[(row, steps[-1])]
-        info = dict(episodes.infos[j] or {}) if j < len(episodes.infos) else {}
-        n = len(tokens["token_ids"])
-        columns: dict[str, list[Any]] = {
-            key: [None] * n
-            for key in ("logprobs", "ref_logprobs", "values", "advantages", "rewards")
-        }
         sources = {
             "logprobs": buffer.log_probs, "values": buffer.values,
             "advantages": buffer.advantages, "rewards": env_rewards,
         }  # fmt: skip
         if has_reference:
             sources["ref_logprobs"] = buffer.ref_log_probs
-        for key, source in sources.items():
-            numbers = source[steps, row].tolist()
-            for position, value in zip(tokens["agent"], numbers):
-                columns[key][position] = _number(value)
-        if not has_reference:
-            columns["ref_logprobs"] = None
-        text = texts(tokens["token_ids"])
-        P = tokens["prompt_length"]
-        prompt = info.pop("prompt", None)
-        response = info.pop("response", None)
-        records.append(
-            {
-                "step": step,
-                "iteration": iteration,
-                "policy_version": iteration - 1,
-                "split": "train",
-                "row": row,
-                "return": _number(episodes.returns[j]),
-                "length": len(steps),
-                "prompt": prompt if prompt is not None else _join(text, 0, P),
-                "response": response if response is not None else _join(text, P, n),
-                "prompt_length": P,
-                "token_ids": tokens["token_ids"],
-                "token_text": text,
-                "from_env": tokens["from_env"],
-                **columns,
-                "info": {k: (_number(v) if isinstance(v, float) else v) for k, v in info.items()},
-            }
-        )
+        numbers = {key: source[steps, row].tolist() for key, source in sources.items()}
+        head = {
+            "step": step, "iteration": iteration, "policy_version": iteration - 1,
+            "split": "train", "row": row, "return": _number(episodes.returns[j]),
+            "length": len(steps),
+        }  # fmt: skip
+        records.append(_record(tokens, numbers, episodes.infos[j] or {}, texts, head))
     return records
+
+
+class EvalRecorder:
+    """Keeps the token sequences of an evaluation's episodes (`evaluate_policy` hands it each
+    `Step`), for trajectory records of split "eval": the agent's log-probs, values and the
+    env's rewards per token (no reference log-probs or advantages: an evaluation computes
+    neither). At most `MAX_KEPT` episodes are kept, the first that end."""
+
+    MAX_KEPT = 1024
+
+    def __init__(self) -> None:
+        self.open: dict[int, dict[str, Any]] = {}  # row -> the episode it is running
+        self.done: list[dict[str, Any]] = []  # tokens, numbers, return
+
+    def observe(self, step: Any, log: EpisodeLog) -> None:
+        """Take one `EnvRunner` step (`Step`) of a text env; `log`: the evaluation's episode
+        log, already holding the episodes that ended at this step (their infos)."""
+        if not isinstance(step.obs, dict) or "attention_mask" not in step.obs:
+            return
+        done = step.terminated | step.truncated
+        n_done = int(done.sum())
+        ended = {row: len(log.rows) - n_done + i for i, row in enumerate(np.flatnonzero(done))}
+        for row in np.flatnonzero(step.valid).tolist():
+            if step.first is not None and step.first[row]:
+                self.open[row] = {"mask": step.obs["attention_mask"][row].clone(), "numbers": []}
+            episode = self.open.get(row)
+            if episode is None:
+                continue
+            episode["numbers"].append(
+                (float(step.log_prob[row]), float(step.value[row]), float(step.reward[row]))
+            )
+            if not done[row]:
+                continue
+            del self.open[row]
+            if len(self.done) >= self.MAX_KEPT:
+                continue
+            last = {k: v[row] for k, v in step.obs.items()}
+            tokens = sequence_tokens(
+                episode["mask"], last, int(step.action[row]), len(episode["numbers"])
+            )
+            if tokens is not None:
+                j = ended[row]
+                logprobs, values, rewards = (list(x) for x in zip(*episode["numbers"]))
+                self.done.append({
+                    "tokens": tokens, "return": log.returns[j], "info": log.infos[j] or {},
+                    "numbers": {"logprobs": logprobs, "values": values, "rewards": rewards},
+                })  # fmt: skip
+
+    def records(self, k: int, texts: Any, iteration: int, step: int) -> list[dict[str, Any]]:
+        """`k` of the kept episodes, spread by return, as records of split "eval" (`iteration`:
+        the updates the evaluated policy had, its version)."""
+        records = []
+        for index in spread([e["return"] for e in self.done], k):
+            episode = self.done[index]
+            head = {
+                "step": step, "iteration": iteration, "policy_version": iteration,
+                "split": "eval", "row": None, "return": _number(episode["return"]),
+                "length": len(episode["tokens"]["agent"]),
+            }  # fmt: skip
+            records.append(_record(episode["tokens"], episode["numbers"], episode["info"],
+                                   texts, head))  # fmt: skip
+        return records
 
 
 def _join(text: list[str] | None, start: int, end: int) -> str | None:
