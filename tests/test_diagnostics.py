@@ -78,6 +78,7 @@ def test_the_statistics_on_a_rollout_worked_out_by_hand():
     assert stats["logprob_drift_max"] == pytest.approx(0.0, abs=1e-7)  # row 0 alone: fresh
     assert stats["logprob_drift_p95"] == pytest.approx(0.0, abs=1e-7)
     assert stats["outside_clip_band_epoch0"] == pytest.approx(2 / 5)  # 1.5 and 0.5
+    assert stats["outside_clip_band_first_minibatch"] == 0.0  # row 0's ratios: all 1
     ratios = np.array([1.0, 1.5, 1.0, 0.5, 1.0])
     ess = ratios.sum() ** 2 / (5 * (ratios**2).sum())
     assert stats["ess"] == pytest.approx(ess, rel=1e-6)  # 25 / 27.5
@@ -96,6 +97,7 @@ def test_the_statistics_on_a_rollout_worked_out_by_hand():
     assert stats["logprob_drift_p95"] == pytest.approx(np.quantile(drift, 0.95), rel=1e-6)
     assert stats["kl_token_p95"] == pytest.approx(np.quantile([0, 0.1, 0.2, 0.3, 0.4], 0.95))
     assert stats["truncated_mass"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.4 + 0.5) / 5)
+    assert stats["outside_clip_band_first_minibatch"] == pytest.approx(2 / 5)
 
 
 def test_no_episode_start_or_end_gives_nan_not_a_number_from_nothing():
@@ -126,6 +128,7 @@ def test_a_float32_lm_run_has_no_drift_and_no_ratio_outside_the_clip_band(gpt2_p
             assert 0 <= m["diagnostics/logprob_drift_max"] <= 1e-5, m
             assert m["diagnostics/logprob_drift_p95"] <= m["diagnostics/logprob_drift_max"]
             assert m["diagnostics/outside_clip_band_epoch0"] == 0.0
+            assert m["diagnostics/outside_clip_band_first_minibatch"] == 0.0
             assert 0.99 < m["diagnostics/ess"] <= 1.0 + 1e-9
             assert m["diagnostics/truncated_mass"] == 0.0  # no top-k / top-p
             assert m["diagnostics/kl_token_p95"] >= 0.0  # a reference exists (kl.enabled)
@@ -142,6 +145,7 @@ def test_a_cartpole_run_has_no_drift_and_no_ratio_outside_the_clip_band():
     for m in rows:
         assert 0 <= m["diagnostics/logprob_drift_max"] <= 1e-5, m
         assert m["diagnostics/outside_clip_band_epoch0"] == 0.0
+        assert m["diagnostics/outside_clip_band_first_minibatch"] == 0.0
         assert 0.9 < m["diagnostics/ess"] <= 1.0 + 1e-9
         assert m["diagnostics/truncated_mass"] == 0.0
         assert "diagnostics/kl_token_p95" not in m  # no reference
@@ -208,26 +212,44 @@ def test_a_policy_whose_evaluate_disagrees_gets_one_warning_per_run(
     assert "warning" not in capsys.readouterr().err
 
 
-def test_a_clip_band_fraction_over_one_percent_warns_too(tmp_path, capsys):
-    def far(trainer: Trainer) -> None:  # ratios e^0.5 = 1.65 on half the steps, no drift
-        evaluate = trainer.policy.evaluate
+def _shift(trainer: Trainer, by: float, after_first_minibatch: bool = False) -> None:
+    """The policy's evaluate adds `by` to every log-prob (from epoch 0's second minibatch on)."""
+    evaluate = trainer.policy.evaluate
 
-        def shifted(batch):
-            log_prob, entropy, value = evaluate(batch)
-            if not trainer.ppo.first_epoch.seen.any():  # the first minibatch is exact
-                return log_prob, entropy, value
-            return log_prob + 0.5, entropy, value
+    def shifted(batch):
+        log_prob, entropy, value = evaluate(batch)
+        if after_first_minibatch and not trainer.ppo.first_epoch.seen.any():
+            return log_prob, entropy, value
+        return log_prob + by, entropy, value
 
-        trainer.policy.evaluate = shifted
+    trainer.policy.evaluate = shifted
 
-    trainer, rows = _iterations(_cartpole(), 1, patch=far)
-    first, valid = trainer.ppo.first_epoch, trainer.buffer.valid.reshape(-1)
-    shifted = float((first.seen & valid & ~first.fresh).sum() / (first.seen & valid).sum())
-    assert 0.3 < shifted < 0.7  # the second of 2 shuffled minibatches
-    assert rows[0]["diagnostics/logprob_drift_max"] <= 1e-5
-    assert rows[0]["diagnostics/outside_clip_band_epoch0"] == pytest.approx(shifted)
+
+def test_ratios_outside_a_narrow_clip_band_warn_without_drift(capsys):
+    # a drift of 8e-4 (< 1e-3) puts every ratio outside a clip band of 5e-4
+    cfg = _cartpole()
+    cfg["ppo"].update(clip_range=5e-4, anneal_clip=False)
+    _, rows = _iterations(cfg, 1, patch=lambda t: _shift(t, 8e-4))
+    assert rows[0]["diagnostics/logprob_drift_max"] == pytest.approx(8e-4, abs=1e-6)
+    assert rows[0]["diagnostics/outside_clip_band_first_minibatch"] == 1.0
+    assert rows[0]["diagnostics/outside_clip_band_epoch0"] > 0.5  # after a step: most still
     err = capsys.readouterr().err
-    assert f"outside_clip_band_epoch0={shifted:.3g}" in err and "2 minibatches an epoch" in err
+    assert "diagnostics/outside_clip_band_first_minibatch=1 (warns above 0.01)" in err
+
+
+def test_ratios_moved_by_the_epochs_own_steps_are_logged_but_do_not_warn(capsys):
+    """The epoch-0 fraction counts the ratios the earlier minibatches' steps moved (a healthy
+    run with several minibatches has some); only the first minibatch's fraction warns."""
+    trainer, rows = _iterations(
+        _cartpole(), 1, patch=lambda t: _shift(t, 0.5, after_first_minibatch=True)
+    )
+    first, valid = trainer.ppo.first_epoch, trainer.buffer.valid.reshape(-1)
+    later = float((first.seen & valid & ~first.fresh).sum() / (first.seen & valid).sum())
+    assert 0.3 < later < 0.7  # the second of 2 shuffled minibatches: ratios e^0.5 = 1.65
+    assert rows[0]["diagnostics/logprob_drift_max"] <= 1e-5
+    assert rows[0]["diagnostics/outside_clip_band_epoch0"] == pytest.approx(later)
+    assert rows[0]["diagnostics/outside_clip_band_first_minibatch"] == 0.0
+    assert "warning" not in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- statistics only
