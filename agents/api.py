@@ -426,3 +426,21 @@ def train(
     from agents.run.jsonio import read_json
 
     return Run(run_dir, read_json(run_dir / "summary.json"))
+
+
+def report(runs: str | Path | list[str | Path], out: str | Path | None = None) -> Path:
+    """What `textrlhf report RUN ...` does: write the self-contained report page of one or more
+    run folders (curves overlaid, episode viewer, config and summary; docs/report.md), by
+    default RUN/report.html of the first run. Returns the file written."""
+    from agents.run.report import write_report
+
+    folders = [runs] if isinstance(runs, (str, Path)) else list(runs)
+    return write_report(folders, out)
+
+
+def export_trajectories(run: str | Path, out: str | Path) -> Path:
+    """What `textrlhf export-trajectories RUN OUT` does: the run's logged episodes as one record
+    each, to OUT.jsonl or OUT.parquet (pyarrow); docs/report.md lists the fields. Returns OUT."""
+    from agents.run.trajectories import export_trajectories as export
+
+    return export(run, out)

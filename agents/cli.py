@@ -6,6 +6,8 @@ textrlhf compare CONFIG_OR_ENV_ID ... [--seeds K] [--out DIR] [--set k=v ...]
 textrlhf sft CONFIG [--set k=v ...] [--overwrite]   (agents.rlhf.sft)
 textrlhf rm CONFIG [--set k=v ...] [--overwrite]    (agents.rlhf.reward_model)
 textrlhf export RUN_DIR OUT [--merge] [--checkpoint PATH] [--overwrite]   (agents.run.export)
+textrlhf report RUN_DIR [RUN_DIR ...] [--out FILE] [--open]   (agents.run.report)
+textrlhf export-trajectories RUN_DIR OUT.jsonl|OUT.parquet   (agents.run.trajectories)
 """
 
 from __future__ import annotations
@@ -300,6 +302,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from agents.api import report
+
+    path = report(args.run_dirs, args.out)
+    print(f"wrote {path}")
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            print(f"no browser could be opened here; open {path} yourself", file=sys.stderr)
+
+
+def cmd_export_trajectories(args: argparse.Namespace) -> None:
+    from agents.api import export_trajectories
+
+    print(f"wrote {export_trajectories(args.run_dir, args.out)}")
+
+
 def cmd_stage(args: argparse.Namespace) -> None:
     """`textrlhf sft|rm CONFIG`: an RLHF stage (agents/rlhf/stage.py)."""
     if args.command == "sft":
@@ -391,6 +411,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow the run folder's config to name code to import ('module:function')",
     )  # fmt: skip
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "report",
+        help="write a run's self-contained report page (curves, episode viewer, config)",
+        description="Write one self-contained HTML file (no network: data, script and style "
+        "inline) with the curves of metrics.csv, the logged episodes token by token, and each "
+        "run's config and summary (docs/report.md). Written at the end of every training run "
+        "too.",
+    )
+    p.add_argument(
+        "run_dirs", nargs="+", metavar="RUN_DIR",
+        help="run folder(s); several: their curves overlaid on one page",
+    )  # fmt: skip
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="the file to write (default: RUN_DIR/report.html of the first)",
+    )
+    p.add_argument("--open", action="store_true", help="open the page in a web browser")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "export-trajectories",
+        help="write a run's logged episodes (tokens, log-probs, values, ...) as JSONL or Parquet",
+        description="One record per logged episode of trajectories.jsonl (docs/report.md lists "
+        "the fields), written atomically.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a text run's folder")
+    p.add_argument(
+        "out", metavar="OUT", help="OUT.jsonl, or OUT.parquet (needs pyarrow: pip install pyarrow)"
+    )
+    p.set_defaults(func=cmd_export_trajectories)
 
     for name, text in (
         ("sft", "supervised fine-tuning of the LM policy"),

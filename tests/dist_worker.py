@@ -81,8 +81,10 @@ def one_iteration(cfg_dict: dict, dist: Any) -> tuple[dict[str, torch.Tensor], d
     def fake_collect() -> EpisodeLog:
         map_structure(lambda d, s: d.copy_(s[:, rows]), local.obs, full.obs)
         map_structure(lambda d, s: d.copy_(s[:, rows]), local.actions, full.actions)
-        for name in ("log_probs", "values", "rewards", "terminated", "truncated", "valid"):
+        for name in ("log_probs", "values", "rewards", "terminated", "truncated", "valid",
+                     "episode_starts", "truncated_mass"):  # fmt: skip
             getattr(local, name).copy_(getattr(full, name)[:, rows])
+        local.has_truncated_mass = full.has_truncated_mass
         local.final_values.copy_(full.final_values[:, rows])
         local.has_final_value.copy_(full.has_final_value[:, rows])
         local.last_value.copy_(full.last_value[rows])

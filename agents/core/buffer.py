@@ -116,6 +116,12 @@ class RolloutBuffer:
         self.ref_log_probs = zeros()  # the reference policy's, when the KL sits in the loss
         self.episode_weights = torch.ones(T, N, device=self.device)  # see `set_episode_weights`
         self.last_value = torch.zeros(N, device=self.device)  # V(obs after the last step)
+        # diagnostics (agents/core/diagnostics.py): where each step sits in the rollout, which
+        # steps start an episode, and the sampling's cut mass when the policy reports one
+        self.step_index = torch.arange(T * N, device=self.device).view(T, N)  # t * N + row
+        self.episode_starts = zeros(torch.bool)
+        self.truncated_mass = zeros()
+        self.has_truncated_mass = False
         # data-parallel runs: which of the global env rows these N are (see `_shard_minibatches`)
         self.shard: RowShard | None = None
         # rows per group (advantage.group_size): sequence minibatches take a group's K rows
@@ -129,6 +135,7 @@ class RolloutBuffer:
         self.truncated.zero_()
         self.has_final_value.zero_()
         self.rewards.zero_()
+        self.episode_starts.zero_()
 
     @torch.no_grad()
     def compute_gae(self, gamma: float, gae_lambda: float) -> None:
@@ -183,6 +190,7 @@ class RolloutBuffer:
         """All the data as one Minibatch: (T, N, ...) for sequence policies, else (T*N, ...)."""
         fields = (self.obs, self.actions, self.log_probs, self.values, self.advantages)
         fields += (self.returns, self.valid, self.ref_log_probs, self.episode_weights)
+        fields += (self.step_index,)
         if sequence:
             return Minibatch(*fields)
         n = self.n_steps * self.num_envs

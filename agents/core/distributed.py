@@ -100,6 +100,14 @@ class Distributed:
             return list(values)
         return self.sum(torch.tensor(values, dtype=torch.float64)).tolist()
 
+    def max_floats(self, *values: float) -> list[float]:
+        """The largest of each Python number across ranks (one all-reduce, float64)."""
+        if not self.active:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return tensor.tolist()
+
     def any(self, flag: bool) -> bool:
         """True on every rank when `flag` is True on any rank (decisions all ranks must share)."""
         if not self.active:

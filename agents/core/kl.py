@@ -83,11 +83,12 @@ def apply_kl_penalty(
     """Measure the KL to the reference on the rollout; return KL statistics.
 
     placement "reward": add `-beta * kl_t` to the rewards of valid steps (before the advantages);
-    "loss": store the reference's log-probs in `buffer.ref_log_probs` for the PPO loss's KL term
-    and leave the rewards alone. The policy's log-probs are the rollout's own (`buffer.log_probs`:
-    the policy has not changed since it sampled), so only the reference runs a forward here; a
-    reference equal to the policy measures 0 up to float rounding (cached vs teacher-forced
-    forwards, about 1e-7 per step).
+    "loss": leave the rewards alone (the PPO loss has a KL term). Either way the reference's
+    log-probs are stored in `buffer.ref_log_probs` (the loss's KL term, the diagnostics). The
+    policy's log-probs are the rollout's own (`buffer.log_probs`: the policy has not changed
+    since it sampled), so only the reference runs a forward here; a reference equal to the
+    policy measures 0 up to float rounding (cached vs teacher-forced forwards, about 1e-7 per
+    step).
     `kl_to_ref` is the KL summed over each episode segment, averaged over segments (over the
     segments of every rank in a data-parallel run, `dist`).
     """
@@ -101,8 +102,9 @@ def apply_kl_penalty(
     kl = kl_estimate(log_prob, ref_log_prob, estimator).reshape(T, N) * buffer.valid
     if placement == "reward":
         buffer.rewards.sub_(beta * kl)
-    else:
-        buffer.ref_log_probs.copy_(ref_log_prob.reshape(T, N) * buffer.valid)
+    # the loss's KL term reads them (placement "loss"); the diagnostics and the trajectory log
+    # read them in either placement
+    buffer.ref_log_probs.copy_(ref_log_prob.reshape(T, N) * buffer.valid)
     # segments: runs of valid steps between dones (one per episode piece in this rollout)
     done = buffer.terminated | buffer.truncated
     prev_open = torch.cat([torch.zeros_like(buffer.valid[:1]), buffer.valid[:-1] & ~done[:-1]])

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 import torch
 
 from agents.core.buffer import RolloutBuffer
+from agents.core.diagnostics import FirstEpoch
 from agents.core.distributed import LOCAL, Distributed
 from agents.core.gradsync import BucketedGradSum
 from agents.core.optim import make_adam
@@ -150,6 +151,10 @@ class PPO:
         # (long episodes most): without a critic it only divides by the std
         self.center_advantages = self.has_critic
         self.kl_coef = 0.0  # beta of a KL term in the loss, of the current `update`
+        # diagnostics: keep the first epoch's evaluate outputs of each update (`first_epoch`,
+        # read by agents.core.diagnostics); statistics only, the update is the same without
+        self.record_first_epoch = False
+        self.first_epoch: FirstEpoch | None = None
         params = [p for p in policy.parameters() if p.requires_grad]
         flat = flatten_parameters(params, spare=len(STATS) if dist.active else 0)
         self.params = [flat] if flat is not None else params
@@ -305,7 +310,13 @@ class PPO:
         return loss, stats
 
     def _distributed_step(
-        self, mb: Minibatch, prepared: LossInputs | None, clip: float, iteration: int
+        self,
+        mb: Minibatch,
+        prepared: LossInputs | None,
+        clip: float,
+        iteration: int,
+        record: FirstEpoch | None = None,
+        before_any_step: bool = False,
     ) -> torch.Tensor | None:
         """One minibatch step of a data-parallel run. Returns the stats summed over ranks (the
         global minibatch means, as 1 rank computes them: the weights hold the GLOBAL counts), or
@@ -314,11 +325,14 @@ class PPO:
         The collectives hide behind compute: the minibatch's global moments are summed while
         the forward runs, the gradient in buckets while the backward runs, and the stats ride
         in the gradient's spare slots (unless target_kl must read them before the backward).
+        `record`: keep this minibatch's evaluate outputs there (the first epoch's diagnostics).
         """
         cfg, dist, sync = self.cfg, self.dist, self.grad_sync
         pending = None if prepared is not None else dist.sum_async(self._local_moments(mb))
         empty = _flat(mb.valid).numel() == 0  # this rank owns no step of the minibatch
         outputs = None if empty else self.policy.evaluate(mb)
+        if record is not None and outputs is not None:
+            record.add(mb, outputs, before_any_step)
         inputs = prepared if pending is None else self._inputs(mb, pending.wait(), clip)
         if empty:
             loss, stats = None, torch.zeros(len(STATS), device=inputs.weights.device)
@@ -393,7 +407,9 @@ class PPO:
     ) -> dict[str, float]:
         """n_epochs over minibatches of `buffer` (GAE already computed). Returns mean stats.
         `kl_coef`: beta of the KL-to-reference term in the loss (0: none, the KL is in the
-        reward or off), the beta the rollout's penalty was measured with."""
+        reward or off), the beta the rollout's penalty was measured with. With
+        `record_first_epoch`, `first_epoch` then holds the first epoch's evaluate outputs per
+        step (agents.core.diagnostics)."""
         cfg = self.cfg
         self.kl_coef = kl_coef
         lr, clip = self.schedules(iteration)
@@ -406,17 +422,26 @@ class PPO:
         whole = buffer.full_batch(sequence)
         single = buffer.num_minibatches(cfg.batch_size, sequence) == 1
         prepared = self.prepare(whole, clip) if single else None
-        for _epoch in range(cfg.n_epochs):
+        self.first_epoch = None
+        if self.record_first_epoch:
+            self.first_epoch = FirstEpoch(buffer.n_steps * buffer.num_envs, buffer.device)
+        for epoch in range(cfg.n_epochs):
+            record = self.first_epoch if epoch == 0 else None
             for mb in [whole] if single else buffer.minibatches(cfg.batch_size, sequence):
                 if self.dist.active:
-                    step_stats = self._distributed_step(mb, prepared, clip, iteration)
+                    step_stats = self._distributed_step(
+                        mb, prepared, clip, iteration, record, before_any_step=not stats
+                    )
                     if step_stats is None:
                         stopped_early = True
                         break
                     stats.append(step_stats)
                     continue
                 inputs = prepared if single else self.prepare(mb, clip)
-                loss, step_stats = self.loss(mb, inputs, clip)
+                outputs = self.policy.evaluate(mb)
+                if record is not None:  # `stats` is empty until the first optimizer step
+                    record.add(mb, outputs, before_any_step=not stats)
+                loss, step_stats = self.loss_terms(mb, outputs, inputs, clip)
                 if cfg.target_kl is not None and float(step_stats[3]) > 1.5 * cfg.target_kl:
                     stopped_early = True  # SB3's rule: stop before a step that moves too far
                     break

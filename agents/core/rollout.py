@@ -122,12 +122,16 @@ class EpisodeLog:
     rollout_steps: list[int] = field(default_factory=list)  # runner step (0-based) of each end
     metrics: dict[str, list[float]] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # env row of each finished episode
+    # each finished episode's string and numeric final infos (None: it had none), as `returns`
+    infos: list[dict[str, Any] | None] = field(default_factory=list)
 
 
 def collect_infos(info: dict, rows: np.ndarray, log: EpisodeLog) -> None:
     """Add the final-step infos of the finished `rows` (vectorized Gymnasium-style infos with
     `_key` masks; nested dicts are flattened to "a/b"). Numeric entries become metrics; a row
-    with string entries becomes a sample holding its strings and its numeric entries."""
+    with string entries becomes a sample holding its strings and its numeric entries; each row's
+    strings and numbers are its entry of `log.infos` (in the order of `rows`)."""
     strings: dict[int, dict[str, Any]] = {}
     numbers: dict[int, dict[str, float]] = {}
 
@@ -154,6 +158,9 @@ def collect_infos(info: dict, rows: np.ndarray, log: EpisodeLog) -> None:
     walk(info, "")
     for i, sample in strings.items():
         log.samples.append({**sample, **numbers.get(i, {})})
+    for i in rows:
+        entry = {**strings.get(int(i), {}), **numbers.get(int(i), {})}
+        log.infos.append(entry or None)
 
 
 # ----------------------------------------------------------------------------- stepping
@@ -171,6 +178,8 @@ class Step(NamedTuple):
     truncated: np.ndarray  # (N,) bool, counted steps only
     valid: np.ndarray  # (N,) bool: a real transition of a counted episode
     info: dict
+    first: np.ndarray | None = None  # (N,) bool: a valid step that starts its episode
+    cut_mass: torch.Tensor | None = None  # (N,) `policy.truncated_mass` after this act
 
 
 def to_env_action(action: torch.Tensor, space: gym.Space) -> np.ndarray:
@@ -253,7 +262,9 @@ class EnvRunner:
             self.reset()
         obs = obs_to_tensor(self.obs, self.device)
         action, log_prob, value, self.state = self.policy.act(obs, self.state, deterministic)
+        cut_mass = self.policy.truncated_mass(self.state)
         valid = ~self.skip & counted  # (N,)
+        first = valid & (self.ep_length == 0)  # nothing of this episode counted yet
         self.obs, reward, terminated, truncated, info = self.env.step(self.env_action(action))
         ended = terminated | truncated  # (N,) every row whose episode ends here
         terminated = terminated & valid
@@ -267,6 +278,7 @@ class EnvRunner:
             log.returns.extend(self.ep_return[rows].tolist())
             log.lengths.extend(self.ep_length[rows].tolist())
             log.rollout_steps.extend([t] * len(rows))
+            log.rows.extend(rows.tolist())
             self.ep_return[rows] = 0.0
             self.ep_length[rows] = 0
             collect_infos(info.get("final_info", info), rows, log)
@@ -277,7 +289,10 @@ class EnvRunner:
             if self.mode == NEXT_STEP:
                 self.skip = ended  # the env resets these rows at the next step
             self.state = self.policy.reset_state(self.state, ended)
-        return Step(obs, action, log_prob, value, reward, terminated, truncated, valid, info)
+        return Step(
+            obs, action, log_prob, value, reward, terminated, truncated, valid, info, first,
+            cut_mass,
+        )  # fmt: skip
 
     # -- checkpointing of the carry-over -------------------------------------------------------
 
@@ -335,7 +350,8 @@ class RolloutCollector:
         terminated = np.zeros((T, N), dtype=bool)
         truncated = np.zeros((T, N), dtype=bool)
         valid = np.zeros((T, N), dtype=bool)
-        actions, log_probs, values = [], [], []
+        first = np.zeros((T, N), dtype=bool)
+        actions, log_probs, values, cut_mass = [], [], [], []
         buf.has_final_value.zero_()
         for t in range(T):
             step = runner.step(log, t=t)
@@ -344,7 +360,9 @@ class RolloutCollector:
             log_probs.append(step.log_prob)
             values.append(step.value)
             rewards[t], terminated[t], truncated[t] = step.reward, step.terminated, step.truncated
-            valid[t] = step.valid
+            valid[t], first[t] = step.valid, step.first
+            if step.cut_mass is not None:
+                cut_mass.append(step.cut_mass)
             if runner.mode == SAME_STEP and step.truncated.any():
                 self._store_final_values(t, step.info, step.truncated)
             if lockstep and runner.skip.all():
@@ -364,6 +382,10 @@ class RolloutCollector:
         buf.terminated.copy_(torch.from_numpy(terminated))
         buf.truncated.copy_(torch.from_numpy(truncated))
         buf.valid.copy_(torch.from_numpy(valid))
+        buf.episode_starts.copy_(torch.from_numpy(first))
+        buf.has_truncated_mass = len(cut_mass) == n
+        if buf.has_truncated_mass:
+            buf.truncated_mass[:n] = torch.stack(cut_mass)
         if self.policy.values_after_rollout:
             # values the policy did not compute while acting (e.g. a separate critic), for
             # every step at once: the whole rollout as (T, N) columns

@@ -41,6 +41,8 @@ class Minibatch(NamedTuple):
     valid: torch.Tensor  # (B,) or (T, B) bool, False for steps that are not real transitions
     ref_log_probs: torch.Tensor | None = None  # (B,) or (T, B): the reference's (KL in the loss)
     episode_weights: torch.Tensor | None = None  # (B,) or (T, B): 1 / length of the step's episode
+    # (B,) or (T, B) int64: each step's place t * N + row in the (T, N) rollout (diagnostics)
+    step_index: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,12 @@ class Policy(nn.Module, abc.ABC):
         then has no value term). Default: True."""
         return True
 
+    def truncated_mass(self, state: Any) -> torch.Tensor | None:
+        """(N,) probability mass that the last `act` call's sampling cut away (top-k / top-p)
+        for each row, read right after that call with the state it returned; None when this
+        policy samples from its whole distribution (diagnostics). Default: None."""
+        return None
+
     @property
     def values_after_rollout(self) -> bool:
         """True: `act` returns values of 0 and the collector fills the rollout's values with
@@ -190,6 +198,11 @@ class Policy(nn.Module, abc.ABC):
             f"eval.sampling needs a policy with sampling settings (policy.type: lm), got "
             f"{type(self).__name__}; remove eval.sampling"
         )
+
+    def token_texts(self, token_ids: list[int]) -> list[str] | None:
+        """The text of each token id on its own, for the run's trajectory log and report (read
+        without the model later). Default: None, this policy's actions are not tokens."""
+        return None
 
     def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
         """The tensors a checkpoint holds. Default: the whole `state_dict()`."""

@@ -291,14 +291,23 @@ class LMPolicy(LMForward, CachedDecoding, Policy):
         With a separate critic the values are 0 here: see `values_after_rollout`."""
         logits, value = self._outputs(obs, state)
         state.logits, state.value = logits, value
-        scaled = truncate(logits.float() / self.temperature, self.top_k, self.top_p)  # (B, V)
+        full = logits.float() / self.temperature  # (B, V)
+        scaled = truncate(full, self.top_k, self.top_p)  # (B, V), the same tensor without a cut
         if deterministic:
             action = scaled.argmax(-1)
         else:
             action = sample(scaled)
-        log_prob = scaled.gather(1, action.unsqueeze(1)).squeeze(1) - torch.logsumexp(scaled, -1)
+        lse = torch.logsumexp(scaled, -1)  # (B,)
+        log_prob = scaled.gather(1, action.unsqueeze(1)).squeeze(1) - lse
+        # the mass outside the kept set, 1 - sum(kept p), for the diagnostics (no RNG draw)
+        cut = scaled is not full
+        state.cut_mass = -torch.expm1(lse - torch.logsumexp(full, -1)) if cut else None
         state.last_action = action
         return action, log_prob, value, state
+
+    def truncated_mass(self, state: LMState) -> torch.Tensor | None:
+        """(B,) probability mass the last `act`'s top-k / top-p cut away (None without a cut)."""
+        return state.cut_mass
 
     @torch.no_grad()
     def predict_value(self, obs: dict[str, torch.Tensor], state: LMState) -> torch.Tensor:
@@ -411,6 +420,11 @@ class LMPolicy(LMForward, CachedDecoding, Policy):
         reference.requires_grad_(False)
         reference.eval()
         return reference
+
+    def token_texts(self, token_ids: list[int]) -> list[str]:
+        """Each token id decoded on its own (special tokens by their names; a byte that is
+        part of a multi-byte character shows as U+FFFD)."""
+        return self.tokenizer.batch_decode([[int(i)] for i in token_ids])
 
     # -- saving -----------------------------------------------------------------------------
 

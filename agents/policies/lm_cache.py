@@ -124,6 +124,8 @@ class LMState:
     write_col: torch.Tensor | None = None  # (B, 1)
     advance: torch.Tensor | None = None  # (B, 1): 1, or 0 for a stale row
     live_end: int = -1  # the largest prefix length of a row that is not stale
+    # (B,) probability mass the last act's top-k / top-p cut took away; None without a cut
+    cut_mass: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------- the engine

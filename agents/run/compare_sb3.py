@@ -68,6 +68,9 @@ class SB3Adapter:
         action, _ = self.model.predict(obs, deterministic=deterministic)
         return torch.as_tensor(action), None, None, None
 
+    def truncated_mass(self, state: None) -> None:
+        return None  # SB3 samples from its whole distribution
+
 
 def sb3_flattens(observation_space: gym.Space) -> bool:
     """SB3's MlpPolicy takes Box, Discrete, MultiDiscrete and MultiBinary observations (it

@@ -188,6 +188,15 @@ class RunConfig(Section):
     # At most 64 GiB: a bucket larger than the gradient is one bucket anyway, and the byte count
     # (MB * 2**20) must stay an int (1e308 overflowed)
     allreduce_bucket_mb: typing.Annotated[float, Number, Field(ge=0, le=2**16)] = 4.0
+    # the update's diagnostics, `diagnostics/*` in the metrics (docs/report.md): statistics of
+    # what the update computes anyway; false: not computed (the run is the same either way)
+    diagnostics: StrictBool = True
+    # text runs: whole episodes, token by token, written to trajectories.jsonl per logged
+    # iteration (the report's episode viewer, docs/report.md); 0: none
+    trajectory_episodes: typing.Annotated[int, Number, Field(ge=0, le=64)] = 4
+    # log them at the first iteration, every this many iterations and the last; 0: about 50
+    # iterations in all (the file stays small enough for the report)
+    trajectory_every: NonNegSteps = 0
 
     @field_validator("device")
     @classmethod

@@ -73,10 +73,13 @@ def evaluate_policy(
     deterministic: bool = True,
     seed: int | None = None,
     device: str | torch.device = "cpu",
+    recorder: Any = None,
 ) -> EpisodeLog:
     """Run exactly `episodes` episodes, spread over the env's rows (row i runs its share).
 
     Returns the env returns and lengths (no KL penalty) and the episodes' infos and samples.
+    `recorder`: an `agents.run.trajectories.EvalRecorder` that sees every step (the token
+    sequences of a text run's episodes, for its trajectory log).
     """
     check_episodes(episodes)
     N = env.num_envs
@@ -88,6 +91,8 @@ def evaluate_policy(
     while (counts < quota).any():
         step = runner.step(log, deterministic, counted=counts < quota, t=t)
         counts += step.terminated | step.truncated
+        if recorder is not None:
+            recorder.observe(step, log)
         t += 1
     return log
 
@@ -109,11 +114,12 @@ def run_evaluation(
     deterministic: bool | None = None,
     seed: int | None = None,
     device: str | torch.device = "cpu",
+    recorder: Any = None,
 ) -> EpisodeLog:
     """A run's evaluation: `eval.episodes` episodes on the eval env (`make_eval_env`, or `env`),
     actions as `eval.deterministic`, env and torch seeded with `10_000 + seed` (the same number
     for the trainer and `textrlhf eval`). The torch RNG is forked: evaluating does not change
-    the training run."""
+    the training run. `recorder`: see `evaluate_policy`."""
     episodes = check_episodes(cfg.eval.episodes if episodes is None else episodes)
     deterministic = cfg.eval.deterministic if deterministic is None else deterministic
     seed = 10_000 + cfg.seed if seed is None else seed
@@ -126,7 +132,7 @@ def run_evaluation(
             eval_sampling(policy, cfg),
         ):
             torch.manual_seed(seed)
-            return evaluate_policy(policy, env, episodes, deterministic, seed, device)
+            return evaluate_policy(policy, env, episodes, deterministic, seed, device, recorder)
     finally:
         if own_env:
             env.close()

@@ -1,5 +1,6 @@
 """Run-folder logging: TensorBoard, metrics.csv, summary.json, training_curves.png, samples.jsonl,
-and a tqdm progress bar with the current return and SPS."""
+trajectories.jsonl (agents/run/trajectories.py), and a tqdm progress bar with the current return
+and SPS."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents.run.files import atomic_file, atomic_write_text, naming_the_file
+from agents.run.trajectories import MAX_TRAJECTORY_BYTES, TRAJECTORIES
 
 # panels of training_curves.png, in order; any logged `episode/*` metric gets its own panel too
 CURVES = (
@@ -45,6 +47,8 @@ class RunLogger:
         )
         self.csv_path = self.run_dir / "metrics.csv"
         self.samples_path = self.run_dir / "samples.jsonl"
+        self.trajectories_path = self.run_dir / TRAJECTORIES
+        self.trajectories_full = False  # MAX_TRAJECTORY_BYTES reached (said once)
         self.rows: list[dict[str, Any]] = []
         self.header: list[str] = []
         try:
@@ -52,10 +56,11 @@ class RunLogger:
                 self.rows, problem = read_metrics(self.csv_path, start_step)
                 set_aside(self.csv_path, problem, len(self.rows))
             self._rewrite()
-            if self.samples_path.exists() and start_step > 0:
-                kept, problem = read_samples(self.samples_path, start_step)
-                set_aside(self.samples_path, problem, len(kept))
-                atomic_write_text(self.samples_path, "".join(kept))
+            for path in (self.samples_path, self.trajectories_path):
+                if path.exists() and start_step > 0:
+                    kept, problem = read_samples(path, start_step)
+                    set_aside(path, problem, len(kept))
+                    atomic_write_text(path, "".join(kept))
         except BaseException:  # e.g. a full disk: no TensorBoard writer thread left behind
             self.writer.close()
             raise
@@ -105,6 +110,28 @@ class RunLogger:
                 " | ".join(f"**{k}**: {v!s}".replace("\n", " ") for k, v in sample.items())
             )
         self.writer.add_text("samples", "\n\n".join(lines), step)
+
+    def trajectories(self, records: list[dict[str, Any]]) -> None:
+        """Append an iteration's trajectory records to trajectories.jsonl in one write (a crash
+        can only cut the last line short; a resume drops it). The file stops growing before
+        MAX_TRAJECTORY_BYTES, with one line on stderr."""
+        if not records or self.trajectories_full:
+            return
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        size = self.trajectories_path.stat().st_size if self.trajectories_path.exists() else 0
+        if size + len(text.encode()) > MAX_TRAJECTORY_BYTES:
+            self.trajectories_full = True
+            print(
+                f"textrlhf: warning: {self.trajectories_path} reached its bound of "
+                f"{MAX_TRAJECTORY_BYTES // 2**20} MiB: no more episodes are logged in it (fewer "
+                "with run.trajectory_episodes, or less often with run.trajectory_every)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        path = self.trajectories_path
+        with naming_the_file(path), open(path, "a", encoding="utf-8") as f:
+            f.write(text)
 
     def progress(self, step: int, ret: float | None, sps: float) -> None:
         self.bar.update(step - self.bar.n)

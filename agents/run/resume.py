@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 # difference. A key ending in "." stands for its whole section.
 RESUME_MAY_CHANGE = (
     "eval.", "name", "run.root", "run.checkpoint_every", "run.progress", "run.device",
-    "run.torch_threads", "run.allreduce_bucket_mb",
+    "run.torch_threads", "run.allreduce_bucket_mb", "run.diagnostics",
+    "run.trajectory_episodes", "run.trajectory_every",
 )  # fmt: skip
 
 

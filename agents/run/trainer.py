@@ -21,6 +21,7 @@ import torch
 
 from agents.core.advantages import CRITIC_FREE, episode_returns, outcome_advantages
 from agents.core.buffer import RolloutBuffer
+from agents.core.diagnostics import update_diagnostics
 from agents.core.distributed import LOCAL, Distributed, RowShard, init_distributed
 from agents.core.kl import apply_kl_penalty, make_kl_controller
 from agents.core.ppo import PPO
@@ -40,8 +41,15 @@ from agents.run.interrupt import signal_label, stop_on_first_interrupt
 from agents.run.jsonio import read_json
 from agents.run.logger import RunLogger
 from agents.run.preflight import check_config, check_env
+from agents.run.report import write_report_or_warn
 from agents.run.resume import load_trainer, save_trainer, write_run_config
 from agents.run.rundir import RunLock, new_run_dir
+from agents.run.trajectories import EvalRecorder, is_text, logs_iteration, trajectory_records
+
+# the diagnostics' warning (`Trainer._warn_diagnostics`): a policy whose act and evaluate agree
+# drifts ~1e-7 in float32 and has no ratio outside the clip band before the first optimizer step
+DRIFT_WARN = 1e-3
+CLIP_BAND_WARN = 0.01
 
 
 def seed_everything(seed: int) -> None:
@@ -110,6 +118,10 @@ class Trainer:
         self.last_episodes = EpisodeLog()  # what finished during the last iteration
         self.eval_metrics: dict[str, float] = {}  # the last evaluation's `eval/<info>` means
         self.phase_seconds = {"rollout": 0.0, "update": 0.0}  # this process, for profiling
+        # trajectories.jsonl (agents/run/trajectories.py): written by a logged run's rank 0
+        self.log_trajectories = False
+        self.last_trajectories: list[dict[str, Any]] = []  # the last iteration's records
+        self.eval_trajectories: list[dict[str, Any]] = []  # the last evaluation's, to write
         self._start = time.perf_counter()
         self._callback: Callable[[str, dict[str, Any]], bool] | None = None  # during `learn`
         self._close_envs = True
@@ -177,6 +189,8 @@ class Trainer:
         bucket_mb = cfg.run.allreduce_bucket_mb  # float32 elements; 0: one bucket, no overlap
         bucket_numel = max(int(bucket_mb * 2**20) // 4, 1) if bucket_mb > 0 else 0
         self.ppo = PPO(self.policy, cfg.ppo, self.num_iterations, dist, bucket_numel)
+        self.ppo.record_first_epoch = cfg.run.diagnostics
+        self.diagnostics_warned = False  # the diagnostics' warning is printed once per run
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -198,10 +212,12 @@ class Trainer:
         total = self.num_iterations * self.steps_per_iteration
         self.cfg = self.cfg.model_copy(update={"total_timesteps": total})
 
-    def evaluate(self, episodes: int | None = None) -> Any:
+    def evaluate(self, episodes: int | None = None, recorder: Any = None) -> Any:
         """The run's evaluation (`run_evaluation`); it does not change the training run."""
         env = self.eval_env if episodes in (None, self.cfg.eval.episodes) else None
-        return run_evaluation(self.policy, self.cfg, env, episodes, device=self.device)
+        return run_evaluation(
+            self.policy, self.cfg, env, episodes, device=self.device, recorder=recorder
+        )
 
     def _eval_return(self) -> float | None:
         """Mean held-out return (None on ranks > 0); the means of the episodes' numeric infos
@@ -212,10 +228,16 @@ class Trainer:
         in their next training collective, whose timeout is meant for a hung peer."""
         value = None
         if self.dist.is_main:
-            log = self.evaluate()
+            recorder = EvalRecorder() if self.log_trajectories else None
+            log = self.evaluate(recorder=recorder)
             value = float(np.mean(log.returns))
             self.eval_metrics = {f"eval/{k}": float(np.mean(v)) for k, v in log.metrics.items()}
             self._best(value)
+            if recorder is not None:  # written with the evaluation's metrics row
+                self.eval_trajectories = recorder.records(
+                    self.cfg.run.trajectory_episodes, self.policy.token_texts, self.iteration,
+                    self.global_step,
+                )  # fmt: skip
         self.dist.wait_for_main()
         return value
 
@@ -261,6 +283,7 @@ class Trainer:
         )  # fmt: skip
         if logger is not None:
             write_run_config(cfg, self.run_dir, self.global_step)
+        self.log_trajectories = logger is not None and cfg.run.trajectory_episodes > 0
         self._start = time.perf_counter()
         state = LearnState(
             save=log, logger=logger, start_transitions=self.transitions,
@@ -285,6 +308,7 @@ class Trainer:
         finally:
             if logger is not None:
                 logger.close()
+                write_report_or_warn(self.run_dir)  # report.html; a failure is a warning
             if self._close_envs:
                 self.close()
 
@@ -304,6 +328,7 @@ class Trainer:
                 {"eval/return": state.initial_eval, **state.initial_eval_metrics,
                  "time/elapsed": self._elapsed()},
             )  # fmt: skip
+            self._write_eval_trajectories(state.logger)
 
     def _after_iteration(self, state: LearnState, metrics: dict[str, float]) -> None:
         """What follows an iteration: its evaluation when one is due, its log row, samples and
@@ -321,6 +346,8 @@ class Trainer:
             metrics["time/elapsed"] = self._elapsed()  # training + evaluation seconds
             logger.log(self.global_step, metrics)
             logger.samples(self.global_step, self.last_episodes.samples)
+            logger.trajectories(self.last_trajectories)
+            self._write_eval_trajectories(logger)
             recent = float(np.mean(self.recent_returns)) if self.recent_returns else None
             logger.progress(self.global_step, recent, metrics["time/sps"])
         if state.save and self.global_step >= state.next_ckpt:
@@ -368,6 +395,7 @@ class Trainer:
                 {"eval/return": state.last_eval, **self.eval_metrics,
                  "time/elapsed": self._elapsed()},
             )  # fmt: skip
+            self._write_eval_trajectories(state.logger)
         if state.last_eval is not None:  # `textrlhf eval RUN` reproduces it with these
             summary["final_eval"] = {
                 "step": state.last_eval_step, "seed": 10_000 + cfg.seed, **to_dict(cfg)["eval"]
@@ -385,6 +413,11 @@ class Trainer:
         )
         state.logger.write_summary(summary)
         return summary
+
+    def _write_eval_trajectories(self, logger: RunLogger) -> None:
+        """Append the last evaluation's trajectory records (if any) to trajectories.jsonl."""
+        logger.trajectories(self.eval_trajectories)
+        self.eval_trajectories = []
 
     def _elapsed(self) -> float:
         """Seconds of this run so far: earlier processes (resume) plus this one."""
@@ -408,9 +441,17 @@ class Trainer:
         if self._callback is not None:
             self._callback("rollout_end", {})
         t1 = time.perf_counter()
+        local_episodes = episodes  # this rank's rows (the trajectory log)
         if self.dist.active:
             episodes = self._all_episodes(episodes)
         buf = self.buffer
+        trajectories = (
+            self.log_trajectories
+            and is_text(buf)
+            and logs_iteration(self.iteration + 1, self.num_iterations, cfg.run.trajectory_every)
+        )
+        # the env's own rewards, before the score normalization and the KL penalty change them
+        env_rewards = buf.rewards.clone() if trajectories else None
         score_stats = self.score_normalizer(buf.rewards, buf.terminated | buf.truncated, buf.valid)
         metrics: dict[str, float] = {f"score/{k}": v for k, v in score_stats.items()}
         kl_coef = 0.0  # beta of a KL term in the loss (kl.placement: loss)
@@ -444,6 +485,13 @@ class Trainer:
         if cfg.ppo.loss_aggregation == "sequence":
             self.buffer.set_episode_weights()
         train_stats = self.ppo.update(self.buffer, self.iteration, kl_coef)
+        if self.ppo.first_epoch is not None:
+            estimator = cfg.kl.estimator if self.reference is not None else None
+            diagnostics = update_diagnostics(
+                self.buffer, self.ppo.first_epoch, train_stats["clip_range"], estimator, self.dist
+            )
+            metrics.update({f"diagnostics/{k}": v for k, v in diagnostics.items()})
+            self._warn_diagnostics(diagnostics)
         t2 = time.perf_counter()
 
         transitions = int(self.dist.sum_floats(int(self.buffer.valid.sum()))[0])
@@ -453,6 +501,13 @@ class Trainer:
         self.episodes += len(episodes.returns)
         self.recent_returns = (self.recent_returns + episodes.returns)[-100:]
         self.last_episodes = episodes
+        self.last_trajectories = []
+        if trajectories:
+            self.last_trajectories = trajectory_records(
+                buf, env_rewards, local_episodes, cfg.run.trajectory_episodes,
+                self.policy.token_texts, self.iteration, self.global_step,
+                has_reference=self.reference is not None,
+            )  # fmt: skip
         metrics.update({f"train/{k}": v for k, v in train_stats.items()})
         if episodes.returns:
             metrics["rollout/ep_return"] = float(np.mean(episodes.returns))
@@ -467,6 +522,31 @@ class Trainer:
         metrics["time/update_time"] = t2 - t1
         metrics["time/sps"] = transitions / max(t2 - t0, 1e-9)  # real env steps per second
         return metrics
+
+    def _warn_diagnostics(self, diagnostics: dict[str, float]) -> None:
+        """One warning line per run (rank 0) when the update's first evaluate disagrees with
+        the rollout: log-prob drift max > DRIFT_WARN, or a fraction > CLIP_BAND_WARN of the
+        ratios evaluated before any optimizer step outside the clip band. (The epoch-0 fraction
+        over every minibatch also counts the earlier minibatches' steps: 1-2.5% in the main
+        job, a healthy run; agents/core/diagnostics.py.)"""
+        drift = diagnostics["logprob_drift_max"]
+        band = diagnostics["outside_clip_band_first_minibatch"]
+        if self.diagnostics_warned or not (drift > DRIFT_WARN or band > CLIP_BAND_WARN):
+            return
+        self.diagnostics_warned = True
+        if not self.dist.is_main:
+            return
+        print(
+            f"textrlhf: warning: iteration {self.iteration + 1}: the update's first evaluate "
+            f"disagrees with the rollout's log-probs: diagnostics/logprob_drift_max={drift:.3g} "
+            f"(warns above {DRIFT_WARN:g}), diagnostics/outside_clip_band_first_minibatch="
+            f"{band:.3g} (warns above {CLIP_BAND_WARN:g}); likely causes: bf16 autocast "
+            "(run.dtype: bfloat16), an env, wrapper or reward that changed tokens after they "
+            "were sampled, a custom policy whose act and evaluate disagree (docs/report.md; "
+            "shown once per run)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _all_episodes(self, episodes: EpisodeLog) -> EpisodeLog:
         """The episodes of every rank (returns, lengths, numeric infos; text samples stay this
