@@ -118,10 +118,20 @@ def test_tool_demonstrations_leave_the_env_tokens_out_of_the_loss():
             assert ids[i, P:][loss_mask[i, P:]][-1] == tok.eos_token_id
 
 
-def test_committed_tool_model_matches_its_config():
-    folder = REPO / "agents" / "assets" / "tiny-sft-tools"
+@pytest.mark.parametrize(
+    ("asset", "config"),
+    [
+        ("tiny-sft-tools", "sft_tools"),
+        ("tiny-sft-rg", "sft_rg"),
+        ("tiny-sft-guess", "sft_ta_guess"),
+    ],
+)
+def test_committed_task_models_match_their_configs(asset, config):
+    """Each committed model was trained by `textrlhf sft configs/<config>.yaml` (its summary
+    holds that config, field for field)."""
+    folder = REPO / "agents" / "assets" / asset
     summary = json.loads((folder / "sft_summary.json").read_text())
-    assert summary["config"] == load_config(REPO / "configs" / "sft_tools.yaml").model_dump(
+    assert summary["config"] == load_config(REPO / "configs" / f"{config}.yaml").model_dump(
         mode="json"
     )
     assert (folder / "model.safetensors").stat().st_size < 4_000_000
