@@ -160,10 +160,8 @@ def build_sft_data(
     for task in cfg.tasks:
         if ":" in task:  # a text task: its own demonstrations
             rows = task_demonstrations(task, cfg.task_kwargs.get(task), cfg, tokenizer, rng)
-            for ids, mask, loss in rows:
-                ids_rows.append(ids)
-                mask_rows.append(mask)
-                loss_rows.append(loss)
+            for rows_of_kind, part in zip((ids_rows, mask_rows, loss_rows), zip(*rows)):
+                rows_of_kind.extend(part)
             continue
         n = None if task == "continuation" else cfg.n_per_task  # continuation: every prompt
         ds = PromptDataset.from_task(
@@ -180,26 +178,14 @@ def build_sft_data(
             segments = [(reference, False)]
             if task == "calc":
                 segments = calc_demonstration(prompt, reference, rng.random() < cfg.tool_fraction)
-            response, trained = [], []
-            for text, by_env in segments:
-                tokens = encode_text(tokenizer, text)
-                response += tokens
-                trained += [not by_env] * len(tokens)
-            response.append(tokenizer.eos_token_id)
-            trained.append(True)
-            if len(response) > N:
-                raise ValueError(
-                    f"reference of {task}[{i}] has {len(response)} tokens with EOS, more than "
-                    f"max_new_tokens={N}"
-                )
-            ids = np.full(P + N, tokenizer.pad_token_id, dtype=np.int64)
-            mask = np.zeros(P + N, dtype=np.int64)
-            ids[:P], mask[:P] = ds.input_ids[i], ds.attention_mask[i]
-            ids[P : P + len(response)], mask[P : P + len(response)] = response, 1
+            parts = [(encode_text(tokenizer, text), not by_env) for text, by_env in segments]
+            parts.append(([tokenizer.eos_token_id], True))
+            ids, mask, loss = sft_row(
+                ds.input_ids[i], ds.attention_mask[i], parts, N, tokenizer.pad_token_id,
+                f"reference of {task}[{i}]",
+            )  # fmt: skip
             ids_rows.append(ids)
             mask_rows.append(mask)
-            loss = np.zeros(P + N, dtype=bool)
-            loss[P : P + len(response)] = trained
             loss_rows.append(loss)
     return (
         torch.from_numpy(np.stack(ids_rows)),
@@ -222,33 +208,49 @@ def task_demonstrations(
     task = make_text_task(spec, task_kwargs)
     if not callable(getattr(task, "demonstration", None)):
         raise ValueError(f"SFT task {spec!r} has no demonstration(rng, split) method")
-    P, N = cfg.max_prompt_tokens, cfg.max_new_tokens
+    P, N, pad = cfg.max_prompt_tokens, cfg.max_new_tokens, tokenizer.pad_token_id
     out = []
     for i in range(cfg.n_per_task):
         prompt, turns = task.demonstration(rng, "train")
-        prompt_ids = encode_prompt(tokenizer, prompt, P, where=f"{spec} demonstration {i}")
-        response, trained = [], []
+        where = f"{spec} demonstration {i}"
+        prompt_ids = encode_prompt(tokenizer, prompt, P, where=where)
+        padded = np.full(P, pad, dtype=np.int64)  # left-padded, as the env lays it out
+        prompt_mask = np.zeros(P, dtype=np.int64)
+        padded[P - len(prompt_ids) :], prompt_mask[P - len(prompt_ids) :] = prompt_ids, 1
+        parts = []
         for agent_text, reply in turns:
-            tokens = encode_text(tokenizer, agent_text) + [tokenizer.eos_token_id]
-            response += tokens
-            trained += [True] * len(tokens)
+            parts.append((encode_text(tokenizer, agent_text) + [tokenizer.eos_token_id], True))
             if reply:
-                tokens = encode_text(tokenizer, reply)
-                response += tokens
-                trained += [False] * len(tokens)
-        if len(response) > N:
-            raise ValueError(
-                f"demonstration {i} of {spec} has {len(response)} tokens after the prompt, more "
-                f"than max_new_tokens={N}"
-            )
-        ids = np.full(P + N, tokenizer.pad_token_id, dtype=np.int64)
-        mask = np.zeros(P + N, dtype=np.int64)
-        ids[P - len(prompt_ids) : P], mask[P - len(prompt_ids) : P] = prompt_ids, 1
-        ids[P : P + len(response)], mask[P : P + len(response)] = response, 1
-        loss = np.zeros(P + N, dtype=bool)
-        loss[P : P + len(response)] = trained
-        out.append((ids, mask, loss))
+                parts.append((encode_text(tokenizer, reply), False))
+        out.append(sft_row(padded, prompt_mask, parts, N, pad, where))
     return out
+
+
+def sft_row(
+    prompt_ids: np.ndarray,
+    prompt_mask: np.ndarray,
+    parts: list[tuple[list[int], bool]],
+    N: int,
+    pad_id: int,
+    where: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One SFT row in the env's layout: the (P,) left-padded prompt, then the response `parts`
+    (token ids, in the loss or not: env-written tokens are not) right-padded to N. Returns (ids,
+    mask, loss mask), each (P + N,); a response longer than N is a ValueError naming `where`."""
+    P = len(prompt_ids)
+    response = [t for tokens, _ in parts for t in tokens]
+    if len(response) > N:
+        raise ValueError(
+            f"{where} has {len(response)} tokens after the prompt (EOS included), more than "
+            f"max_new_tokens={N}"
+        )
+    ids = np.full(P + N, pad_id, dtype=np.int64)
+    mask = np.zeros(P + N, dtype=np.int64)
+    ids[:P], mask[:P] = prompt_ids, prompt_mask
+    ids[P : P + len(response)], mask[P : P + len(response)] = response, 1
+    loss = np.zeros(P + N, dtype=bool)
+    loss[P : P + len(response)] = [trained for tokens, trained in parts for _ in tokens]
+    return ids, mask, loss
 
 
 def sft_loss(
