@@ -61,6 +61,33 @@ def table(groups: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def turns_table(groups: dict[str, list[dict]]) -> list[str]:
+    """Two-turn runs: the held-out first- and second-turn scores (`eval/score_turn1`, `_turn2`)
+    of the SFT start and after training, and the second turn's lead over the first per seed."""
+    lines = [
+        "| config | seeds | start: turn 1 / turn 2 | after: turn 1 | after: turn 2 | turn 2 - turn 1 per seed | turn 2 - turn 1 |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name, runs in groups.items():
+        done = [r for r in runs if r.get("finished") and r.get("final_eval_metrics")]
+        if not done or "eval/score_turn2" not in done[0]["final_eval_metrics"]:
+            continue
+
+        def turn(r: dict, when: str, t: int) -> float:
+            return r[f"{when}_eval_metrics"][f"eval/score_turn{t}"]
+
+        s1, s2 = (np.array([turn(r, "initial", t) for r in done]) for t in (1, 2))
+        e1, e2 = (np.array([turn(r, "final", t) for r in done]) for t in (1, 2))
+        lead = e2 - e1
+        lines.append(
+            f"| `{name}` | {', '.join(str(r['seed']) for r in done)} "
+            f"| {s1.mean():.3f} / {s2.mean():.3f} | {e1.mean():.3f} ± {e1.std():.3f} "
+            f"| {e2.mean():.3f} ± {e2.std():.3f} | {' / '.join(f'{g:+.3f}' for g in lead)} "
+            f"| **{lead.mean():+.3f} ± {lead.std():.3f}** (min {lead.min():+.3f}) |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
@@ -96,6 +123,15 @@ def main() -> None:
         *table(groups),
         "",
     ]
+    turns = turns_table(groups)
+    if len(turns) > 2:
+        page += [
+            "Two-turn configs: the held-out score of each turn (`eval/score_turn1`,",
+            "`eval/score_turn2`; the return above is their sum when each turn is paid).",
+            "",
+            *turns,
+            "",
+        ]
     if args.notes:
         page += [args.notes, ""]
     (args.out / "README.md").write_text("\n".join(page))

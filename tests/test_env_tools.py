@@ -145,6 +145,37 @@ def test_two_turns_with_score_feedback_and_a_callable():
     assert seen == [("reverse: abc\n", ["x"], [0.0]), ("reverse: abc\n", ["x", "y"], [0.0, 0.0])]
 
 
+def test_mask_and_constant_feedback_and_a_callable_that_takes_the_reference():
+    env = gym.make("TextRLHF-v0", prompts="reverse", max_turns=2, feedback="mask",
+                   max_new_tokens=48)  # fmt: skip
+    for answer, slots in (("dxbaa", "d_ba+"), ("dc", "dc__"), ("dcba", "dcba")):
+        obs, _ = env.reset(options={"prompt": "reverse: abcd\n"})
+        for token in byte_ids(answer) + [EOS]:
+            obs, reward, terminated, _, _ = env.step(token)
+        assert not terminated and reward == 0.0
+        written = obs["input_ids"][P:][obs["from_env"][P:] == 1]
+        assert bytes(int(i) - 3 for i in written).decode() == f"\n[{slots}] again:\n"
+
+    env = gym.make("TextRLHF-v0", prompts="reverse", max_turns=2, feedback="constant")
+    obs, _ = env.reset(options={"prompt": "reverse: abcd\n"})
+    for token in byte_ids("dcbx") + [EOS]:
+        obs, *_ = env.step(token)
+    written = obs["input_ids"][P:][obs["from_env"][P:] == 1]
+    assert bytes(int(i) - 3 for i in written).decode() == "\n[try again]\n"
+
+    seen = []
+
+    def feedback(prompt, responses, scores, reference):
+        seen.append(reference)
+        return "\nno:"
+
+    env = gym.make("TextRLHF-v0", prompts="reverse", max_turns=2, feedback=feedback)
+    env.reset(options={"prompt": "reverse: abc\n"})
+    for token in [*byte_ids("x"), EOS]:
+        env.step(token)
+    assert seen == ["cba"]
+
+
 def test_env_text_that_does_not_fit_ends_the_episode():
     env = gym.make("TextRLHF-v0", prompts="calc", tools=["calc"], reward_fn="exact_answer",
                    max_new_tokens=18, missing_eos_penalty=0.5)  # fmt: skip

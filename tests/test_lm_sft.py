@@ -118,12 +118,53 @@ def test_tool_demonstrations_leave_the_env_tokens_out_of_the_loss():
             assert ids[i, P:][loss_mask[i, P:]][-1] == tok.eos_token_id
 
 
+def test_retry_demonstrations_train_the_second_turn_only():
+    """A two-turn row: flawed first answer + EOS and the env's feedback are in the sequence but
+    not in the loss; the reference + EOS after them are. The flaws are the same for every
+    feedback (the control config differs from the main one in the feedback text only)."""
+    from textenv.prompt_task import FEEDBACKS, wants_reference
+
+    yaml = REPO / "configs" / "sft_retry.yaml"
+    tok = default_tokenizer()
+    P, n = 32, 64
+    records = make_task("reverse", "train", n=n, seed=0)
+    firsts_of = {}
+    for feedback in ("mask", "constant", "score"):
+        overrides = ["tasks=[reverse]", f"n_per_task={n}", f"retry_feedback={feedback}"]
+        cfg = load_config(yaml, overrides)
+        ids, mask, loss_mask = build_sft_data(cfg, tok)
+        fn = FEEDBACKS[feedback]
+        firsts = []
+        for i in range(n):
+            reference = records[i]["reference"]
+            seen = ids[i, P:][mask[i, P:].bool()].tolist()
+            trained = tok.decode(ids[i, P:][loss_mask[i, P:]].tolist())
+            assert trained == reference + tok.eos_token
+            if seen.count(tok.eos_token_id) == 1:  # a one-turn example
+                assert tok.decode(seen) == reference + tok.eos_token
+                firsts.append(None)
+                continue
+            first_end = seen.index(tok.eos_token_id)
+            first, rest = tok.decode(seen[:first_end]), tok.decode(seen[first_end + 1 :])
+            score = edit_similarity(first, reference)
+            extra = {"reference": reference} if wants_reference(fn) else {}
+            assert rest == fn("", [first], [score], **extra) + reference + tok.eos_token
+            firsts.append(first)
+        two_turn = [f for f in firsts if f is not None]
+        assert 0.3 * n < len(two_turn) < 0.7 * n  # retry_fraction 0.5
+        assert sum(f != records[i]["reference"] for i, f in enumerate(firsts) if f) > n // 5
+        firsts_of[feedback] = firsts
+    assert firsts_of["mask"] == firsts_of["constant"] == firsts_of["score"]
+
+
 @pytest.mark.parametrize(
     ("asset", "config"),
     [
         ("tiny-sft-tools", "sft_tools"),
         ("tiny-sft-rg", "sft_rg"),
         ("tiny-sft-guess", "sft_ta_guess"),
+        ("tiny-sft-retry", "sft_retry"),
+        ("tiny-sft-retry-constant", "sft_retry_constant"),
     ],
 )
 def test_committed_task_models_match_their_configs(asset, config):

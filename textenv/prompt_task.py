@@ -14,6 +14,7 @@ a retry is judged by its final answer.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ from textenv.data import PromptDataset
 from textenv.rewards import Reward
 from textenv.tokenizer import check_text
 
-Feedback = Callable[[str, list[str], list[float]], str]
+Feedback = Callable[..., str]
 
 
 def score_feedback(prompt: str, responses: list[str], scores: list[float]) -> str:
@@ -32,11 +33,42 @@ def score_feedback(prompt: str, responses: list[str], scores: list[float]) -> st
     return f"\n[score {scores[-1]:.2f}] again:\n"
 
 
-FEEDBACKS: dict[str, Feedback] = {"score": score_feedback}
+def mask_feedback(
+    prompt: str, responses: list[str], scores: list[float], reference: str | None
+) -> str:
+    """``feedback="mask"``: which characters of the last answer are right, Wordle-style. One
+    slot per character of the reference: the character where the answer has it at the same
+    position, ``_`` elsewhere, e.g. ``"\\n[ol_e_] again:\\n"`` for reference ``olleh`` and answer
+    ``olxeo`` (a ``+`` at the end: the answer was longer). It tells the right length and where the answer went wrong; the score alone does not.
+    Needs a reference (``ValueError`` otherwise)."""
+    if reference is None:
+        raise ValueError(f"feedback 'mask' needs a reference; prompt {prompt!r:.60} has none")
+    answer = responses[-1]
+    slots = "".join(
+        c if i < len(answer) and answer[i] == c else "_" for i, c in enumerate(reference)
+    )
+    if len(answer) > len(reference):
+        slots += "+"  # the answer was too long
+    return f"\n[{slots}] again:\n"
+
+
+def constant_feedback(prompt: str, responses: list[str], scores: list[float]) -> str:
+    """``feedback="constant"``: the same text after every turn (``"\\n[try again]\\n"``). The
+    control for the other feedbacks: a second turn that beats the first with it did not learn
+    from the feedback's content."""
+    return "\n[try again]\n"
+
+
+FEEDBACKS: dict[str, Feedback] = {
+    "score": score_feedback,
+    "mask": mask_feedback,
+    "constant": constant_feedback,
+}
 
 
 def check_feedback(feedback: Any) -> Feedback:
-    """A feedback name (``"score"``) or a callable ``(prompt, responses, scores) -> str``."""
+    """A feedback name (``FEEDBACKS``) or a callable ``(prompt, responses, scores) -> str``; one
+    with a ``reference`` parameter also gets the prompt's reference (``mask`` does)."""
     if callable(feedback):
         return feedback
     if isinstance(feedback, str) and feedback in FEEDBACKS:
@@ -45,6 +77,14 @@ def check_feedback(feedback: Any) -> Feedback:
         f"feedback must be one of {list(FEEDBACKS)} or a callable (prompt, responses, scores) -> "
         f"str, got {feedback!r}"
     )
+
+
+def wants_reference(feedback: Feedback) -> bool:
+    """Whether ``feedback`` takes the reference (a parameter named ``reference``)."""
+    try:
+        return "reference" in inspect.signature(feedback).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
 
 
 @dataclass
@@ -78,6 +118,7 @@ class PromptTask:
     ) -> None:
         self.dataset, self.reward_fn = dataset, reward_fn
         self.max_turns, self.feedback = max_turns, feedback
+        self._feedback_wants_reference = wants_reference(feedback)
 
     def reset(self, rng: np.random.Generator, split: str) -> tuple[str, PromptState]:
         """A prompt drawn uniformly from the dataset (``split`` chose the dataset already)."""
@@ -113,7 +154,8 @@ class PromptTask:
             state.scores.append(score)
             reply = None
             if eos and len(state.scores) < self.max_turns:
-                reply = self.feedback(state.prompt, list(state.texts), list(state.scores))
+                extra = {"reference": state.reference} if self._feedback_wants_reference else {}
+                reply = self.feedback(state.prompt, list(state.texts), list(state.scores), **extra)
                 if not isinstance(reply, str):
                     raise TypeError(f"feedback must return a str, got {type(reply).__name__}")
                 check_text(reply, f"feedback for {state.prompt!r:.60}", "the feedback text")

@@ -91,6 +91,14 @@ class SFTConfig(StageConfig):
     # (`<calc>EXPR</calc>=RESULT RESULT`, no loss on the env-written `=RESULT`), the rest answer
     # directly (which a tiny model cannot learn to do right: PPO's room to improve)
     tool_fraction: float = Field(1.0, ge=0.0, le=1.0)
+    # this fraction of the examples of prompt sets with references are two-turn demonstrations:
+    # a flawed first answer (the reference with 0-3 random character edits; not in the loss),
+    # the env's `retry_feedback` on it, then the reference (in the loss). The starting point of
+    # configs/text_retry.yaml, which otherwise never saw a second turn
+    retry_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    # the feedback between the turns: a textenv feedback name ("mask", "score", "constant"),
+    # the one the RL config's env uses
+    retry_feedback: Literal["mask", "score", "constant"] = "mask"
     max_prompt_tokens: Tokens = 32
     max_new_tokens: Tokens = 32
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -178,7 +186,12 @@ def build_sft_data(
             segments = [(reference, False)]
             if task == "calc":
                 segments = calc_demonstration(prompt, reference, rng.random() < cfg.tool_fraction)
-            parts = [(encode_text(tokenizer, text), not by_env) for text, by_env in segments]
+            elif cfg.retry_fraction and rng.random() < cfg.retry_fraction:
+                segments = retry_demonstration(prompt, reference, cfg.retry_feedback, rng)
+            parts = [
+                (encode_text(tokenizer, text) if text else [tokenizer.eos_token_id], not by_env)
+                for text, by_env in segments
+            ]  # "" stands for an EOS (the end of a first turn)
             parts.append(([tokenizer.eos_token_id], True))
             ids, mask, loss = sft_row(
                 ds.input_ids[i], ds.attention_mask[i], parts, N, tokenizer.pad_token_id,
@@ -192,6 +205,38 @@ def build_sft_data(
         torch.from_numpy(np.stack(mask_rows)),
         torch.from_numpy(np.stack(loss_rows)),
     )
+
+
+def retry_demonstration(
+    prompt: str, reference: str, feedback: str, rng: np.random.Generator
+) -> list[tuple[str, bool]]:
+    """A two-turn example as (text, written by the env or not in the loss) segments: a flawed
+    first answer and its EOS (both not in the loss: the model should not learn to make the
+    mistakes), the env's feedback on it, then the reference (in the loss; the caller adds EOS).
+    The flaws are 0-3 random edits (substitute, delete, insert, swap two neighbours), the
+    kinds of mistakes the tiny models make."""
+    from textenv.prompt_task import check_feedback, wants_reference
+    from textenv.rewards.registry import make_reward_fn
+
+    attempt = list(reference)
+    letters = sorted(set(reference)) or ["a"]
+    for _ in range(int(rng.integers(0, 4))):
+        op, i = int(rng.integers(4)), int(rng.integers(len(attempt) + 1))
+        char = letters[int(rng.integers(len(letters)))]
+        if op == 0 and i < len(attempt):
+            attempt[i] = char
+        elif op == 1 and i < len(attempt) and len(attempt) > 1:
+            del attempt[i]
+        elif op == 2:
+            attempt.insert(i, char)
+        elif op == 3 and i + 1 < len(attempt):
+            attempt[i], attempt[i + 1] = attempt[i + 1], attempt[i]
+    first = "".join(attempt)
+    fn = check_feedback(feedback)
+    scores, _ = make_reward_fn("edit_distance").score([prompt], [first], [reference])
+    extra = {"reference": reference} if wants_reference(fn) else {}
+    reply = fn(prompt, [first], [float(scores[0])], **extra)
+    return [(first, True), ("", True), (reply, True), (reference, False)]
 
 
 def task_demonstrations(
