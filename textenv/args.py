@@ -100,7 +100,7 @@ class TextEnvArgs:
     tools: Any = ()  # tool names, e.g. ["calc"] (textenv.tools)
     max_tool_calls: int = 4
     max_turns: int = 1
-    feedback: Any = "score"  # "score" or a callable (prompt, responses, scores) -> str
+    feedback: Any = "score"  # "score", "mask", "constant" or a callable (prompt, responses, scores)
     task: Any = None  # a text task (textenv.text_task), "rg:NAME", "ta:GAME-v0", "module:attr"
     task_kwargs: dict[str, Any] | None = None  # the config of a task given by name
     reward_placement: str | None = None  # "turn" | "final" | "last"; None: the task's default

@@ -125,8 +125,11 @@ class TextRLHFEnv(TextBatch, gym.Env):
       ``fn(argument: str) -> str`` is a tool whose tag is its name (``<fn>ARG</fn>`` ->
       ``"=" + fn(ARG)``). ``max_tool_calls`` (an int >= 1) bounds the calls.
     - ``max_turns``: an int >= 1; an EOS ending turn t < max_turns makes the env append
-      ``feedback`` (``"score"``: ``"\\n[score 0.62] again:\\n"``, or a callable
-      ``(prompt, responses_so_far, scores) -> str``) and the episode goes on.
+      ``feedback`` and the episode goes on: ``"score"`` (``"\\n[score 0.62] again:\\n"``),
+      ``"mask"`` (the right characters at their places, ``"\\n[ol_e_] again:\\n"``),
+      ``"constant"`` (``"\\n[try again]\\n"``, a control) or a callable
+      ``(prompt, responses_so_far, scores) -> str`` (with a ``reference`` parameter it also
+      gets the prompt's reference).
     - ``task``: a text task instead of the prompt set (``textenv.text_task``): any object with
       ``reset(rng, split) -> (prompt, state)`` and ``respond(state, text) -> (reply | None,
       reward, done)``, or ``"rg:NAME"`` (reasoning-gym; also as ``prompts="rg:NAME"``),
