@@ -118,8 +118,13 @@ class Policy(nn.Module, abc.ABC):
         export refuses folders that changed. Default: none (the checkpoint holds every weight)."""
         return {}
 
+    # the `run.dtype` values this policy type runs (`run.dtype: auto` picks bfloat16 only for a
+    # type that lists it, agents/run/dtype.py)
+    COMPUTE_DTYPES: tuple[str, ...] = ("float32",)
+
     def set_compute_dtype(self, dtype: str) -> None:
-        """`run.dtype`: the dtype forward passes run in. Default: float32 only."""
+        """`run.dtype` (resolved: never "auto"): the dtype forward passes run in. Default:
+        float32 only."""
         if dtype != "float32":
             raise ValueError(
                 f"run.dtype={dtype!r} is for LM policies; {type(self).__name__} runs in float32 "

@@ -35,6 +35,7 @@ class LMForward:
     compute_dtype: torch.dtype | None
     tokenizer: Any
     eos_id: int
+    COMPUTE_DTYPES: tuple[str, ...] = tuple(DTYPES)
 
     def set_compute_dtype(self, dtype: str) -> None:
         """run.dtype: "float32", or "bfloat16" for forward passes under torch.autocast. The

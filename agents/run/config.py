@@ -60,6 +60,7 @@ from agents.run.config_types import (
     Steps,
     Threads,
 )
+from agents.run.dtype import DTYPE_CHOICES
 from agents.run.envs import VECTORIZATION_MODES
 from agents.run.files import atomic_write_text
 from agents.run.jsonio import MAX_NESTING  # noqa: F401 (re-exported: the configs' nesting bound)
@@ -181,8 +182,12 @@ class RunConfig(Section):
     # in a data-parallel run on CUDA each rank takes cuda:LOCAL_RANK
     device: str = "cpu"
     # LM policies: "bfloat16" runs the forward passes under autocast (the loss, the log-prob
-    # ratio and the optimizer state stay float32)
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # ratio and the optimizer state stay float32). "auto": bfloat16 for an LM policy on a device
+    # with native bf16 (CUDA compute capability >= 8; a CPU with avx512_bf16 or amx_bf16 and a
+    # model of >= 3M parameters), float32 otherwise (agents/run/dtype.py); the choice is printed
+    # at the start and recorded in the checkpoints and summary.json, and a resume or
+    # `textrlhf eval` takes the recorded one
+    dtype: Literal[DTYPE_CHOICES] = "float32"  # type: ignore[valid-type]
     # data-parallel runs: the gradient is summed over ranks in buckets of this many MB, each
     # started as soon as the backward has filled it (overlap); 0: one sum after the backward.
     # At most 64 GiB: a bucket larger than the gradient is one bucket anyway, and the byte count

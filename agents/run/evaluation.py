@@ -163,10 +163,12 @@ def load_run_policy(
 ) -> tuple[Any, Path]:
     """The trained policy of a run folder: its checkpoint (default: the latest), checked against
     `cfg` (`check_checkpoint_config`), built for `spaces` (observation, action; default: those
-    of the run's eval env), in `run.dtype`, on the CPU. Returns (policy, checkpoint path). One
-    loader for `textrlhf eval`, `textrlhf export` and `PPO.load`."""
+    of the run's eval env), in `run.dtype` (auto: the dtype the checkpoint records), on the CPU.
+    Returns (policy, checkpoint path). One loader for `textrlhf eval`, `textrlhf export` and
+    `PPO.load`."""
     from agents.policies import make_policy
     from agents.run import checkpoint as ckpt
+    from agents.run.dtype import run_dtype
 
     run_dir = Path(run_dir)
     path = Path(checkpoint) if checkpoint else ckpt.latest_checkpoint(run_dir / "checkpoints")
@@ -180,5 +182,6 @@ def load_run_policy(
             env.close()
     policy = make_policy(cfg.policy, *spaces)
     ckpt.load_policy_weights(policy, tensors, path)
-    policy.set_compute_dtype(cfg.run.dtype)
+    # run.dtype: auto is the dtype the checkpoint records, not a new choice on this machine
+    policy.set_compute_dtype(run_dtype(cfg.run.dtype, meta, path)[0])
     return policy, path

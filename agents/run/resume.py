@@ -32,6 +32,7 @@ from agents.run.checkpoint import (
     set_rng_state,
 )
 from agents.run.config import Config, config_changes, config_text, to_dict
+from agents.run.dtype import checkpoint_dtype, run_dtype
 from agents.run.evaluation import check_pinned
 from agents.run.files import atomic_write_bytes, atomic_write_text
 
@@ -119,6 +120,7 @@ def save_trainer(trainer: Trainer, run_dir: Path | None = None) -> Path:
         "kl_beta": trainer.kl_controller.beta,
         "score_normalizer": trainer.score_normalizer.state_dict(),
         "config": to_dict(trainer.cfg),
+        "dtype": trainer.dtype,  # run.dtype resolved: what a resume, eval, export run in
     }
     if trainer.pinned:
         meta["pinned_folders"] = trainer.pinned
@@ -137,6 +139,12 @@ def save_trainer(trainer: Trainer, run_dir: Path | None = None) -> Path:
     return path
 
 
+def with_dtype(config: dict[str, Any], dtype: str) -> dict[str, Any]:
+    """`config` (a config as a dict) with `run.dtype` replaced by the resolved `dtype`."""
+    run = config.get("run")
+    return {**config, "run": {**run, "dtype": dtype}} if isinstance(run, dict) else config
+
+
 def load_trainer(trainer: Trainer, path: Path, restore_env: bool = True) -> None:
     """Restore a checkpoint: weights, optimizer, counters, KL and score state, and (with
     `restore_env`, a resume) the env, rollout carry-over and RNG states, for a bit-exact
@@ -144,12 +152,18 @@ def load_trainer(trainer: Trainer, path: Path, restore_env: bool = True) -> None
     seeded from the seed and the step count."""
     meta, tensors = read_checkpoint(path)
     require(meta, CHECKPOINT_KEYS, path)
-    # everything that shapes the training run must match (RESUME_MAY_CHANGE may change)
+    # everything that shapes the training run must match (RESUME_MAY_CHANGE may change);
+    # run.dtype as resolved: auto takes the recorded dtype, an explicit one must equal it
+    dtype, reason = run_dtype(trainer.cfg.run.dtype, meta, path)
+    recorded = checkpoint_dtype(meta, path)
     changed = config_changes(
-        meta["config"], to_dict(trainer.cfg), lambda key: not may_change_on_resume(key)
-    )
+        with_dtype(meta["config"], recorded), with_dtype(to_dict(trainer.cfg), dtype),
+        lambda key: not may_change_on_resume(key),
+    )  # fmt: skip
     if changed:
         raise CheckpointError(f"checkpoint {path} does not match the config: " + "; ".join(changed))
+    if dtype != trainer.dtype:  # run.dtype: auto, resolved otherwise on this machine
+        trainer.set_dtype(dtype, reason)
     check_pinned(trainer.cfg, meta, path)  # a LoRA run's base model is still the same
     load_policy_weights(trainer.policy, tensors, path)
     load_optimizer(trainer.ppo.optimizer, meta["optimizer"], tensors, path)

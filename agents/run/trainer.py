@@ -35,6 +35,7 @@ from agents.run.config import (
     step_budget,
     to_dict,
 )
+from agents.run.dtype import dtype_line, recorded_dtype, resolve_dtype
 from agents.run.envs import make_eval_env, make_train_env
 from agents.run.evaluation import pinned_folders, run_evaluation
 from agents.run.interrupt import signal_label, stop_on_first_interrupt
@@ -103,9 +104,11 @@ class Trainer:
         torch.set_num_threads(cfg.run.torch_threads)
         seed_everything(cfg.seed)  # the same on every rank: identical initial weights
         self.device = resolve_device(cfg.run.device, dist)
+        # a resumed run.dtype: auto takes the dtype its checkpoints record (agents/run/dtype.py)
+        recorded = recorded_dtype(self.run_dir) if resume and cfg.run.dtype == "auto" else None
         # in this order: each step draws from the seeded RNGs
         self._build_envs(env, eval_env, num_envs)
-        self._build_policy()
+        self._build_policy(recorded)
         self._build_update(num_envs)
         self.iteration = 0
         self.global_step = 0  # n_steps * num_envs per iteration (the budget, the x-axis)
@@ -150,15 +153,21 @@ class Trainer:
         self.observation_space = self.env.single_observation_space
         self.action_space = self.env.single_action_space
 
-    def _build_policy(self) -> None:
-        """The policy (rank 0's weights on every rank), its frozen reference for the KL penalty
+    def _build_policy(self, recorded: tuple[str, str] | None = None) -> None:
+        """The policy (rank 0's weights on every rank) in its resolved compute dtype
+        (`recorded`: a resumed run's (dtype, reason)), its frozen reference for the KL penalty
         (the policy's business how), the KL controller and the score normalizer."""
         cfg, dist = self.cfg, self.dist
         self.policy = make_policy(cfg.policy, self.observation_space, self.action_space)
         self.policy = self.policy.to(self.device)
         # the model folders the checkpoints need but do not hold (a LoRA base), hashed once
         self.pinned = ckpt.pin_folders(pinned_folders(cfg))
-        self.policy.set_compute_dtype(cfg.run.dtype)  # float32 only, unless an LM
+        dtype, reason = recorded or resolve_dtype(cfg.run.dtype, self.policy, self.device)
+        if dist.active:  # one dtype on every rank: rank 0's
+            chosen = dist.broadcast_str(dtype)
+            if chosen != dtype:
+                dtype, reason = chosen, "rank 0's choice"
+        self.set_dtype(dtype, reason)  # float32 only, unless an LM
         dist.broadcast_module(self.policy)  # rank 0's weights, whatever the init did
         self.reference = make_reference(self.policy) if cfg.kl.enabled else None
         self.kl_controller = make_kl_controller(cfg.kl)
@@ -191,6 +200,17 @@ class Trainer:
         self.ppo = PPO(self.policy, cfg.ppo, self.num_iterations, dist, bucket_numel)
         self.ppo.record_first_epoch = cfg.run.diagnostics
         self.diagnostics_warned = False  # the diagnostics' warning is printed once per run
+
+    def set_dtype(self, dtype: str, reason: str) -> None:
+        """Run the policy (and a copied reference) in the resolved `dtype`; rank 0 prints the
+        choice when `run.dtype` is auto."""
+        self.dtype, self.dtype_reason = dtype, reason
+        self.policy.set_compute_dtype(dtype)
+        reference = getattr(self, "reference", None)
+        if reference is not None and hasattr(reference, "set_compute_dtype"):
+            reference.set_compute_dtype(dtype)  # a LoRA reference runs in the policy's
+        if self.cfg.run.dtype == "auto" and self.dist.is_main:
+            print(dtype_line(self.cfg.run.dtype, dtype, reason), flush=True)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -370,6 +390,7 @@ class Trainer:
             "episodes": self.episodes,
             "wall_time_s": self.wall_time + elapsed,
             "sps": (self.transitions - state.start_transitions) / max(elapsed, 1e-9),
+            "dtype": self.dtype,  # run.dtype resolved (auto: agents/run/dtype.py)
             # stopped early by Ctrl-C, SIGTERM or the callback; `--resume` continues
             "interrupted": interrupted,
             "stop_signal": None,
@@ -541,9 +562,9 @@ class Trainer:
             f"disagrees with the rollout's log-probs: diagnostics/logprob_drift_max={drift:.3g} "
             f"(warns above {DRIFT_WARN:g}), diagnostics/outside_clip_band_first_minibatch="
             f"{band:.3g} (warns above {CLIP_BAND_WARN:g}); likely causes: bf16 autocast "
-            "(run.dtype: bfloat16), an env, wrapper or reward that changed tokens after they "
-            "were sampled, a custom policy whose act and evaluate disagree (docs/report.md; "
-            "shown once per run)",
+            "(run.dtype: bfloat16, or auto resolved to it), an env, wrapper or reward that "
+            "changed tokens after they were sampled, a custom policy whose act and evaluate "
+            "disagree (docs/report.md; shown once per run)",
             file=sys.stderr,
             flush=True,
         )
