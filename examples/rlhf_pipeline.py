@@ -120,7 +120,7 @@ def main() -> None:
     start = time.perf_counter()
     prefs = generate_preferences(
         out / "preferences", model_path=sft, task="reverse",
-        n_train=600 if quick else 4000, n_test=200 if quick else 500, noise=0.1, seed=0,
+        n_train=600 if quick else 8000, n_test=200 if quick else 500, noise=0.1, seed=0,
     )  # fmt: skip
     timings["preferences"] = time.perf_counter() - start
 
