@@ -1,6 +1,7 @@
 """The RLHF pipeline end to end: SFT -> preference pairs -> reward model -> PPO.
 
-    python examples/rlhf_pipeline.py                 # full run, ~6 minutes on 2 cores
+    python examples/rlhf_pipeline.py                 # full run (~6 minutes on 2 cores before the
+                                                     # RM's pairs and steps doubled; not re-timed)
     python examples/rlhf_pipeline.py --quick         # smoke run, ~1-2 minutes
     python examples/rlhf_pipeline.py --nokl          # also PPO with beta = 0 and the plot (~8 min)
     python examples/rlhf_pipeline.py --overwrite     # replace an existing --out folder
