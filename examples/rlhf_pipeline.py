@@ -1,6 +1,7 @@
 """The RLHF pipeline end to end: SFT -> preference pairs -> reward model -> PPO.
 
-    python examples/rlhf_pipeline.py                 # full run, ~6 minutes on 2 cores
+    python examples/rlhf_pipeline.py                 # full run (~6 minutes on 2 cores before the
+                                                     # RM's pairs and steps doubled; not re-timed)
     python examples/rlhf_pipeline.py --quick         # smoke run, ~1-2 minutes
     python examples/rlhf_pipeline.py --nokl          # also PPO with beta = 0 and the plot (~8 min)
     python examples/rlhf_pipeline.py --overwrite     # replace an existing --out folder
@@ -120,7 +121,7 @@ def main() -> None:
     start = time.perf_counter()
     prefs = generate_preferences(
         out / "preferences", model_path=sft, task="reverse",
-        n_train=600 if quick else 4000, n_test=200 if quick else 500, noise=0.1, seed=0,
+        n_train=600 if quick else 8000, n_test=200 if quick else 500, noise=0.1, seed=0,
     )  # fmt: skip
     timings["preferences"] = time.perf_counter() - start
 

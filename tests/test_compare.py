@@ -142,10 +142,39 @@ def test_config_report_lists_reward_components(tmp_path):
         )
         runs.append(read_run(run_dir, "rm_ppo", seed))
     assert runs[1].components == {"reward_model": 3.0, "gold": 0.7}
+    assert runs[1].start_components == {"reward_model": 0.1, "gold": 0.2}  # the step-0 row
     write_config_report(runs, tmp_path / "out")
     md = (tmp_path / "out" / "compare.md").read_text()
     assert "| config | gold | reward_model |" in md
     assert "| rm_ppo | 0.600 ± 0.100 | 2.000 ± 1.000 |" in md
+    # start (the SFT level), final and the per-seed gain: gold 0.2 -> 0.5 and 0.2 -> 0.7
+    assert "| rm_ppo | gold | 2 | 0.200 ± 0.000 | 0.600 ± 0.100 | 0.400 ± 0.100 |" in md
+    raw = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert raw[0]["start_components"] == {"reward_model": 0.1, "gold": 0.2}
+
+
+def test_config_report_without_a_start_evaluation_has_no_start_table(tmp_path):
+    """A run that evaluated only at the end has no start components and no gain table."""
+    from agents.run.compare import read_run, write_config_report
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(
+        json.dumps({"final_return": 1.0, "wall_time_s": 1.0, "transitions": 8})
+    )
+    (run_dir / "metrics.csv").write_text(
+        "step,eval/return,eval/reward_components/reward_model,eval/reward_components/gold,"
+        "time/elapsed,rollout/transitions\n"
+        "8,,,,,8\n"
+        "8,1.0,1.0,0.5,1.0,\n"
+    )
+    run = read_run(run_dir, "rm_ppo", 1)
+    assert run.start_components == {} and run.components == {"reward_model": 1.0, "gold": 0.5}
+    write_config_report([run], tmp_path / "out")
+    assert (
+        "| config | component | seeds | start | final | gain |"
+        not in (tmp_path / "out" / "compare.md").read_text()
+    )
 
 
 # ----------------------------------------------------------------------------- failures, re-runs

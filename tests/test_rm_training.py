@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,12 @@ import torch
 import yaml
 from helpers import EOS, byte_ids, save_tiny_model
 
-from agents.rlhf.preferences import PreferencePair, make_pairs, read_preferences
+from agents.rlhf.preferences import (
+    PreferencePair,
+    generate_preferences,
+    make_pairs,
+    read_preferences,
+)
 from agents.rlhf.reward_model import (
     RMTrainConfig,
     bradley_terry_loss,
@@ -164,6 +170,32 @@ def test_make_pairs_labels_by_gold_with_seeded_noise():
     assert make_pairs(["reverse: ab\n"], ["ab"], ["ab"], 0.0, np.random.default_rng(0)) == []
     with pytest.raises(ValueError, match="label noise"):
         make_pairs(prompts, first, second, 0.5, np.random.default_rng(0))
+
+
+def test_generate_preferences_writes_a_validation_file_without_changing_train_and_test(tmp_path):
+    """``n_validation`` adds noise-free pairs from validation-split prompts; the train and test
+    files are the same bytes with and without it (the validation file is drawn last)."""
+    from textenv.tasks import split_of
+
+    sizes = {"n_train": 24, "n_test": 12}
+    plain = generate_preferences(tmp_path / "plain", **sizes)
+    with_val = generate_preferences(tmp_path / "val", **sizes, n_validation=16)
+    assert "validation" not in plain and not (tmp_path / "plain/reverse_validation.jsonl").exists()
+    for name in ("reverse_train.jsonl", "reverse_test.jsonl"):
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "val" / name).read_bytes()
+    for split in ("train", "test", "validation"):
+        lines = Path(with_val[split]["file"]).read_text().splitlines()
+        records = [json.loads(x) for x in lines]
+        assert len(records) == with_val[split]["pairs"] > 0
+        words = {r["prompt"].removeprefix("reverse: ").strip() for r in records}
+        assert {split_of(w) for w in words} == {split}
+        if split != "train":  # held-out labels are the gold ordering
+            assert not any(r["flipped"] for r in records)
+            assert all(r["gold_chosen"] > r["gold_rejected"] for r in records)
+    with pytest.raises(ValueError, match="n_validation must be >= 0.*-1"):
+        generate_preferences(tmp_path / "bad", **sizes, n_validation=-1)
+    with pytest.raises(ValueError, match="n_test must be >= 1, got 0"):
+        generate_preferences(tmp_path / "bad", n_train=4, n_test=0)
 
 
 @pytest.mark.parametrize(

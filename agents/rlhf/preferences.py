@@ -6,14 +6,17 @@ lives with the string tasks it scores, in ``textenv.gold`` (``gold_score``, expl
 env reward ``gold`` computes it), because a PPO config logs it as an env reward component and
 textenv never imports agents (docs/rlhf_pipeline.md).
 
-Generation (``python -m agents.rlhf.preferences --out data/preferences``): two responses per prompt are
-sampled from the SFT model (``LMPolicy`` on the lockstep vector env, exactly how PPO samples).
-Pairs with an empty response, identical pairs and pairs whose gold scores differ by less than
-``min_margin`` are dropped; the better response by the gold rule is ``chosen``, and with
-probability ``noise`` the label is flipped. The train file comes from train-split prompts with
-label noise; the test file from held-out test-split prompts with noise-free gold labels, so
-reward-model accuracy on it is accuracy against the gold ordering. Deterministic in the seed. The
-committed files were written by this command from the committed default SFT model.
+Generation (``python -m agents.rlhf.preferences --out data/preferences --n-train 8000
+--n-validation 1000``, the command that wrote the committed files from the committed default SFT
+model): two responses per prompt are sampled from the SFT model (``LMPolicy`` on the lockstep
+vector env, exactly how PPO samples). Pairs with an empty response, identical pairs and pairs whose
+gold scores differ by less than ``min_margin`` are dropped; the better response by the gold rule is
+``chosen``, and with probability ``noise`` the label is flipped. The train file comes from
+train-split prompts with label noise; the test file from test-split prompts and the optional
+validation file (``--n-validation``) from validation-split prompts, both with noise-free gold
+labels, so reward-model accuracy on them is accuracy against the gold ordering. Reward-model
+settings are chosen on the validation file; the test file is for the one final measurement.
+Deterministic in the seed.
 
 JSONL form (the one DPO and reward-model tools use): one object per line with ``chosen`` and
 ``rejected`` and an optional shared ``prompt``; without ``prompt`` the two are full texts. Other
@@ -297,20 +300,34 @@ def generate_preferences(
     min_margin: float = 0.05,
     seed: int = 0,
     temperature: float = 1.0,
+    n_validation: int = 0,
 ) -> dict[str, Any]:
-    """Write ``<task>_train.jsonl`` (train prompts, label noise) and ``<task>_test.jsonl``
-    (held-out prompts, noise-free gold labels) to ``out_dir``; return a summary dict."""
+    """Write ``<task>_train.jsonl`` (train prompts, label noise), ``<task>_test.jsonl`` (test-split
+    prompts, noise-free gold labels) and, when ``n_validation > 0``, ``<task>_validation.jsonl``
+    (validation-split prompts, noise-free: the file to choose reward-model settings on) to
+    ``out_dir``; return a summary dict. The validation file is drawn last, so the train and test
+    files do not depend on ``n_validation``."""
     from textenv import make_task
 
+    for name, n in (("n_train", n_train), ("n_test", n_test)):
+        if n < 1:
+            raise ValueError(f"{name} must be >= 1, got {n!r}")
+    if n_validation < 0:
+        raise ValueError(f"n_validation must be >= 0 (0: no validation file), got {n_validation!r}")
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     summary: dict[str, Any] = {
         "task": task, "noise": noise, "min_margin": min_margin, "seed": seed,
         "model_path": str(model_path) if model_path is not None else None,
     }  # fmt: skip
-    for split, n, split_noise in (("train", n_train, noise), ("test", n_test, 0.0)):
+    splits = [("train", n_train, noise), ("test", n_test, 0.0)]
+    if n_validation:
+        splits.append(("validation", n_validation, 0.0))
+    # sampling seeds: train 2s and 2s+1000, test 2s+1 and 2s+1001, validation 2s+2000 and 2s+3000
+    split_seeds = {"train": seed * 2, "test": seed * 2 + 1, "validation": seed * 2 + 2000}
+    for split, n, split_noise in splits:
         prompts = [r["prompt"] for r in make_task(task, split, n=n, seed=seed)]
-        split_seed = seed * 2 + (split == "test")
+        split_seed = split_seeds[split]
         first = sample_responses(model_path, prompts, seed=split_seed, temperature=temperature)
         second = sample_responses(
             model_path, prompts, seed=split_seed + 1000, temperature=temperature
@@ -338,7 +355,11 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", default=None, help="SFT model folder (default: tiny-sft)")
     parser.add_argument("--task", default="reverse", choices=sorted(STRING_OPS) + ["mixed"])
     parser.add_argument("--n-train", type=int, default=4000, help="train prompts (2 samples each)")
-    parser.add_argument("--n-test", type=int, default=500, help="held-out test prompts")
+    parser.add_argument("--n-test", type=int, default=500, help="test-split prompts")
+    parser.add_argument(
+        "--n-validation", type=int, default=0,
+        help="validation-split prompts (0: no <task>_validation.jsonl)",
+    )  # fmt: skip
     parser.add_argument("--noise", type=float, default=0.1, help="label-flip rate (train only)")
     parser.add_argument("--min-margin", type=float, default=0.05, help="drop closer gold pairs")
     parser.add_argument("--seed", type=int, default=0)
@@ -349,7 +370,7 @@ def cli(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     summary = generate_preferences(
         args.out, args.model, args.task, args.n_train, args.n_test, args.noise,
-        args.min_margin, args.seed,
+        args.min_margin, args.seed, n_validation=args.n_validation,
     )  # fmt: skip
     print(json.dumps(summary, indent=2))
     return summary

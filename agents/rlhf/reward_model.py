@@ -71,7 +71,9 @@ class RMConfig(StageConfig):
     # input paths: relative to the config file's folder (the defaults: to the repository)
     sft_path: Annotated[str | None, INPUT_PATH] = None  # null: the default agents/assets/tiny-sft
     train_file: Annotated[str, INPUT_PATH] = "data/preferences/reverse_train.jsonl"
-    eval_file: Annotated[str | None, INPUT_PATH] = "data/preferences/reverse_test.jsonl"
+    # noise-free pairs from validation prompts: settings are chosen on them (reverse_test.jsonl,
+    # test prompts, is for the one final measurement)
+    eval_file: Annotated[str | None, INPUT_PATH] = "data/preferences/reverse_validation.jsonl"
     eval_fraction: float = Field(0.1, gt=0, lt=1)  # held-out share of train_file without eval_file
     output_dir: str = "runs/rm_tiny"
     # The length limit (max_new_tokens) the pairs' responses were sampled with: a response of that

@@ -35,6 +35,7 @@ def read_run(run_dir: Path, label: str, seed: int) -> ConfigRun:
     curve: list[tuple[float, float, float]] = []
     transitions, kl = 0.0, None
     components: dict[str, float] = {}
+    start_components: dict[str, float] = {}  # the evaluation at step 0, before training
     prefix = "eval/reward_components/"
     with open(run_dir / "metrics.csv", newline="") as f:
         for row in csv.DictReader(f):
@@ -48,9 +49,12 @@ def read_run(run_dir: Path, label: str, seed: int) -> ConfigRun:
                     for k, v in row.items()
                     if k.startswith(prefix) and v not in (None, "")
                 }
+                if not curve[:-1] and _number(row.get("step")) == 0:
+                    start_components = dict(components)
     return ConfigRun(
         label, seed, str(run_dir), summary.get("initial_return"), summary["final_return"],
         summary["wall_time_s"], int(summary["transitions"]), kl, curve, components,
+        start_components,
     )  # fmt: skip
 
 

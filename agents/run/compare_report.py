@@ -241,6 +241,7 @@ def write_config_report(
     lines += _config_table(runs, failed, labels)
     lines += _seed_table(runs, failed, labels)
     lines += _components_table(runs, labels)
+    lines += _start_final_table(runs, labels)
     atomic_write_text(out / "compare.md", "\n".join(lines) + "\n")
     raw = [r.__dict__ for r in runs]
     atomic_write_text(out / "compare.json", json.dumps(raw, indent=1) + "\n")
@@ -310,6 +311,33 @@ def _components_table(runs: list[ConfigRun], labels: list[str]) -> list[str]:
                            if r.label == label and name in r.components])  # fmt: skip
             cells.append(f"{xs.mean():.3f} ± {xs.std():.3f}" if len(xs) else "n/a")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _start_final_table(runs: list[ConfigRun], labels: list[str]) -> list[str]:
+    """Each reward component before training (the step-0 evaluation, e.g. the SFT level), at the
+    final evaluation, and the gain (final - start per seed), for runs that evaluated their start."""
+    names = sorted({k for r in runs for k in r.start_components if k in r.components})
+    if not names:
+        return []
+    lines = [
+        "",
+        "Reward components before training (start: the step-0 evaluation) and at the final "
+        "evaluation; gain = final - start per seed; mean ± std over the seeds that have both:",
+        "",
+        "| config | component | seeds | start | final | gain |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label in labels:
+        for name in names:
+            both = [r for r in runs if r.label == label
+                    and name in r.start_components and name in r.components]  # fmt: skip
+            if not both:
+                continue
+            start = np.array([r.start_components[name] for r in both])
+            final = np.array([r.components[name] for r in both])
+            cells = [f"{x.mean():.3f} ± {x.std():.3f}" for x in (start, final, final - start)]
+            lines.append(f"| {label} | {name} | {len(both)} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -82,3 +82,5 @@ class ConfigRun:
     curve: list[tuple[float, float, float]] = field(default_factory=list)
     # the last evaluation's reward components (e.g. a learned proxy and a weight-0 gold reward)
     components: dict[str, float] = field(default_factory=dict)
+    # the same at the evaluation before training (step 0; empty when the run had none)
+    start_components: dict[str, float] = field(default_factory=dict)
