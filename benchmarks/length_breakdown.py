@@ -45,7 +45,9 @@ def main() -> None:
     args = parser.parse_args()
     for run in args.runs:
         print(f"\n{run.name} (samples of the last {args.last:.0%} of the steps)")
-        print("| length | samples | score | exact | right length | most common length error (of the wrong lengths) |")
+        print(
+            "| length | samples | score | exact | right length | most common length error (of the wrong lengths) |"
+        )
         print("|---|---|---|---|---|---|")
         for n, s in breakdown(run, args.last).items():
             print(

@@ -119,9 +119,10 @@ def test_cli_resume_continues_an_interrupted_run(cartpole_yaml, tmp_path, eval_e
     assert checkpoint_steps(resumed) == [512, 1024] and latest_step(resumed) == 1024
     a, b = (json.loads((run / "summary.json").read_text()) for run in (full, resumed))
     for key in ("steps", "iterations", "transitions", "episodes", "final_return", "best_return",
-                "finished"):  # fmt: skip
+                "finished", "initial_return", "initial_eval_metrics"):  # fmt: skip
         assert a[key] == b[key], key
     assert b["steps"] == 1024 and b["finished"] is True
+    assert (b["initial_return"] is not None) == (eval_every > 0)  # the start, kept over a resume
 
 
 @pytest.fixture

@@ -116,6 +116,8 @@ def save_trainer(trainer: Trainer, run_dir: Path | None = None) -> Path:
         "episodes": trainer.episodes,
         "wall_time": trainer.wall_time + (time.perf_counter() - trainer._start),
         "best_return": trainer.best_return,
+        "initial_eval": trainer.initial_eval,
+        "initial_eval_metrics": trainer.initial_eval_metrics,
         "recent_returns": trainer.recent_returns[-100:],
         "kl_beta": trainer.kl_controller.beta,
         "score_normalizer": trainer.score_normalizer.state_dict(),
@@ -176,6 +178,9 @@ def load_trainer(trainer: Trainer, path: Path, restore_env: bool = True) -> None
     trainer.transitions = meta["transitions"]
     trainer.episodes, trainer.wall_time = meta["episodes"], meta["wall_time"]
     trainer.best_return, trainer.recent_returns = meta["best_return"], meta["recent_returns"]
+    # checkpoints before 2026-12-08 do not hold the start's evaluation: the summary then lacks it
+    trainer.initial_eval = meta.get("initial_eval")
+    trainer.initial_eval_metrics = dict(meta.get("initial_eval_metrics") or {})
     trainer.kl_controller.beta = meta["kl_beta"]
     trainer.score_normalizer.load_state_dict(meta["score_normalizer"])
     saved_world = meta.get("world_size", 1)

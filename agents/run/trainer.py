@@ -117,6 +117,10 @@ class Trainer:
         self.saved_step = -1  # the step of the newest checkpoint this process wrote
         self.wall_time = 0.0  # training seconds before this process (resume)
         self.best_return: float | None = None
+        # the evaluation before the first update (the start, e.g. the SFT level): kept in the
+        # checkpoints, so a resumed run's summary still has it
+        self.initial_eval: float | None = None
+        self.initial_eval_metrics: dict[str, float] = {}
         self.recent_returns: list[float] = []
         self.last_episodes = EpisodeLog()  # what finished during the last iteration
         self.eval_metrics: dict[str, float] = {}  # the last evaluation's `eval/<info>` means
@@ -309,6 +313,7 @@ class Trainer:
             save=log, logger=logger, start_transitions=self.transitions,
             next_eval=_next_multiple(self.global_step, cfg.eval.every),
             next_ckpt=_next_multiple(self.global_step, cfg.run.checkpoint_every),
+            initial_eval=self.initial_eval, initial_eval_metrics=dict(self.initial_eval_metrics),
         )  # fmt: skip
         # async vector envs: Ctrl-C also reaches their worker processes, which then end
         graceful = stop_on_interrupt and cfg.env.vectorization != "async"
@@ -341,8 +346,10 @@ class Trainer:
             return
         state.initial_eval = state.last_eval = self._eval_return()
         state.last_eval_step = 0
+        self.initial_eval = state.initial_eval
         if state.logger is not None:
             state.initial_eval_metrics = dict(self.eval_metrics)
+            self.initial_eval_metrics = dict(self.eval_metrics)
             state.logger.log(
                 0,
                 {"eval/return": state.initial_eval, **state.initial_eval_metrics,
