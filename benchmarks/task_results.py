@@ -12,6 +12,7 @@ Copies each folder's compare.md / compare.json / compare.png next to the page (a
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import subprocess
@@ -27,6 +28,15 @@ def code_version() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def step0_return(run: Path) -> float | None:
+    """The run's evaluation at step 0 (its start) as logged in metrics.csv, or None."""
+    with (run / "metrics.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("step") == "0" and row.get("eval/return"):
+                return float(row["eval/return"])
+    return None
+
+
 def runs_of(folder: Path) -> dict[str, list[dict]]:
     """config name -> its runs' summaries, in seed order."""
     groups: dict[str, list[dict]] = defaultdict(list)
@@ -34,6 +44,8 @@ def runs_of(folder: Path) -> dict[str, list[dict]]:
         name, _, seed = summary.parent.name.rpartition("_s")
         data = json.loads(summary.read_text())
         data["seed"] = int(seed)
+        if data.get("initial_return") is None:  # resumed before 2026-12-08: from metrics.csv
+            data["initial_return"] = step0_return(summary.parent)
         groups[name].append(data)
     for runs in groups.values():
         runs.sort(key=lambda r: r["seed"])
