@@ -4,7 +4,7 @@ not depend on how loaded the machine is).
 
 The rule (`resolve_dtype`): bfloat16 when the policy runs bfloat16 forward passes at all (LM
 policies: `Policy.COMPUTE_DTYPES`) AND the device runs bfloat16 natively AND, on a CPU, the
-policy's model has at least `BF16_CPU_MIN_PARAMS` parameters; float32 otherwise. "Natively":
+policy has at least `BF16_CPU_MIN_PARAMS` parameters; float32 otherwise. "Natively":
 
 - CUDA: `torch.cuda.is_bf16_supported(including_emulation=False)` (compute capability >= 8, or
   ROCm); the default `including_emulation=True` also says yes on older GPUs that only emulate it;
@@ -68,12 +68,9 @@ def cuda_bf16(device: torch.device) -> bool:
 
 
 def model_parameters(policy: Any) -> int:
-    """Parameters of the policy's model (an LM policy's actor; the policy itself otherwise):
-    the size that decides whether bfloat16 pays off on a CPU."""
-    module = getattr(policy, "model", None)
-    if not isinstance(module, torch.nn.Module):
-        module = policy
-    return sum(p.numel() for p in module.parameters())
+    """Every parameter of the policy (an LM policy: its model and value head or critic): the
+    size that decides whether bfloat16 pays off on a CPU."""
+    return sum(p.numel() for p in policy.parameters())
 
 
 def _millions(n: int) -> str:
@@ -87,7 +84,7 @@ def resolve_dtype(requested: str, policy: Any, device: torch.device) -> tuple[st
         raise ValueError(f"run.dtype must be one of {list(DTYPE_CHOICES)}, got {requested!r}")
     if requested != "auto":
         return requested, "set explicitly"
-    if "bfloat16" not in getattr(policy, "COMPUTE_DTYPES", ("float32",)):
+    if "bfloat16" not in policy.COMPUTE_DTYPES:  # the policy contract's class attribute
         return "float32", f"{type(policy).__name__} runs in float32 only"
     device = torch.device(device)
     if device.type == "cuda":
