@@ -79,6 +79,19 @@ def check_feedback(feedback: Any) -> Feedback:
     )
 
 
+def give_feedback(
+    feedback: Feedback, prompt: str, responses: list[str], scores: list[float],
+    reference: str | None,
+) -> str:  # fmt: skip
+    """Call ``feedback``, with ``reference=`` when it takes it (``wants_reference``); a result
+    that is not a str is a TypeError."""
+    extra = {"reference": reference} if wants_reference(feedback) else {}
+    reply = feedback(prompt, responses, scores, **extra)
+    if not isinstance(reply, str):
+        raise TypeError(f"feedback must return a str, got {type(reply).__name__}")
+    return reply
+
+
 def wants_reference(feedback: Feedback) -> bool:
     """Whether ``feedback`` takes the reference (a parameter named ``reference``)."""
     try:
@@ -118,7 +131,6 @@ class PromptTask:
     ) -> None:
         self.dataset, self.reward_fn = dataset, reward_fn
         self.max_turns, self.feedback = max_turns, feedback
-        self._feedback_wants_reference = wants_reference(feedback)
 
     def reset(self, rng: np.random.Generator, split: str) -> tuple[str, PromptState]:
         """A prompt drawn uniformly from the dataset (``split`` chose the dataset already)."""
@@ -154,10 +166,10 @@ class PromptTask:
             state.scores.append(score)
             reply = None
             if eos and len(state.scores) < self.max_turns:
-                extra = {"reference": state.reference} if self._feedback_wants_reference else {}
-                reply = self.feedback(state.prompt, list(state.texts), list(state.scores), **extra)
-                if not isinstance(reply, str):
-                    raise TypeError(f"feedback must return a str, got {type(reply).__name__}")
+                reply = give_feedback(
+                    self.feedback, state.prompt, list(state.texts), list(state.scores),
+                    state.reference,
+                )  # fmt: skip
                 check_text(reply, f"feedback for {state.prompt!r:.60}", "the feedback text")
             replies.append(reply)
         done = np.array([r is None for r in replies], dtype=bool)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from agents.run.config_types import (
     Tokens,
     Width,
 )
+
+if TYPE_CHECKING:
+    from textenv.rewards import Reward
 
 # ----------------------------------------------------------------------------- config
 
@@ -159,9 +162,11 @@ def build_sft_data(
     in the sequence but not in the loss.
     """
     from textenv import PromptDataset
+    from textenv.rewards.registry import make_reward_fn
     from textenv.tokenizer import encode_text
     from textenv.tools import calc_demonstration
 
+    edit_distance = make_reward_fn("edit_distance")  # scores retry demonstrations' first answers
     P, N = cfg.max_prompt_tokens, cfg.max_new_tokens
     rng = np.random.default_rng([cfg.seed, 15])
     ids_rows, mask_rows, loss_rows = [], [], []
@@ -187,7 +192,9 @@ def build_sft_data(
             if task == "calc":
                 segments = calc_demonstration(prompt, reference, rng.random() < cfg.tool_fraction)
             elif cfg.retry_fraction and rng.random() < cfg.retry_fraction:
-                segments = retry_demonstration(prompt, reference, cfg.retry_feedback, rng)
+                segments = retry_demonstration(
+                    prompt, reference, cfg.retry_feedback, edit_distance, rng
+                )
             parts = [
                 (encode_text(tokenizer, text) if text else [tokenizer.eos_token_id], not by_env)
                 for text, by_env in segments
@@ -208,15 +215,15 @@ def build_sft_data(
 
 
 def retry_demonstration(
-    prompt: str, reference: str, feedback: str, rng: np.random.Generator
+    prompt: str, reference: str, feedback: str, score: Reward, rng: np.random.Generator
 ) -> list[tuple[str, bool]]:
     """A two-turn example as (text, written by the env or not in the loss) segments: a flawed
     first answer and its EOS (both not in the loss: the model should not learn to make the
     mistakes), the env's feedback on it, then the reference (in the loss; the caller adds EOS).
     The flaws are 0-3 random edits (substitute, delete, insert, swap two neighbours), the
-    kinds of mistakes the tiny models make."""
-    from textenv.prompt_task import check_feedback, wants_reference
-    from textenv.rewards.registry import make_reward_fn
+    kinds of mistakes the tiny models make. `score`: the reward that scores the first answer
+    (what the env's feedback sees)."""
+    from textenv.prompt_task import check_feedback, give_feedback
 
     attempt = list(reference)
     letters = sorted(set(reference)) or ["a"]
@@ -232,10 +239,8 @@ def retry_demonstration(
         elif op == 3 and i + 1 < len(attempt):
             attempt[i], attempt[i + 1] = attempt[i + 1], attempt[i]
     first = "".join(attempt)
-    fn = check_feedback(feedback)
-    scores, _ = make_reward_fn("edit_distance").score([prompt], [first], [reference])
-    extra = {"reference": reference} if wants_reference(fn) else {}
-    reply = fn(prompt, [first], [float(scores[0])], **extra)
+    scores, _ = score.score([prompt], [first], [reference])
+    reply = give_feedback(check_feedback(feedback), prompt, [first], [float(scores[0])], reference)
     return [(first, True), ("", True), (reply, True), (reference, False)]
 
 
