@@ -411,18 +411,20 @@ def train(
     resume: str | Path | None = None,
     overwrite: bool = False,
     stop_on_interrupt: bool = True,
+    replay: str | Path | None = None,
 ) -> Run:
     """What `textrlhf train CONFIG --set ...` does: load the config (a YAML path, a dict or a
     `Config`) with `overrides` ("key=value"), train into a new run folder (or continue `resume`),
     and return the folder and its summary. The first Ctrl-C/SIGTERM stops at the end of an
-    iteration with a checkpoint (`summary["interrupted"]`; `resume=run.dir` continues)."""
+    iteration with a checkpoint (`summary["interrupted"]`; `resume=run.dir` continues).
+    `replay`: an asynchronous run's folder whose schedule this run follows (docs/async.md)."""
     from agents.run.trainer import train as train_run
 
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     if isinstance(config, Config) and overrides:
         cfg = load_config(to_dict(config), overrides)
     run_dir = train_run(cfg, name=name, overwrite=overwrite, resume=resume,
-                        stop_on_interrupt=stop_on_interrupt)  # fmt: skip
+                        stop_on_interrupt=stop_on_interrupt, replay=replay)  # fmt: skip
     from agents.run.jsonio import read_json
 
     return Run(run_dir, read_json(run_dir / "summary.json"))

@@ -156,6 +156,18 @@ def check_before_launch(args: argparse.Namespace, nproc: int) -> None:
     check_config(cfg, nproc)
 
 
+def async_actors(args: argparse.Namespace) -> int:
+    """`textrlhf train`: the config's rollout.actors (0 for other commands, and for a config
+    that does not load: the command itself then reports why)."""
+    if args.command != "train":
+        return 0
+    try:
+        cfg, _ = load_train_config(args)
+    except EXPECTED_ERRORS:
+        return 0
+    return cfg.rollout.actors
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from agents.api import train
 
@@ -163,7 +175,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if filled and main_rank:
         print(f"defaults of policy.type {cfg.policy.type} filled in: " + ", ".join(filled))
-    run = train(cfg, name=args.name, overwrite=args.overwrite, resume=args.resume)
+    if args.replay and (args.resume or args.overwrite):
+        raise ValueError("--replay starts a new run; it cannot be combined with --resume")
+    run = train(
+        cfg, name=args.name, overwrite=args.overwrite, resume=args.resume, replay=args.replay
+    )
     if not main_rank:
         return 0  # rank 0 reports for the job
     run_dir, summary = run.dir, run.summary
@@ -173,11 +189,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1:  # resume at the same world size (bit-exact); several nodes: torchrun
             again += ["--nproc", str(world)]
-        print(
-            f"stopped by {summary.get('stop_signal') or 'Ctrl-C'} at step {summary['steps']:,}, "
-            f"with a checkpoint; continue with:\n"
-            f"  {shlex.join([*again, '--resume', str(run_dir)])}"
-        )
+        if cfg.rollout.actors:  # docs/async.md, "Not yet done"
+            print(
+                f"stopped by {summary.get('stop_signal') or 'Ctrl-C'} at step "
+                f"{summary['steps']:,}, with a checkpoint; resuming an asynchronous run is not "
+                f"implemented yet; re-run it with:\n"
+                f"  {shlex.join([*again, '--replay', str(run_dir)])}"
+            )
+        else:
+            print(
+                f"stopped by {summary.get('stop_signal') or 'Ctrl-C'} at step "
+                f"{summary['steps']:,}, with a checkpoint; continue with:\n"
+                f"  {shlex.join([*again, '--resume', str(run_dir)])}"
+            )
         print(
             f"steps {summary['steps']:,}  return (last 100 episodes) "
             f"{summary['train_return_last100']}  wall {summary['wall_time_s']:.1f}s"
@@ -349,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--name", help="run folder name under run.root (default <name>-<time>)")
     p.add_argument(
+        "--replay", metavar="RUN_DIR",
+        help="asynchronous runs: re-run RUN_DIR's recorded schedule (bit-identical weights; "
+        "docs/async.md)",
+    )  # fmt: skip
+    p.add_argument(
         "--nproc", type=int, default=None,
         help="data-parallel processes on this machine (launches torchrun; see docs/distributed.md)",
     )  # fmt: skip
@@ -459,6 +488,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    actors = async_actors(args) if "WORLD_SIZE" not in os.environ else 0
+    if actors:  # the learner and its actors: one torchrun job on this machine
+        if args.nproc not in (None, 1):
+            print(
+                f"textrlhf train: error: --nproc {args.nproc} with rollout.actors={actors}: "
+                "data-parallel learners with actors are not implemented yet (docs/async.md)",
+                file=sys.stderr,
+            )
+            return 1
+        return launch_nproc(argv, 1 + actors)
     if getattr(args, "nproc", None) is not None:
         if args.nproc < 1:
             print(f"textrlhf train: error: --nproc must be >= 1, got {args.nproc}", file=sys.stderr)

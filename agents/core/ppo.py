@@ -32,6 +32,8 @@ from agents.core.optim import make_adam
 from agents.policies.base import Minibatch
 
 LOSS_AGGREGATIONS = ("token", "sequence", "token_sum")
+# off-policy corrections of an asynchronous run's update (`PPO.correction`, docs/async.md)
+CORRECTIONS = ("none", "decoupled", "tis")
 STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "kl_loss")
 
 
@@ -155,6 +157,15 @@ class PPO:
         # read by agents.core.diagnostics); statistics only, the update is the same without
         self.record_first_epoch = False
         self.first_epoch: FirstEpoch | None = None
+        # asynchronous runs (agents/run/async_train.py): the rollout's log-probs are the
+        # actor's (the behaviour policy, possibly older weights). `off_policy` measures the
+        # importance weights pi_start / pi_behaviour at the start of each update
+        # (`off_policy_stats`); `correction` (CORRECTIONS) changes the loss (`_proximal`)
+        self.off_policy = False
+        self.correction = "none"
+        self.tis_cap = 2.0
+        self.off_policy_stats: dict[str, float] = {}
+        self._is_weights: torch.Tensor | None = None  # (T*N,) decoupled: truncated weights
         params = [p for p in policy.parameters() if p.requires_grad]
         flat = flatten_parameters(params, spare=len(STATS) if dist.active else 0)
         self.params = [flat] if flat is not None else params
@@ -211,6 +222,8 @@ class PPO:
             std = (var * count / (count - 1).clamp(min=1.0)).sqrt()  # unbiased, like torch.std
             centered = advantages - mean if self.center_advantages else advantages
             advantages = centered / (std + 1e-8) * valid
+        if self._is_weights is not None:  # decoupled: each step weighs min(pi_start / mu, cap)
+            advantages = advantages * self._is_weights[_flat(mb.step_index)]
         return _loss_inputs(weights, advantages, clip)
 
     @torch.no_grad()
@@ -244,6 +257,8 @@ class PPO:
             std = math.sqrt(var * count / max(count - 1.0, 1.0))  # unbiased, like torch.std
             centered = advantages - mean if self.center_advantages else advantages
             advantages = centered / (std + 1e-8) * valid
+        if self._is_weights is not None:  # decoupled: each step weighs min(pi_start / mu, cap)
+            advantages = advantages * self._is_weights[_flat(mb.step_index)]
         return _loss_inputs(weights, advantages, clip)
 
     def loss(
@@ -274,7 +289,14 @@ class PPO:
 
         log_ratio = log_prob - old_log_prob
         ratio = log_ratio.exp()
-        policy_loss = torch.dot(ratio.clamp(inputs.ratio_low, inputs.ratio_high), inputs.coef)
+        if self.correction == "tis":
+            # truncated importance sampling: the policy gradient min(r, cap) * A * grad log pi,
+            # no clip band; (log_ratio - its detached self + 1) is 1 with the gradient of log pi
+            weight = ratio.detach().clamp(max=self.tis_cap)
+            surrogate = weight * (log_ratio - log_ratio.detach() + 1.0)
+            policy_loss = torch.dot(surrogate, inputs.coef)
+        else:
+            policy_loss = torch.dot(ratio.clamp(inputs.ratio_low, inputs.ratio_high), inputs.coef)
 
         entropy_mean = torch.dot(entropy, weights)
         loss = policy_loss
@@ -410,13 +432,55 @@ class PPO:
         reward or off), the beta the rollout's penalty was measured with. With
         `record_first_epoch`, `first_epoch` then holds the first epoch's evaluate outputs per
         step (agents.core.diagnostics)."""
-        cfg = self.cfg
         self.kl_coef = kl_coef
         lr, clip = self.schedules(iteration)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         sequence = self.policy.is_sequence_policy
         self.policy.train()
+        behaviour = self._proximal(buffer) if self.off_policy else None
+        try:
+            out = self._epochs(buffer, iteration, lr, clip, sequence)
+        finally:
+            if behaviour is not None:  # the buffer keeps what the actor sampled with
+                buffer.log_probs.copy_(behaviour)
+                self._is_weights = None
+        return out
+
+    @torch.no_grad()
+    def _proximal(self, buffer: RolloutBuffer) -> torch.Tensor | None:
+        """Asynchronous runs, before the epochs: the importance weights w = pi_start / mu of
+        the valid steps, pi_start the policy at the start of this update and mu the behaviour
+        policy the actor sampled with (`buffer.log_probs`); their statistics go to
+        `off_policy_stats`. `decoupled` then clips against pi_start (the buffer's log-probs
+        become pi_start's until the update ends) and weighs each step by min(w, tis_cap);
+        returns the behaviour log-probs to restore then (None: nothing changed)."""
+        batch = buffer.full_batch(self.policy.is_sequence_policy)
+        start = _flat(self.policy.evaluate(batch)[0]).float()  # (T*N,) in step order t*N+row
+        valid = _flat(batch.valid)
+        behaviour = _flat(buffer.log_probs)
+        w = torch.where(valid, (start - behaviour).exp(), torch.ones_like(start))  # (T*N,)
+        wv = w[valid].double()
+        n = max(wv.numel(), 1)
+        self.off_policy_stats = {
+            "is_weight_mean": float(wv.mean()) if wv.numel() else math.nan,
+            "is_weight_max": float(wv.max()) if wv.numel() else math.nan,
+            "is_frac_truncated": float((wv > self.tis_cap).sum()) / n,
+            # effective sample size as a fraction: (sum w)^2 / (n sum w^2), 1 when all equal
+            "is_ess": float(wv.sum() ** 2 / (n * wv.square().sum())) if wv.numel() else math.nan,
+        }
+        if self.correction != "decoupled":
+            return None
+        saved = buffer.log_probs.clone()
+        buffer.log_probs.copy_(torch.where(buffer.valid, start.view_as(saved), saved))
+        self._is_weights = w.clamp(max=self.tis_cap)
+        return saved
+
+    def _epochs(
+        self, buffer: RolloutBuffer, iteration: int, lr: float, clip: float, sequence: bool
+    ) -> dict[str, float]:
+        """The epochs of `update` over minibatches of `buffer`; returns the mean stats."""
+        cfg = self.cfg
         stats: list[torch.Tensor] = []
         stopped_early = False
         whole = buffer.full_batch(sequence)

@@ -39,7 +39,7 @@ from pydantic import (
 from agents.core.advantages import CRITIC_FREE, GROUP_ESTIMATORS, REINFORCE_PP_FORMS
 from agents.core.advantages import ESTIMATORS as ADVANTAGE_ESTIMATORS
 from agents.core.kl import ESTIMATORS, KL_PLACEMENTS
-from agents.core.ppo import LOSS_AGGREGATIONS
+from agents.core.ppo import CORRECTIONS, LOSS_AGGREGATIONS
 from agents.core.scores import SCORE_NORMS
 from agents.policies import PolicyConfig, policy_class
 from agents.policies.base import ENV_KWARGS
@@ -231,6 +231,52 @@ class RunConfig(Section):
         return value
 
 
+# ----------------------------------------------------------------------------- asynchronous rollouts
+
+MAX_ACTORS = 1  # actor processes implemented so far (docs/async.md, "Not yet done")
+
+
+class RolloutConfig(Section):
+    """Who generates the episodes (docs/async.md): the learner itself (`actors: 0`, the
+    synchronous loop), or actor processes that sample with the newest weights they have while
+    the learner updates, at most `max_staleness` versions behind."""
+
+    actors: typing.Annotated[int, Number, Field(ge=0)] = Field(
+        0,
+        description="actor processes that generate episodes while the learner updates; 0: the "
+        "synchronous loop (collect, then update, in one process). `textrlhf train` launches "
+        "the learner and the actors through torchrun itself",
+    )
+    max_staleness: typing.Annotated[int, Number, Field(ge=0, le=1000)] = Field(
+        0,
+        description="an update never uses episodes sampled by weights more than this many "
+        "versions (updates) old; the actor waits rather than run further ahead. 0 with 1 actor: "
+        "generate, then train (the synchronous run's weights, bit for bit)",
+    )
+    correction: Literal[CORRECTIONS] = Field(  # type: ignore[valid-type]
+        "none",
+        description="off-policy correction of the PPO loss: 'none' takes the ratio against the "
+        "behaviour log-probs the actor recorded; 'decoupled' clips against the learner's policy "
+        "at the start of the update and weights each step by the truncated behaviour ratio; "
+        "'tis' is the policy gradient weighted by the truncated importance ratio (no clip band)",
+    )
+    tis_cap: typing.Annotated[float, Number, Field(ge=1.0, le=1e6)] = Field(
+        2.0,
+        description="the truncation of the importance weights of 'decoupled' and 'tis' (and "
+        "the threshold of the logged fraction truncated)",
+    )
+
+    @field_validator("actors")
+    @classmethod
+    def _actors_implemented(cls, value: int) -> int:
+        if value > MAX_ACTORS:
+            raise ValueError(
+                f"rollout.actors={value}: at most {MAX_ACTORS} actor process is implemented "
+                f"so far; allowed: {list(range(MAX_ACTORS + 1))} (docs/async.md)"
+            )
+        return value
+
+
 def _default_policy() -> PolicyConfig:
     return policy_class("mlp").Config()
 
@@ -252,6 +298,7 @@ class Config(Section):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
 
     @field_validator("name")
     @classmethod

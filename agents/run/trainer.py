@@ -461,11 +461,16 @@ class Trainer:
         if self.best_return is None or value > self.best_return:
             self.best_return = value
 
+    def collect_rollout(self) -> EpisodeLog:
+        """Fill the buffer with this iteration's rollout (an asynchronous run's learner
+        receives it from an actor instead: agents/run/async_train.py)."""
+        return self.collector.collect()
+
     def iterate(self) -> dict[str, float]:
         """One PPO iteration; returns its metrics."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        episodes = self.collector.collect()
+        episodes = self.collect_rollout()
         if self._callback is not None:
             self._callback("rollout_end", {})
         t1 = time.perf_counter()
@@ -624,12 +629,18 @@ def train(
     overwrite: bool = False,
     resume: str | Path | None = None,
     stop_on_interrupt: bool = False,
+    replay: str | Path | None = None,
 ) -> Path:
-    """Create (or resume) a run folder and train. Returns the run folder.
+    """Create (or resume) a run folder and train. Returns the run folder. `replay`: an
+    asynchronous run's folder whose recorded schedule this run follows (docs/async.md).
 
     `stop_on_interrupt` (the `textrlhf train` command): the first Ctrl-C ends the run at the end
     of its iteration, with a checkpoint, instead of at once (`Trainer.learn`)."""
     dist = init_distributed(resolve_device(cfg.run.device).type)  # LOCAL outside torchrun
+    if cfg.rollout.actors > 0 or replay is not None:  # learner + actors (docs/async.md)
+        from agents.run.async_train import train_async
+
+        return train_async(cfg, dist, name, overwrite, resume, replay, stop_on_interrupt)
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "checkpoints" / "latest.json").is_file():

@@ -1,0 +1,214 @@
+"""Asynchronous actor-learner training (docs/async.md): the learner's side and the job's wiring.
+
+One torchrun world: rank 0 is the learner, rank 1 the actor (`rollout.actors: 1`). Both build
+the same `Trainer` from the config (the same seeds, so the same initial weights, env and RNG
+states); the actor then only steps its env (`agents.core.actor.run_actor`), and the learner runs
+the synchronous loop with one change: `collect_rollout` receives the actor's batch instead of
+collecting it. The update is the same clipped loss, its ratio taken against the behaviour
+log-probs the actor recorded (`rollout.correction` changes that: agents/core/ppo.py).
+
+Versions and staleness: version v is the policy after v updates; update k consumes batch k,
+sampled by a version >= k - max_staleness (the actor waits rather than run further ahead).
+
+RNG ownership: with max_staleness 0 (generate, then train) one torch RNG stream travels with the
+messages (the learner sends its state with the weights, the actor sends it back after the
+rollout), so the run draws the synchronous run's numbers in the synchronous run's order: the same
+weights, bit for bit. With max_staleness >= 1 the actor keeps the synchronous run's stream for
+its rollouts and the learner draws its minibatch orders from a stream of its own (seed + 2**32).
+
+The schedule (which version sampled which batch; update k consumes batch k) is appended to
+`schedule.jsonl` in the run folder, one line per update; `--replay RUN` makes the actor sample
+each batch with exactly the recorded version, which reproduces the run bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agents.core.actor import ActorLink, Batch, run_actor
+from agents.core.distributed import LOCAL, Distributed
+from agents.core.rollout import EpisodeLog
+from agents.run.config import Config, config_changes, to_dict
+from agents.run.interrupt import stop_on_first_interrupt
+from agents.run.resume import may_change_on_resume
+from agents.run.rundir import new_run_dir
+from agents.run.trainer import Trainer
+from agents.run.yamlio import read_yaml
+
+SCHEDULE = "schedule.jsonl"
+LEARNER, ACTOR = 0, 1  # ranks
+LEARNER_SEED_OFFSET = 2**32  # the learner's own RNG stream when max_staleness >= 1
+
+
+class AsyncLearner(Trainer):
+    """The learner: the synchronous loop, with its rollouts received from the actor."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path | None, actor: int = ACTOR):
+        super().__init__(cfg, run_dir, dist=LOCAL)
+        rollout = cfg.rollout
+        self.handoff = rollout.max_staleness == 0  # one RNG stream, passed back and forth
+        if not self.handoff:
+            torch.manual_seed(cfg.seed + LEARNER_SEED_OFFSET)
+            # the diagnostics' drift then measures the staleness, not an act/evaluate mismatch
+            self.diagnostics_warned = True
+        self.link = ActorLink(actor, self.ppo.params, self.buffer)
+        self.ppo.off_policy = True
+        self.ppo.correction, self.ppo.tis_cap = rollout.correction, rollout.tis_cap
+        self.batch: Batch | None = None
+        self.learner_wait = 0.0  # seconds waiting for a batch since the last iteration's end
+        self._mark = time.perf_counter()
+
+    def collect_rollout(self) -> EpisodeLog:
+        """Receive batch `iteration` from the actor into the buffer (waiting for it)."""
+        if self.handoff:  # the weights and the RNG state to sample this batch with
+            self.link.publish(self.iteration, torch.get_rng_state())
+        start = time.perf_counter()
+        batch = self.link.receive()
+        self.learner_wait += time.perf_counter() - start
+        if batch.index != self.iteration:
+            raise RuntimeError(f"update {self.iteration} received batch {batch.index}")
+        if batch.rng is not None:
+            torch.set_rng_state(batch.rng)
+        self.batch = batch
+        return batch.log
+
+    def iterate(self) -> dict[str, float]:
+        metrics = super().iterate()
+        if not self.handoff:  # the new version goes out before this iteration's evaluation
+            self.link.publish(self.iteration)
+        batch = self.batch
+        staleness = float(self.iteration - 1 - batch.version)
+        now = time.perf_counter()
+        span, self._mark = max(now - self._mark, 1e-9), now
+        wait, busy = batch.meta["wait_s"], batch.meta["busy_s"]
+        metrics.update(
+            {
+                "async/staleness_mean": staleness,
+                "async/staleness_max": staleness,
+                "async/version": float(batch.version),
+                **{f"async/{k}": v for k, v in self.ppo.off_policy_stats.items()},
+                "async/learner_idle": self.learner_wait / span,
+                "async/actor_idle": wait / max(wait + busy, 1e-9),
+            }
+        )
+        self.learner_wait = 0.0
+        if self.run_dir is not None:
+            append_line(
+                self.run_dir / SCHEDULE,
+                {"update": self.iteration - 1, "batch": batch.index, "actor": ACTOR,
+                 "version": batch.version, "staleness": int(staleness)},
+            )  # fmt: skip
+        return metrics
+
+    def _learn(self, stop_at: int | None, log: bool, stop_on_interrupt: bool) -> dict[str, Any]:
+        self._mark = time.perf_counter()
+        if not self.handoff:  # the actor samples during the initial evaluation
+            self.link.publish(self.iteration)
+        try:
+            summary = super()._learn(stop_at, log, stop_on_interrupt)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that ended the run is the news
+                self.link.stop()
+            raise
+        self.link.stop()
+        return summary
+
+
+def append_line(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line with a single write, flushed to disk: a crash leaves whole lines
+    (a torn last line at worst, which `read_schedule` ignores)."""
+    data = (json.dumps(record) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_schedule(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The recorded schedule of an asynchronous run, one record per update, in update order."""
+    path = Path(run_dir) / SCHEDULE
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot replay {run_dir}: no {SCHEDULE} in it (not an "
+                                "asynchronous run, or it never finished an update)")  # fmt: skip
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a torn last line
+    for k, record in enumerate(records):
+        if record.get("update") != k or record.get("batch") != k:
+            raise ValueError(f"{path}: line {k + 1} is {record}, expected update {k}")
+    return records
+
+
+def replay_versions(cfg: Config, run_dir: str | Path) -> list[int]:
+    """The version that sampled each batch of the run in `run_dir`, after checking that `cfg`
+    is that run's experiment (only what a resume may change may differ)."""
+    saved = read_yaml(Path(run_dir) / "config.yaml")
+    changed = config_changes(saved, to_dict(cfg), lambda key: not may_change_on_resume(key))
+    if changed:
+        raise ValueError(
+            f"--replay {run_dir}: the config differs from the run's: " + "; ".join(changed)
+        )
+    return [int(record["version"]) for record in read_schedule(run_dir)]
+
+
+def train_async(
+    cfg: Config,
+    dist: Distributed,
+    name: str | None = None,
+    overwrite: bool = False,
+    resume: str | Path | None = None,
+    replay: str | Path | None = None,
+    stop_on_interrupt: bool = False,
+) -> Path:
+    """The job of every rank of an asynchronous run: rank 0 creates the run folder and learns,
+    rank 1 acts. Returns the run folder."""
+    world = 1 + cfg.rollout.actors
+    if cfg.rollout.actors < 1:
+        raise ValueError("--replay re-runs an asynchronous run: set rollout.actors >= 1")
+    if dist.world_size != world:
+        raise ValueError(
+            f"rollout.actors={cfg.rollout.actors} needs {world} processes (1 learner + "
+            f"{cfg.rollout.actors} actor), this job has {dist.world_size}: launch it with "
+            "`textrlhf train CONFIG` (which starts them), or torchrun --nproc_per_node="
+            f"{world}; data-parallel learners with actors are not implemented yet"
+        )
+    if resume is not None:
+        raise ValueError(
+            "resuming an asynchronous run (rollout.actors >= 1) is not implemented yet "
+            "(docs/async.md, 'Not yet done'); `--replay RUN` re-runs it from the start"
+        )
+    versions = replay_versions(cfg, replay) if replay is not None else None
+    run_dir = new_run_dir(cfg, name, overwrite) if dist.is_main else None
+    run_dir = Path(dist.broadcast_str(str(run_dir) if run_dir else None))
+    if dist.rank == LEARNER:
+        try:
+            learner = AsyncLearner(cfg, run_dir)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was written to it yet
+            raise
+        learner.learn(stop_on_interrupt=stop_on_interrupt)
+    else:
+        # the same construction as the learner's: the same weights, env and RNG states
+        actor = Trainer(cfg, None, dist=LOCAL)
+        # a stop signal reaches every rank: the learner decides when the actor stops
+        with stop_on_first_interrupt(stop_on_interrupt, announce=False):
+            run_actor(
+                actor.collector, actor.ppo.params, actor.num_iterations,
+                cfg.rollout.max_staleness, versions, LEARNER,
+            )  # fmt: skip
+        actor.close()
+    dist.close()
+    return run_dir
