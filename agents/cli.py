@@ -175,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if filled and main_rank:
         print(f"defaults of policy.type {cfg.policy.type} filled in: " + ", ".join(filled))
-    if args.replay and (args.resume or args.overwrite):
+    if args.replay and args.resume:
         raise ValueError("--replay starts a new run; it cannot be combined with --resume")
     run = train(
         cfg, name=args.name, overwrite=args.overwrite, resume=args.resume, replay=args.replay

@@ -246,8 +246,8 @@ class WeightInbox:
         self, need: int, exact: bool
     ) -> tuple[int, list[torch.Tensor], torch.Tensor | None] | None:
         """Block until a version >= `need` is here (exactly `need` when `exact`: a replay), then
-        return (version, weights, rng) of the newest such one, forgetting the older ones; None
-        once the learner said STOP."""
+        return (version, weights, rng) of the newest such one, forgetting the older ones (it
+        stays here: the next batch may take it again); None once the learner said STOP."""
         with self.cond:
             while True:
                 if self.stopped:
@@ -258,7 +258,7 @@ class WeightInbox:
                 if ready:
                     version = max(ready)
                     weights, rng = self.versions[version]
-                    for v in [v for v in self.versions if v <= version]:
+                    for v in [v for v in self.versions if v < version]:
                         del self.versions[v]
                     return version, weights, rng
                 self.cond.wait()

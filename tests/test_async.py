@@ -1,0 +1,250 @@
+"""Asynchronous actor-learner training (agents/run/async_train.py, agents/core/actor.py).
+
+- `rollout.max_staleness: 0` with 1 actor gives the synchronous run's weights, bit for bit
+  (CartPole MLP; LM policy with the KL penalty and running score normalization);
+- `--replay RUN` re-runs a run's recorded schedule and ends with its weights, bit for bit, and
+  the recorded staleness never exceeds max_staleness;
+- an actor that raises ends the job with its error within 60 s;
+- the importance-weight statistics and the corrections of the PPO update (in-process);
+- config errors name the bad value and the allowed ones.
+
+`textrlhf train` launches the learner and the actor through torchrun itself; the subprocesses
+get this checkout's code and the test envs on PYTHONPATH, and none of the torchrun variables
+the test process may have inherited.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import DISTRIBUTED_VARS
+from helpers import CONFIGS, REPO, text_config
+from safetensors.torch import load_file
+
+from agents.cli import main
+from agents.run.config import load_config
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _env() -> dict[str, str]:
+    """Child processes: this checkout's code first, the test envs importable, 1 thread, and no
+    torchrun variables from the test process's environment."""
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_VARS}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS), env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _train(config: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "agents.cli", "train", str(config), *args]
+    return subprocess.run(
+        cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _cartpole(tmp_path: Path, **top: object) -> Path:
+    cfg = {
+        "name": "cp", "seed": 4, "total_timesteps": 8 * 16 * 6,
+        "env": {"id": "CartPole-v1", "num_envs": 8, "vectorization": "sync"},
+        "policy": {"type": "mlp", "hidden_sizes": [16, 16]},
+        "ppo": {"n_steps": 16, "batch_size": 32, "n_epochs": 2},
+        "kl": {"enabled": True, "beta": 0.1, "adaptive": True, "target": 0.5, "horizon": 10},
+        "score": {"normalize": "running"},
+        "eval": {"episodes": 2, "every": 8 * 16 * 3},
+        "run": {"root": str(tmp_path / "runs"), "progress": False},
+        **top,
+    }  # fmt: skip
+    path = tmp_path / "cp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    step = json.loads((run / "checkpoints" / "latest.json").read_text())["step"]
+    tensors = load_file(str(run / "checkpoints" / f"{step}.safetensors"))
+    return {k: v for k, v in tensors.items() if k.startswith("policy/")}
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa and wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def _metrics(run: Path, drop: tuple[str, ...] = ("time/", "async/")) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [
+            {k: v for k, v in row.items() if not k.startswith(drop)} for row in csv.DictReader(f)
+        ]
+
+
+def _schedule(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "schedule.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kind", ["cartpole", "lm"])
+def test_staleness_0_with_1_actor_equals_the_synchronous_run(kind, tmp_path, gpt2_ctx64_path):
+    if kind == "cartpole":
+        config = _cartpole(tmp_path)
+    else:
+        cfg = text_config(gpt2_ctx64_path, str(tmp_path / "runs"), batch_size=16)
+        cfg["score"] = {"normalize": "running"}
+        cfg["eval"].update(episodes=4, every=8 * 8 * 2)
+        config = tmp_path / "lm.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(config), "--name", "sync"]) == 0  # in-process, 1 process
+    result = _train(config, "--name", "async", "--set", "rollout.actors=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = tmp_path / "runs"
+    _assert_same_weights(runs / "sync", runs / "async")
+    # the same run: every logged number but the wall clock and the async/ columns
+    assert _metrics(runs / "sync") == _metrics(runs / "async")
+    schedule = _schedule(runs / "async")
+    assert [r["version"] for r in schedule] == list(range(len(schedule)))  # generate, then train
+    summary = json.loads((runs / "async" / "summary.json").read_text())
+    assert summary["finished"] and summary["iterations"] == len(schedule) > 2
+    header = (runs / "async" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("staleness_mean", "staleness_max", "is_weight_mean", "is_weight_max",
+                "is_frac_truncated", "is_ess", "learner_idle", "actor_idle"):  # fmt: skip
+        assert f"async/{key}" in header
+
+
+@pytest.mark.parametrize("correction", ["none", "decoupled"])
+def test_replay_ends_with_the_weights_of_the_run_and_staleness_stays_bounded(correction, tmp_path):
+    config = _cartpole(tmp_path)
+    S = 2
+    common = ["--set", "rollout.actors=1", f"rollout.max_staleness={S}",
+              f"rollout.correction={correction}"]  # fmt: skip
+    first = _train(config, "--name", "first", *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = tmp_path / "runs"
+    schedule = _schedule(runs / "first")
+    assert [r["update"] for r in schedule] == [r["batch"] for r in schedule] == list(range(6))
+    for r in schedule:
+        assert r["staleness"] == r["update"] - r["version"]
+        assert 0 <= r["staleness"] <= S, schedule
+    again = _train(config, "--name", "again", "--replay", str(runs / "first"), *common)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _assert_same_weights(runs / "first", runs / "again")
+    assert _schedule(runs / "again") == schedule
+    assert _metrics(runs / "first", ("time/", "async/learner", "async/actor")) == _metrics(
+        runs / "again", ("time/", "async/learner", "async/actor")
+    )
+
+
+def test_replay_refuses_another_experiment(tmp_path):
+    config = _cartpole(tmp_path)
+    runs = tmp_path / "runs"
+    first = _train(config, "--name", "first", "--set", "rollout.actors=1", "total_timesteps=256")
+    assert first.returncode == 0, first.stderr[-3000:]
+    result = _train(config, "--name", "other", "--replay", str(runs / "first"),
+                    "--set", "rollout.actors=1", "total_timesteps=256", "ppo.n_epochs=3")  # fmt: skip
+    assert result.returncode == 1
+    assert "the config differs from the run's: ppo.n_epochs: 2 in the checkpoint" in result.stderr
+
+
+def test_an_actor_that_raises_ends_the_job_within_60_s(tmp_path):
+    config = _cartpole(
+        tmp_path,
+        env={
+            "id": "async_envs:RaisesInRollout-v0",
+            "num_envs": 8,
+            "vectorization": "sync",
+            "kwargs": {"n_steps": 16},
+        },  # fmt: skip
+        total_timesteps=8 * 16 * 1000,
+    )
+    start = time.monotonic()
+    result = _train(config, "--name", "fails", "--set", "rollout.actors=1",
+                    "rollout.max_staleness=1", timeout=120)  # fmt: skip
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0
+    assert "the env fails on purpose in rollout 3" in result.stderr
+    assert elapsed < 60, f"the job took {elapsed:.0f} s to end"
+
+
+def test_rollout_config_errors_name_the_value_and_the_choices():
+    cfg = load_config(CONFIGS / "cartpole.yaml")
+    assert (cfg.rollout.actors, cfg.rollout.max_staleness, cfg.rollout.correction) == (0, 0, "none")
+    with pytest.raises(ValueError, match=r"rollout.actors=2: .* allowed: \[0, 1\]"):
+        load_config(CONFIGS / "cartpole.yaml", ["rollout.actors=2"])
+    with pytest.raises(ValueError, match=r"'none', 'decoupled', 'tis'\], got 'vtrace'"):
+        load_config(CONFIGS / "cartpole.yaml", ["rollout.correction=vtrace"])
+    with pytest.raises(ValueError, match=r"rollout.max_staleness.*-1"):
+        load_config(CONFIGS / "cartpole.yaml", ["rollout.max_staleness=-1"])
+    with pytest.raises(ValueError, match=r"did you mean 'max_staleness'"):
+        load_config(CONFIGS / "cartpole.yaml", ["rollout.max_stalenes=1"])
+
+
+def test_resume_of_an_asynchronous_run_is_refused_with_the_replay_hint(tmp_path):
+    from agents.core.distributed import Distributed
+    from agents.run.async_train import train_async
+
+    cfg = load_config(_cartpole(tmp_path), ["rollout.actors=1"])
+    with pytest.raises(ValueError, match="not implemented yet.*--replay"):
+        train_async(cfg, Distributed(0, 2), resume=tmp_path)
+
+
+# ----------------------------------------------------------------------------- the update
+
+
+def _collected(corrections: str, offset: float):
+    """A CartPole trainer after one rollout whose behaviour log-probs are `offset` below the
+    policy's: importance weights pi / mu = exp(offset) on every valid step."""
+    from agents.run.trainer import Trainer
+
+    cfg = load_config(
+        CONFIGS / "cartpole.yaml",
+        ["total_timesteps=512", "eval.episodes=0", "ppo.n_epochs=1", "ppo.batch_size=256",
+         f"rollout.correction={corrections}"],
+    )  # fmt: skip
+    trainer = Trainer(cfg)
+    trainer.collector.collect()
+    buf = trainer.buffer
+    buf.log_probs.sub_(offset * buf.valid)
+    buf.compute_gae(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+    trainer.ppo.off_policy = True
+    trainer.ppo.correction, trainer.ppo.tis_cap = corrections, 1.2
+    return trainer
+
+
+@pytest.mark.parametrize("correction", ["none", "decoupled", "tis"])
+def test_importance_weight_statistics(correction):
+    trainer = _collected(correction, 0.25)
+    behaviour = trainer.buffer.log_probs.clone()
+    stats = trainer.ppo.update(trainer.buffer, 0)
+    w = torch.exp(torch.tensor(0.25)).item()
+    got = trainer.ppo.off_policy_stats
+    assert got["is_weight_mean"] == pytest.approx(w, rel=1e-5)
+    assert got["is_weight_max"] == pytest.approx(w, rel=1e-5)
+    assert got["is_frac_truncated"] == 1.0  # exp(0.25) = 1.28 > tis_cap 1.2
+    assert got["is_ess"] == pytest.approx(1.0)
+    assert torch.equal(trainer.buffer.log_probs, behaviour)  # the buffer keeps mu's
+    assert stats["n_minibatch_steps"] == 1
+
+
+def test_decoupled_clips_against_the_start_of_the_update_and_weighs_by_the_truncated_ratio():
+    """With every weight pi_start / mu = e^0.25 truncated to 1.2: the decoupled loss takes its
+    ratio against pi_start (the policy's own log-probs here, as in an on-policy update) and
+    its coefficients are the on-policy ones times 1.2."""
+    on = _collected("none", 0.0)
+    decoupled = _collected("decoupled", 0.25)
+    behaviour = decoupled.buffer.log_probs.clone()
+    saved = decoupled.ppo._proximal(decoupled.buffer)
+    assert torch.equal(saved, behaviour)
+    torch.testing.assert_close(decoupled.buffer.log_probs, on.buffer.log_probs)
+    a = on.ppo.prepare(on.buffer.full_batch(False), 0.2)
+    b = decoupled.ppo.prepare(decoupled.buffer.full_batch(False), 0.2)
+    torch.testing.assert_close(b.coef, 1.2 * a.coef)
+    assert torch.equal(b.ratio_low, a.ratio_low) and torch.equal(b.ratio_high, a.ratio_high)
