@@ -248,3 +248,15 @@ def test_decoupled_clips_against_the_start_of_the_update_and_weighs_by_the_trunc
     b = decoupled.ppo.prepare(decoupled.buffer.full_batch(False), 0.2)
     torch.testing.assert_close(b.coef, 1.2 * a.coef)
     assert torch.equal(b.ratio_low, a.ratio_low) and torch.equal(b.ratio_high, a.ratio_high)
+
+
+@pytest.mark.slow  # ~1 minute: 100k CartPole steps in two processes
+def test_cartpole_with_an_actor_learns(tmp_path):
+    root = tmp_path / "runs"
+    result = _train(CONFIGS / "cartpole.yaml", "--name", "cp", "--set", f"run.root={root}",
+                    "run.progress=false", "rollout.actors=1", "rollout.max_staleness=1",
+                    timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((root / "cp" / "summary.json").read_text())
+    assert summary["final_return"] >= 475, summary
+    assert max(r["staleness"] for r in _schedule(root / "cp")) == 1
