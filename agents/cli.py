@@ -175,8 +175,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if filled and main_rank:
         print(f"defaults of policy.type {cfg.policy.type} filled in: " + ", ".join(filled))
-    if args.replay and args.resume:
-        raise ValueError("--replay starts a new run; it cannot be combined with --resume")
     run = train(
         cfg, name=args.name, overwrite=args.overwrite, resume=args.resume, replay=args.replay
     )
@@ -187,21 +185,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary.get("interrupted"):
         again = ["textrlhf", "train", args.config, *(["--set", *args.set] if args.set else [])]
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1:  # resume at the same world size (bit-exact); several nodes: torchrun
-            again += ["--nproc", str(world)]
-        if cfg.rollout.actors:  # docs/async.md, "Not yet done"
-            print(
-                f"stopped by {summary.get('stop_signal') or 'Ctrl-C'} at step "
-                f"{summary['steps']:,}, with a checkpoint; resuming an asynchronous run is not "
-                f"implemented yet; re-run it with:\n"
-                f"  {shlex.join([*again, '--replay', str(run_dir)])}"
-            )
-        else:
-            print(
-                f"stopped by {summary.get('stop_signal') or 'Ctrl-C'} at step "
-                f"{summary['steps']:,}, with a checkpoint; continue with:\n"
-                f"  {shlex.join([*again, '--resume', str(run_dir)])}"
-            )
+        learners = world - cfg.rollout.actors  # the actors start by themselves
+        if learners > 1:  # resume at the same world size (bit-exact); several nodes: torchrun
+            again += ["--nproc", str(learners)]
+        print(
+            f"stopped by {summary.get('stop_signal') or 'Ctrl-C'} at step {summary['steps']:,}, "
+            f"with a checkpoint; continue with:\n"
+            f"  {shlex.join([*again, '--resume', str(run_dir)])}"
+        )
         print(
             f"steps {summary['steps']:,}  return (last 100 episodes) "
             f"{summary['train_return_last100']}  wall {summary['wall_time_s']:.1f}s"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -174,6 +175,49 @@ def test_an_actor_that_raises_ends_the_job_within_60_s(tmp_path):
     assert elapsed < 60, f"the job took {elapsed:.0f} s to end"
 
 
+def _terminal_dispositions() -> None:
+    """In the child, before exec: SIGINT as in a job started from an interactive shell (the
+    test process may have inherited it ignored: nohup, background jobs, CI)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_ctrl_c_stops_learner_and_actor_and_the_printed_command_resumes(tmp_path):
+    iterations = 150
+    config = _cartpole(tmp_path, total_timesteps=8 * 16 * iterations)
+    cmd = [sys.executable, "-m", "agents.cli", "train", str(config), "--name", "stopped",
+           "--set", "rollout.actors=1", "rollout.max_staleness=1"]  # fmt: skip
+    job = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, preexec_fn=_terminal_dispositions,
+    )  # fmt: skip
+    run = tmp_path / "runs" / "stopped"
+    deadline = time.monotonic() + 120
+    while not ((run / "metrics.csv").is_file() and len(_metrics(run)) > 2):
+        assert job.poll() is None and time.monotonic() < deadline, job.communicate()[1][-3000:]
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGINT)  # a terminal's Ctrl-C: the launcher's process group
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["finished"] is False
+    step = summary["steps"]
+    assert f"stopped by Ctrl-C at step {step:,}" in out
+    assert f"--resume {run}" in out and "--nproc" not in out
+    assert (run / "checkpoints" / f"{step}.actor.json").is_file()
+    assert len(_schedule(run)) == step // (8 * 16)
+    # the printed command continues the run to its end
+    resumed = _train(config, "--resume", str(run), "--set", "rollout.actors=1",
+                     "rollout.max_staleness=1")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finished"] and summary["steps"] == 8 * 16 * iterations
+    schedule = _schedule(run)
+    assert [r["update"] for r in schedule] == list(range(iterations))
+    assert all(0 <= r["staleness"] <= 1 for r in schedule)
+
+
 def test_rollout_config_errors_name_the_value_and_the_choices():
     cfg = load_config(CONFIGS / "cartpole.yaml")
     assert (cfg.rollout.actors, cfg.rollout.max_staleness, cfg.rollout.correction) == (0, 0, "none")
@@ -187,19 +231,44 @@ def test_rollout_config_errors_name_the_value_and_the_choices():
         load_config(CONFIGS / "cartpole.yaml", ["rollout.max_stalenes=1"])
 
 
-def test_resume_of_an_asynchronous_run_is_refused_with_the_replay_hint(tmp_path):
-    from agents.core.distributed import Distributed
-    from agents.run.async_train import train_async
+def test_resume_from_a_checkpoint_continues_the_schedule_bit_for_bit(tmp_path):
+    """A run stopped at its checkpoint halfway (a crash just after it: the later checkpoint and
+    log lines are gone) and resumed with the original schedule ends with the uninterrupted
+    run's weights, metrics and schedule; the checkpoint held the actor's state and the batches
+    it had sampled ahead."""
+    import shutil
 
-    cfg = load_config(_cartpole(tmp_path), ["rollout.actors=1"])
-    with pytest.raises(ValueError, match="not implemented yet.*--replay"):
-        train_async(cfg, Distributed(0, 2), resume=tmp_path)
+    config = _cartpole(tmp_path, run={"root": str(tmp_path / "runs"), "progress": False,
+                                      "checkpoint_every": 8 * 16 * 3})  # fmt: skip
+    common = ["--set", "rollout.actors=1", "rollout.max_staleness=2"]
+    runs = tmp_path / "runs"
+    first = _train(config, "--name", "whole", *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    half = 8 * 16 * 3
+    checkpoints = runs / "whole" / "checkpoints"
+    assert (checkpoints / f"{half}.actor.json").is_file()
+    inflight = json.loads((checkpoints / f"{half}.inflight.json").read_text())
+    assert inflight["batches"] == list(range(3, inflight["next_batch"]))
+    part = runs / "part"
+    shutil.copytree(runs / "whole", part)
+    for path in (part / "checkpoints").glob(f"{8 * 16 * 6}.*"):
+        path.unlink()
+    (part / "checkpoints" / "latest.json").write_text(
+        json.dumps({"checkpoint": f"{half}.json", "step": half})
+    )
+    (part / "summary.json").unlink()
+    resumed = _train(config, "--resume", str(part), "--replay", str(runs / "whole"), *common)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_weights(runs / "whole", part)
+    assert _schedule(part) == _schedule(runs / "whole")
+    drop = ("time/", "async/learner", "async/actor")
+    assert _metrics(part, drop) == _metrics(runs / "whole", drop)
 
 
 # ----------------------------------------------------------------------------- the update
 
 
-def _collected(corrections: str, offset: float):
+def _collected(corrections: str, offset: float, *overrides: str):
     """A CartPole trainer after one rollout whose behaviour log-probs are `offset` below the
     policy's: importance weights pi / mu = exp(offset) on every valid step."""
     from agents.run.trainer import Trainer
@@ -207,7 +276,7 @@ def _collected(corrections: str, offset: float):
     cfg = load_config(
         CONFIGS / "cartpole.yaml",
         ["total_timesteps=512", "eval.episodes=0", "ppo.n_epochs=1", "ppo.batch_size=256",
-         f"rollout.correction={corrections}"],
+         f"rollout.correction={corrections}", *overrides],
     )  # fmt: skip
     trainer = Trainer(cfg)
     trainer.collector.collect()
@@ -259,4 +328,18 @@ def test_cartpole_with_an_actor_learns(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((root / "cp" / "summary.json").read_text())
     assert summary["final_return"] >= 475, summary
-    assert max(r["staleness"] for r in _schedule(root / "cp")) == 1
+    assert max(r["staleness"] for r in _schedule(root / "cp")) <= 1
+
+
+def test_tis_is_the_policy_gradient_weighted_by_the_truncated_ratio():
+    """Ratios pi / mu = e^0.25 on every step, truncated to 1.2: the gradient of the tis loss is
+    1.2 times the on-policy one (ratio 1, inside the clip band: -A grad log pi)."""
+    grads = []
+    for correction, offset in (("none", 0.0), ("tis", 0.25)):
+        trainer = _collected(correction, offset, "ppo.vf_coef=0")
+        ppo, batch = trainer.ppo, trainer.buffer.full_batch(False)
+        loss, _ = ppo.loss(batch, ppo.prepare(batch, 0.2), 0.2)
+        ppo.zero_grad()
+        loss.backward()
+        grads.append(torch.cat([p.grad.reshape(-1).clone() for p in ppo.params]))
+    torch.testing.assert_close(grads[1], 1.2 * grads[0], rtol=1e-4, atol=1e-7)

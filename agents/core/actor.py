@@ -8,11 +8,14 @@ ranks in the order they were sent, so the receiver reads them in exactly that or
     learner -> actor   WEIGHTS  (version, flags): the trainable parameters as they are stored
                                 (one flat tensor after `flatten_parameters`; adapters only under
                                 LoRA), then with FLAG_RNG the torch RNG state to sample with
+                       SAVE     (step): write your state for the checkpoint at `step`;
+                                the actor answers SAVED (its next batch) when it next waits
                        STOP     nothing more follows; the actor answers DONE
     actor -> learner   BATCH    (batch, version, json bytes, FLAG_RNG): the rollout buffer's
                                 tensors as one uint8 payload, the episode log and timings as
                                 JSON, then with FLAG_RNG the torch RNG state after the rollout
                        ERROR    (json bytes): the actor's error, as text
+                       SAVED    (next batch): its state is written; the batches before are sent
                        DONE     nothing more follows
 
 No pickle crosses processes: tensors as bytes, everything else as JSON. The actor receives
@@ -26,6 +29,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,7 +39,7 @@ import torch
 from agents.core.buffer import RolloutBuffer
 from agents.core.rollout import EpisodeLog
 
-WEIGHTS, STOP, BATCH, ERROR, DONE = range(5)
+WEIGHTS, STOP, BATCH, ERROR, DONE, SAVE, SAVED = range(7)
 FLAG_RNG = 1
 HEADER = 4  # int64 slots: kind, batch or version, json bytes or flags, flags
 
@@ -125,6 +129,37 @@ class Batch:
     meta: dict[str, Any]  # the actor's timings: wait_s (for weights), busy_s (rollout + send)
 
 
+@dataclass
+class RawBatch:
+    """A BATCH message as received, not yet unpacked (a batch sampled ahead of its update)."""
+
+    index: int
+    payload: torch.Tensor  # uint8, `pack_rollout`
+    text: torch.Tensor  # uint8, JSON
+    rng: torch.Tensor | None
+
+
+def raw_batches_to_tensors(batches: list[RawBatch]) -> dict[str, torch.Tensor]:
+    """Batches sampled but not yet consumed, as the tensors of a checkpoint file."""
+    out: dict[str, torch.Tensor] = {}
+    for raw in batches:
+        out[f"batch{raw.index}/payload"] = raw.payload
+        out[f"batch{raw.index}/json"] = raw.text
+        if raw.rng is not None:
+            out[f"batch{raw.index}/rng"] = raw.rng
+    return out
+
+
+def raw_batches_from_tensors(
+    indices: list[int], tensors: dict[str, torch.Tensor]
+) -> list[RawBatch]:
+    return [
+        RawBatch(k, tensors[f"batch{k}/payload"], tensors[f"batch{k}/json"],
+                 tensors.get(f"batch{k}/rng"))
+        for k in indices
+    ]  # fmt: skip
+
+
 class ActorError(RuntimeError):
     """The actor process raised: its error, as the learner reports it."""
 
@@ -141,6 +176,8 @@ class ActorLink:
         self.rng_size = torch.get_rng_state().numel()
         self.sending: list[tuple[Any, torch.Tensor]] = []  # isends in flight, their tensors
         self.stopped = False
+        # batches received before they are needed (at a checkpoint, or from one): raw messages
+        self.queue: list[RawBatch] = []
 
     def publish(self, version: int, rng: torch.Tensor | None = None) -> None:
         """Send the current weights as `version` (and the RNG state to sample with); returns at
@@ -155,21 +192,41 @@ class ActorLink:
     def receive(self) -> Batch:
         """The next batch, written into the learner's buffer (blocks until it arrives); an
         actor's error is raised here as `ActorError`."""
+        raw = self.queue.pop(0) if self.queue else self._next(expect=BATCH)
+        unpack_rollout(raw.payload, self.buffer)
+        data = decode_json(raw.text)
+        self.buffer.has_truncated_mass = data["has_truncated_mass"]
+        log = EpisodeLog(**data["log"])
+        return Batch(raw.index, data["version"], log, raw.rng, data["meta"])
+
+    def request_save(self, step: int) -> int:
+        """Ask the actor to write its state for the checkpoint at `step`; keep the batches it
+        sent before (sampled, not yet consumed: `queue`). Returns the actor's next batch."""
+        self.sending.append((_send(_header(SAVE, step), self.actor), torch.empty(0)))
+        while True:
+            raw = self._next(expect=SAVED)
+            if isinstance(raw, int):
+                return raw
+            self.queue.append(raw)
+
+    def _next(self, expect: int) -> Any:
+        """Read the next message: a batch (RawBatch), or with `expect` SAVED its next batch."""
         header = _recv(torch.zeros(HEADER, dtype=torch.int64), self.actor).tolist()
         kind = header[0]
         if kind == ERROR:
             text = decode_json(_recv(torch.empty(header[2], dtype=torch.uint8), self.actor))
             raise ActorError(f"actor (rank {self.actor}) failed: {text['error']}")
+        if kind == SAVED and expect == SAVED:
+            return header[1]
         if kind != BATCH:
             raise RuntimeError(f"unexpected message {header} from actor rank {self.actor}")
         _, index, size, flags = header
-        unpack_rollout(_recv(self.payload, self.actor), self.buffer)
-        data = decode_json(_recv(torch.empty(size, dtype=torch.uint8), self.actor))
+        payload = _recv(torch.empty_like(self.payload), self.actor)
+        text = _recv(torch.empty(size, dtype=torch.uint8), self.actor)
         rng = None
         if flags & FLAG_RNG:
             rng = _recv(torch.empty(self.rng_size, dtype=torch.uint8), self.actor)
-        self.buffer.has_truncated_mass = data["has_truncated_mass"]
-        return Batch(index, data["version"], EpisodeLog(**data["log"]), rng, data["meta"])
+        return RawBatch(index, payload, text, rng)
 
     def stop(self) -> None:
         """Tell the actor to finish and read what it still sends until its DONE (batches
@@ -180,8 +237,10 @@ class ActorLink:
         self.sending.append((_send(_header(STOP), self.actor), torch.empty(0)))
         while True:
             header = _recv(torch.zeros(HEADER, dtype=torch.int64), self.actor).tolist()
-            if header[0] == DONE:
-                break
+            if header[0] in (DONE, SAVED):
+                if header[0] == DONE:
+                    break
+                continue
             if header[0] == ERROR:
                 _recv(torch.empty(header[2], dtype=torch.uint8), self.actor)
                 continue
@@ -213,6 +272,7 @@ class WeightInbox:
         self.rng_size = torch.get_rng_state().numel()
         self.versions: dict[int, tuple[list[torch.Tensor], torch.Tensor | None]] = {}
         self.stopped = False
+        self.saves: list[int] = []  # checkpoint steps asked for, not yet handled
         self.error: BaseException | None = None
         self.cond = threading.Condition()
         self.thread = threading.Thread(target=self._run, name="weight-inbox", daemon=True)
@@ -227,6 +287,11 @@ class WeightInbox:
                         self.stopped = True
                         self.cond.notify_all()
                     return
+                if header[0] == SAVE:
+                    with self.cond:
+                        self.saves.append(header[1])
+                        self.cond.notify_all()
+                    continue
                 _, version, flags, _ = header
                 weights = [
                     _recv(torch.empty_like(p, device="cpu"), self.learner) for p in self.params
@@ -243,13 +308,16 @@ class WeightInbox:
                 self.cond.notify_all()
 
     def take(
-        self, need: int, exact: bool
+        self, need: int, exact: bool, on_save: Callable[[int], None]
     ) -> tuple[int, list[torch.Tensor], torch.Tensor | None] | None:
         """Block until a version >= `need` is here (exactly `need` when `exact`: a replay), then
         return (version, weights, rng) of the newest such one, forgetting the older ones (it
-        stays here: the next batch may take it again); None once the learner said STOP."""
+        stays here: the next batch may take it again); None once the learner said STOP. A
+        checkpoint asked for meanwhile is handled first: `on_save(step)`."""
         with self.cond:
             while True:
+                while self.saves:
+                    on_save(self.saves.pop(0))
                 if self.stopped:
                     return None
                 if self.error is not None:
@@ -263,9 +331,14 @@ class WeightInbox:
                     return version, weights, rng
                 self.cond.wait()
 
-    def wait_for_stop(self) -> None:
+    def wait_for_stop(self, on_save: Callable[[int], None]) -> None:
+        """Block until STOP (or a lost learner), handling the checkpoints asked for."""
         with self.cond:
-            while not self.stopped and self.error is None:
+            while True:
+                while self.saves:
+                    on_save(self.saves.pop(0))
+                if self.stopped or self.error is not None:
+                    return
                 self.cond.wait()
 
 
@@ -276,24 +349,39 @@ def run_actor(
     max_staleness: int,
     schedule: list[int] | None = None,
     learner: int = 0,
+    first_batch: int = 0,
+    save_state: Callable[[int, int], None] | None = None,
 ) -> None:
-    """The actor's loop: for each batch k, take the newest weights with version >= k -
-    `max_staleness` (waiting for them if need be), sample one rollout with `collector`, send it.
+    """The actor's loop: for each batch k from `first_batch`, take the newest weights with
+    version >= k - `max_staleness` (waiting for them if need be), sample one rollout with
+    `collector`, send it.
 
     `schedule` (a replay): batch k is sampled by exactly version schedule[k] (beyond its end,
     as usual). A WEIGHTS message with an RNG state (max_staleness 0) sets the torch RNG before
     the rollout and the state after it goes back with the batch: the learner and the actor then
-    draw from one stream, in the synchronous run's order. An error in the loop is sent to the
-    learner (which ends the job with it) and raised."""
-    inbox = WeightInbox(learner, params)
+    draw from one stream, in the synchronous run's order. A checkpoint request is handled while
+    the loop waits, between rollouts: `save_state(step, next_batch)` writes the actor's state,
+    then SAVED tells the learner. An error in the loop is sent to the learner (which ends the
+    job with it) and raised."""
     buffer = collector.buffer
     sending: list[tuple[int, list[Any], list[torch.Tensor]]] = []  # (batch, isends, tensors)
     current = None
+    k = first_batch  # the next batch
+
+    def send(batch: int, tensors: list[torch.Tensor]) -> None:
+        sending.append((batch, [_send(t, learner) for t in tensors], tensors))
+
+    def on_save(step: int) -> None:
+        if save_state is not None:
+            save_state(step, k)
+        send(-1, [_header(SAVED, k)])
+
+    inbox = WeightInbox(learner, params)
     try:
-        for k in range(num_batches):
+        for k in range(first_batch, num_batches):
             start = time.perf_counter()
             exact = schedule is not None and k < len(schedule)
-            got = inbox.take(schedule[k] if exact else max(k - max_staleness, 0), exact)
+            got = inbox.take(schedule[k] if exact else max(k - max_staleness, 0), exact, on_save)
             if got is None:  # the learner ended early
                 break
             version, weights, rng = got
@@ -319,16 +407,16 @@ def run_actor(
             text = encode_json(data)
             after = torch.get_rng_state() if rng is not None else None
             tensors = [_header(BATCH, k, text.numel(), FLAG_RNG if after is not None else 0)]
-            tensors += [pack_rollout(buffer), text] + ([after] if after is not None else [])
-            sending.append((k, [_send(t, learner) for t in tensors], tensors))
+            send(k, tensors + [pack_rollout(buffer), text] + ([after] if after is not None else []))
+        else:
+            k = num_batches
     except Exception as err:
         text = encode_json({"error": f"{type(err).__name__}: {err}"})
-        tensors = [_header(ERROR, -1, text.numel()), text]
-        sending.append((-1, [_send(t, learner) for t in tensors], tensors))
-        inbox.wait_for_stop()  # the learner ends the job (and reads what is in flight)
+        send(-1, [_header(ERROR, -1, text.numel()), text])
+        inbox.wait_for_stop(lambda step: None)  # the learner ends the job
         torch.distributed.send(_header(DONE), learner)
         raise
-    inbox.wait_for_stop()
+    inbox.wait_for_stop(on_save)
     torch.distributed.send(_header(DONE), learner)
     for _, works, _ in sending:
         for work in works:

@@ -19,6 +19,12 @@ its rollouts and the learner draws its minibatch orders from a stream of its own
 The schedule (which version sampled which batch; update k consumes batch k) is appended to
 `schedule.jsonl` in the run folder, one line per update; `--replay RUN` makes the actor sample
 each batch with exactly the recorded version, which reproduces the run bit for bit.
+
+Checkpoints: the learner's as in the synchronous run, plus `<step>.actor.*` (the actor's env,
+rollout carry-over, RNG states and its next batch j, written when the learner asks) and
+`<step>.inflight.*` (the batches sampled before j that the learner had not consumed yet). A
+resumed run consumes those first and the actor continues at batch j: with the original
+schedule (`--resume RUN --replay ORIGINAL`) it ends with the uninterrupted run's weights.
 """
 
 from __future__ import annotations
@@ -33,12 +39,29 @@ from typing import Any
 
 import torch
 
-from agents.core.actor import ActorLink, Batch, run_actor
+from agents.core.actor import (
+    ActorLink,
+    Batch,
+    raw_batches_from_tensors,
+    raw_batches_to_tensors,
+    run_actor,
+)
 from agents.core.distributed import LOCAL, Distributed
 from agents.core.rollout import EpisodeLog
+from agents.run.checkpoint import (
+    FORMAT_VERSION,
+    atomic_save_json,
+    atomic_save_tensors,
+    read_checkpoint,
+    rng_state,
+    set_env_state,
+    set_rng_state,
+)
 from agents.run.config import Config, config_changes, to_dict
+from agents.run.files import atomic_write_text
 from agents.run.interrupt import stop_on_first_interrupt
-from agents.run.resume import may_change_on_resume
+from agents.run.jsonio import read_json
+from agents.run.resume import may_change_on_resume, rank_state
 from agents.run.rundir import new_run_dir
 from agents.run.trainer import Trainer
 from agents.run.yamlio import read_yaml
@@ -51,11 +74,13 @@ LEARNER_SEED_OFFSET = 2**32  # the learner's own RNG stream when max_staleness >
 class AsyncLearner(Trainer):
     """The learner: the synchronous loop, with its rollouts received from the actor."""
 
-    def __init__(self, cfg: Config, run_dir: str | Path | None, actor: int = ACTOR):
-        super().__init__(cfg, run_dir, dist=LOCAL)
+    def __init__(
+        self, cfg: Config, run_dir: str | Path | None, resume: bool = False, actor: int = ACTOR
+    ):
+        super().__init__(cfg, run_dir, resume=resume, dist=LOCAL)
         rollout = cfg.rollout
         self.handoff = rollout.max_staleness == 0  # one RNG stream, passed back and forth
-        if not self.handoff:
+        if not self.handoff and not resume:  # a resumed learner has its stream back
             torch.manual_seed(cfg.seed + LEARNER_SEED_OFFSET)
             # the diagnostics' drift then measures the staleness, not an act/evaluate mismatch
             self.diagnostics_warned = True
@@ -65,6 +90,34 @@ class AsyncLearner(Trainer):
         self.batch: Batch | None = None
         self.learner_wait = 0.0  # seconds waiting for a batch since the last iteration's end
         self._mark = time.perf_counter()
+        if resume:
+            self._resume_schedule()
+
+    def _resume_schedule(self) -> None:
+        """A resumed learner: the batches its checkpoint holds first, and schedule.jsonl cut
+        back to the checkpoint's updates (a later line was never part of a checkpoint)."""
+        path = checkpoint_file(self.run_dir, self.global_step, "inflight")
+        meta, tensors = read_checkpoint(path)
+        self.link.queue = raw_batches_from_tensors(meta["batches"], tensors)
+        kept = read_schedule(self.run_dir)[: self.iteration] if self.iteration else []
+        atomic_write_text(self.run_dir / SCHEDULE, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def save(self, run_dir: Path | None = None) -> Path:
+        """The synchronous checkpoint, after the actor wrote its state (`<step>.actor.*`) and
+        with the batches it sampled ahead (`<step>.inflight.*`)."""
+        if run_dir is not None and Path(run_dir) != self.run_dir:
+            raise ValueError("an asynchronous run checkpoints into its own run folder only")
+        next_batch = self.link.request_save(self.global_step)
+        batches = [raw.index for raw in self.link.queue]
+        if batches != list(range(self.iteration, next_batch)):
+            raise RuntimeError(f"checkpoint at update {self.iteration}: batches {batches} held, "
+                               f"the actor is at batch {next_batch}")  # fmt: skip
+        write_checkpoint_file(
+            checkpoint_file(self.run_dir, self.global_step, "inflight"),
+            {"batches": batches, "next_batch": next_batch},
+            raw_batches_to_tensors(self.link.queue),
+        )
+        return super().save(run_dir)
 
     def collect_rollout(self) -> EpisodeLog:
         """Receive batch `iteration` from the actor into the buffer (waiting for it)."""
@@ -120,6 +173,49 @@ class AsyncLearner(Trainer):
             raise
         self.link.stop()
         return summary
+
+
+def checkpoint_file(run_dir: Path, step: int, part: str) -> Path:
+    """`<run>/checkpoints/<step>.<part>.json` (its tensors beside it, `.safetensors`)."""
+    return Path(run_dir) / "checkpoints" / f"{step}.{part}.json"
+
+
+def write_checkpoint_file(
+    path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> None:
+    """The tensors, then the JSON that names them (with their hash), each atomically: the JSON
+    exists only once the tensors are whole (`read_checkpoint` checks the pair)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = path.with_suffix(".safetensors")
+    meta = {**meta, "format_version": FORMAT_VERSION, "weights_file": weights.name}
+    meta["weights_sha256"] = atomic_save_tensors(tensors, weights)
+    atomic_save_json(meta, path)
+
+
+def save_actor_state(actor: Trainer, run_dir: Path, step: int, next_batch: int) -> None:
+    """The actor's part of the checkpoint at `step`: its env and rollout carry-over (as a
+    data-parallel rank saves them), its RNG states and its next batch."""
+    meta, tensors = rank_state(actor)
+    meta["rng"], rng_tensors = rng_state()
+    tensors.update(rng_tensors)
+    meta.update(step=step, next_batch=next_batch)
+    write_checkpoint_file(checkpoint_file(run_dir, step, "actor"), meta, tensors)
+
+
+def load_actor_state(actor: Trainer, run_dir: Path) -> int:
+    """Restore the actor's part of the run's latest checkpoint; returns its next batch."""
+    step = read_json(Path(run_dir) / "checkpoints" / "latest.json")["step"]
+    meta, tensors = read_checkpoint(checkpoint_file(run_dir, step, "actor"))
+    if "env" in meta:
+        set_env_state(
+            actor.env, meta["env"], {k: v for k, v in tensors.items() if k.startswith("env/")}
+        )
+    rollout = {
+        k[len("rollout/") :]: v.numpy() for k, v in tensors.items() if k.startswith("rollout/")
+    }
+    actor.collector.runner.load_state_arrays(rollout)
+    set_rng_state(meta["rng"], tensors)
+    return int(meta["next_batch"])
 
 
 def append_line(path: Path, record: dict[str, Any]) -> None:
@@ -185,29 +281,32 @@ def train_async(
             "`textrlhf train CONFIG` (which starts them), or torchrun --nproc_per_node="
             f"{world}; data-parallel learners with actors are not implemented yet"
         )
-    if resume is not None:
-        raise ValueError(
-            "resuming an asynchronous run (rollout.actors >= 1) is not implemented yet "
-            "(docs/async.md, 'Not yet done'); `--replay RUN` re-runs it from the start"
-        )
     versions = replay_versions(cfg, replay) if replay is not None else None
-    run_dir = new_run_dir(cfg, name, overwrite) if dist.is_main else None
-    run_dir = Path(dist.broadcast_str(str(run_dir) if run_dir else None))
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "checkpoints" / "latest.json").is_file():
+            raise FileNotFoundError(f"cannot resume {run_dir}: no checkpoints/latest.json in it")
+    else:
+        run_dir = new_run_dir(cfg, name, overwrite) if dist.is_main else None
+        run_dir = Path(dist.broadcast_str(str(run_dir) if run_dir else None))
     if dist.rank == LEARNER:
         try:
-            learner = AsyncLearner(cfg, run_dir)
+            learner = AsyncLearner(cfg, run_dir, resume=resume is not None)
         except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was written to it yet
+            if resume is None:
+                shutil.rmtree(run_dir, ignore_errors=True)  # nothing was written to it yet
             raise
         learner.learn(stop_on_interrupt=stop_on_interrupt)
     else:
         # the same construction as the learner's: the same weights, env and RNG states
         actor = Trainer(cfg, None, dist=LOCAL)
+        first = load_actor_state(actor, run_dir) if resume is not None else 0
         # a stop signal reaches every rank: the learner decides when the actor stops
         with stop_on_first_interrupt(stop_on_interrupt, announce=False):
             run_actor(
                 actor.collector, actor.ppo.params, actor.num_iterations,
-                cfg.rollout.max_staleness, versions, LEARNER,
+                cfg.rollout.max_staleness, versions, LEARNER, first,
+                lambda step, j: save_actor_state(actor, run_dir, step, j),
             )  # fmt: skip
         actor.close()
     dist.close()
