@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import gymnasium as gym
 import numpy as np
 
+from agents.core.actor import ActorError
 from agents.core.ppo import NonFiniteLossError
 from agents.run.checkpoint import CheckpointError
 from agents.run.interrupt import StopNow, signal_label, signal_number, stop_at_once_on_signals
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 EXPECTED_ERRORS = (
     ValueError, TypeError, FileExistsError, FileNotFoundError, CheckpointError,
-    NonFiniteLossError, RunFolderError, gym.error.Error,
+    NonFiniteLossError, RunFolderError, gym.error.Error, ActorError,
 )  # fmt: skip
 
 

@@ -185,6 +185,18 @@ def test_an_actor_that_raises_ends_the_job_within_60_s(tmp_path):
     assert result.returncode != 0
     assert "the env fails on purpose in rollout 3" in result.stderr
     assert elapsed < 60, f"the job took {elapsed:.0f} s to end"
+    # the learner saved the state before the failed rollout (updates 0 and 1 done), with the
+    # actor's state before it, and said how to continue
+    run = tmp_path / "runs" / "fails"
+    step = 2 * 8 * 16
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == step
+    assert json.loads((run / "checkpoints" / f"{step}.actor.json").read_text())["next_batch"] == 2
+    assert f"saved at step {step}: continue with --resume {run}" in result.stderr
+    # it resumes (and this env fails again at once: its step count came back with its state)
+    again = _train(config, "--resume", str(run), "--set", "rollout.actors=1",
+                   "rollout.max_staleness=1", timeout=120)  # fmt: skip
+    assert again.returncode != 0 and "the env fails on purpose" in again.stderr
+    assert f"saved at step {step}: continue" in again.stderr
 
 
 def _terminal_dispositions() -> None:

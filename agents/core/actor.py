@@ -350,7 +350,8 @@ def run_actor(
     schedule: list[int] | None = None,
     learner: int = 0,
     first_batch: int = 0,
-    save_state: Callable[[int, int], None] | None = None,
+    save_state: Callable[[int, int, Any], None] | None = None,
+    capture: Callable[[], Any] | None = None,
 ) -> None:
     """The actor's loop: for each batch k from `first_batch`, take the newest weights with
     version >= k - `max_staleness` (waiting for them if need be), sample one rollout with
@@ -360,20 +361,28 @@ def run_actor(
     as usual). A WEIGHTS message with an RNG state (max_staleness 0) sets the torch RNG before
     the rollout and the state after it goes back with the batch: the learner and the actor then
     draw from one stream, in the synchronous run's order. A checkpoint request is handled while
-    the loop waits, between rollouts: `save_state(step, next_batch)` writes the actor's state,
-    then SAVED tells the learner. An error in the loop is sent to the learner (which ends the
-    job with it) and raised."""
+    the loop waits, between rollouts: `save_state(step, next_batch, capture())` writes the
+    actor's state, then SAVED tells the learner. An error in the loop is sent to the learner,
+    which saves a checkpoint (the actor's part: its state `capture`d before the failed rollout)
+    and ends the job with it; then it is raised here."""
     buffer = collector.buffer
     sending: list[tuple[int, list[Any], list[torch.Tensor]]] = []  # (batch, isends, tensors)
     current = None
     k = first_batch  # the next batch
+    before = None  # the actor's state before the rollout in progress (`capture`)
 
     def send(batch: int, tensors: list[torch.Tensor]) -> None:
         sending.append((batch, [_send(t, learner) for t in tensors], tensors))
 
     def on_save(step: int) -> None:
         if save_state is not None:
-            save_state(step, k)
+            save_state(step, k, capture() if capture is not None else None)
+        send(-1, [_header(SAVED, k)])
+
+    def on_save_after_error(step: int) -> None:
+        if save_state is not None:
+            state = before if before is not None or capture is None else capture()
+            save_state(step, k, state)
         send(-1, [_header(SAVED, k)])
 
     inbox = WeightInbox(learner, params)
@@ -398,6 +407,7 @@ def run_actor(
                 current = version
             if rng is not None:
                 torch.set_rng_state(rng)
+            before = capture() if capture is not None else None
             log = collector.collect()
             data = {
                 "version": version, "log": asdict(log),
@@ -413,7 +423,7 @@ def run_actor(
     except Exception as err:
         text = encode_json({"error": f"{type(err).__name__}: {err}"})
         send(-1, [_header(ERROR, -1, text.numel()), text])
-        inbox.wait_for_stop(lambda step: None)  # the learner ends the job
+        inbox.wait_for_stop(on_save_after_error)  # the learner saves and ends the job
         torch.distributed.send(_header(DONE), learner)
         raise
     inbox.wait_for_stop(on_save)

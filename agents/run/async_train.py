@@ -30,6 +30,7 @@ schedule (`--resume RUN --replay ORIGINAL`) it ends with the uninterrupted run's
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ from typing import Any
 import torch
 
 from agents.core.actor import (
+    ActorError,
     ActorLink,
     Batch,
     raw_batches_from_tensors,
@@ -93,6 +95,19 @@ class AsyncLearner(Trainer):
         if resume:
             self._resume_schedule()
 
+    def _saved_after(self, err: ActorError) -> ActorError:
+        """Checkpoint after the actor's error (its part: its state before the failed rollout);
+        returns the error to end the job with, with the command that resumes."""
+        if self.run_dir is None:
+            return err
+        try:
+            self.save()
+        except Exception as save_err:  # the actor's error is the news; say why no checkpoint
+            return ActorError(f"{err} (no checkpoint: {type(save_err).__name__}: {save_err})")
+        return ActorError(
+            f"{err}; saved at step {self.global_step:,}: continue with --resume {self.run_dir}"
+        )
+
     def _resume_schedule(self) -> None:
         """A resumed learner: the batches its checkpoint holds first, and schedule.jsonl cut
         back to the checkpoint's updates (a later line was never part of a checkpoint)."""
@@ -124,7 +139,10 @@ class AsyncLearner(Trainer):
         if self.handoff:  # the weights and the RNG state to sample this batch with
             self.link.publish(self.iteration, torch.get_rng_state())
         start = time.perf_counter()
-        batch = self.link.receive()
+        try:
+            batch = self.link.receive()
+        except ActorError as err:  # nothing of this iteration happened yet: a whole state
+            raise self._saved_after(err) from None
         self.learner_wait += time.perf_counter() - start
         if batch.index != self.iteration:
             raise RuntimeError(f"update {self.iteration} received batch {batch.index}")
@@ -192,13 +210,22 @@ def write_checkpoint_file(
     atomic_save_json(meta, path)
 
 
-def save_actor_state(actor: Trainer, run_dir: Path, step: int, next_batch: int) -> None:
-    """The actor's part of the checkpoint at `step`: its env and rollout carry-over (as a
-    data-parallel rank saves them), its RNG states and its next batch."""
+def capture_actor_state(actor: Trainer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The actor's state now: its env and rollout carry-over (as a data-parallel rank saves
+    them) and its RNG states, copied (the env and the rollout change them in place)."""
     meta, tensors = rank_state(actor)
     meta["rng"], rng_tensors = rng_state()
     tensors.update(rng_tensors)
-    meta.update(step=step, next_batch=next_batch)
+    return copy.deepcopy(meta), {k: v.clone() for k, v in tensors.items()}
+
+
+def save_actor_state(
+    actor: Trainer, run_dir: Path, step: int, next_batch: int, state: Any = None
+) -> None:
+    """The actor's part of the checkpoint at `step`: its state (`state`, captured before its
+    next batch; None: now) and the index of that batch."""
+    meta, tensors = state if state is not None else capture_actor_state(actor)
+    meta = {**meta, "step": step, "next_batch": next_batch}
     write_checkpoint_file(checkpoint_file(run_dir, step, "actor"), meta, tensors)
 
 
@@ -306,7 +333,8 @@ def train_async(
             run_actor(
                 actor.collector, actor.ppo.params, actor.num_iterations,
                 cfg.rollout.max_staleness, versions, LEARNER, first,
-                lambda step, j: save_actor_state(actor, run_dir, step, j),
+                lambda step, j, state: save_actor_state(actor, run_dir, step, j, state),
+                lambda: capture_actor_state(actor),
             )  # fmt: skip
         actor.close()
     dist.close()
