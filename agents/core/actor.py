@@ -44,12 +44,24 @@ FLAG_RNG = 1
 HEADER = 4  # int64 slots: kind, batch or version, json bytes or flags, flags
 
 
+# the process group the messages travel in: gloo (CPU tensors) also when the default group is
+# NCCL, and without the default group's timeout, which is meant for a hung collective: an actor
+# may wait for weights through a long evaluation (a peer that dies closes the connection, and
+# torchrun ends the job). `use_group` sets it; None: the default group.
+GROUP: Any = None
+
+
+def use_group(group: Any) -> None:
+    global GROUP
+    GROUP = group
+
+
 def _send(tensor: torch.Tensor, dst: int) -> Any:
-    return torch.distributed.isend(tensor, dst)
+    return torch.distributed.isend(tensor, dst, group=GROUP)
 
 
 def _recv(tensor: torch.Tensor, src: int) -> torch.Tensor:
-    torch.distributed.recv(tensor, src)
+    torch.distributed.recv(tensor, src, group=GROUP)
     return tensor
 
 
@@ -424,10 +436,10 @@ def run_actor(
         text = encode_json({"error": f"{type(err).__name__}: {err}"})
         send(-1, [_header(ERROR, -1, text.numel()), text])
         inbox.wait_for_stop(on_save_after_error)  # the learner saves and ends the job
-        torch.distributed.send(_header(DONE), learner)
+        torch.distributed.send(_header(DONE), learner, group=GROUP)
         raise
     inbox.wait_for_stop(on_save)
-    torch.distributed.send(_header(DONE), learner)
+    torch.distributed.send(_header(DONE), learner, group=GROUP)
     for _, works, _ in sending:
         for work in works:
             work.wait()

@@ -47,6 +47,7 @@ from agents.core.actor import (
     raw_batches_from_tensors,
     raw_batches_to_tensors,
     run_actor,
+    use_group,
 )
 from agents.core.distributed import LOCAL, Distributed
 from agents.core.rollout import EpisodeLog
@@ -309,6 +310,7 @@ def train_async(
             f"{world}; data-parallel learners with actors are not implemented yet"
         )
     versions = replay_versions(cfg, replay) if replay is not None else None
+    use_group(dist.wait_group)  # gloo, and no timeout for a hung collective (agents/core/actor)
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "checkpoints" / "latest.json").is_file():
