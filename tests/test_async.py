@@ -335,6 +335,7 @@ def test_decoupled_clips_against_the_start_of_the_update_and_weighs_by_the_trunc
     decoupled = _collected("decoupled", 0.25)
     behaviour = decoupled.buffer.log_probs.clone()
     saved = decoupled.ppo._proximal(decoupled.buffer)
+    assert decoupled.ppo.off_policy_stats["is_frac_truncated"] == 1.0
     assert torch.equal(saved, behaviour)
     torch.testing.assert_close(decoupled.buffer.log_probs, on.buffer.log_probs)
     a = on.ppo.prepare(on.buffer.full_batch(False), 0.2)

@@ -34,6 +34,7 @@ from agents.policies.base import Minibatch
 LOSS_AGGREGATIONS = ("token", "sequence", "token_sum")
 # off-policy corrections of an asynchronous run's update (`PPO.correction`, docs/async.md)
 CORRECTIONS = ("none", "decoupled", "tis")
+OFF_POLICY_STATS = ("is_weight_mean", "is_weight_max", "is_frac_truncated", "is_ess")
 STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "kl_loss")
 
 
@@ -159,8 +160,9 @@ class PPO:
         self.first_epoch: FirstEpoch | None = None
         # asynchronous runs (agents/run/async_train.py): the rollout's log-probs are the
         # actor's (the behaviour policy, possibly older weights). `off_policy` measures the
-        # importance weights pi_start / pi_behaviour at the start of each update
-        # (`off_policy_stats`); `correction` (CORRECTIONS) changes the loss (`_proximal`)
+        # importance weights pi / pi_behaviour of each update (`off_policy_stats`: pi at the
+        # start of the update under `decoupled`, else at each step's first evaluation, which
+        # needs `record_first_epoch`); `correction` (CORRECTIONS) changes the loss
         self.off_policy = False
         self.correction = "none"
         self.tis_cap = 2.0
@@ -438,39 +440,49 @@ class PPO:
             group["lr"] = lr
         sequence = self.policy.is_sequence_policy
         self.policy.train()
-        behaviour = self._proximal(buffer) if self.off_policy else None
+        decoupled = self.off_policy and self.correction == "decoupled"
+        behaviour = self._proximal(buffer) if decoupled else None
         try:
             out = self._epochs(buffer, iteration, lr, clip, sequence)
         finally:
             if behaviour is not None:  # the buffer keeps what the actor sampled with
                 buffer.log_probs.copy_(behaviour)
                 self._is_weights = None
+        if self.off_policy and not decoupled and self.first_epoch is not None:
+            # no extra forward pass: the weights at each step's first evaluation (epoch 0)
+            first = self.first_epoch
+            valid = _flat(buffer.valid) & first.seen
+            w = (first.log_prob - _flat(buffer.log_probs))[valid].exp()
+            self.off_policy_stats = self._weight_stats(w)
         return out
 
+    def _weight_stats(self, w: torch.Tensor) -> dict[str, float]:
+        """Mean, max, fraction above `tis_cap` and effective sample size (as a fraction,
+        (sum w)^2 / (n sum w^2): 1 when all are equal) of importance weights `w`."""
+        w = w.double()
+        if w.numel() == 0:
+            return dict.fromkeys(OFF_POLICY_STATS, math.nan)
+        return {
+            "is_weight_mean": float(w.mean()),
+            "is_weight_max": float(w.max()),
+            "is_frac_truncated": float((w > self.tis_cap).sum()) / w.numel(),
+            "is_ess": float(w.sum() ** 2 / (w.numel() * w.square().sum())),
+        }
+
     @torch.no_grad()
-    def _proximal(self, buffer: RolloutBuffer) -> torch.Tensor | None:
-        """Asynchronous runs, before the epochs: the importance weights w = pi_start / mu of
-        the valid steps, pi_start the policy at the start of this update and mu the behaviour
-        policy the actor sampled with (`buffer.log_probs`); their statistics go to
-        `off_policy_stats`. `decoupled` then clips against pi_start (the buffer's log-probs
-        become pi_start's until the update ends) and weighs each step by min(w, tis_cap);
-        returns the behaviour log-probs to restore then (None: nothing changed)."""
+    def _proximal(self, buffer: RolloutBuffer) -> torch.Tensor:
+        """`decoupled`, before the epochs: one forward pass without grad gives pi_start, the
+        policy at the start of this update, and the importance weights w = pi_start / mu of
+        the valid steps (mu: the behaviour policy the actor sampled with, `buffer.log_probs`;
+        their statistics go to `off_policy_stats`). The loss then clips against pi_start (the
+        buffer's log-probs become pi_start's until the update ends) and weighs each step by
+        min(w, tis_cap). Returns the behaviour log-probs, to restore then."""
         batch = buffer.full_batch(self.policy.is_sequence_policy)
         start = _flat(self.policy.evaluate(batch)[0]).float()  # (T*N,) in step order t*N+row
         valid = _flat(batch.valid)
         behaviour = _flat(buffer.log_probs)
         w = torch.where(valid, (start - behaviour).exp(), torch.ones_like(start))  # (T*N,)
-        wv = w[valid].double()
-        n = max(wv.numel(), 1)
-        self.off_policy_stats = {
-            "is_weight_mean": float(wv.mean()) if wv.numel() else math.nan,
-            "is_weight_max": float(wv.max()) if wv.numel() else math.nan,
-            "is_frac_truncated": float((wv > self.tis_cap).sum()) / n,
-            # effective sample size as a fraction: (sum w)^2 / (n sum w^2), 1 when all equal
-            "is_ess": float(wv.sum() ** 2 / (n * wv.square().sum())) if wv.numel() else math.nan,
-        }
-        if self.correction != "decoupled":
-            return None
+        self.off_policy_stats = self._weight_stats(w[valid])
         saved = buffer.log_probs.clone()
         buffer.log_probs.copy_(torch.where(buffer.valid, start.view_as(saved), saved))
         self._is_weights = w.clamp(max=self.tis_cap)

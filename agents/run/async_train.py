@@ -89,6 +89,7 @@ class AsyncLearner(Trainer):
             self.diagnostics_warned = True
         self.link = ActorLink(actor, self.ppo.params, self.buffer)
         self.ppo.off_policy = True
+        self.ppo.record_first_epoch = True  # the importance weights' statistics read it
         self.ppo.correction, self.ppo.tis_cap = rollout.correction, rollout.tis_cap
         self.batch: Batch | None = None
         self.learner_wait = 0.0  # seconds waiting for a batch since the last iteration's end
