@@ -28,6 +28,21 @@ def code_version() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def machine() -> str:
+    """The machine a page's runs ran on: CPU model, core count and OS, as well as Python knows."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    return f"{model}, {os.cpu_count()} CPUs, {platform.system()}"
+
+
 def step0_return(run: Path) -> float | None:
     """The run's evaluation at step 0 (its start) as logged in metrics.csv, or None."""
     with (run / "metrics.csv").open(newline="") as f:
@@ -120,8 +135,8 @@ def main() -> None:
     page = [
         f"# {args.title}",
         "",
-        f"Code version `{code_version()}`. Written by `benchmarks/task_results.py` from the run",
-        "folders of:",
+        f"Code version `{code_version()}`, on {machine()}. Written by "
+        "`benchmarks/task_results.py` from the run folders of:",
         "",
         "```bash",
         args.command,

@@ -1,0 +1,58 @@
+"""benchmarks/results.py, the script that re-runs a results family and rewrites its page: every
+family names configs that exist and validate, commands the CLI parses, and a page folder that
+exists; its dry run prints the plan without running anything."""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+import sys
+
+import pytest
+from helpers import REPO
+
+from agents.cli import build_parser
+from agents.run.config import load_config
+
+# a script, not a package module: loaded by path (registered first: its dataclasses need that)
+spec = importlib.util.spec_from_file_location("results_script", REPO / "benchmarks" / "results.py")
+results = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = results
+spec.loader.exec_module(results)
+
+
+@pytest.mark.parametrize("name", sorted(results.FAMILIES))
+def test_a_family_names_valid_configs_commands_and_its_page(name, tmp_path):
+    family = results.FAMILIES[name]
+    assert (REPO / "docs" / "results" / family.page).is_dir(), family.page
+    for compare in family.compares:
+        args = build_parser().parse_args(compare.argv(tmp_path)[1:])
+        assert args.command == "compare" and args.seeds >= 5
+        for config in compare.configs:
+            load_config(REPO / config, args.set)
+    for step in family.prepare:
+        assert build_parser().parse_args(list(step[1:])).command in ("sft", "rm")
+
+
+def test_the_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
+    assert results.main(["lora", "--dry-run", "--work", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert shlex.split(lines[0])[:3] == [
+        "textrlhf",
+        "compare",
+        "configs/text_edit_distance_lora.yaml",
+    ]
+    assert "task_results.py" in lines[-1] and "docs/results/lora" in lines[-1]
+    assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_a_compare_family_copies_compare_md_onto_its_page(tmp_path):
+    plan = results.plan("classic_control", tmp_path)
+    assert plan[0][:2] == ["textrlhf", "compare"] and "20" in plan[0]
+    assert plan[-1][0] == "copy" and plan[-1][-1].endswith("docs/results/classic_control")
+
+
+def test_list_names_every_family(capsys):
+    assert results.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{name}: " in out for name in results.FAMILIES)
