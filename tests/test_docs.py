@@ -6,6 +6,7 @@ path, not the result); the slow suite runs them as written.
 
 Shell blocks (```bash, ```sh, ```shell) are checked command by command in the default suite,
 without training anything:
+- `NAME=value` prefixes (`PYTHONPATH=examples/own_model textrlhf ...`) are set for the command;
 - `textrlhf ...` (also after `torchrun ... -m agents.cli`): the arguments parse with the real
   parser, and every config they name loads and validates with the command's `--set` overrides;
 - `python FILE ...` and `python -m MODULE ...`: the file or module exists; a `python - <<'X'`
@@ -173,7 +174,18 @@ def check_textrlhf(argv: list[str]) -> None:
         module.load_config(REPO / args.config, [o for o in overrides if o not in placeholders])
 
 
+def split_env(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """`NAME=value ... command args` -> ({NAME: value}, [command, args...])."""
+    env = {}
+    while len(argv) > 1 and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", argv[0]):
+        name, _, value = argv[0].partition("=")
+        env[name] = value
+        argv = argv[1:]
+    return env, argv
+
+
 def check_command(argv: list[str]) -> None:
+    argv = split_env(argv)[1]
     program = argv[0]
     if program == "<<":
         compile(argv[1], "<heredoc>", "exec")
@@ -210,7 +222,7 @@ def test_a_documented_command_parses_and_its_configs_load(block, monkeypatch):
 TRAIN = [
     (block.where, argv)
     for block in SHELL
-    for argv in commands(block.code)
+    for argv in map(lambda a: split_env(a)[1], commands(block.code))
     if argv[:2] == ["textrlhf", "train"]
     and "--resume" not in argv
     and "--nproc" not in argv
@@ -226,6 +238,7 @@ def test_a_documented_train_command_trains(where, argv, tmp_path, monkeypatch):
     from agents.run.config import load_config
 
     monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "own_model"))  # its reward module
     args = build_parser().parse_args(argv[1:])
     cfg = load_config(REPO / args.config, args.set)
     short = [
@@ -237,6 +250,24 @@ def test_a_documented_train_command_trains(where, argv, tmp_path, monkeypatch):
     assert main([*argv[1:], "--set", *short]) == 0
 
 
+def test_the_own_model_example_trains_one_iteration(tmp_path, monkeypatch):
+    """docs/own_model.md's complete config, with its own reward module found on sys.path (what
+    PYTHONPATH=examples/own_model does): one PPO iteration, evaluated on its test prompts."""
+    from agents.cli import main
+
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "own_model"))
+    config = REPO / "examples" / "own_model" / "config.yaml"
+    short = [
+        "total_timesteps=1024",
+        "eval.episodes=8",
+        f"run.root={tmp_path}",
+        "run.progress=false",
+    ]
+    assert main(["train", str(config), "--name", "own", "--set", *short]) == 0
+    summary = (tmp_path / "own" / "summary.json").read_text()
+    assert '"final_return"' in summary
+
+
 def test_the_block_finder_sees_markers_indents_and_heredocs():
     text = "x\n<!-- no-test: a sketch -->\n```python\nboom(\n```\n  ```bash\n  textrlhf -h\n  ```\n"
     found = [(m["lang"], bool(m["marker"]), m["indent"]) for m in FENCE.finditer(text)]
@@ -244,3 +275,7 @@ def test_the_block_finder_sees_markers_indents_and_heredocs():
     code = "A=1 # one\nfor s in 1 2; do echo $s $A; done\npython - <<'PY'\nprint(1)\nPY\n"
     assert commands(code) == [["echo", "1", "1"], ["python", "-"], ["<<", "print(1)"]]
     assert commands("a x \\\n  y && b # c\n") == [["a", "x", "y"], ["b"]]
+    assert split_env(["PYTHONPATH=x", "textrlhf", "-h"]) == (
+        {"PYTHONPATH": "x"},
+        ["textrlhf", "-h"],
+    )
