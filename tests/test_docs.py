@@ -12,8 +12,11 @@ without training anything:
 - `python FILE ...` and `python -m MODULE ...`: the file or module exists; a `python - <<'X'`
   heredoc compiles;
 - `pip`, `git`, `tensorboard`, `ruff`, `bash`, `cd`: not run (installers, servers, CI itself).
-The slow suite runs every `textrlhf train` command of the blocks for real, with a short budget:
-`--set total_timesteps=<one iteration> eval.episodes=2` and run.root in a temporary folder.
+The slow suite runs every `textrlhf train`, `compare`, `sft` and `rm` command of the blocks for
+real, with a short budget (`short_run`: one PPO iteration, one seed, two SFT / reward-model
+steps) and its outputs in a temporary folder; commands that need an earlier run's folder
+(`eval`, `export`, `--resume`), several processes (`--nproc`, torchrun) or a placeholder are only
+checked. `python` scripts are only checked here (tests/test_env_examples.py runs the examples).
 
 A block that is not meant to run (a fragment, a sketch, one that needs a GPU or a server) has
 the line `<!-- no-test: why -->` right before its fence. Output and YAML use other fence
@@ -219,35 +222,64 @@ def test_a_documented_command_parses_and_its_configs_load(block, monkeypatch):
             raise AssertionError(f"{block.where}: {shlex.join(argv)}: {err}") from err
 
 
-TRAIN = [
+RUNNABLE = ("train", "compare", "sft", "rm")
+SHORT_RUNS = [
     (block.where, argv)
     for block in SHELL
-    for argv in map(lambda a: split_env(a)[1], commands(block.code))
-    if argv[:2] == ["textrlhf", "train"]
-    and "--resume" not in argv
-    and "--nproc" not in argv
-    and argv[2] not in USER_FILES
+    for argv in (split_env(a)[1] for a in commands(block.code))
+    if argv[0] == "textrlhf"
+    and argv[1] in RUNNABLE
+    and not {"--resume", "--nproc"} & set(argv)
+    and not USER_FILES & set(argv)
+    and not any(re.search(r"=[A-Z][A-Z_0-9]+$", a) for a in argv)  # a placeholder value
 ]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("where", "argv"), TRAIN, ids=[f"{w}:{a[2]}" for w, a in TRAIN])
-def test_a_documented_train_command_trains(where, argv, tmp_path, monkeypatch):
-    """One iteration of each documented `textrlhf train` (the budget is the only change)."""
-    from agents.cli import build_parser, main
+def short_run(argv: list[str], folder: Path) -> list[str]:
+    """`textrlhf CMD ...` with a short budget and its outputs in `folder`: one PPO iteration
+    (compare: one seed, the largest config's iteration), two SFT / reward-model steps."""
+    from agents.cli import build_parser
     from agents.run.config import load_config
 
-    monkeypatch.chdir(REPO)
-    monkeypatch.syspath_prepend(str(REPO / "examples" / "own_model"))  # its reward module
     args = build_parser().parse_args(argv[1:])
-    cfg = load_config(REPO / args.config, args.set)
-    short = [
-        f"total_timesteps={cfg.ppo.n_steps * cfg.env.num_envs}",
-        "eval.episodes=2",
-        f"run.root={tmp_path}",
-        "run.progress=false",
-    ]
-    assert main([*argv[1:], "--set", *short]) == 0
+    argv = [str(REPO / a) if (REPO / a).is_file() else a for a in argv]  # configs, from anywhere
+    if args.command in ("train", "compare"):
+        names = [args.config] if args.command == "train" else args.targets
+        rollouts = [
+            (lambda c: c.ppo.n_steps * c.env.num_envs)(load_config(REPO / n, args.set))
+            for n in names
+            if n.endswith(".yaml")
+        ]
+        short = [f"total_timesteps={max(rollouts)}", "eval.episodes=2", "eval.every=0"]
+        short += [f"run.root={folder / 'runs'}", "run.progress=false"]
+        if args.command == "compare":
+            argv += ["--seeds", "1", "--jobs", "1", "--out", str(folder / "compare")]
+        return [*argv[1:], "--set", *short]
+    steps = ["train.steps=2", "train.warmup_steps=0", f"output_dir={folder / args.command}"]
+    if args.command == "sft":
+        steps += ["n_per_task=8", "eval.n=4"]
+    else:
+        steps += ["train.eval_every=0"]
+    return [*argv[1:], "--overwrite", "--set", *steps]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("where", "argv"), SHORT_RUNS, ids=[f"{w}:{' '.join(a[1:3])}" for w, a in SHORT_RUNS]
+)
+def test_a_documented_command_runs_with_a_short_budget(where, argv, tmp_path, monkeypatch):
+    """Each documented `textrlhf train / compare / sft / rm` runs, with the budget as the only
+    change (and its outputs in a temporary folder). Configs that read the reward model of
+    `textrlhf rm configs/rm_tiny.yaml` (runs/rm_tiny) get a 2-step one first."""
+    from agents.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(REPO / "examples" / "own_model"))  # its reward module
+    if "rm_tiny" in " ".join((REPO / a).read_text() for a in argv if (REPO / a).is_file()):
+        rm = ["rm", str(REPO / "configs" / "rm_tiny.yaml"), "--set", "train.steps=2"]
+        rm += ["train.warmup_steps=0", "train.eval_every=0", "output_dir=runs/rm_tiny"]
+        assert main(rm) == 0
+    assert main(short_run(argv, tmp_path)) == 0
 
 
 def test_the_own_model_example_trains_one_iteration(tmp_path, monkeypatch):
