@@ -15,32 +15,12 @@ import argparse
 import csv
 import json
 import shutil
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-
-def code_version() -> str:
-    out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                         text=True, cwd=Path(__file__).resolve().parents[1], check=False)  # fmt: skip
-    return out.stdout.strip() or "unknown"
-
-
-def machine() -> str:
-    """The machine a page's runs ran on: CPU model, core count and OS, as well as Python knows."""
-    import os
-    import platform
-
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
-    return f"{model}, {os.cpu_count()} CPUs, {platform.system()}"
+from agents.run.provenance import provenance_line
 
 
 def step0_return(run: Path) -> float | None:
@@ -135,8 +115,7 @@ def main() -> None:
     page = [
         f"# {args.title}",
         "",
-        f"Code version `{code_version()}`, on {machine()}. Written by "
-        "`benchmarks/task_results.py` from the run folders of:",
+        f"{provenance_line()} Written by `benchmarks/task_results.py` from the run folders of:",
         "",
         "```bash",
         args.command,

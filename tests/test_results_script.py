@@ -56,3 +56,14 @@ def test_list_names_every_family(capsys):
     assert results.main(["--list"]) == 0
     out = capsys.readouterr().out
     assert all(f"{name}: " in out for name in results.FAMILIES)
+
+
+def test_a_results_page_states_its_code_version_and_machine(tmp_path):
+    """compare.md (and task_results.py's pages) start with one provenance line."""
+    from agents.run.compare_report import write_config_report
+    from agents.run.provenance import provenance_line
+
+    line = provenance_line()
+    assert line.startswith("Code version `") and "CPUs" in line
+    write_config_report([], tmp_path, command="textrlhf compare x.yaml --seeds 5")
+    assert line in (tmp_path / "compare.md").read_text(encoding="utf-8").splitlines()
