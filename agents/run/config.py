@@ -187,7 +187,7 @@ class RunConfig(Section):
     # model of >= 3M parameters), float32 otherwise (agents/run/dtype.py); the choice is printed
     # at the start and recorded in the checkpoints and summary.json, and a resume or
     # `textrlhf eval` takes the recorded one
-    dtype: Literal[DTYPE_CHOICES] = "float32"  # type: ignore[valid-type]
+    dtype: Literal[DTYPE_CHOICES] = "auto"  # type: ignore[valid-type]
     # data-parallel runs: the gradient is summed over ranks in buckets of this many MB, each
     # started as soon as the backward has filled it (overlap); 0: one sum after the backward.
     # At most 64 GiB: a bucket larger than the gradient is one bucket anyway, and the byte count
