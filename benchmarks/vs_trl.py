@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -100,8 +101,9 @@ def matmul_peak(dtype: torch.dtype, seconds: float = 1.0) -> float:
 # ------------------------------------------------------------------------------- children
 
 
-def ours(model: Path, dtype: str, estimator: str, warmup: int, iters: int) -> dict:
-    """Our iteration: agents.PPO on TextRLHF-v0, timed by a per-iteration callback."""
+def build_ours(model: Path, dtype: str, estimator: str) -> Any:
+    """Our side: an agents.PPO on TextRLHF-v0 doing the work above (`estimator` "gae": our PPO
+    with a separate critic and the KL in the reward)."""
     import agents
 
     data = prompts()
@@ -109,7 +111,7 @@ def ours(model: Path, dtype: str, estimator: str, warmup: int, iters: int) -> di
     critic_free = estimator != "gae"
     kwargs = {"prompts": data, "reward_fn": "edit_distance", "max_prompt_tokens": PROMPT_TOKENS,
               "max_new_tokens": NEW_TOKENS}  # fmt: skip
-    model_ = agents.PPO(
+    return agents.PPO(
         "lm", "textenv:TextRLHF-v0", n_envs=envs, seed=0, model_path=str(model),
         env_kwargs=kwargs, n_steps=NEW_TOKENS, batch_size=envs * NEW_TOKENS, n_epochs=1,
         learning_rate=LR, gamma=1.0, gae_lambda=1.0 if critic_free else 0.95,
@@ -120,6 +122,11 @@ def ours(model: Path, dtype: str, estimator: str, warmup: int, iters: int) -> di
         run={"dtype": dtype, "torch_threads": torch.get_num_threads()},
         **({"critic": "separate"} if not critic_free else {}),
     )  # fmt: skip
+
+
+def ours(model: Path, dtype: str, estimator: str, warmup: int, iters: int) -> dict:
+    """Our iteration, timed by a per-iteration callback."""
+    model_ = build_ours(model, dtype, estimator)
     stamps: list[float] = []
 
     def tick(local: dict) -> bool:
