@@ -278,9 +278,9 @@ class RunConfig(Section):
         "run on CUDA each rank takes cuda:LOCAL_RANK.",
     )
     dtype: Literal[DTYPE_CHOICES] = Field(  # type: ignore[valid-type]
-        "float32",
+        "auto",
         description='LM policies: "bfloat16" runs the forward passes under autocast; "auto" '
-        "picks bfloat16 on a device with native bf16, else float32.",
+        "(the default) picks bfloat16 on a device with native bf16, else float32.",
     )
     allreduce_bucket_mb: typing.Annotated[float, Number, Field(ge=0, le=2**16)] = Field(
         4.0,
