@@ -115,7 +115,8 @@ def main() -> None:
     page = [
         f"# {args.title}",
         "",
-        f"{provenance_line()} Written by `benchmarks/task_results.py` from the run folders of:",
+        f"{provenance_line(r.get('code_version') for runs in groups.values() for r in runs)} "
+        "Written by `benchmarks/task_results.py` from the run folders of:",
         "",
         "```bash",
         args.command,

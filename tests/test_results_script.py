@@ -67,3 +67,31 @@ def test_a_results_page_states_its_code_version_and_machine(tmp_path):
     assert line.startswith("Code version `") and "CPUs" in line
     write_config_report([], tmp_path, command="textrlhf compare x.yaml --seeds 5")
     assert line in (tmp_path / "compare.md").read_text(encoding="utf-8").splitlines()
+
+
+def test_a_page_names_the_code_version_its_runs_recorded(tmp_path):
+    """A page written later, from other code, cites the versions the runs trained with; a run
+    without a record (an older run folder) makes it fall back to the writing code's version."""
+    from agents.run.provenance import code_version, provenance_line
+
+    assert provenance_line(["abc1234", "abc1234"]).startswith(
+        "Code version `abc1234` (recorded by the runs), on "
+    )
+    assert provenance_line(["abc1234", "def5678"]).startswith(
+        "Code versions `abc1234`, `def5678` (recorded by the runs)"
+    )
+    assert provenance_line(["abc1234", None]).startswith(f"Code version `{code_version()}`,")
+
+
+def test_a_run_records_its_code_version(tmp_path):
+    from agents.run.provenance import code_version
+    from agents.run.trainer import train
+
+    cfg = load_config(
+        REPO / "configs" / "cartpole.yaml",
+        [f"run.root={tmp_path}", "total_timesteps=256", "eval.episodes=0", "run.progress=false"],
+    )
+    run_dir = train(cfg, name="v")
+    import json
+
+    assert json.loads((run_dir / "summary.json").read_text())["code_version"] == code_version()

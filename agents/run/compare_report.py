@@ -240,7 +240,7 @@ def write_config_report(
     lines = ["# Config comparison", ""]
     if command:
         lines += ["Made with:", "", f"    {command}", ""]
-    lines += [provenance_line(), ""]
+    lines += [provenance_line(r.code_version for r in runs), ""]
     lines += _failed_note(failed, len(runs) + len(failed))
     lines += _config_table(runs, failed, labels)
     lines += _seed_table(runs, failed, labels)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +41,14 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} CPUs, {platform.system()}"
 
 
-def provenance_line() -> str:
-    """'Code version `abc1234`, on <machine>.': one line for a results page."""
+def provenance_line(run_versions: Iterable[str | None] = ()) -> str:
+    """'Code version `abc1234`, on <machine>.': one line for a results page. `run_versions`: the
+    code versions the runs recorded when they trained (summary.json `code_version`); when every
+    run has one, the line names those (the page may be written later, from other code), else the
+    version of the code writing the page."""
+    recorded = list(run_versions)
+    if recorded and all(recorded):
+        versions = ", ".join(f"`{v}`" for v in dict.fromkeys(recorded))
+        plural = "s" if "," in versions else ""
+        return f"Code version{plural} {versions} (recorded by the runs), on {machine()}."
     return f"Code version `{code_version()}`, on {machine()}."
