@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train PPO from a YAML config into runs/<name>-<time>/")
-    p.add_argument("config")
+    p.add_argument("config", help="the run's YAML config file")
     p.add_argument(
         "--set",
         action="extend",
@@ -363,21 +363,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--name", help="run folder name under run.root (default <name>-<time>)")
     p.add_argument(
         "--replay", metavar="RUN_DIR",
         help="asynchronous runs: re-run RUN_DIR's recorded schedule (bit-identical weights; "
         "docs/async.md)",
     )  # fmt: skip
     p.add_argument(
-        "--nproc", type=int, default=None,
+        "--name", metavar="NAME", help="run folder name under run.root (default <name>-<time>)"
+    )
+    p.add_argument(
+        "--nproc", type=int, default=None, metavar="N",
         help="data-parallel processes on this machine (launches torchrun; see docs/distributed.md)",
     )  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint")
-    p.add_argument("run_dir")
-    p.add_argument("--episodes", type=int)
+    p.add_argument("run_dir", help="a run folder")
+    p.add_argument("--episodes", type=int, help="episodes (default: the run's eval.episodes)")
     p.add_argument("--checkpoint", help="a checkpoint .json/.safetensors (default: the latest)")
     p.add_argument(
         "--stochastic", dest="deterministic", action="store_false", default=None,
@@ -393,14 +395,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow the run folder's config to name code to import ('module:function')",
     )  # fmt: skip
     p.add_argument("--samples", type=int, default=3, help="text samples to print")
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override keys of the run's config for this evaluation",
+    )  # fmt: skip
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser(
         "compare",
         help="our PPO vs SB3 PPO, or our configs against each other, over several seeds",
     )
-    p.add_argument("targets", nargs="+", metavar="CONFIG_OR_ENV_ID")
+    p.add_argument(
+        "targets", nargs="+", metavar="CONFIG_OR_ENV_ID",
+        help="YAML configs (or Gymnasium ids, for SB3's defaults) to compare",
+    )  # fmt: skip
     p.add_argument("--seeds", type=int, default=3, help="seeds per config, from its own seed")
     p.add_argument(
         "--jobs", type=int, default=1, help="runs at a time (our configs only; 1 torch thread each)"
@@ -408,19 +416,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-sb3", action="store_true", help="compare our configs only, even MLP configs"
     )
-    p.add_argument("--out", default="runs/compare")
+    p.add_argument(
+        "--out", default="runs/compare",
+        help="the folder for compare.md, compare.json, compare.png and the runs",
+    )  # fmt: skip
     p.add_argument(
         "--threshold",
         action="append",
         metavar="ENV_ID=VALUE",
         help="reward threshold for envs without one",
     )
-    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help="override keys of every compared config",
+    )  # fmt: skip
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="write a run's LM as a transformers / peft folder")
-    p.add_argument("run_dir")
-    p.add_argument("out")
+    p.add_argument("run_dir", help="a run folder with an LM policy")
+    p.add_argument("out", help="the folder to write")
     p.add_argument(
         "--merge", action="store_true",
         help="LoRA runs: merge the adapter into the base (default: write the adapter folder)",
@@ -470,8 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("rm", "train a reward model on preference pairs"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("config")
-        p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE")
+        p.add_argument("config", help="the stage's YAML config file")
+        p.add_argument(
+            "--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+            help="override config keys",
+        )  # fmt: skip
         p.add_argument("--overwrite", action="store_true", help="replace an existing output_dir")
         p.set_defaults(func=cmd_stage)
     return parser

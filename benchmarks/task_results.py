@@ -15,17 +15,12 @@ import argparse
 import csv
 import json
 import shutil
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-
-def code_version() -> str:
-    out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                         text=True, cwd=Path(__file__).resolve().parents[1], check=False)  # fmt: skip
-    return out.stdout.strip() or "unknown"
+from agents.run.provenance import provenance_line
 
 
 def step0_return(run: Path) -> float | None:
@@ -120,8 +115,8 @@ def main() -> None:
     page = [
         f"# {args.title}",
         "",
-        f"Code version `{code_version()}`. Written by `benchmarks/task_results.py` from the run",
-        "folders of:",
+        f"{provenance_line(r.get('code_version') for runs in groups.values() for r in runs)} "
+        "Written by `benchmarks/task_results.py` from the run folders of:",
         "",
         "```bash",
         args.command,

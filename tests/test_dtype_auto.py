@@ -194,3 +194,12 @@ def test_explicit_run_resumed_with_auto_keeps_its_dtype(hardware, gpt2_ctx64_pat
     auto = load_config(one_iteration(gpt2_ctx64_path, str(tmp_path), "auto"))
     resumed = Trainer(auto, trainer.run_dir, resume=True)
     assert resumed.dtype == "float32" and resumed.policy.compute_dtype is None
+
+
+def test_auto_is_the_default(hardware, cartpole_yaml, capsys):
+    """A config that says nothing about run.dtype resolves it by the rule (and says so)."""
+    hardware(flags=(), cuda=False)
+    cfg = load_config(cartpole_yaml, ["eval.episodes=0"])
+    assert cfg.run.dtype == "auto"
+    assert Trainer(cfg).dtype == "float32"
+    assert "run.dtype auto -> float32" in capsys.readouterr().out

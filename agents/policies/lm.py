@@ -35,6 +35,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 import torch.nn as nn
+from pydantic import Field
 from transformers import PreTrainedModel
 
 from agents.policies.base import INPUT_PATH, Policy, PolicyConfig
@@ -74,18 +75,30 @@ ENV_SIZE_DEFAULTS = {"max_prompt_tokens": 32, "max_new_tokens": 32}
 class LMPolicyConfig(PolicyConfig):
     """`policy:` section of `type: lm`."""
 
-    type: Literal["lm"] = "lm"
-    # a local transformers folder; null: the default tiny model
-    model_path: Annotated[str | None, INPUT_PATH] = None
-    temperature: Temperature = 1.0  # in float32's range for logits / temperature (sequences.py)
-    top_k: TopK = 0  # sample from the k most likely tokens; 0: no top-k cut
-    top_p: TopP = 1.0  # nucleus: the smallest set with mass >= top_p; 1: off
-    critic: Literal[CRITICS] = "shared"  # type: ignore[valid-type]
-    # critic: separate only. A causal LM folder (its trunk), or a reward-model folder (a one-label
-    # sequence classifier, as `textrlhf rm` writes): its trunk, and the value head starts from its
-    # score head. null: a copy of the actor
-    critic_path: Annotated[str | None, INPUT_PATH] = None
-    lora: LoRAConfig | None = None  # LoRA adapters on a frozen base (peft); null: full fine-tuning
+    type: Literal["lm"] = Field("lm", description="The policy type: a causal LM with a value head.")
+    model_path: Annotated[str | None, INPUT_PATH] = Field(
+        None, description="A local transformers model folder; null: the default tiny model."
+    )
+    # in float32's range for logits / temperature (sequences.py)
+    temperature: Temperature = Field(1.0, description="Sampling temperature.")
+    top_k: TopK = Field(0, description="Sample from the k most likely tokens; 0: no top-k cut.")
+    top_p: TopP = Field(
+        1.0, description="Nucleus: sample from the smallest set with mass >= top_p; 1: off."
+    )
+    critic: Literal[CRITICS] = Field(  # type: ignore[valid-type]
+        "shared",
+        description='"shared": a value head on the actor\'s trunk; "separate": its own trunk; '
+        '"none": no critic (critic-free estimators).',
+    )
+    # a reward-model folder is a one-label sequence classifier, as `textrlhf rm` writes
+    critic_path: Annotated[str | None, INPUT_PATH] = Field(
+        None,
+        description="critic: separate only. A causal LM or reward-model folder to start the "
+        "critic from; null: a copy of the actor.",
+    )
+    lora: LoRAConfig | None = Field(
+        None, description="LoRA adapters on a frozen base (peft); null: full fine-tuning."
+    )
 
     def critic_choice(self) -> str:
         return self.critic

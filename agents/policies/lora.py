@@ -34,15 +34,24 @@ class LoRAConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    # adapter rank, at most 2**16 (wider than any layer it could adapt: no lower-rank update)
-    r: int = Field(8, ge=1, le=2**16)
+    # at most 2**16 (wider than any layer it could adapt: no lower-rank update)
+    r: int = Field(8, ge=1, le=2**16, description="The adapters' rank.")
     # the adapter's output is scaled by alpha / r in the model's float dtype: beyond 1e6 one
     # step of the adapter swamps the base model and its activations overflow
-    alpha: float = Field(16.0, gt=0, le=1e6)
-    dropout: float = 0.0  # must be 0: act() and evaluate() must be the same function
-    target_modules: list[str] | None = None  # null: peft's default for the architecture
-    # start from a trained peft adapter folder (its own r/alpha)
-    adapter_path: Annotated[str | None, INPUT_PATH] = None
+    alpha: float = Field(
+        16.0, gt=0, le=1e6, description="The adapters' scale: their output times alpha / r."
+    )
+    dropout: float = Field(
+        0.0, description="Must be 0: the rollout and the update must compute the same function."
+    )
+    target_modules: list[str] | None = Field(
+        None,
+        description="Module names to adapt (e.g. [c_attn], [wte]); null: peft's default for "
+        "the architecture.",
+    )
+    adapter_path: Annotated[str | None, INPUT_PATH] = Field(
+        None, description="Start from a trained peft adapter folder (its own r and alpha)."
+    )
 
     @field_validator("dropout")
     @classmethod

@@ -44,16 +44,23 @@ BERNOULLI = "bernoulli"  # MultiBinary: one Bernoulli per bit
 class MLPPolicyConfig(PolicyConfig):
     """`policy:` section of `type: mlp`."""
 
-    type: Literal["mlp"] = "mlp"
+    type: Literal["mlp"] = Field("mlp", description="The policy type: an MLP actor-critic.")
     # widths up to 2**16: one 2**16 x 2**16 float32 layer is already 16 GiB
     hidden_sizes: list[Annotated[int, Field(gt=0, le=2**16)]] = Field(
-        default_factory=lambda: [64, 64]
+        default_factory=lambda: [64, 64],
+        description="Hidden layer widths of the actor and of the critic.",
     )
-    activation: Literal[tuple(ACTIVATIONS)] = "tanh"  # type: ignore[valid-type]
-    # Box actions: initial state-independent log std; its exp() must be a normal float32
-    # (exp overflows past 88.7 and underflows below -87.3)
-    log_std_init: float = Field(0.0, ge=-80, le=80)
-    critic: Literal["separate", "none"] = "separate"  # none: no value MLP (critic-free)
+    activation: Literal[tuple(ACTIVATIONS)] = Field(  # type: ignore[valid-type]
+        "tanh", description="The hidden layers' activation."
+    )
+    # its exp() must be a normal float32 (exp overflows past 88.7 and underflows below -87.3)
+    log_std_init: float = Field(
+        0.0, ge=-80, le=80, description="Box actions: the initial state-independent log std."
+    )
+    critic: Literal["separate", "none"] = Field(
+        "separate",
+        description='"separate": a value MLP; "none": no critic (critic-free estimators).',
+    )
 
     def critic_choice(self) -> str:
         return self.critic

@@ -49,13 +49,17 @@ from agents.run.config_types import (
 
 
 class RMTrainConfig(Section):
-    steps: Steps = 400
-    batch_size: Rows = 64  # pairs per step (2x sequences)
-    learning_rate: PositiveFloat = 2.0e-3
-    warmup_steps: NonNegSteps = 30
-    weight_decay: NonNegFloat = 0.0
-    max_grad_norm: PositiveFloat = 1.0
-    eval_every: NonNegSteps = 100  # 0: only at the end
+    """`train:` the reward model's optimizer and schedule."""
+
+    steps: Steps = Field(400, description="Optimizer steps.")
+    batch_size: Rows = Field(64, description="Preference pairs per step (2x sequences).")
+    learning_rate: PositiveFloat = Field(2.0e-3, description="AdamW's peak learning rate.")
+    warmup_steps: NonNegSteps = Field(30, description="Linear warm-up steps.")
+    weight_decay: NonNegFloat = Field(0.0, description="AdamW's weight decay.")
+    max_grad_norm: PositiveFloat = Field(1.0, description="Gradient norm clip.")
+    eval_every: NonNegSteps = Field(
+        100, description="Steps between held-out evaluations; 0: only at the end."
+    )
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> RMTrainConfig:
@@ -67,20 +71,36 @@ class RMConfig(StageConfig):
     """`textrlhf rm` config. `output_dir` is relative to the working directory, like run.root."""
 
     summary_file: ClassVar[str] = "rm_metrics.json"
-    name: str = "rm_tiny"
+    name: str = Field("rm_tiny", description="The stage's name.")
     # input paths: relative to the config file's folder (the defaults: to the repository)
-    sft_path: Annotated[str | None, INPUT_PATH] = None  # null: the default agents/assets/tiny-sft
-    train_file: Annotated[str, INPUT_PATH] = "data/preferences/reverse_train.jsonl"
+    sft_path: Annotated[str | None, INPUT_PATH] = Field(
+        None,
+        description="The model to start from (its trunk); null: the default "
+        "agents/assets/tiny-sft.",
+    )
+    train_file: Annotated[str, INPUT_PATH] = Field(
+        "data/preferences/reverse_train.jsonl", description="Preference pairs (JSONL) to train on."
+    )
     # noise-free pairs from validation prompts: settings are chosen on them (reverse_test.jsonl,
     # test prompts, is for the one final measurement)
-    eval_file: Annotated[str | None, INPUT_PATH] = "data/preferences/reverse_validation.jsonl"
-    eval_fraction: float = Field(0.1, gt=0, lt=1)  # held-out share of train_file without eval_file
-    output_dir: str = "runs/rm_tiny"
-    # The length limit (max_new_tokens) the pairs' responses were sampled with: a response of that
-    # many tokens was cut there without EOS, and is encoded without EOS, exactly as the env's
-    # `reward_model` reward scores a cut response. null: every response ended with EOS.
-    cut_at_tokens: Tokens | None = None
-    train: RMTrainConfig = Field(default_factory=RMTrainConfig)
+    eval_file: Annotated[str | None, INPUT_PATH] = Field(
+        "data/preferences/reverse_validation.jsonl",
+        description="Held-out preference pairs; null: hold out eval_fraction of train_file.",
+    )
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Held-out share of train_file when eval_file is null."
+    )
+    output_dir: str = Field("runs/rm_tiny", description="The folder the model is written into.")
+    # a response of that many tokens was cut there without EOS, and is encoded without EOS,
+    # exactly as the env's `reward_model` reward scores a cut response
+    cut_at_tokens: Tokens | None = Field(
+        None,
+        description="The length limit the pairs' responses were sampled with; null: every "
+        "response ended with EOS.",
+    )
+    train: RMTrainConfig = Field(
+        default_factory=RMTrainConfig, description="Optimizer and schedule."
+    )
 
 
 def check_warmup(cfg: RMTrainConfig) -> None:

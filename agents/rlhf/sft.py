@@ -47,66 +47,96 @@ if TYPE_CHECKING:
 
 
 class ModelConfig(Section):
-    n_layer: Width = 2
-    n_embd: Width = 128
-    n_head: Width = 4
-    n_positions: Tokens = 320  # >= prompt + 256 so the benchmark can time long responses
+    """`model:` the shape of the byte-level GPT-2 that SFT builds."""
+
+    n_layer: Width = Field(2, description="Transformer layers.")
+    n_embd: Width = Field(128, description="Hidden width.")
+    n_head: Width = Field(4, description="Attention heads.")
+    # >= prompt + 256 so the benchmark can time long responses
+    n_positions: Tokens = Field(320, description="Context length in tokens.")
 
 
 class TrainConfig(Section):
-    steps: Steps = 300
-    batch_size: Rows = 64
-    learning_rate: PositiveFloat = 3.0e-3
-    warmup_steps: NonNegSteps = 20
-    weight_decay: NonNegFloat = 0.0
-    max_grad_norm: PositiveFloat = 1.0
+    """`train:` the SFT optimizer and schedule."""
+
+    steps: Steps = Field(300, description="Optimizer steps.")
+    batch_size: Rows = Field(64, description="Examples per step.")
+    learning_rate: PositiveFloat = Field(3.0e-3, description="AdamW's peak learning rate.")
+    warmup_steps: NonNegSteps = Field(20, description="Linear warm-up steps.")
+    weight_decay: NonNegFloat = Field(0.0, description="AdamW's weight decay.")
+    max_grad_norm: PositiveFloat = Field(1.0, description="Gradient norm clip.")
 
 
 class EvalConfig(Section):
-    # a built-in prompt set (its first n prompts of `split`) or a text task by name (n episodes
-    # drawn from `split`, with the config in SFTConfig.task_kwargs)
-    task: str = "reverse"
-    split: str = "test"
-    n: Rows = 256
-    temperature: Temperature = 1.0
-    reward_fn: str = "edit_distance"
-    # e.g. {tools: [calc]}
-    env_kwargs: Annotated[dict[str, Any], ENV_KWARGS] = Field(default_factory=dict)
+    """`eval:` the held-out evaluation after SFT."""
+
+    task: str = Field(
+        "reverse",
+        description="A built-in prompt set (its first n prompts of `split`) or a text task by "
+        "name (n episodes, configured in task_kwargs).",
+    )
+    split: str = Field("test", description="train, validation or test.")
+    n: Rows = Field(256, description="Prompts (or episodes) evaluated.")
+    temperature: Temperature = Field(1.0, description="Sampling temperature.")
+    reward_fn: str = Field("edit_distance", description="The reward function by name.")
+    env_kwargs: Annotated[dict[str, Any], ENV_KWARGS] = Field(
+        default_factory=dict, description="Env keyword arguments, e.g. {tools: [calc]}."
+    )
 
 
 class SFTConfig(StageConfig):
     """`textrlhf sft` config. `output_dir` is relative to the repository (the default model)."""
 
     summary_file: ClassVar[str] = "sft_summary.json"
-    name: str = "sft_tiny"
-    output_dir: str = "agents/assets/tiny-sft"
-    # built-in prompt sets, and text tasks by name ("rg:spell_backward", "ta:GuessTheNumber-v0",
-    # "module:attr"), whose own `demonstration(rng, split)` gives n_per_task train episodes
-    tasks: list[str] = Field(default_factory=lambda: ["reverse", "sort", "copy_edit"])
-    # the config of each text task given by name, e.g. {"rg:spell_backward": {max_word_len: 5}}
-    task_kwargs: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    n_per_task: Rows = 1000
-    # target for tasks without references (continuation): null = error, "repeat_prompt" = the
-    # prompt repeated up to max_new_tokens - 1 characters (a deliberately repetitive LM, the
-    # starting point of configs/text_repetition.yaml)
-    open_ended_target: Literal["repeat_prompt"] | None = None
-    # the `calc` task's examples: this fraction is demonstrated with the calc tool
-    # (`<calc>EXPR</calc>=RESULT RESULT`, no loss on the env-written `=RESULT`), the rest answer
-    # directly (which a tiny model cannot learn to do right: PPO's room to improve)
-    tool_fraction: float = Field(1.0, ge=0.0, le=1.0)
-    # this fraction of the examples of prompt sets with references are two-turn demonstrations:
+    name: str = Field("sft_tiny", description="The stage's name.")
+    output_dir: str = Field(
+        "agents/assets/tiny-sft", description="The folder the model is written into."
+    )
+    # text tasks by name give n_per_task train episodes through their `demonstration(rng, split)`
+    tasks: list[str] = Field(
+        default_factory=lambda: ["reverse", "sort", "copy_edit"],
+        description='Built-in prompt sets and text tasks by name ("rg:spell_backward", '
+        '"ta:GuessTheNumber-v0", "module:attr") to train on.',
+    )
+    task_kwargs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='The config of each text task given by name, e.g. {"rg:spell_backward": '
+        "{max_word_len: 5}}.",
+    )
+    n_per_task: Rows = Field(1000, description="Training examples per task.")
+    # "repeat_prompt" makes a deliberately repetitive LM: the start of configs/text_repetition.yaml
+    open_ended_target: Literal["repeat_prompt"] | None = Field(
+        None,
+        description='Target for tasks without references: null: an error; "repeat_prompt": the '
+        "prompt repeated.",
+    )
+    # the tool-using form is `<calc>EXPR</calc>=RESULT RESULT`, no loss on the env-written
+    # `=RESULT`; the rest answer directly (which a tiny model cannot learn to do right)
+    tool_fraction: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="The calc task: the fraction of examples demonstrated with the calc tool.",
+    )
     # a flawed first answer (the reference with 0-3 random character edits; not in the loss),
-    # the env's `retry_feedback` on it, then the reference (in the loss). The starting point of
+    # the env's `retry_feedback` on it, then the reference (in the loss): the starting point of
     # configs/text_retry.yaml, which otherwise never saw a second turn
-    retry_fraction: float = Field(0.0, ge=0.0, le=1.0)
-    # the feedback between the turns: a textenv feedback name ("mask", "score", "constant"),
-    # the one the RL config's env uses
-    retry_feedback: Literal["mask", "score", "constant"] = "mask"
-    max_prompt_tokens: Tokens = 32
-    max_new_tokens: Tokens = 32
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    retry_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="The fraction of examples (of prompt sets with references) that are "
+        "two-turn demonstrations.",
+    )
+    retry_feedback: Literal["mask", "score", "constant"] = Field(
+        "mask",
+        description="The env feedback between the two turns (the one the RL config's env uses).",
+    )
+    max_prompt_tokens: Tokens = Field(32, description="Prompt length limit in tokens.")
+    max_new_tokens: Tokens = Field(32, description="Response length limit in tokens.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model's shape.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimizer and schedule.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
 
     @model_validator(mode="after")
     def _context_fits(self) -> SFTConfig:

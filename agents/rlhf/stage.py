@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from pydantic import Field
 
 from agents.run.config import load_config
 from agents.run.config_types import Section, Seed, Threads
@@ -25,10 +26,10 @@ class StageConfig(Section):
     """Fields every stage config has. `output_dir` is relative to the working directory."""
 
     summary_file: ClassVar[str] = "summary.json"  # written into the output folder
-    name: str
-    seed: Seed = 0
-    output_dir: str
-    torch_threads: Threads = 1
+    name: str = Field(description="The stage's name (printed, and recorded in its summary).")
+    seed: Seed = Field(0, description="Seeds the data, the initialization and sampling.")
+    output_dir: str = Field(description="The folder the stage writes its model into.")
+    torch_threads: Threads = Field(1, description="torch's intra-op threads.")
 
     def output_path(self) -> Path:
         return Path(self.output_dir)

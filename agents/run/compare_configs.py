@@ -54,7 +54,7 @@ def read_run(run_dir: Path, label: str, seed: int) -> ConfigRun:
     return ConfigRun(
         label, seed, str(run_dir), summary.get("initial_return"), summary["final_return"],
         summary["wall_time_s"], int(summary["transitions"]), kl, curve, components,
-        start_components,
+        start_components, summary.get("code_version"),
     )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from agents.run.compare_results import WINDOW, ConfigRun, FailedRun, RunResult
 from agents.run.files import atomic_file, atomic_write_text
+from agents.run.provenance import provenance_line
 
 
 def _pyplot() -> Any:
@@ -115,6 +116,8 @@ def _sb3_intro(results: list[RunResult], failed: list[FailedRun]) -> list[str]:
     """The SB3 report's title, notes and table header."""
     lines = [
         "# Our PPO vs Stable-Baselines3 PPO (same hyperparameters)",
+        "",
+        provenance_line(),
         "",
         *_failed_note(failed, len(results) + len(failed)),
         "Final return: deterministic eval, mean ± std and median over seeds. Steps to "
@@ -237,6 +240,7 @@ def write_config_report(
     lines = ["# Config comparison", ""]
     if command:
         lines += ["Made with:", "", f"    {command}", ""]
+    lines += [provenance_line(r.code_version for r in runs), ""]
     lines += _failed_note(failed, len(runs) + len(failed))
     lines += _config_table(runs, failed, labels)
     lines += _seed_table(runs, failed, labels)

@@ -84,3 +84,4 @@ class ConfigRun:
     components: dict[str, float] = field(default_factory=dict)
     # the same at the evaluation before training (step 0; empty when the run had none)
     start_components: dict[str, float] = field(default_factory=dict)
+    code_version: str | None = None  # recorded by the run (summary.json), None in older runs

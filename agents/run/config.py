@@ -79,85 +79,175 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class EnvConfig(Section):
-    id: str = "CartPole-v1"  # a registered id, or "module:EnvId" (e.g. textenv:TextRLHF-v0)
-    num_envs: Rows = 8
-    # "auto": the env's native vector_entry_point if it has one, else "sync"
-    vectorization: Literal[VECTORIZATION_MODES] = "auto"  # type: ignore[valid-type]
-    kwargs: typing.Annotated[dict[str, Any], ENV_KWARGS] = Field(default_factory=dict)
+    """`env:` which environment, how many copies, how they are batched."""
+
+    id: str = Field(
+        "CartPole-v1",
+        description='A registered Gymnasium id, or "module:EnvId" to import the module that '
+        'registers it first (e.g. "textenv:TextRLHF-v0").',
+    )
+    num_envs: Rows = Field(
+        8,
+        description="Env copies stepped together (global: split over the ranks of a "
+        "data-parallel run).",
+    )
+    vectorization: Literal[VECTORIZATION_MODES] = Field(  # type: ignore[valid-type]
+        "auto",
+        description='How the copies are batched; "auto": the env\'s native vector_entry_point '
+        'if it has one, else "sync".',
+    )
+    kwargs: typing.Annotated[dict[str, Any], ENV_KWARGS] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the env's constructor (`gym.make(id, **kwargs)`).",
+    )
 
 
 class PPOConfig(Section):
-    n_steps: Rows = 32  # rollout length T per env
-    # transitions, or env columns x n_steps (sequence policies); at most the rollout (checked below)
-    batch_size: PositiveInt = 256
-    n_epochs: PositiveInt = 20
-    gamma: Fraction = 0.98
-    gae_lambda: Fraction = 0.8
-    learning_rate: PositiveFloat = 1.0e-3
-    anneal_lr: StrictBool = True
-    clip_range: PositiveFloat = 0.2
-    anneal_clip: StrictBool = True
-    clip_range_vf: PositiveFloat | None = None
-    vf_coef: NonNegFloat = 0.5
-    ent_coef: NonNegFloat = 0.0
-    max_grad_norm: NonNegFloat = 0.5
-    # GAE: whiten each minibatch's advantages; critic-free estimators: divide by the std only
-    normalize_advantage: StrictBool = True
-    target_kl: PositiveFloat | None = None
-    adam_eps: PositiveFloat = 1.0e-5
-    # "token": mean over every valid step of a minibatch; "sequence": mean over each episode's
-    # steps, then over episodes (long responses weigh no more than short ones); "token_sum": sum
-    # over valid steps / the minibatch's size in steps, a constant (Dr. GRPO)
-    loss_aggregation: Literal[LOSS_AGGREGATIONS] = "token"  # type: ignore[valid-type]
+    """`ppo:` the rollout shape and the clipped update. Keys left out take the policy type's
+    defaults (the MLP's and the LM's differ)."""
+
+    n_steps: Rows = Field(32, description="Rollout length T per env copy.")
+    batch_size: PositiveInt = Field(
+        256,
+        description="Minibatch size in transitions (sequence policies: env columns x n_steps); "
+        "must divide n_steps * num_envs.",
+    )
+    n_epochs: PositiveInt = Field(20, description="Passes over each rollout.")
+    gamma: Fraction = Field(0.98, description="Discount factor.")
+    gae_lambda: Fraction = Field(0.8, description="GAE's lambda (bias-variance trade-off).")
+    learning_rate: PositiveFloat = Field(1.0e-3, description="Adam's learning rate.")
+    anneal_lr: StrictBool = Field(
+        True, description="Decay the learning rate linearly to 0 over the run."
+    )
+    clip_range: PositiveFloat = Field(0.2, description="PPO's ratio clip epsilon.")
+    anneal_clip: StrictBool = Field(
+        True, description="Decay clip_range linearly to 0 over the run."
+    )
+    clip_range_vf: PositiveFloat | None = Field(
+        None, description="Clip the value update around the old values; null: no value clipping."
+    )
+    vf_coef: NonNegFloat = Field(0.5, description="Weight of the value loss.")
+    ent_coef: NonNegFloat = Field(0.0, description="Weight of the entropy bonus.")
+    max_grad_norm: NonNegFloat = Field(0.5, description="Gradient norm clip; 0: no clipping.")
+    normalize_advantage: StrictBool = Field(
+        True,
+        description="GAE: whiten each minibatch's advantages; critic-free estimators: divide by "
+        "the std only.",
+    )
+    target_kl: PositiveFloat | None = Field(
+        None,
+        description="Stop an update's epochs early when the approximate KL to the rollout policy "
+        "exceeds this; null: never.",
+    )
+    adam_eps: PositiveFloat = Field(1.0e-5, description="Adam's epsilon.")
+    loss_aggregation: Literal[LOSS_AGGREGATIONS] = Field(  # type: ignore[valid-type]
+        "token",
+        description='"token": mean over valid steps; "sequence": mean per episode, then over '
+        'episodes; "token_sum": sum over valid steps / a constant (Dr. GRPO).',
+    )
 
 
 class AdvantageConfig(Section):
-    """How advantages are computed (agents/core/advantages.py): GAE with the critic, or a
-    critic-free outcome estimator over groups of K episodes that start from the same state."""
+    """`advantage:` how advantages are computed (agents/core/advantages.py): GAE with the
+    critic, or a critic-free outcome estimator over groups of K episodes that start from the
+    same state."""
 
-    estimator: Literal[ADVANTAGE_ESTIMATORS] = "gae"  # type: ignore[valid-type]
-    group_size: PositiveInt = 1  # K: rows per group; each start state is repeated K times
-    # grpo: divide by the std of the group's task scores (false: Dr. GRPO's unscaled form)
-    scale_std: StrictBool = True
-    # reinforce_pp: whiten each token's reward-to-go (the paper's form) or each episode's return
-    reinforce_pp_form: Literal[REINFORCE_PP_FORMS] = "token"  # type: ignore[valid-type]
+    estimator: Literal[ADVANTAGE_ESTIMATORS] = Field(  # type: ignore[valid-type]
+        "gae",
+        description='"gae" uses the critic; "grpo", "rloo" and "reinforce_pp" are critic-free.',
+    )
+    group_size: PositiveInt = Field(
+        1,
+        description="K: env rows per group, each start state repeated K times (grpo and rloo "
+        "need >= 2).",
+    )
+    scale_std: StrictBool = Field(
+        True,
+        description="grpo: divide by the std of the group's scores (false: Dr. GRPO's unscaled "
+        "form).",
+    )
+    reinforce_pp_form: Literal[REINFORCE_PP_FORMS] = Field(  # type: ignore[valid-type]
+        "token",
+        description="reinforce_pp: whiten each token's reward-to-go (the paper's form) or each "
+        "episode's return.",
+    )
 
 
 class KLConfig(Section):
-    enabled: StrictBool = False
-    beta: NonNegFloat = 0.1  # fixed beta, or the initial beta of the adaptive controller
-    estimator: Literal[ESTIMATORS] = "k1"  # type: ignore[valid-type]
-    adaptive: StrictBool = False
-    target: PositiveFloat = 6.0  # adaptive: target KL per episode (sum over its steps)
-    horizon: Steps = 10000  # adaptive: episodes over which beta adapts (Ziegler et al.)
-    # "reward": -beta * kl_t added to each step's reward; "loss": beta * k3 KL added to the loss
-    placement: Literal[KL_PLACEMENTS] = "reward"  # type: ignore[valid-type]
+    """`kl:` a KL penalty to a frozen copy of the starting policy (the reference)."""
+
+    enabled: StrictBool = Field(False, description="Keep a frozen reference and apply the penalty.")
+    beta: NonNegFloat = Field(
+        0.1, description="The penalty's weight; the initial weight when adaptive."
+    )
+    estimator: Literal[ESTIMATORS] = Field(  # type: ignore[valid-type]
+        "k1", description="The per-token KL estimator (Schulman's k1 or k3)."
+    )
+    adaptive: StrictBool = Field(
+        False, description="Adapt beta toward `target` (Ziegler et al.'s controller)."
+    )
+    target: PositiveFloat = Field(
+        6.0, description="adaptive: the target KL per episode (sum over its steps)."
+    )
+    horizon: Steps = Field(10000, description="adaptive: episodes over which beta adapts.")
+    placement: Literal[KL_PLACEMENTS] = Field(  # type: ignore[valid-type]
+        "reward",
+        description='"reward": -beta * kl_t added to each step\'s reward; "loss": beta * k3 KL '
+        "added to the loss.",
+    )
 
 
 class ScoreConfig(Section):
-    """Normalization of the reward at each episode's last step, before the KL penalty
+    """`score:` normalization of the reward at each episode's last step, before the KL penalty
     (agents/core/scores.py). The missing-EOS penalty is the text env's."""
 
-    normalize: Literal[SCORE_NORMS] = "none"  # type: ignore[valid-type]
-    clip: PositiveFloat | None = None  # clip normalized scores to [-clip, clip]
+    normalize: Literal[SCORE_NORMS] = Field(  # type: ignore[valid-type]
+        "none",
+        description='"none", or normalize scores by running ("running") or per-batch ("batch") '
+        "statistics.",
+    )
+    clip: PositiveFloat | None = Field(
+        None, description="Clip normalized scores to [-clip, clip]; null: no clipping."
+    )
 
 
 class SamplingConfig(Section):
     """`eval.sampling`: sampling settings for evaluation only (LM policies); null keeps the
     policy's own. Greedy decoding is `eval.deterministic: true`."""
 
-    temperature: Temperature | None = None
-    top_k: TopK | None = None  # 0: no top-k cut
-    top_p: TopP | None = None  # 1: no nucleus cut
+    temperature: Temperature | None = Field(
+        None, description="Sampling temperature; null: the policy's."
+    )
+    top_k: TopK | None = Field(
+        None, description="Sample from the k most likely tokens (0: no cut); null: the policy's."
+    )
+    top_p: TopP | None = Field(
+        None, description="Nucleus sampling mass (1: no cut); null: the policy's."
+    )
 
 
 class EvalConfig(Section):
-    episodes: typing.Annotated[int, Number, Field(ge=0, le=MAX_EPISODES)] = 10
-    every: NonNegSteps = 0  # env steps between evaluations during training (0: only at the end)
-    deterministic: StrictBool = True
-    # override env.kwargs for eval
-    env_kwargs: typing.Annotated[dict[str, Any], ENV_KWARGS] = Field(default_factory=dict)
-    sampling: SamplingConfig | None = None  # other sampling settings for eval (stochastic only)
+    """`eval:` evaluation on held-out episodes, during and at the end of training."""
+
+    episodes: typing.Annotated[int, Number, Field(ge=0, le=MAX_EPISODES)] = Field(
+        10, description="Episodes per evaluation; 0: no evaluation."
+    )
+    every: NonNegSteps = Field(
+        0, description="Env steps between evaluations during training; 0: only at the end."
+    )
+    deterministic: StrictBool = Field(
+        True, description="Greedy actions (true) or sampled ones (false)."
+    )
+    env_kwargs: typing.Annotated[dict[str, Any], ENV_KWARGS] = Field(
+        default_factory=dict,
+        description="Env keyword arguments that override env.kwargs for evaluation (e.g. "
+        "split: test).",
+    )
+    sampling: SamplingConfig | None = Field(
+        None,
+        description="Other sampling settings for evaluation (needs deterministic: false); null: "
+        "the policy's.",
+    )
 
     @model_validator(mode="after")
     def _sampling_needs_sampling(self) -> EvalConfig:
@@ -174,34 +264,43 @@ DEVICE_KINDS = ("auto", "cpu", "cuda", "cuda:N")
 
 
 class RunConfig(Section):
-    root: str = "runs"
-    checkpoint_every: NonNegSteps = 0  # env steps between checkpoints (0: only at the end)
-    torch_threads: Threads = 1
-    progress: StrictBool = True
-    # "auto" (CUDA when present), "cpu", "cuda" or "cuda:N" (checked against this machine);
-    # in a data-parallel run on CUDA each rank takes cuda:LOCAL_RANK
-    device: str = "cpu"
-    # LM policies: "bfloat16" runs the forward passes under autocast (the loss, the log-prob
-    # ratio and the optimizer state stay float32). "auto": bfloat16 for an LM policy on a device
-    # with native bf16 (CUDA compute capability >= 8; a CPU with avx512_bf16 or amx_bf16 and a
-    # model of >= 3M parameters), float32 otherwise (agents/run/dtype.py); the choice is printed
-    # at the start and recorded in the checkpoints and summary.json, and a resume or
-    # `textrlhf eval` takes the recorded one
-    dtype: Literal[DTYPE_CHOICES] = "float32"  # type: ignore[valid-type]
-    # data-parallel runs: the gradient is summed over ranks in buckets of this many MB, each
-    # started as soon as the backward has filled it (overlap); 0: one sum after the backward.
-    # At most 64 GiB: a bucket larger than the gradient is one bucket anyway, and the byte count
-    # (MB * 2**20) must stay an int (1e308 overflowed)
-    allreduce_bucket_mb: typing.Annotated[float, Number, Field(ge=0, le=2**16)] = 4.0
-    # the update's diagnostics, `diagnostics/*` in the metrics (docs/report.md): statistics of
-    # what the update computes anyway; false: not computed (the run is the same either way)
-    diagnostics: StrictBool = True
-    # text runs: whole episodes, token by token, written to trajectories.jsonl per logged
-    # iteration (the report's episode viewer, docs/report.md); 0: none
-    trajectory_episodes: typing.Annotated[int, Number, Field(ge=0, le=64)] = 4
-    # log them at the first iteration, every this many iterations and the last; 0: about 50
-    # iterations in all (the file stays small enough for the report)
-    trajectory_every: NonNegSteps = 0
+    """`run:` where the run folder goes, devices, threads, checkpoints and what is logged."""
+
+    root: str = Field("runs", description="The folder that holds the run folders.")
+    checkpoint_every: NonNegSteps = Field(
+        0, description="Env steps between checkpoints; 0: only at the end."
+    )
+    torch_threads: Threads = Field(1, description="torch's intra-op threads per process.")
+    progress: StrictBool = Field(True, description="Show a progress bar.")
+    device: str = Field(
+        "cpu",
+        description='"auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; in a data-parallel '
+        "run on CUDA each rank takes cuda:LOCAL_RANK.",
+    )
+    dtype: Literal[DTYPE_CHOICES] = Field(  # type: ignore[valid-type]
+        "auto",
+        description='LM policies: "bfloat16" runs the forward passes under autocast; "auto" '
+        "(the default) picks bfloat16 on a device with native bf16, else float32.",
+    )
+    allreduce_bucket_mb: typing.Annotated[float, Number, Field(ge=0, le=2**16)] = Field(
+        4.0,
+        description="Data-parallel runs: the gradient is summed over ranks in buckets of this "
+        "many MB during the backward; 0: one sum after it.",
+    )
+    diagnostics: StrictBool = Field(
+        True,
+        description="Log the update's `diagnostics/*` metrics (the run is the same either way).",
+    )
+    trajectory_episodes: typing.Annotated[int, Number, Field(ge=0, le=64)] = Field(
+        4,
+        description="Text runs: whole episodes, token by token, written to trajectories.jsonl "
+        "per logged iteration; 0: none.",
+    )
+    trajectory_every: NonNegSteps = Field(
+        0,
+        description="Log trajectories every this many iterations (and the first and last); 0: "
+        "about 50 in all.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -243,27 +342,24 @@ class RolloutConfig(Section):
 
     actors: typing.Annotated[int, Number, Field(ge=0)] = Field(
         0,
-        description="actor processes that generate episodes while the learner updates; 0: the "
-        "synchronous loop (collect, then update, in one process). `textrlhf train` launches "
-        "the learner and the actors through torchrun itself",
+        description="Actor processes that generate episodes while the learner updates; 0: the "
+        "synchronous loop. `textrlhf train` launches the learner and the actors via torchrun.",
     )
     max_staleness: typing.Annotated[int, Number, Field(ge=0, le=1000)] = Field(
         0,
-        description="an update never uses episodes sampled by weights more than this many "
-        "versions (updates) old; the actor waits rather than run further ahead. 0 with 1 actor: "
-        "generate, then train (the synchronous run's weights, bit for bit)",
+        description="An update never uses episodes sampled by weights more than this many "
+        "updates old (the actor waits); 0 with 1 actor gives the synchronous run, bit for bit.",
     )
     correction: Literal[CORRECTIONS] = Field(  # type: ignore[valid-type]
         "none",
-        description="off-policy correction of the PPO loss: 'none' takes the ratio against the "
-        "behaviour log-probs the actor recorded; 'decoupled' clips against the learner's policy "
-        "at the start of the update and weights each step by the truncated behaviour ratio; "
-        "'tis' is the policy gradient weighted by the truncated importance ratio (no clip band)",
+        description="Off-policy correction: 'none' (ratio to the actor's log-probs), "
+        "'decoupled' (clip to the update's start, weight by the truncated behaviour ratio), "
+        "'tis' (truncated importance-weighted policy gradient).",
     )
     tis_cap: typing.Annotated[float, Number, Field(ge=1.0, le=1e6)] = Field(
         2.0,
-        description="the truncation of the importance weights of 'decoupled' and 'tis' (and "
-        "the threshold of the logged fraction truncated)",
+        description="Where 'decoupled' and 'tis' truncate the importance weights (and the "
+        "threshold of the logged fraction truncated).",
     )
 
     @field_validator("actors")
@@ -284,21 +380,35 @@ def _default_policy() -> PolicyConfig:
 class Config(Section):
     """A whole run: what a YAML config file holds (`load_config`), or what `agents.PPO`'s
     keywords build. Sections: env, policy (validated by its type's own config), ppo,
-    advantage, kl, score, eval, run."""
+    advantage, kl, score, eval, run, rollout."""
 
-    name: str = "run"
-    seed: Seed = 1
-    total_timesteps: Steps = 100_000
-    env: EnvConfig = Field(default_factory=EnvConfig)
+    name: str = Field("run", description="The run's name: its folder is <run.root>/<name>-<time>.")
+    seed: Seed = Field(1, description="Seeds the env, the policy's initialization and sampling.")
+    total_timesteps: Steps = Field(
+        100_000,
+        description="Env steps to train; the run trains the whole iterations (n_steps * "
+        "num_envs each) that fit.",
+    )
+    env: EnvConfig = Field(default_factory=EnvConfig, description="The environment.")
     # validated by the registered policy type's own Config (see `_policy_section`)
-    policy: SerializeAsAny[PolicyConfig] = Field(default_factory=_default_policy)
-    ppo: PPOConfig = Field(default_factory=PPOConfig)
-    advantage: AdvantageConfig = Field(default_factory=AdvantageConfig)
-    kl: KLConfig = Field(default_factory=KLConfig)
-    score: ScoreConfig = Field(default_factory=ScoreConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    policy: SerializeAsAny[PolicyConfig] = Field(
+        default_factory=_default_policy,
+        description="The policy; its keys depend on `type` (mlp, lm, or a registered type).",
+    )
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="Rollout shape and update.")
+    advantage: AdvantageConfig = Field(
+        default_factory=AdvantageConfig, description="The advantage estimator."
+    )
+    kl: KLConfig = Field(default_factory=KLConfig, description="The KL penalty to a reference.")
+    score: ScoreConfig = Field(
+        default_factory=ScoreConfig, description="Normalization of episode-end scores."
+    )
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    run: RunConfig = Field(default_factory=RunConfig, description="The run folder and devices.")
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        description="Asynchronous actor-learner training (actors: 0 is the synchronous path).",
+    )
 
     @field_validator("name")
     @classmethod

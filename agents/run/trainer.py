@@ -42,6 +42,7 @@ from agents.run.interrupt import signal_label, stop_on_first_interrupt
 from agents.run.jsonio import read_json
 from agents.run.logger import RunLogger
 from agents.run.preflight import check_config, check_env
+from agents.run.provenance import code_version
 from agents.run.report import write_report_or_warn
 from agents.run.resume import load_trainer, save_trainer, write_run_config
 from agents.run.rundir import RunLock, new_run_dir
@@ -125,6 +126,7 @@ class Trainer:
         self.last_episodes = EpisodeLog()  # what finished during the last iteration
         self.eval_metrics: dict[str, float] = {}  # the last evaluation's `eval/<info>` means
         self.phase_seconds = {"rollout": 0.0, "update": 0.0}  # this process, for profiling
+        self.code_version = code_version() if dist.is_main else None  # git describe, or unknown
         # trajectories.jsonl (agents/run/trajectories.py): written by a logged run's rank 0
         self.log_trajectories = False
         self.last_trajectories: list[dict[str, Any]] = []  # the last iteration's records
@@ -398,6 +400,8 @@ class Trainer:
             "wall_time_s": self.wall_time + elapsed,
             "sps": (self.transitions - state.start_transitions) / max(elapsed, 1e-9),
             "dtype": self.dtype,  # run.dtype resolved (auto: agents/run/dtype.py)
+            # the code that trained this process's part of the run (results pages cite it)
+            "code_version": self.code_version,
             # stopped early by Ctrl-C, SIGTERM or the callback; `--resume` continues
             "interrupted": interrupted,
             "stop_signal": None,
