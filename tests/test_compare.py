@@ -253,6 +253,13 @@ def test_a_compare_rerun_resumes_an_unfinished_run_and_keeps_a_finished_one_of_a
     )
     assert json.loads((run / "summary.json").read_text()) == summary
     assert (run / "notes.txt").is_file()
+    # run.dtype: a float32 run is reused under auto (a resume under auto keeps the recorded
+    # dtype), not under an explicit other dtype
+    compare_configs([source], 1, out, [*TINY, "run.dtype=float32"])
+    compare_configs([source], 1, out, [*TINY, "run.dtype=auto"])
+    assert json.loads((run / "summary.json").read_text()) == summary
+    with pytest.raises(CompareFailed, match=r"run.dtype: 'float32' there, 'bfloat16' now"):
+        compare_configs([source], 1, out, [*TINY, "run.dtype=bfloat16"])
 
 
 def test_compare_with_sb3_keeps_the_finished_results_when_one_fails(cartpole_yaml, tmp_path):

@@ -108,11 +108,18 @@ def continue_run(cfg: Config, run_dir: Path, label: str) -> Path:
 def _config_changes(run_dir: Path, cfg: Config) -> list[str]:
     """'key: <in the run folder> there, <now> now' for each setting (but REUSE_MAY_DIFFER) in
     which the run folder's config.yaml differs from `cfg` (read through today's schema, so
-    that keys added since it was written count at their defaults)."""
+    that keys added since it was written count at their defaults). `run.dtype: auto` accepts
+    the run's dtype, whatever it was: a resume under auto continues in the recorded one."""
     saved = read_yaml(run_dir / "config.yaml")
     with contextlib.suppress(ValueError, TypeError):  # no longer valid: compare it as written
         saved = to_dict(load_config(saved))
     old, new = flat_config(saved), flat_config(to_dict(cfg))
+    if old.get("run.dtype") == "auto":  # what auto resolved to (summary.json of a finished run)
+        with contextlib.suppress(ValueError, OSError, KeyError):
+            old["run.dtype"] = read_json(run_dir / "summary.json")["dtype"]
+    if new.get("run.dtype") == "auto":  # as a resume under auto: the run's own dtype stands
+        old.pop("run.dtype", None)
+        new.pop("run.dtype", None)
     return [
         f"{key}: {old.get(key)!r} there, {new.get(key)!r} now"
         for key in sorted(set(old) | set(new))
