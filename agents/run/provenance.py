@@ -3,6 +3,7 @@ results page (`textrlhf compare`'s compare.md, benchmarks/task_results.py)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+@functools.cache  # the code a process runs is the code it imported: one `git describe` each
 def code_version() -> str:
     """`git describe --always --dirty` of the checkout this code runs from, or "unknown" (an
     installed copy, or no git)."""
